@@ -1,0 +1,1 @@
+// KVM: see Package.swift for what this layer knows about.

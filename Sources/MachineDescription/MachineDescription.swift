@@ -1,0 +1,184 @@
+/// The vocabulary shared by the stream format, the control protocol and the VMM:
+/// what a machine is, where it ran, and the opaque state chunks that carry it.
+/// Nothing here knows about KVM or about bytes on the wire.
+
+/// The host a machine ran on, as the bhyve prototype's hw.machine/hw.model/hw.pagesize check.
+public struct HostSpec: Codable, Sendable, Equatable {
+    /// `uname -m`, e.g. `x86_64`.
+    public var architecture: String
+    /// CPUID vendor string, e.g. `GenuineIntel`.
+    public var cpuVendor: String
+    /// `/proc/cpuinfo` model name.
+    public var cpuModel: String
+    public var pageSize: UInt32
+    /// Hypervisor kind, e.g. `kvm` (later `bhyve`).
+    public var hypervisor: String
+    /// Hypervisor version, e.g. `api 12 (linux 6.18.44)`.
+    public var hypervisorVersion: String
+
+    public init(architecture: String, cpuVendor: String, cpuModel: String, pageSize: UInt32,
+                hypervisor: String, hypervisorVersion: String) {
+        self.architecture = architecture
+        self.cpuVendor = cpuVendor
+        self.cpuModel = cpuModel
+        self.pageSize = pageSize
+        self.hypervisor = hypervisor
+        self.hypervisorVersion = hypervisorVersion
+    }
+}
+
+/// One contiguous range of guest-physical memory.
+///
+/// Segments are stored back to back, in the order a `MachineConfig` lists them, in the
+/// machine's memory file (a memfd): the first at file offset 0, the next right after it.
+public struct MemorySegment: Codable, Sendable, Equatable {
+    /// `lowmem` (at guest-physical 0, at most 3 GiB) or `highmem` (from 4 GiB up).
+    public var name: String
+    public var guestPhysicalBase: UInt64
+    /// Bytes; a multiple of the page size.
+    public var size: UInt64
+
+    public init(name: String, guestPhysicalBase: UInt64, size: UInt64) {
+        self.name = name
+        self.guestPhysicalBase = guestPhysicalBase
+        self.size = size
+    }
+
+    /// The bhyve layout: RAM up to 3 GiB at 0, the rest from 4 GiB up.
+    public static func standardLayout(memorySize: UInt64) -> [MemorySegment] {
+        let lowLimit: UInt64 = 3 << 30
+        if memorySize <= lowLimit {
+            return [MemorySegment(name: "lowmem", guestPhysicalBase: 0, size: memorySize)]
+        }
+        return [
+            MemorySegment(name: "lowmem", guestPhysicalBase: 0, size: lowLimit),
+            MemorySegment(name: "highmem", guestPhysicalBase: 4 << 30, size: memorySize - lowLimit),
+        ]
+    }
+}
+
+/// An emulated device and the configuration needed to recreate it.
+public struct DeviceConfig: Codable, Sendable, Equatable {
+    /// Instance name, unique in a machine, e.g. `uart0`. Device state chunks carry it.
+    public var name: String
+    /// Model, e.g. `uart16550`, `guest-status`. A receiver refuses a kind it does not know.
+    public var kind: String
+    /// Version of the device's state layout.
+    public var version: UInt32
+    /// Kind-specific settings, e.g. `port=0x3f8`, `irq=4`.
+    public var configuration: [String: String]
+
+    public init(name: String, kind: String, version: UInt32, configuration: [String: String]) {
+        self.name = name
+        self.kind = kind
+        self.version = version
+        self.configuration = configuration
+    }
+}
+
+/// One CPUID leaf as the guest was given it (KVM_GET_CPUID2 of a vCPU).
+public struct CPUIDLeaf: Codable, Sendable, Equatable {
+    public var function: UInt32
+    public var index: UInt32
+    public var flags: UInt32
+    public var eax: UInt32
+    public var ebx: UInt32
+    public var ecx: UInt32
+    public var edx: UInt32
+
+    public init(function: UInt32, index: UInt32, flags: UInt32, eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
+        self.function = function
+        self.index = index
+        self.flags = flags
+        self.eax = eax
+        self.ebx = ebx
+        self.ecx = ecx
+        self.edx = edx
+    }
+}
+
+/// Everything a receiver needs to recreate a machine before its state arrives.
+public struct MachineConfig: Codable, Sendable, Equatable {
+    public var name: String
+    public var vcpuCount: UInt32
+    public var segments: [MemorySegment]
+    public var devices: [DeviceConfig]
+    /// The CPUID the guest sees, so a receiver can check its host offers every feature first.
+    public var cpuid: [CPUIDLeaf]
+
+    public init(name: String, vcpuCount: UInt32, segments: [MemorySegment], devices: [DeviceConfig], cpuid: [CPUIDLeaf]) {
+        self.name = name
+        self.vcpuCount = vcpuCount
+        self.segments = segments
+        self.devices = devices
+        self.cpuid = cpuid
+    }
+
+    /// Total guest RAM in bytes.
+    public var memorySize: UInt64 { segments.reduce(0) { $0 + $1.size } }
+}
+
+/// A named, versioned blob of saved state: `vcpu0/regs`, `vm/pit`, `uart0`.
+public struct StateChunk: Sendable, Equatable {
+    public var name: String
+    public var version: UInt32
+    public var data: [UInt8]
+
+    public init(name: String, version: UInt32, data: [UInt8]) {
+        self.name = name
+        self.version = version
+        self.data = data
+    }
+}
+
+/// The whole saved state of a paused machine, apart from its memory.
+public struct MachineState: Sendable, Equatable {
+    /// Hypervisor state: per vCPU and per VM, in save order.
+    public var kernel: [StateChunk]
+    /// One chunk per emulated device, named after the device.
+    public var devices: [StateChunk]
+
+    public init(kernel: [StateChunk], devices: [StateChunk]) {
+        self.kernel = kernel
+        self.devices = devices
+    }
+}
+
+/// Where a machine is in its life. `incoming` is created but waiting for memory and state.
+public enum RunState: String, Codable, Sendable {
+    case running, paused, incoming
+}
+
+/// What the bundled guest last reported for one vCPU through its status device.
+public struct VCPUStatus: Codable, Sendable, Equatable {
+    /// Monotonic work counter; it continues across a migration, never restarts at 0.
+    public var tick: UInt64
+    public var checksPassed: UInt64
+    public var checksFailed: UInt64
+
+    public init(tick: UInt64, checksPassed: UInt64, checksFailed: UInt64) {
+        self.tick = tick
+        self.checksPassed = checksPassed
+        self.checksFailed = checksFailed
+    }
+}
+
+/// A machine's state as `vmctl status` shows it.
+public struct MachineStatus: Codable, Sendable, Equatable {
+    public var name: String
+    public var state: RunState
+    public var memorySize: UInt64
+    public var vcpus: [VCPUStatus]
+    public var uptimeSeconds: Double
+    /// The vmrun process that owns the machine.
+    public var pid: Int32
+
+    public init(name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32) {
+        self.name = name
+        self.state = state
+        self.memorySize = memorySize
+        self.vcpus = vcpus
+        self.uptimeSeconds = uptimeSeconds
+        self.pid = pid
+    }
+}

@@ -1,0 +1,1 @@
+// Migration: see Package.swift for what this layer knows about.

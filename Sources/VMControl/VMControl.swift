@@ -1,0 +1,1 @@
+// VMControl: see Package.swift for what this layer knows about.

@@ -1,0 +1,1 @@
+// VMStream: see Package.swift for what this layer knows about.

@@ -1,0 +1,1 @@
+print("vmrecv: not yet")

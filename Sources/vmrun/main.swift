@@ -1,0 +1,1 @@
+print("vmrun: not yet")

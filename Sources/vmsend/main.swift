@@ -1,0 +1,1 @@
+print("vmsend: not yet")

@@ -1,0 +1,1 @@
+print("vmstream: not yet")
