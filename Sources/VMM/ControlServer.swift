@@ -74,7 +74,7 @@ public final class ControlServer: Sendable {
     }
 
     /// How long a client may take to send the rest of a message or read a reply.
-    static let stallSeconds = 10
+    static let stallSeconds = 3
 
     private let socket: ControlSocket
     private let machine: any ControlledMachine
