@@ -93,4 +93,9 @@ private func installStopSignals(writingTo descriptor: Int32) {
     }
     signal(SIGTERM, handler)
     signal(SIGINT, handler)
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    sigaddset(&signals, SIGTERM)
+    sigaddset(&signals, SIGINT)
+    pthread_sigmask(SIG_UNBLOCK, &signals, nil)
 }

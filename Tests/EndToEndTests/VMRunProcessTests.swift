@@ -1,3 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import Glibc
 import MachineDescription
 import Testing
@@ -143,6 +148,28 @@ import VMControl
         try waitUntil("the guest writes to its console") { try !fixture.vmctl(["console", "talk"]).standardOutput.isEmpty }
         #expect(try fixture.vmctl(["console", "--input", "hello\n", "talk"]).status == 0)
         #expect(try fixture.vmctl(["destroy", "talk"]).status == 0)
+    }
+
+    @Test func anIncomingVMWhoseReceiverLeavesIsDestroyed() throws {
+        try VMFixture.requireMachine()
+        let fixture = VMFixture()
+        defer { fixture.cleanUp() }
+        #expect(try fixture.vmrun(["--memory", "32M", "source"]).status == 0)
+        let source = try ControlClient.connect(name: "source", runDirectory: RunDirectory(path: fixture.directory))
+        let config = try source.describe().config
+        source.close()
+        let encoder = JSONEncoder()
+        let started = try fixture.vmrun(["--incoming", "copy"], input: Array(try encoder.encode(config)))
+        #expect(started.status == 0, "\(started.standardError)")
+        let pid = try #require(VMFixture.startedPid(started.standardOutput))
+        #expect(try fixture.status("copy").state == .incoming)
+        #expect(try fixture.status("copy").memorySize == config.memorySize)
+
+        let owner = try ControlClient.connect(name: "copy", runDirectory: RunDirectory(path: fixture.directory), ownIncoming: true)
+        owner.close()
+        try waitUntil("vmrun destroys the abandoned incoming VM") { !fixture.isAlive(pid) }
+        #expect(!fixture.exists("copy.sock"))
+        #expect(try fixture.vmctl(["destroy", "source"]).status == 0)
     }
 
     /// Polls `condition` for up to 20 s.
