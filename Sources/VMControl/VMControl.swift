@@ -56,7 +56,8 @@ public struct RunDirectory: Sendable {
         return names.sorted()
     }
 
-    private static func absolute(_ path: String) -> String {
+    /// `path` made absolute against the current directory.
+    package static func absolute(_ path: String) -> String {
         if path.hasPrefix("/") { return path }
         guard let cwd = getcwd(nil, 0) else { return path }
         defer { free(cwd) }

@@ -89,7 +89,7 @@ struct MachinePlan {
         var image = command.memoryImage
         if let path = image {
             guard access(path, R_OK) == 0 else { throw ControlError("cannot read memory image \(path): \(String(cString: strerror(errno)))") }
-            image = RunDirectory(path: path).path
+            image = RunDirectory.absolute(path)
         }
         if command.incoming {
             incomingJSON = try readStandardInput(limit: Self.maximumConfigLength)
