@@ -5,18 +5,10 @@
 # Installs qemu-system-x86 if it is missing. Cleans up its temporary folder and QEMU processes.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
 usage() {
     echo "usage: $0 [-n RUNS] [--first-run K] [--verify] [--workdir DIR] IMAGE [save-null|save-file|restore|e2e ...]" >&2
     exit 2
-}
-
-ensure_qemu() {
-    command -v qemu-system-x86_64 >/dev/null && return
-    echo "qemu-migrate: installing qemu-system-x86" >&2
-    local sudo_cmd=""
-    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq qemu-system-x86 >/dev/null
 }
 
 # QEMU's RAM: a full (non-sparse) copy of the image. QEMU maps it MAP_PRIVATE (share=off) and
