@@ -138,6 +138,7 @@ machine_description() {
     echo "- kvm modules: $(ls /sys/module | grep '^kvm' | tr '\n' ' ')"
     if $with_qemu; then echo "- qemu: $(qemu-system-x86_64 --version | head -1)"; fi
     echo "- lz4: $(lz4 --version 2>&1 | grep -o 'v[0-9.]*' | head -1)"
+    echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running shares the cores)"
     echo "- work dir: $work ($(df --output=fstype "$work" | tail -1)); runs: $runs"
 }
 
