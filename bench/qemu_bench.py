@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Times QEMU's own migration of a paused guest whose RAM is the benchmark image (issue 6).
+
+Measurements (each starts fresh QEMU processes; only the migration itself is timed, from the
+QMP command to the MIGRATION event 'completed' of the side that finishes last):
+  save-null  source `migrate exec:cat > /dev/null`
+  save-file  source `migrate exec:cat > WORKDIR/qemu.stream` (kept for restore)
+  restore    destination `migrate-incoming exec:cat WORKDIR/qemu.stream`
+  e2e        source `migrate exec:cat > FIFO`, destination `migrate-incoming exec:cat FIFO`
+One tab-separated line per run on stdout:
+  tool measure run seconds payload_bytes wire_bytes src_peak_rss_kib dst_peak_rss_kib
+With --verify, restore and e2e then compare regions of the destination's guest memory
+(QMP pmemsave) with the image, and the source's too, so a fast but wrong figure cannot pass.
+Standard library only; QEMU processes die with this one (PR_SET_PDEATHSIG) and on any error.
+"""
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+REGION = 2 << 20
+MEASURES = ("save-null", "save-file", "restore", "e2e")
+QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
+
+
+class BenchError(Exception):
+    """A failure worth one line on stderr and exit status 1."""
+
+
+def die_with_parent():
+    """Runs in the QEMU child: SIGKILL it when this script dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class QMP:
+    """A minimal QMP client: commands in order, events kept until asked for."""
+
+    def __init__(self, path, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"QMP socket {path} did not come up in {timeout} s")
+                time.sleep(0.02)
+        self.reader = self.sock.makefile("rb")
+        self.events = []
+        self.read()  # greeting
+        self.execute("qmp_capabilities")
+
+    def read(self):
+        line = self.reader.readline()
+        if not line:
+            raise BenchError("QEMU closed its QMP socket (did it crash? see its log)")
+        return json.loads(line)
+
+    def execute(self, command, **arguments):
+        message = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+        while True:
+            reply = self.read()
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
+                raise BenchError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+            elif "return" in reply:
+                return reply["return"]
+
+    def wait_migration(self, timeout):
+        """Blocks until a MIGRATION event says completed (returns its arrival time) or failed."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                event = self.events.pop(0) if self.events else self.read()
+                if event.get("event") != "MIGRATION":
+                    continue
+                status = event["data"]["status"]
+                if status == "completed":
+                    return time.monotonic()
+                if status in ("failed", "cancelled"):
+                    raise BenchError(f"QEMU migration {status}: {self.execute('query-migrate')}")
+        except socket.timeout:
+            raise BenchError(f"QEMU migration did not complete within {timeout} s")
+        finally:
+            self.sock.settimeout(None)
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+class Qemu:
+    """One paused QEMU process: the source (RAM = the image, private mapping) or a destination."""
+
+    def __init__(self, name, workdir, size, image=None):
+        self.socket_path = os.path.join(workdir, f"{name}.qmp")
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        if image:  # share=off: MAP_PRIVATE, so QEMU can never write the image file
+            backend = f"memory-backend-file,id=pc.ram,size={size},mem-path={image},share=off,prealloc=off"
+        else:
+            backend = f"memory-backend-ram,id=pc.ram,size={size}"
+        command = [QEMU, "-enable-kvm", "-S", "-nographic", "-nodefaults", "-m", f"{size // (1 << 20)}M",
+                   "-object", backend, "-machine", "pc,memory-backend=pc.ram",
+                   "-qmp", f"unix:{self.socket_path},server=on,wait=off"]
+        if not image:
+            command += ["-incoming", "defer"]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            preexec_fn=die_with_parent)
+        self.peak_rss_kib = None
+        try:
+            self.qmp = QMP(self.socket_path)
+        except BenchError as error:
+            self.stop()
+            raise BenchError(f"{error}; QEMU said: {self.log_tail()}")
+        self.qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+        if image:
+            # 100 GB/s: far above any rate here, so bandwidth limiting never applies.
+            self.qmp.execute("migrate-set-parameters", **{"max-bandwidth": 100 * 10**9})
+
+    def log_tail(self):
+        try:
+            with open(self.log_path, "rb") as log:
+                return log.read()[-400:].decode(errors="replace").strip() or "(nothing)"
+        except OSError:
+            return "(no log)"
+
+    def save_regions(self, regions, workdir, tag):
+        """Guest-physical copies of the given 2 MiB regions, as bytes."""
+        saved = []
+        for region in regions:
+            path = os.path.join(workdir, f"{tag}-{region}.mem")
+            self.qmp.execute("pmemsave", val=region * REGION, size=REGION, filename=path)
+            with open(path, "rb") as f:
+                saved.append(f.read())
+            os.unlink(path)
+        return saved
+
+    def stop(self):
+        """Quits QEMU (politely, then SIGKILL) and records its peak RSS."""
+        if self.process.returncode is None:
+            try:
+                self.qmp.execute("quit")
+            except (BenchError, OSError, AttributeError):
+                pass
+            deadline = time.monotonic() + 10
+            while True:
+                pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+                if pid:
+                    self.process.returncode = os.waitstatus_to_exitcode(status)
+                    self.peak_rss_kib = usage.ru_maxrss
+                    break
+                if time.monotonic() > deadline:
+                    self.process.kill()
+                time.sleep(0.02)
+        if hasattr(self, "qmp"):
+            self.qmp.close()
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+
+
+def sample_regions(size):
+    """A few regions of each kind (not region 0: the VGA/BIOS window sits in its first MiB) plus the last."""
+    count = size // REGION
+    return sorted({r for r in (1, 2, 3, 4, 5, 6, 7, count // 2, count // 2 + 2, count // 2 + 3, count - 1)
+                   if 0 < r < count})
+
+
+def image_regions(image, regions):
+    with open(image, "rb") as f:
+        return [os.pread(f.fileno(), REGION, r * REGION) for r in regions]
+
+
+def verify(image, size, workdir, *machines):
+    regions = sample_regions(size)
+    expected = image_regions(image, regions)
+    for machine, tag in machines:
+        for region, want, got in zip(regions, expected, machine.save_regions(regions, workdir, tag)):
+            if want != got:
+                raise BenchError(f"verify: guest memory of the {tag} at region {region} "
+                                 f"(GPA {region * REGION:#x}) differs from the image")
+    print(f"verify: {len(regions)} regions of 2 MiB match the image on " +
+          " and ".join(tag for _, tag in machines), file=sys.stderr)
+
+
+def migrated_bytes(qmp):
+    info = qmp.execute("query-migrate")
+    return info.get("ram", {}).get("transferred", 0)
+
+
+def run_measure(measure, image, size, workdir, timeout, check):
+    """Runs one measurement; returns (seconds, wire_bytes, src_rss_kib, dst_rss_kib)."""
+    stream = os.path.join(workdir, "qemu.stream")
+    source = destination = None
+    try:
+        if measure in ("save-null", "save-file"):
+            source = Qemu("src", workdir, size, image)
+            target = "cat > /dev/null" if measure == "save-null" else f"cat > {stream}"
+            start = time.monotonic()
+            source.qmp.execute("migrate", uri=f"exec:{target}")
+            end = source.qmp.wait_migration(timeout)
+            wire = os.path.getsize(stream) if measure == "save-file" else migrated_bytes(source.qmp)
+        elif measure == "restore":
+            if not os.path.exists(stream):
+                raise BenchError(f"restore needs a saved stream: run save-file first ({stream} is missing)")
+            destination = Qemu("dst", workdir, size)
+            start = time.monotonic()
+            destination.qmp.execute("migrate-incoming", uri=f"exec:cat {stream}")
+            end = destination.qmp.wait_migration(timeout)
+            wire = os.path.getsize(stream)
+            if check:
+                verify(image, size, workdir, (destination, "destination"))
+        elif measure == "e2e":
+            fifo = os.path.join(workdir, "qemu.fifo")
+            if os.path.exists(fifo):
+                os.unlink(fifo)
+            os.mkfifo(fifo)
+            try:
+                destination = Qemu("dst", workdir, size)
+                source = Qemu("src", workdir, size, image)
+                destination.qmp.execute("migrate-incoming", uri=f"exec:cat {fifo}")
+                start = time.monotonic()
+                source.qmp.execute("migrate", uri=f"exec:cat > {fifo}")
+                source.qmp.wait_migration(timeout)
+                end = destination.qmp.wait_migration(timeout)
+                wire = migrated_bytes(source.qmp)
+                if check:
+                    verify(image, size, workdir, (source, "source"), (destination, "destination"))
+            finally:
+                os.unlink(fifo)
+        else:
+            raise BenchError(f"unknown measurement {measure!r} (one of {', '.join(MEASURES)})")
+        if check and measure.startswith("save"):
+            verify(image, size, workdir, (source, "source"))
+    finally:
+        for machine in (source, destination):
+            if machine:
+                machine.stop()
+    return (end - start, wire,
+            source.peak_rss_kib if source else None,
+            destination.peak_rss_kib if destination else None)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Time QEMU migration of the benchmark image.")
+    parser.add_argument("image")
+    parser.add_argument("measures", nargs="+", choices=MEASURES, metavar="MEASURE",
+                        help=" | ".join(MEASURES))
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--first-run", type=int, default=1, help="number of the first run in the output")
+    parser.add_argument("--workdir", required=True, help="folder for sockets, logs, stream and FIFO")
+    parser.add_argument("--verify", action="store_true", help="compare guest memory with the image")
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    size = os.path.getsize(args.image)
+    if size <= 0 or size % REGION:
+        raise BenchError(f"{args.image}: size {size} is not a positive multiple of 2 MiB")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for run in range(args.first_run, args.first_run + args.runs):
+        for measure in args.measures:
+            seconds, wire, src_rss, dst_rss = run_measure(measure, args.image, size, args.workdir,
+                                                          args.timeout, args.verify and run == args.first_run)
+            print("\t".join(str(v) for v in ("qemu", measure, run, f"{seconds:.4f}", size, wire,
+                                              src_rss or "-", dst_rss or "-")), flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as error:
+        print(f"qemu-migrate: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        print(f"qemu-migrate: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# The throughput benchmark of issue 6: QEMU's migration and ours, side by side in one run, on the
+# standard image, then the pipe/memory/lz4 limits; prints a markdown report.
+# Per run and per measure (save-file, save-null, restore, e2e) it times QEMU, then ours
+# uncompressed, then ours with LZ4, so each pair shares the machine's state of the moment.
+# Our side needs vmrun, vmsend, vmrecv and vmctl (found in $VMRUN.., .build/release, .build/debug
+# or PATH); while any is missing it is skipped with a message. Cleans up on any exit.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
+MEASURES=(save-file save-null restore e2e)
+
+usage() {
+    cat >&2 <<EOF
+usage: $0 [-n RUNS] [--size SIZE] [--image IMAGE] [--results FILE.tsv] [--no-qemu] [--no-ours] [--no-limits]
+  -n RUNS        runs of each measurement (default 3)
+  --size SIZE    size of the generated standard image (default 2G)
+  --image IMAGE  use this image instead of generating one
+  --results FILE also keep the raw tab-separated results there
+EOF
+    exit 2
+}
+
+# ---- our tools: the hooks the lead fills in by building vmrun/vmsend/vmrecv/vmctl --------------
+
+find_tool() {  # NAME -> path, or nothing
+    local name="$1" upper
+    upper="$(tr '[:lower:]' '[:upper:]' <<<"$name")"
+    local override="${!upper:-}"
+    if [ -n "$override" ]; then echo "$override"; return; fi
+    local dir
+    for dir in "$here/../.build/release" "$here/../.build/debug"; do
+        [ -x "$dir/$name" ] && { echo "$dir/$name"; return; }
+    done
+    command -v "$name" || true
+}
+
+ours_available() {  # sets VMRUN_BIN...; explains and returns 1 when a tool is missing
+    local name missing=()
+    for name in vmrun vmsend vmrecv vmctl; do
+        local path
+        path="$(find_tool "$name")"
+        [ -n "$path" ] || missing+=("$name")
+        printf -v "${name^^}_BIN" '%s' "$path"
+    done
+    if ((${#missing[@]})); then
+        echo "throughput: ours skipped: ${missing[*]} not built (swift build -c release, or set ${missing[0]^^}=PATH)" >&2
+        return 1
+    fi
+}
+
+memory_argument() {  # BYTES -> the --memory value, e.g. 2G
+    if (($1 % (1 << 30) == 0)); then echo "$(($1 >> 30))G"; else echo "$(($1 >> 20))M"; fi
+}
+
+ours_start_source() {  # NAME: a paused VM whose RAM is the image, ready for vmsend
+    local name="$1"
+    "$VMRUN_BIN" --memory "$(memory_argument "$image_size")" --memory-image "$image" --paused \
+        --run-dir "$run_dir" "$name" >>"$work/$name.vmrun.log" 2>&1 &
+    vmrun_pid["$name"]=$!
+    local deadline=$((SECONDS + 120))
+    until "$VMCTL_BIN" --run-dir "$run_dir" status "$name" >/dev/null 2>&1; do
+        if ((SECONDS > deadline)); then
+            echo "throughput: vmrun $name did not come up: $(tail -c 300 "$work/$name.vmrun.log")" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+ours_destroy() {  # NAME...: destroys the VMs and waits for their vmrun to exit (frees their RAM)
+    local name pid deadline
+    for name in "$@"; do
+        "$VMCTL_BIN" --run-dir "$run_dir" destroy "$name" >/dev/null 2>&1 || true
+        pid="${vmrun_pid[$name]:-}"
+        [ -n "$pid" ] || continue
+        deadline=$((SECONDS + 30))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        unset "vmrun_pid[$name]"
+    done
+}
+
+ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4): prints one result line
+    local measure="$1" run="$2" compression="$3" label="$1" flags=() stream timing wire="-"
+    local seconds send_rss recv_rss
+    if [ "$compression" = lz4 ]; then label="$measure-lz4"; flags=(-c lz4); fi
+    stream="$work/ours-$compression.stream"
+    local send=("$VMSEND_BIN" --warm "${flags[@]}" --run-dir "$run_dir" src)
+    local recv=("$VMRECV_BIN" --run-dir "$run_dir" dst)
+    case "$measure" in
+        save-file|save-null)
+            ours_start_source src
+            local target=/dev/null
+            [ "$measure" = save-file ] && target="$stream"
+            timing="$(python3 "$here/timed.py" --stdout "$target" -- "${send[@]}")" || { ours_destroy src; return 1; }
+            ours_destroy src
+            [ -f "$stream" ] && wire="$(stat -c %s "$stream")"
+            read -r seconds send_rss <<<"$timing"
+            recv_rss="-" ;;
+        restore)
+            [ -f "$stream" ] || { echo "throughput: ours restore needs $stream (save-file first)" >&2; return 1; }
+            timing="$(python3 "$here/timed.py" --stdin "$stream" -- "${recv[@]}")" || { ours_destroy dst; return 1; }
+            ours_destroy dst
+            wire="$(stat -c %s "$stream")"
+            read -r seconds recv_rss <<<"$timing"
+            send_rss="-" ;;
+        e2e)
+            ours_start_source src
+            timing="$(python3 "$here/timed.py" -- "${send[@]}" --pipe "${recv[@]}")" || { ours_destroy src dst; return 1; }
+            ours_destroy src dst
+            [ -f "$stream" ] && wire="$(stat -c %s "$stream")"  # same image, same stream size
+            read -r seconds send_rss recv_rss <<<"$timing" ;;
+    esac
+    printf 'ours\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n' "$label" "$run" "$seconds" "$image_size" "$wire" "$send_rss" "$recv_rss"
+}
+
+# ---- the run ------------------------------------------------------------------------------------
+
+qemu_measure() {  # MEASURE RUN
+    local verify=()
+    [ "$2" = 1 ] && verify=(--verify)
+    "$here/qemu-migrate.sh" --workdir "$work" -n 1 --first-run "$2" "${verify[@]}" "$image" "$1"
+}
+
+record() {  # TSV COMMAND...: appends the command's result lines to TSV and shows them on stderr
+    local tsv="$1"; shift
+    "$@" > "$work/lines"  # not in a pipeline: a subshell would hide the VMs it starts from cleanup
+    cat "$work/lines" >&2
+    cat "$work/lines" >> "$tsv"
+}
+
+machine_description() {
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \
+         "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
+    echo "- kvm modules: $(ls /sys/module | grep '^kvm' | tr '\n' ' ')"
+    if $with_qemu; then echo "- qemu: $(qemu-system-x86_64 --version | head -1)"; fi
+    echo "- lz4: $(lz4 --version 2>&1 | grep -o 'v[0-9.]*' | head -1)"
+    echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running shares the cores)"
+    echo "- work dir: $work ($(df --output=fstype "$work" | tail -1)); runs: $runs"
+}
+
+main() {
+    runs=3 size=2G image="" results="" with_qemu=true with_ours=true with_limits=true
+    while (($#)); do
+        case "$1" in
+            -n) [ $# -ge 2 ] || usage; runs="$2"; shift 2 ;;
+            --size) [ $# -ge 2 ] || usage; size="$2"; shift 2 ;;
+            --image) [ $# -ge 2 ] || usage; image="$2"; shift 2 ;;
+            --results) [ $# -ge 2 ] || usage; results="$2"; shift 2 ;;
+            --no-qemu) with_qemu=false; shift ;;
+            --no-ours) with_ours=false; shift ;;
+            --no-limits) with_limits=false; shift ;;
+            *) usage ;;
+        esac
+    done
+    [[ "$runs" =~ ^[1-9][0-9]*$ ]] || usage
+    # QEMU first: installing it adds files under /usr/lib, where the image's binary regions come from.
+    if $with_qemu; then ensure_qemu; fi
+    if $with_ours && ! ours_available; then with_ours=false; fi
+
+    work="$(mktemp -d "${BENCH_TMPDIR:-/dev/shm}/throughput.XXXXXX")"
+    run_dir="$work/run"
+    mkdir -p "$run_dir"
+    if [ -z "$image" ]; then
+        image="$work/standard.img"
+        python3 "$here/make-image.py" --size "$size" "$image" >&2
+    elif [ ! -f "$image" ]; then
+        echo "throughput: no image at $image" >&2
+        exit 1
+    fi
+    image_size="$(stat -c %s "$image")"
+    cat "$image" > /dev/null  # page cache warm before anything is timed
+    local tsv="$work/results.tsv" run measure
+    for ((run = 1; run <= runs; run++)); do
+        for measure in "${MEASURES[@]}"; do
+            echo "throughput: run $run/$runs $measure" >&2
+            if $with_qemu; then record "$tsv" qemu_measure "$measure" "$run"; fi
+            if $with_ours; then
+                record "$tsv" ours_measure "$measure" "$run" none
+                record "$tsv" ours_measure "$measure" "$run" lz4
+            fi
+        done
+    done
+    if $with_limits; then
+        echo "throughput: pipe, memory and lz4 limits" >&2
+        record "$tsv" "$here/pipe-limits.sh" -n "$runs" "$image"
+    fi
+    [ -z "$results" ] || cp "$tsv" "$results"
+    echo "## Throughput benchmark (issue 6)"
+    echo
+    machine_description
+    echo "- image: $image_size bytes, $(sha256sum "$image" | cut -c1-16)… (sha256)"
+    echo
+    python3 "$here/report.py" "$tsv"
+}
+
+work="" run_dir=""
+declare -A vmrun_pid=()  # VM name -> its vmrun (the source "src" and the destination "dst")
+cleanup() {
+    if [ -n "$run_dir" ] && ((${#vmrun_pid[@]})); then ours_destroy "${!vmrun_pid[@]}"; fi
+    # vmrecv starts the destination's vmrun itself: destroy it by name too.
+    if [ -n "$run_dir" ] && [ -n "${VMCTL_BIN:-}" ]; then ours_destroy dst; fi
+    local pid
+    for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -z "$work" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+main "$@"

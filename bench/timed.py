@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Runs one command or a two-command pipeline and prints 'SECONDS RSS1_KIB [RSS2_KIB]'.
+
+usage: timed.py [--stdin FILE] [--stdout FILE] -- CMD... [--pipe CMD...]
+Seconds are wall-clock from the first start to the last exit; peak RSS comes from wait4, so it is
+each process's own peak (VmHWM), not a sample. Exits 1 if any command fails, naming it.
+"""
+import os
+import subprocess
+import sys
+import time
+
+
+def main(argv):
+    stdin_path = stdout_path = None
+    while argv and argv[0] != "--":
+        if argv[0] in ("--stdin", "--stdout") and len(argv) >= 2:
+            if argv[0] == "--stdin":
+                stdin_path = argv[1]
+            else:
+                stdout_path = argv[1]
+            argv = argv[2:]
+        else:
+            print(__doc__.split("\n\n")[1], file=sys.stderr)
+            return 2
+    argv = argv[1:]
+    commands = [[]]
+    for word in argv:
+        if word == "--pipe":
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    if not all(commands) or len(commands) > 2:
+        print("timed.py: need one command, or two joined by --pipe", file=sys.stderr)
+        return 2
+    source = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    sink = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
+    processes = []
+    start = time.monotonic()
+    try:
+        first = subprocess.Popen(commands[0], stdin=source,
+                                 stdout=subprocess.PIPE if len(commands) == 2 else sink)
+        processes.append(first)
+        if len(commands) == 2:
+            processes.append(subprocess.Popen(commands[1], stdin=first.stdout, stdout=sink))
+            first.stdout.close()
+        results = {}
+        while len(results) < len(processes):
+            pid, status, usage = os.wait4(-1, 0)
+            results[pid] = (os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+        seconds = time.monotonic() - start
+    except BaseException:
+        for process in processes:
+            process.kill()
+        raise
+    for process, command in zip(processes, commands):
+        process.returncode = results[process.pid][0]
+        if process.returncode != 0:
+            print(f"timed.py: {command[0]} exited with status {process.returncode}", file=sys.stderr)
+            return 1
+    print(f"{seconds:.4f} " + " ".join(str(results[p.pid][1]) for p in processes))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except OSError as error:
+        print(f"timed.py: {error}", file=sys.stderr)
+        sys.exit(1)
