@@ -8,6 +8,10 @@ import Synchronization
 /// check by writing `GuestLayout.checkPort`; its counters live in its status block in guest memory, which this
 /// device reads at each report. Pacing: the vCPU is put to sleep in the tick report so the guest dirties
 /// `dirtyRate` bytes per second in all (each write counts as one 4 KiB page).
+///
+/// Checks are held back while dirty logging is on: under kvm_pvm's shadow paging a read fault on a page whose
+/// guest PTE is dirty maps it writable and logs it dirty, so a full-slice check would mark the whole working set
+/// dirty in every round and live migration would never converge. The destination checks after it resumes.
 final class GuestStatusDevice: Sendable {
     static let kind = "guest-status"
     static let stateVersion: UInt32 = 1
@@ -22,7 +26,7 @@ final class GuestStatusDevice: Sendable {
         var dirtyRate: UInt64
         var writesPerTick: UInt64
 
-        /// Ticks of about a millisecond when paced, so sleeps are short and the rate is smooth.
+        /// Ticks of about 10 ms when paced: short enough for a smooth rate, long next to a tick's exit and sleep overhead.
         init(workingSet: UInt64, dirtyRate: UInt64, vcpus: UInt32) {
             self.workingSet = workingSet
             self.dirtyRate = dirtyRate
@@ -30,7 +34,7 @@ final class GuestStatusDevice: Sendable {
                 writesPerTick = GuestStatusDevice.flatOutWritesPerTick
             } else {
                 let pagesPerSecondPerVCPU = dirtyRate / 4096 / UInt64(max(vcpus, 1))
-                writesPerTick = min(max(pagesPerSecondPerVCPU / 1000, 1), GuestStatusDevice.flatOutWritesPerTick)
+                writesPerTick = min(max(pagesPerSecondPerVCPU / 100, 1), GuestStatusDevice.flatOutWritesPerTick)
             }
         }
 
@@ -66,6 +70,8 @@ final class GuestStatusDevice: Sendable {
     private let memory: GuestMemory
     private let reports: Mutex<[VCPUReport]>
     private let vcpuCount: UInt32
+    /// Set while dirty logging is on; see the type's comment.
+    let holdChecks = Atomic(false)
 
     init(settings: Settings, memory: GuestMemory, vcpus: UInt32) {
         self.settings = settings
@@ -84,7 +90,7 @@ final class GuestStatusDevice: Sendable {
             if let block { all[index].status = block }
             var reply: UInt32 = 0
             if let last = all[index].lastCheck {
-                if now &- last >= Self.checkInterval {
+                if now &- last >= Self.checkInterval && !holdChecks.load(ordering: .relaxed) {
                     reply |= 1
                     all[index].lastCheck = now
                 }

@@ -168,6 +168,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         try vm.createIRQChip()
         try vm.createPIT2()
         let vm = self.vm
+        var described = config
         memory = try GuestMemory(name: config.name, segments: config.segments)
         memoryFile = memory.fileDescriptor
         do {
@@ -176,6 +177,14 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
                                        userAddress: memory.base + memory.fileOffset(ofSegment: slot), logDirtyPages: false)
             }
             vcpus = try (0..<config.vcpuCount).map { try vm.createVCPU(id: $0) }
+            if !incoming {
+                // Before any vCPU runs: KVM refuses SET_CPUID2 afterwards. `describe` reports vCPU 0's.
+                let supported = try system.supportedCPUID()
+                for (index, vcpu) in vcpus.enumerated() { try vcpu.setCPUID(GuestLayout.cpuid(supported, index: UInt32(index))) }
+                described.cpuid = try vcpus[0].cpuid().filter { !$0.isPadding }.map {
+                    CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+                }
+            }
             let candidates = try system.msrIndexList().filter(MSRList.isMigrated)
             migratedMSRs = vcpus[0].readableMSRs(candidates)
             let line = Self.uartIRQ
@@ -188,7 +197,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         }
         statusDevice = GuestStatusDevice(settings: settings, memory: memory, vcpus: config.vcpuCount)
         host = HostProbe.hostSpec(system: system)
-        self.config = config
+        self.config = described
         runState = incoming ? .incoming : .paused
         awaitingState = incoming
         bootArea = (topOfRAM, false)
@@ -198,15 +207,13 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         }
     }
 
-    /// Boot-only set-up: CPUID, ring-3 registers, the working-set slices, the boot area in RAM.
+    /// Boot-only set-up: ring-3 registers, the working-set slices, the boot area in RAM.
     private func setUpGuest(options: MachineOptions) throws {
-        let supported = try system.supportedCPUID()
         let settings = statusDevice.settings
         let top = config.segments[config.segments.count - 1]
         let workingSetBase = top.guestPhysicalBase + top.size - settings.workingSet
         let sliceSize = (settings.workingSet / UInt64(vcpus.count)) & ~4095
         for (index, vcpu) in vcpus.enumerated() {
-            try vcpu.setCPUID(GuestLayout.cpuid(supported, index: UInt32(index)))
             // With the in-kernel LAPIC, vCPUs other than 0 would wait for INIT/SIPI; the guest has no boot CPU code.
             try vcpu.setState(.mpState, withUnsafeBytes(of: UInt32(KVM_MP_STATE_RUNNABLE)) { Array($0) })
             try vcpu.setSregs(GuestLayout.startSregs(from: try vcpu.sregs()))
@@ -221,17 +228,6 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         } else {
             try GuestLayout.writeBootArea(into: memory, topOfRAM: bootArea.topOfRAM)
         }
-    }
-
-    /// The CPUID the guest sees (KVM_GET_CPUID2 of vCPU 0), for `describe`.
-    public func describedConfig() throws -> MachineConfig {
-        var described = config
-        if described.cpuid.isEmpty {
-            described.cpuid = try vcpus[0].cpuid().filter {
-                $0.function != 0 || $0.index != 0 || $0.flags != 0 || $0.eax != 0 || $0.ebx != 0 || $0.ecx != 0 || $0.edx != 0
-            }.map { CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx) }
-        }
-        return described
     }
 
     // MARK: vCPU threads
@@ -427,6 +423,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
                                        userAddress: memory.base + memory.fileOffset(ofSegment: slot), logDirtyPages: on)
             }
             gate.withLock { dirtyLogging = on }
+            statusDevice.holdChecks.store(on, ordering: .relaxed)
         }
     }
 
@@ -558,4 +555,9 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         }
         return byName
     }
+}
+
+extension kvm_cpuid_entry2 {
+    /// An all-zero entry, as KVM_GET_CPUID2 may leave at the end of its array.
+    var isPadding: Bool { function == 0 && index == 0 && flags == 0 && eax == 0 && ebx == 0 && ecx == 0 && edx == 0 }
 }

@@ -31,3 +31,34 @@ func eventually(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
 extension KVMMachine {
     var ticks: [UInt64] { status().vcpus.map(\.tick) }
 }
+
+/// Copies guest RAM between two machines through their memfds, 1 MiB at a time, leaving zero pages as holes.
+func copyMemory(from source: KVMMachine, to destination: KVMMachine) {
+    let size = Int(source.config.memorySize)
+    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    var offset = 0
+    while offset < size {
+        let count = buffer.withUnsafeMutableBytes { pread(source.memoryFile, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
+        precondition(count > 0, "pread from the source memfd failed")
+        var page = 0
+        while page < count {
+            let length = min(4096, count - page)
+            if buffer[page..<page + length].contains(where: { $0 != 0 }) {
+                let written = buffer[page..<page + length].withUnsafeBytes {
+                    pwrite(destination.memoryFile, $0.baseAddress, length, off_t(offset + page))
+                }
+                precondition(written == length, "pwrite to the destination memfd failed")
+            }
+            page += length
+        }
+        offset += count
+    }
+}
+
+/// Reads `length` bytes of a machine's RAM at memfd offset `offset`.
+func readMemory(_ machine: KVMMachine, offset: Int, length: Int) -> [UInt8] {
+    var bytes = [UInt8](repeating: 0, count: length)
+    let count = bytes.withUnsafeMutableBytes { pread(machine.memoryFile, $0.baseAddress, length, off_t(offset)) }
+    precondition(count == length)
+    return bytes
+}
