@@ -12,14 +12,16 @@ import MachineDescription
         defer { machine.destroy() }
         let ok = eventually { machine.status().vcpus.allSatisfy { $0.tick > 10 && $0.checksPassed >= 2 } }
         let status = machine.status()
-        print("status:", status, "failure:", machine.failure ?? "none")
         #expect(ok)
         #expect(status.state == .running)
         #expect(status.vcpus.count == 2)
         #expect(status.vcpus.allSatisfy { $0.checksFailed == 0 })
+        #expect(machine.host.hypervisor == "kvm" && machine.host.architecture == "x86_64")
+        #expect(machine.host.hypervisorVersion.hasPrefix("api 12 (linux "))
+        #expect(machine.config.cpuid.contains { $0.function == 1 } && !machine.config.cpuid.contains { $0 == CPUIDLeaf(function: 0, index: 0, flags: 0, eax: 0, ebx: 0, ecx: 0, edx: 0) })
+        #expect(machine.config.devices.map(\.kind) == ["uart16550", "guest-status"])
         machine.destroy()
         let console = scratch.read("console")
-        print(console.split(separator: "\n").prefix(6).joined(separator: "\n"))
         #expect(console.contains("cpu00 tick "))
         #expect(console.contains("cpu01 tick "))
         #expect(console.contains("check OK"))

@@ -76,6 +76,25 @@ struct MachineStateTests {
         #expect(eventually { scratch.read("target").contains("cpu00 tick") && scratch.read("target").contains("check FAIL") })
     }
 
+    @Test func aGuestThatCrashesIsReported() throws {
+        let scratch = Scratch()
+        let (source, state, config) = try pausedSource(scratch)
+        defer { source.destroy() }
+        let target = try KVMMachine.incoming(config: config, options: MachineOptions(consoleLog: scratch.file("target")))
+        defer { target.destroy() }
+        copyMemory(from: source, to: target)
+        // Without its top-level page table the guest's first instruction fetch faults; with no IDT that is a triple fault.
+        let zeros = [UInt8](repeating: 0, count: 4096)
+        #expect(zeros.withUnsafeBytes { pwrite(target.memoryFile, $0.baseAddress, 4096, off_t(GuestLayout.pml4)) } == 4096)
+        try target.restoreState(state)
+        try target.resume()
+        #expect(eventually { target.failure != nil })
+        #expect(target.failure?.contains("KVM_EXIT_SHUTDOWN") == true)
+        #expect(eventually { scratch.read("target").contains("vmrun: vcpu") })
+        try target.pause()                  // crashed vCPUs count as parked
+        #expect(target.status().state == .paused)
+    }
+
     @Test func incomingRefusesWhatItDoesNotKnow() throws {
         let scratch = Scratch()
         let options = MachineOptions(consoleLog: scratch.file("console"))
