@@ -177,6 +177,15 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
                                        userAddress: memory.base + memory.fileOffset(ofSegment: slot), logDirtyPages: false)
             }
             vcpus = try (0..<config.vcpuCount).map { try vm.createVCPU(id: $0) }
+            if incoming && !config.cpuid.isEmpty {
+                // Compare with what a vCPU here reports once given everything KVM supports: kvm_pvm's GET_CPUID2
+                // adds the host CPU's own bits to what was set, so the supported list alone would understate it.
+                // The restore's SET_CPUID2 replaces this (the vCPU has not run).
+                try vcpus[0].setCPUID(try system.supportedCPUID())
+                if let missing = CPUIDCompatibility.missingFeatures(guest: config.cpuid, host: try vcpus[0].cpuid()) {
+                    throw MachineError("this host cannot run the incoming guest: its CPU lacks features the guest uses (\(missing))")
+                }
+            }
             if !incoming {
                 // Before any vCPU runs: KVM refuses SET_CPUID2 afterwards. `describe` reports vCPU 0's.
                 let supported = try system.supportedCPUID()
@@ -451,6 +460,11 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 
     // MARK: State
 
+    /// Kernel chunks, in save order (kvm-state.md), each the raw bytes of the kernel struct its ioctl fills:
+    /// per vCPU `vcpuN/mpstate`, `regs`, `sregs`, `xsave` (XSAVE2-sized), `xcrs`, `debugregs`, `lapic`,
+    /// `tsc-khz` (u32 LE), `cpuid` (kvm_cpuid2), `msrs` (kvm_msrs over the allow-list), `events`; then `vm/pit`,
+    /// `vm/clock`, `vm/irqchip0..2`. Raw structs tie a chunk to the x86-64 KVM ABI: version 1 is that ABI, and a
+    /// receiver checks every length. Device chunks `uart0` and `status0` are our own little-endian layouts.
     public func saveState() throws -> MachineState {
         try control.withLock { _ in
             try gate.withLock {

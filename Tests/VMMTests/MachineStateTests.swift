@@ -109,6 +109,11 @@ struct MachineStateTests {
         var newerVersion = good
         newerVersion.devices[1].version = 99
         #expect(throws: MachineError.self) { try KVMMachine.incoming(config: newerVersion, options: options) }
+        var newerCPU = good
+        newerCPU.cpuid = [CPUIDLeaf(function: 7, index: 0, flags: 1, eax: 0, ebx: 0xffff_ffff, ecx: 0, edx: 0)]
+        #expect { try KVMMachine.incoming(config: newerCPU, options: options) } throws: {
+            "\($0)".contains("CPUID leaf 0x7.0 ebx")
+        }
         var oddLayout = good
         oddLayout.segments[0].guestPhysicalBase = 4096
         #expect(throws: MachineError.self) { try KVMMachine.incoming(config: oddLayout, options: options) }
