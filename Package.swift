@@ -33,7 +33,7 @@ let package = Package(
         // The control socket protocol between vmrun and its clients.
         .target(name: "VMControl", dependencies: ["MachineDescription", system], swiftSettings: strict),
         // A machine: memory, vCPU threads, devices, the bundled guest, the control server.
-        .target(name: "VMM", dependencies: ["KVM", "VMControl", "MachineDescription", system], swiftSettings: strict),
+        .target(name: "VMM", dependencies: ["KVM", "CKVM", "VMControl", "MachineDescription", system], swiftSettings: strict),
         // Rounds, convergence, switch-over. Talks to a VM through a protocol, never to KVM.
         .target(name: "Migration", dependencies: ["VMStream", "VMControl", "MachineDescription", system], swiftSettings: strict),
 

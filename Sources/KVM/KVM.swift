@@ -1,1 +1,0 @@
-// KVM: see Package.swift for what this layer knows about.

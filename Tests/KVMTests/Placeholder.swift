@@ -1,3 +1,0 @@
-import Testing
-
-@Test func placeholderKVMTests() { #expect(Bool(true)) }
