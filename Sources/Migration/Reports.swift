@@ -1,0 +1,40 @@
+import VMStream
+
+extension SendReport {
+    /// `sent VM 'demo' (2.00 GiB): 1.02 GiB in 12345 pages, 4321 zero pages elided, ratio 0.51, in 0.61 s (1.67 GiB/s)`
+    public var summary: String {
+        let stats = statistics
+        let rate = seconds > 0 ? Double(stats.bytesWritten) / seconds : 0
+        return "sent VM '\(machine)' (\(ByteCount(guestBytes))): \(ByteCount(stats.bytesWritten)) in "
+            + "\(stats.pages) pages, \(stats.zeroPages) zero pages elided, "
+            + "ratio \(ByteCount.twoDecimals(guestBytes > 0 ? Double(stats.bytesWritten) / Double(guestBytes) : 0)), "
+            + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(rate)))/s)"
+    }
+}
+
+extension ReceiveReport {
+    /// `received 2.00 GiB VM 'demo' (3 rounds) in 0.61 s (3.3 GiB/s)` and the downtime when known.
+    public func summary(dryRun: Bool) -> String {
+        let guest = begin.machine.memorySize
+        let rate = seconds > 0 ? Double(guest) / seconds : 0
+        var line = "\(dryRun ? "verified" : "received") \(ByteCount(guest)) VM '\(begin.machine.name)'"
+            + (name == begin.machine.name ? "" : " as '\(name)'")
+            + " (\(rounds) round\(rounds == 1 ? "" : "s"), \(ByteCount(streamBytes)) stream) in "
+            + "\(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(rate)))/s)"
+        if let downtimeSeconds {
+            line += "; downtime \(Int((downtimeSeconds * 1000).rounded())) ms from source pause to resume"
+        }
+        return line
+    }
+}
+
+extension StreamBegin {
+    /// What `vmrecv -n -v` would do with this stream.
+    public func dryRunDescription(as name: String) -> String {
+        let segments = machine.segments.map { "\($0.name) \(ByteCount($0.size)) at \($0.guestPhysicalBase)" }
+        let devices = machine.devices.map { "\($0.name) (\($0.kind) v\($0.version))" }
+        return "would restore \(mode.rawValue) stream of VM '\(machine.name)' as '\(name)': "
+            + "\(machine.vcpuCount) vCPUs, memory \(segments.joined(separator: ", ")), devices "
+            + "\(devices.joined(separator: ", ")); from \(host.architecture) \(host.cpuModel), \(host.hypervisor) \(host.hypervisorVersion)"
+    }
+}

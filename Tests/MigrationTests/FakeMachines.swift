@@ -1,0 +1,103 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+import Migration
+import SystemPackage
+
+/// An anonymous memory file (memfd), as vmrun holds guest RAM in.
+func makeMemoryFile(size: UInt64) throws -> FileDescriptor {
+    let fd = memfd_create("test-guest", UInt32(MFD_CLOEXEC))
+    guard fd >= 0, ftruncate(fd, off_t(size)) == 0 else { throw MigrationError("memfd", errno: errno) }
+    return FileDescriptor(rawValue: fd)
+}
+
+let testHost = HostSpec(architecture: Compatibility.local().architecture, cpuVendor: "TestVendor", cpuModel: "Test CPU",
+                        pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "test")
+
+func testConfig(name: String = "fake", memory: UInt64 = 8 << 20) -> MachineConfig {
+    MachineConfig(name: name, vcpuCount: 2, segments: MemorySegment.standardLayout(memorySize: memory),
+                  devices: [DeviceConfig(name: "uart0", kind: "uart16550", version: 1, configuration: ["port": "0x3f8"])],
+                  cpuid: [CPUIDLeaf(function: 1, index: 0, flags: 0, eax: 1, ebx: 2, ecx: 3, edx: 4)])
+}
+
+let testState = MachineState(
+    kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: Array(0..<144)),
+             StateChunk(name: "vm/pit", version: 1, data: [9, 9, 9])],
+    devices: [StateChunk(name: "uart0", version: 1, data: Array("hello".utf8))])
+
+/// A machine in a memfd: some pages written with a pattern, some written with zeroes, the rest holes.
+final class FakeSource: MigrationSource, @unchecked Sendable {
+    let config: MachineConfig
+    let file: FileDescriptor
+    var pauses = 0
+    var resumes = 0
+    var paused = false
+    var failSaveState = false
+
+    init(config: MachineConfig = testConfig(), writtenPages: [UInt64], zeroedPages: [UInt64] = []) throws {
+        self.config = config
+        file = try makeMemoryFile(size: config.memorySize)
+        for page in writtenPages {
+            var bytes = [UInt8](repeating: 0, count: 4096)
+            for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: Int(page) &* 31 &+ index &* 7 &+ 1) }
+            _ = try file.writeAll(toAbsoluteOffset: Int64(page * 4096), bytes)
+        }
+        for page in zeroedPages {
+            _ = try file.writeAll(toAbsoluteOffset: Int64(page * 4096), [UInt8](repeating: 0, count: 4096))
+        }
+    }
+
+    deinit { try? file.close() }
+
+    func describe() throws -> (config: MachineConfig, host: HostSpec) { (config, testHost) }
+    func mapMemory(_ config: MachineConfig) throws -> GuestMemory {
+        try GuestMemory(file: FileDescriptor(rawValue: dup(file.rawValue)), segments: config.segments, writable: false)
+    }
+    func pause() throws { pauses += 1; paused = true }
+    func resume() throws { resumes += 1; paused = false }
+    func saveState() throws -> MachineState {
+        if failSaveState { throw MigrationError("saving state failed on purpose") }
+        return testState
+    }
+    func dirtyLogStart() throws {}
+    func dirtyLogFetch(segment: Int) throws -> [UInt64] { [UInt64](repeating: 0, count: Int(config.segments[segment].size / 4096 + 63) / 64) }
+    func dirtyLogStop() throws {}
+
+    func bytes(page: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        _ = try bytes.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(page * 4096), into: $0) }
+        return bytes
+    }
+}
+
+/// A received machine in a memfd of its own.
+final class FakeDestination: MigrationDestination, @unchecked Sendable {
+    let memory: GuestMemory
+    let file: FileDescriptor
+    var restored: MachineState?
+    var resumed = false
+    var abandoned = false
+
+    init(config: MachineConfig) throws {
+        file = try makeMemoryFile(size: config.memorySize)
+        memory = try GuestMemory(file: FileDescriptor(rawValue: dup(file.rawValue)), segments: config.segments, writable: true)
+    }
+
+    deinit { try? file.close() }
+
+    func restore(_ state: MachineState) throws { restored = state }
+    func resume() throws { resumed = true }
+    func abandon() { abandoned = true }
+
+    func bytes(page: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        _ = try bytes.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(page * 4096), into: $0) }
+        return bytes
+    }
+
+    /// Pages holding data in the memory file (SEEK_DATA), to prove zero pages were not populated.
+    func populatedPageCount() throws -> UInt64 {
+        try memory.populatedPages(segment: 0).reduce(0) { $0 + UInt64($1.count) }
+    }
+}
