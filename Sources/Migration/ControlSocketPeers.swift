@@ -26,6 +26,7 @@ public final class ControlSocketSource: MigrationSource {
     public func dirtyLogStart() throws { try client.dirtyLogStart() }
     public func dirtyLogFetch(segment: Int) throws -> [UInt64] { try client.dirtyLogFetch(segment: segment) }
     public func dirtyLogStop() throws { try client.dirtyLogStop() }
+    public func setThrottle(percent: Int) throws { try client.setThrottle(percent: percent) }
 }
 
 /// A machine created by `vmrun --incoming` for a stream being received. This connection owns it:

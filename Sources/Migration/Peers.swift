@@ -13,6 +13,8 @@ public protocol MigrationSource: AnyObject {
     /// One bit per page of `segment`, fetched and cleared at the source.
     func dirtyLogFetch(segment: Int) throws -> [UInt64]
     func dirtyLogStop() throws
+    /// Slows the guest's vCPUs to (100 - percent) % of their speed; 0 lifts the throttle.
+    func setThrottle(percent: Int) throws
 }
 
 /// A machine being received: created from the stream's BEGIN, not yet running.

@@ -34,6 +34,7 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     var resumes = 0
     var paused = false
     var failSaveState = false
+    var throttles: [Int] = []
 
     init(config: MachineConfig = testConfig(), writtenPages: [UInt64], zeroedPages: [UInt64] = []) throws {
         self.config = config
@@ -60,9 +61,45 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
         if failSaveState { throw MigrationError("saving state failed on purpose") }
         return testState
     }
-    func dirtyLogStart() throws {}
-    func dirtyLogFetch(segment: Int) throws -> [UInt64] { [UInt64](repeating: 0, count: Int(config.segments[segment].size / 4096 + 63) / 64) }
-    func dirtyLogStop() throws {}
+    /// Pages the fake guest writes per round while running, given the throttle in force.
+    var pagesDirtiedPerRound: (_ round: Int, _ throttle: Int) -> Int = { _, _ in 0 }
+    /// Pages written since the last fetch, per segment: what a dirty log would report.
+    private var pendingDirty: [Set<UInt64>] = []
+    private var rounds = 0
+    private var generator = SystemRandomNumberGenerator()
+    var dirtyLogging = false
+
+    func dirtyLogStart() throws {
+        dirtyLogging = true
+        pendingDirty = config.segments.map { _ in [] }
+    }
+
+    /// Reports what was written since the last fetch, then (if running) writes new pages: those land
+    /// "while the next round is sent" and show up in the next fetch.
+    func dirtyLogFetch(segment: Int) throws -> [UInt64] {
+        let pages = config.segments[segment].size / 4096
+        var words = [UInt64](repeating: 0, count: Int((pages + 63) / 64))
+        for page in pendingDirty[segment] { words[Int(page / 64)] |= 1 << (page % 64) }
+        pendingDirty[segment] = []
+        if segment == config.segments.count - 1 { rounds += 1 }
+        if !paused {
+            for _ in 0..<pagesDirtiedPerRound(rounds, throttles.last ?? 0) {
+                let page = UInt64.random(in: 0..<pages, using: &generator)
+                let value = UInt8.random(in: 1...255, using: &generator)
+                _ = try file.writeAll(toAbsoluteOffset: Int64(segmentOffset(segment) + page * 4096),
+                                      [UInt8](repeating: value, count: 4096))
+                pendingDirty[segment].insert(page)
+            }
+        }
+        return words
+    }
+
+    func dirtyLogStop() throws { dirtyLogging = false }
+
+    private func segmentOffset(_ segment: Int) -> UInt64 {
+        config.segments[..<segment].reduce(0) { $0 + $1.size }
+    }
+    func setThrottle(percent: Int) throws { throttles.append(percent) }
 
     func bytes(page: UInt64) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 4096)
