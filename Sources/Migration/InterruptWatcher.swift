@@ -15,6 +15,7 @@ public enum SendPhase: Sendable {
 
 /// Turns SIGINT, SIGTERM and SIGHUP into a clean stop: a source the sender paused is resumed, over a
 /// connection of its own (the main thread may be blocked in a write), before the process exits 1.
+/// SIGUSR1 asks for a progress line.
 ///
 /// The signals are blocked in every thread and taken by `sigwait` on a watcher thread, so no async-signal
 /// restrictions apply and the phase lock makes "resume" and "commit" mutually exclusive.
@@ -22,10 +23,13 @@ public final class InterruptWatcher: Sendable {
     private let phase = Mutex(SendPhase.sourceRunning)
     private let reconnect: @Sendable () throws -> MigrationSource
     private let machineName: String
+    private let progressRequest: ProgressRequest
 
     /// Blocks the signals now; call before any other thread starts.
-    public init(machineName: String, reconnect: @escaping @Sendable () throws -> MigrationSource) {
+    public init(machineName: String, progressRequest: ProgressRequest,
+                reconnect: @escaping @Sendable () throws -> MigrationSource) {
         self.machineName = machineName
+        self.progressRequest = progressRequest
         self.reconnect = reconnect
         var signals = Self.watchedSignals
         pthread_sigmask(SIG_BLOCK, &signals, nil)
@@ -50,13 +54,17 @@ public final class InterruptWatcher: Sendable {
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGHUP)
+        sigaddset(&set, SIGUSR1)
         return set
     }
 
     private func watch() {
         var signals = Self.watchedSignals
         var received: Int32 = 0
-        while sigwait(&signals, &received) != 0 {}
+        while sigwait(&signals, &received) != 0 || received == SIGUSR1 {
+            if received == SIGUSR1 { progressRequest.raise() }
+            received = 0
+        }
         phase.withLock { current in
             switch current {
             case .sourceRunning:

@@ -8,7 +8,8 @@ extension SendReport {
         return "sent VM '\(machine)' (\(ByteCount(guestBytes))): \(ByteCount(stats.bytesWritten)) in "
             + "\(stats.pages) pages, \(stats.zeroPages) zero pages elided, "
             + "ratio \(ByteCount.twoDecimals(guestBytes > 0 ? Double(stats.bytesWritten) / Double(guestBytes) : 0)), "
-            + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(rate)))/s)"
+            + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(rate)))/s); "
+            + "source paused for the last \(Int((pausedSeconds * 1000).rounded())) ms"
     }
 }
 
@@ -36,5 +37,42 @@ extension StreamBegin {
         return "would restore \(mode.rawValue) stream of VM '\(machine.name)' as '\(name)': "
             + "\(machine.vcpuCount) vCPUs, memory \(segments.joined(separator: ", ")), devices "
             + "\(devices.joined(separator: ", ")); from \(host.architecture) \(host.cpuModel), \(host.hypervisor) \(host.hypervisorVersion)"
+    }
+}
+
+extension RoundProgress {
+    /// The `-v` line: `round 2: 1234 pages, 4.82 MiB in 0.01 s (482.00 MiB/s); 321 dirty pages found (12.00 MiB/s); expected downtime 3 ms`
+    public var line: String {
+        let name = isFinal ? "final round \(round)" : "round \(round)"
+        if inProgress {
+            let percent = pagesInRound > 0 ? pagesSent * 100 / pagesInRound : 100
+            return "\(name): \(pagesSent)/\(pagesInRound) pages (\(percent)%), \(ByteCount(streamBytes)) in "
+                + "\(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(bandwidth)))/s)"
+        }
+        var text = "\(name): \(pagesSent) pages, \(ByteCount(streamBytes)) in \(ByteCount.twoDecimals(seconds)) s "
+            + "(\(ByteCount(UInt64(bandwidth)))/s)"
+        if !isFinal {
+            text += "; \(dirtyPagesFound) dirty pages found (\(ByteCount(UInt64(dirtyRate)))/s); expected downtime "
+                + (expectedDowntime.isFinite ? "\(Int((expectedDowntime * 1000).rounded())) ms" : "unknown")
+            if throttlePercent > 0 { text += "; vCPUs throttled \(throttlePercent)%" }
+        }
+        return text
+    }
+
+    /// The `-P` line: tab-separated fields, documented in vmsend(8).
+    public var parsable: String {
+        let downtime = expectedDowntime.isFinite ? String(Int((expectedDowntime * 1e6).rounded())) : "-"
+        return [inProgress ? "progress" : (isFinal ? "final" : "round"), "\(round)", "\(pagesSent)", "\(pagesInRound)",
+                "\(streamBytes)", "\(Int((seconds * 1e6).rounded()))", "\(UInt64(bandwidth))", "\(dirtyPagesFound)",
+                "\(UInt64(dirtyRate))", downtime, "\(throttlePercent)"].joined(separator: "\t")
+    }
+
+    /// One terminal line redrawn in place: `round 0 [#########           ] 45% 1.20 GiB/s`.
+    public var bar: String {
+        let width = 30
+        let done = pagesInRound > 0 ? Int(pagesSent * UInt64(width) / pagesInRound) : width
+        let percent = pagesInRound > 0 ? pagesSent * 100 / pagesInRound : 100
+        return "\r\(isFinal ? "final" : "round \(round)") [" + String(repeating: "#", count: done)
+            + String(repeating: " ", count: width - done) + "] \(percent)% \(ByteCount(UInt64(bandwidth)))/s\u{1b}[K"
     }
 }

@@ -110,16 +110,18 @@ public final class Sender {
     public var phaseObserver: InterruptWatcher?
     /// Called after each round, and about once a second inside a long round.
     public var onProgress: ((RoundProgress) -> Void)?
-    /// Set from another thread (SIGUSR1) to ask for a progress line now.
-    public let progressRequested = ProgressRequest()
+    /// Raised from another thread (SIGUSR1) to ask for a progress line now.
+    private let progressRequested: ProgressRequest
 
     /// Pages per `writePages` call: small enough for a progress line a second, large enough to batch well.
     static let pagesPerSlice: UInt64 = 2048
 
-    public init(source: MigrationSource, output: FileDescriptor, options: SendOptions) {
+    public init(source: MigrationSource, output: FileDescriptor, options: SendOptions,
+                progressRequest: ProgressRequest = ProgressRequest()) {
         self.source = source
         self.output = output
         self.options = options
+        self.progressRequested = progressRequest
     }
 
     public func run() throws -> SendReport {

@@ -39,8 +39,11 @@ extension ParsableCommand {
 /// Lines on stderr, and what kind of file stdout is.
 public enum StandardStreams {
     /// Writes one line to stderr, unbuffered, whole.
-    public static func error(_ line: String) {
-        var bytes = Array((line + "\n").utf8)
+    public static func error(_ line: String) { errorText(line + "\n") }
+
+    /// Writes text to stderr as it is (progress bars redraw a line with `\r`).
+    public static func errorText(_ text: String) {
+        var bytes = Array(text.utf8)
         var offset = 0
         while offset < bytes.count {
             let written = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
