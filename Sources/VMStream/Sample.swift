@@ -62,8 +62,8 @@ public enum SampleStream {
         return z ^ (z >> 31)
     }
 
-    /// Supplies pages [first, first+count) of a segment into memory the writer reads.
-    public typealias PageSource = (_ segment: Int, _ first: UInt64, _ count: Int, _ buffer: UnsafeMutableRawPointer) -> Void
+    /// Gives pages [first, first+count) of a segment: fills `buffer` and returns it, or returns a pointer into a mapping.
+    public typealias PageSource = (_ segment: Int, _ first: UInt64, _ count: Int, _ buffer: UnsafeMutableRawPointer) -> UnsafeRawPointer
 
     /// Writes a whole sample stream: BEGIN, a full first round, a second round of a few pages, state, END.
     /// Memory is bounded by one batch buffer; `pages` supplies content (default: `fill`).
@@ -81,14 +81,15 @@ public enum SampleStream {
             for index in 0..<count {
                 fill(buffer + index * StreamFormat.pageSize, index: segmentBases[segment] + first + UInt64(index), seed: seed)
             }
+            return UnsafeRawPointer(buffer)
         }
         func send(_ ranges: [PageRange]) throws {
             for range in ranges {
                 var done: UInt64 = 0
                 while done < range.count {
                     let count = Int(min(UInt64(batchPages), range.count - done))
-                    supply(range.segment, range.firstPage + done, count, buffer)
-                    try writer.writePages(segment: range.segment, firstPage: range.firstPage + done, count: UInt64(count), from: buffer)
+                    let pages = supply(range.segment, range.firstPage + done, count, buffer)
+                    try writer.writePages(segment: range.segment, firstPage: range.firstPage + done, count: UInt64(count), from: pages)
                     done += UInt64(count)
                 }
             }
