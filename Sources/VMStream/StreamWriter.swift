@@ -74,10 +74,15 @@ public final class StreamWriter {
         if roundWritten < roundList.count {
             throw StreamError(.misuse, "ROUND \(number) while round \(roundNumber) still has unwritten listed pages")
         }
-        roundNumber = number
-        roundList = ranges
-        roundWritten = 0
-        try writeRoundPart()
+        let previous = (roundNumber, roundList, roundWritten)
+        (roundNumber, roundList, roundWritten) = (number, ranges, 0)
+        do {
+            try writeRoundPart()
+        } catch {
+            // A refused list leaves no round pending.
+            if roundWritten == 0 { (roundNumber, roundList, roundWritten) = previous }
+            throw error
+        }
     }
 
     private func writeRoundPart() throws {

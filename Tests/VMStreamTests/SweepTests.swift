@@ -10,7 +10,7 @@ import Testing
     static let recordStarts: [UInt64] = {
         let reader = StreamReader(bytes: stream)
         var starts: [UInt64] = []
-        while let record = try? reader.next(into: DiscardingPageSink()), record != nil {
+        while (try? reader.next(into: DiscardingPageSink())) != nil {
             starts.append(reader.lastRecord!.offset)
         }
         return starts
