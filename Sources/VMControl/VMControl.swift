@@ -1,34 +1,112 @@
+import Glibc
 import MachineDescription
 import SystemPackage
 
 /// Where machines' sockets and console logs live: `--run-dir`, else `$VMSEND_RUN_DIR`,
 /// else `/run/vmsend` for root and `$XDG_RUNTIME_DIR/vmsend` (or `/tmp/vmsend-UID`) otherwise.
 public struct RunDirectory: Sendable {
+    /// Always absolute, so a daemonised vmrun that changed directory still finds it.
     public var path: String
-    public init(path: String) { self.path = path }
+    public init(path: String) { self.path = RunDirectory.absolute(path) }
+
     /// Resolves the run directory from a command-line flag and the environment.
-    public static func resolve(flag: String?) -> RunDirectory { fatalError("control work") }
+    public static func resolve(flag: String?) -> RunDirectory {
+        if let flag, !flag.isEmpty { return RunDirectory(path: flag) }
+        if let variable = getenv("VMSEND_RUN_DIR"), variable.pointee != 0 {
+            return RunDirectory(path: String(cString: variable))
+        }
+        let uid = getuid()
+        if uid == 0 { return RunDirectory(path: "/run/vmsend") }
+        if let runtime = getenv("XDG_RUNTIME_DIR"), runtime.pointee != 0 {
+            return RunDirectory(path: String(cString: runtime) + "/vmsend")
+        }
+        return RunDirectory(path: "/tmp/vmsend-\(uid)")
+    }
+
     public func socketPath(for name: String) -> String { path + "/" + name + ".sock" }
     public func consoleLogPath(for name: String) -> String { path + "/" + name + ".console" }
+    /// Where a background vmrun's own stderr goes.
+    public func processLogPath(for name: String) -> String { path + "/" + name + ".log" }
+
+    /// Creates the directory (mode 0700) if needed and refuses one that another user owns.
+    public func create() throws {
+        if mkdir(path, 0o700) < 0 && errno != EEXIST {
+            throw ControlError.system("cannot create run directory \(path)", errno)
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw ControlError.system("cannot use run directory \(path)", errno) }
+        guard info.st_mode & S_IFMT == S_IFDIR else { throw ControlError("run directory \(path) is not a directory") }
+        guard info.st_uid == geteuid() else {
+            throw ControlError("run directory \(path) belongs to uid \(info.st_uid), not to you; use --run-dir")
+        }
+    }
+
+    /// Names of the machines that have a socket here (live or stale), sorted.
+    public func socketNames() -> [String] {
+        guard let directory = opendir(path) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let file = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if file.hasSuffix(".sock") {
+                let name = String(file.dropLast(5))
+                if MachineName.isValid(name) { names.append(name) }
+            }
+        }
+        return names.sorted()
+    }
+
+    /// `path` made absolute against the current directory.
+    package static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        guard let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        return String(cString: cwd) + "/" + path
+    }
 }
 
-/// A connection to one vmrun's control socket. (Interface fixed; body lands with the control work.)
-public final class ControlClient {
-    /// Connects and checks the protocol version. Throws a clear error for an unknown VM.
-    public static func connect(name: String, runDirectory: RunDirectory) throws -> ControlClient { fatalError() }
-    public func status() throws -> MachineStatus { fatalError() }
-    public func describe() throws -> (config: MachineConfig, host: HostSpec) { fatalError() }
-    public func pause() throws {}
-    public func resume() throws {}
-    public func destroy() throws {}
-    /// The machine's memfd, received over SCM_RIGHTS; the caller owns and closes it.
-    public func memoryFile() throws -> FileDescriptor { fatalError() }
-    public func dirtyLogStart() throws {}
-    /// One bit per page of the segment, fetched and cleared in the VM.
-    public func dirtyLogFetch(segment: Int) throws -> [UInt64] { fatalError() }
-    public func dirtyLogStop() throws {}
-    public func saveState() throws -> MachineState { fatalError() }
-    public func restoreState(_ state: MachineState) throws {}
-    public func consoleInput(_ bytes: [UInt8]) throws {}
-    public func close() {}
+/// Machine names become file names in the run directory, so they are kept to a safe alphabet.
+public enum MachineName {
+    public static let maximumLength = 64
+
+    public static func isValid(_ name: String) -> Bool {
+        guard (1...maximumLength).contains(name.utf8.count), !name.hasPrefix("."), !name.hasPrefix("-") else { return false }
+        return name.utf8.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-")
+                || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
+        }
+    }
+
+    /// Throws a one-line error for a name that cannot be used.
+    public static func validate(_ name: String) throws {
+        guard isValid(name) else {
+            throw ControlError("invalid VM name '\(name)': use 1 to \(maximumLength) letters, digits, '.', '_' or '-', not starting with '.' or '-'")
+        }
+    }
+}
+
+/// A one-line error from the control layer, ready to print after the program's name.
+public struct ControlError: Error, CustomStringConvertible, Sendable, Equatable {
+    public var message: String
+    /// The errno behind the failure, when a system call failed.
+    public var code: Errno?
+
+    public init(_ message: String, code: Errno? = nil) {
+        self.message = message
+        self.code = code
+    }
+
+    public var description: String { message }
+
+    static func system(_ what: String, _ code: Int32) -> ControlError {
+        ControlError("\(what): \(String(cString: strerror(code)))", code: Errno(rawValue: code))
+    }
+
+    static func receiving(_ code: Int32) -> ControlError {
+        if code == EAGAIN || code == EWOULDBLOCK {
+            return ControlError("timed out waiting for the other side of the control socket", code: Errno(rawValue: code))
+        }
+        return system("recv", code)
+    }
 }

@@ -1,0 +1,158 @@
+import Glibc
+import MachineDescription
+import Synchronization
+import SystemPackage
+
+/// A connection to one vmrun's control socket. Requests are sent one at a time, each waiting
+/// for its reply; an error reply is thrown as a `ControlError` with the server's one line.
+public final class ControlClient: Sendable {
+    /// The machine's name and the pid of its vmrun, as the server introduced itself.
+    public let name: String
+    public let pid: Int32
+    /// The machine's state when the connection was made.
+    public let initialState: RunState
+    private let socket: Mutex<MessageSocket?>
+
+    private init(socket: MessageSocket, name: String, pid: Int32, state: RunState) {
+        self.socket = Mutex(socket)
+        self.name = name
+        self.pid = pid
+        self.initialState = state
+    }
+
+    deinit { close() }
+
+    /// Connects and checks the protocol version. Throws a clear error for an unknown VM.
+    public static func connect(name: String, runDirectory: RunDirectory) throws -> ControlClient {
+        try connect(name: name, runDirectory: runDirectory, ownIncoming: false)
+    }
+
+    /// Connects; with `ownIncoming`, claims an incoming machine (see `ControlProtocol`).
+    public static func connect(name: String, runDirectory: RunDirectory, ownIncoming: Bool) throws -> ControlClient {
+        try MachineName.validate(name)
+        let path = runDirectory.socketPath(for: name)
+        let socket: MessageSocket
+        do {
+            socket = try UnixSocket.connect(path: path)
+        } catch let error as ControlError {
+            switch error.code {
+            case .noSuchFileOrDirectory?: throw ControlError("no VM named '\(name)' (no socket at \(path))", code: error.code)
+            case .connectionRefused?: throw ControlError("no VM named '\(name)' (its vmrun is gone; stale socket at \(path))", code: error.code)
+            default: throw error
+            }
+        }
+        return try handshake(socket: socket, ownIncoming: ownIncoming)
+    }
+
+    /// Says hello over an already connected socket (a socketpair in tests).
+    package static func handshake(socket: MessageSocket, ownIncoming: Bool) throws -> ControlClient {
+        do {
+            let (result, _, _) = try exchange(socket, .hello(version: ControlProtocol.version, ownIncoming: ownIncoming))
+            guard case .hello(let version, let name, let state, let pid) = result else {
+                throw ControlError("unexpected reply to hello")
+            }
+            guard version == ControlProtocol.version else {
+                throw ControlError("protocol version mismatch: vmrun speaks \(version), this client speaks \(ControlProtocol.version)")
+            }
+            return ControlClient(socket: socket, name: name, pid: pid, state: state)
+        } catch {
+            socket.close()
+            throw error
+        }
+    }
+
+    public func status() throws -> MachineStatus {
+        guard case .status(let status) = try request(.status).result else { throw unexpected("status") }
+        return status
+    }
+
+    public func describe() throws -> (config: MachineConfig, host: HostSpec) {
+        guard case .describe(let config, let host) = try request(.describe).result else { throw unexpected("describe") }
+        return (config, host)
+    }
+
+    public func pause() throws { try request(.pause) }
+    public func resume() throws { try request(.resume) }
+    public func destroy() throws { try request(.destroy) }
+
+    /// The machine's memfd, received over SCM_RIGHTS; the caller owns and closes it.
+    public func memoryFile() throws -> FileDescriptor {
+        let reply = try request(.memoryFile)
+        guard case .memoryFile = reply.result, let descriptor = reply.descriptor else {
+            if let descriptor = reply.descriptor { Glibc.close(descriptor) }
+            throw unexpected("memoryFile")
+        }
+        return FileDescriptor(rawValue: descriptor)
+    }
+
+    public func dirtyLogStart() throws { try request(.dirtyLogStart) }
+
+    /// One bit per page of the segment, fetched and cleared in the VM.
+    public func dirtyLogFetch(segment: Int) throws -> [UInt64] {
+        let reply = try request(.dirtyLogFetch(segment: segment))
+        guard case .dirtyLog(let words) = reply.result, words * 8 == reply.payload.count else { throw unexpected("dirtyLogFetch") }
+        return try BitmapEncoding.decode(reply.payload)
+    }
+
+    public func dirtyLogStop() throws { try request(.dirtyLogStop) }
+
+    public func saveState() throws -> MachineState {
+        let reply = try request(.saveState)
+        guard case .state = reply.result else { throw unexpected("saveState") }
+        return try StateEncoding.decode(reply.payload)
+    }
+
+    public func restoreState(_ state: MachineState) throws {
+        try request(.restoreState, payload: StateEncoding.encode(state))
+    }
+
+    public func consoleInput(_ bytes: [UInt8]) throws {
+        try request(.consoleInput, payload: bytes)
+    }
+
+    /// Closes the connection. For the owner of an incoming machine that was not resumed, this
+    /// makes vmrun destroy the machine.
+    public func close() {
+        socket.withLock { socket in
+            socket?.close()
+            socket = nil
+        }
+    }
+
+    @discardableResult
+    private func request(_ request: ControlRequest, payload: [UInt8] = []) throws
+        -> (result: ControlResult, payload: [UInt8], descriptor: Int32?)
+    {
+        try socket.withLock { socket in
+            guard let open = socket else { throw ControlError("the control connection to '\(name)' is closed") }
+            return try Self.exchange(open, request, payload: payload)
+        }
+    }
+
+    private static func exchange(_ socket: MessageSocket, _ request: ControlRequest, payload: [UInt8] = []) throws
+        -> (result: ControlResult, payload: [UInt8], descriptor: Int32?)
+    {
+        try socket.send(request, payload: payload)
+        guard let message = try socket.receive() else {
+            throw ControlError("vmrun closed the control connection without answering \(request.name)")
+        }
+        let reply: ControlReply
+        do {
+            reply = try MessageSocket.decode(ControlReply.self, from: message.json)
+        } catch {
+            if let descriptor = message.descriptor { Glibc.close(descriptor) }
+            throw ControlError("unreadable reply to \(request.name) from vmrun")
+        }
+        switch reply {
+        case .ok(let result):
+            return (result, message.payload, message.descriptor)
+        case .error(let text):
+            if let descriptor = message.descriptor { Glibc.close(descriptor) }
+            throw ControlError(text)
+        }
+    }
+
+    private func unexpected(_ request: String) -> ControlError {
+        ControlError("unexpected reply to \(request) from vmrun")
+    }
+}

@@ -1,0 +1,113 @@
+import MachineDescription
+
+/// The control protocol between `vmrun` and its clients (`vmctl`, `vmsend`, `vmrecv`).
+///
+/// Transport: a Unix stream socket at `<run dir>/NAME.sock`, mode 0600, in a 0700 directory.
+///
+/// Every message, in both directions, is:
+///
+///     u32 LE  JSON length      (1 ... ControlProtocol.maximumJSONLength)
+///     u32 LE  payload length   (0 ... ControlProtocol.maximumPayloadLength)
+///     JSON    a `ControlRequest` or a `ControlReply` (Swift's Codable form of an enum:
+///             `{"status":{}}`, `{"hello":{"version":1,"ownIncoming":false}}`)
+///     bytes   the binary payload, for bulky data only
+///
+/// A file descriptor (the memory file) rides on the header bytes of a `memoryFile` reply as
+/// SCM_RIGHTS. Both sides check lengths against the limits before allocating anything.
+///
+/// Payloads:
+/// - `dirtyLogFetch` reply: the bitmap, one bit per 4 KiB page of the segment, as LE u64 words.
+/// - `saveState` reply and `restoreState` request: a `MachineState` in the form of `StateEncoding`.
+/// - `consoleInput` request: the bytes for the UART's receive FIFO.
+///
+/// Conversation: the first request on a connection must be `hello` with the client's protocol
+/// version; a different version is answered with an error and the connection is closed. Every
+/// request gets exactly one reply, `ok(...)` or `error(message)`, in order. A connection may
+/// send any number of requests.
+///
+/// Incoming machines: the first connection whose `hello` says `ownIncoming: true` owns the
+/// machine; only the owner may take the memory file, restore state and resume it. If the owner
+/// disconnects before a successful `resume`, or no owner arrives in time (30 s), `vmrun`
+/// destroys the machine and exits, so a failed receive never leaves a half-restored VM behind.
+///
+/// After a `destroy` reply the server removes its socket and the `vmrun` process exits.
+public enum ControlProtocol {
+    /// Bumped on any incompatible change to messages or their meaning.
+    public static let version: UInt32 = 1
+    /// Size of the fixed message header: two u32 LE lengths.
+    public static let headerLength = 8
+    public static let maximumJSONLength = 1 << 20
+    /// Large enough for the dirty bitmap of a 2 TiB segment or a machine's saved state.
+    public static let maximumPayloadLength = 64 << 20
+}
+
+/// What a client asks of a `vmrun`.
+public enum ControlRequest: Codable, Sendable, Equatable {
+    /// First request on every connection. `ownIncoming` claims an incoming machine.
+    case hello(version: UInt32, ownIncoming: Bool)
+    case status
+    /// The `MachineConfig` and `HostSpec` a stream needs.
+    case describe
+    case pause
+    case resume
+    case destroy
+    /// The reply carries the memfd holding guest RAM.
+    case memoryFile
+    case dirtyLogStart
+    /// Reply payload: the segment's bitmap, fetched and cleared.
+    case dirtyLogFetch(segment: Int)
+    case dirtyLogStop
+    /// Reply payload: the state of the paused machine.
+    case saveState
+    /// Payload: the state to restore into the incoming machine.
+    case restoreState
+    /// Payload: bytes for the UART.
+    case consoleInput
+
+    /// The request's name as it appears on the wire and in errors.
+    public var name: String {
+        switch self {
+        case .hello: "hello"
+        case .status: "status"
+        case .describe: "describe"
+        case .pause: "pause"
+        case .resume: "resume"
+        case .destroy: "destroy"
+        case .memoryFile: "memoryFile"
+        case .dirtyLogStart: "dirtyLogStart"
+        case .dirtyLogFetch: "dirtyLogFetch"
+        case .dirtyLogStop: "dirtyLogStop"
+        case .saveState: "saveState"
+        case .restoreState: "restoreState"
+        case .consoleInput: "consoleInput"
+        }
+    }
+
+    /// Every request name on the wire, to tell an unknown request from a malformed one.
+    package static let allNames: Set<String> = [
+        "hello", "status", "describe", "pause", "resume", "destroy", "memoryFile", "dirtyLogStart",
+        "dirtyLogFetch", "dirtyLogStop", "saveState", "restoreState", "consoleInput",
+    ]
+}
+
+/// The answer to one request.
+public enum ControlReply: Codable, Sendable, Equatable {
+    case ok(ControlResult)
+    /// One line, ready to show a user.
+    case error(message: String)
+}
+
+/// What a successful request returns besides its payload.
+public enum ControlResult: Codable, Sendable, Equatable {
+    case done
+    /// Who answered: the server's protocol version, the machine's name and state, and vmrun's pid.
+    case hello(version: UInt32, name: String, state: RunState, pid: Int32)
+    case status(MachineStatus)
+    case describe(config: MachineConfig, host: HostSpec)
+    /// The memfd rides on the message; `size` is its length in bytes.
+    case memoryFile(size: UInt64)
+    /// The payload holds `words` LE u64 words.
+    case dirtyLog(words: Int)
+    /// The payload holds an encoded `MachineState`.
+    case state
+}

@@ -1,0 +1,380 @@
+import Glibc
+import MachineDescription
+import Synchronization
+import VMControl
+
+/// The control socket a vmrun holds for its machine's name. Claiming it is what makes the name
+/// taken: a second claim fails while the first process lives; a socket left by a dead process
+/// is removed and taken over.
+public final class ControlSocket: Sendable {
+    public let name: String
+    public let path: String
+    let listeningDescriptor: Int32
+    private let released = Atomic<Bool>(false)
+
+    private init(name: String, path: String, descriptor: Int32) {
+        self.name = name
+        self.path = path
+        self.listeningDescriptor = descriptor
+    }
+
+    /// Binds `<run dir>/NAME.sock` (creating the run directory), or says who holds the name.
+    public static func claim(name: String, runDirectory: RunDirectory) throws -> ControlSocket {
+        try MachineName.validate(name)
+        try runDirectory.create()
+        let path = runDirectory.socketPath(for: name)
+        for _ in 0..<3 {
+            do {
+                return ControlSocket(name: name, path: path, descriptor: try UnixSocket.listen(path: path))
+            } catch let error as ControlError where error.code == .addressInUse {
+                try refuseIfAnswering(name: name, path: path)
+                // Nobody answers: the vmrun that made this socket is gone.
+                unlink(path)
+            }
+        }
+        throw ControlError("cannot claim \(path): it keeps reappearing; is another vmrun starting with the name '\(name)'?")
+    }
+
+    /// Closes the socket and removes it from the run directory. Idempotent.
+    public func release() {
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        unlink(path)
+        close(listeningDescriptor)
+    }
+
+    deinit { release() }
+
+    private static func refuseIfAnswering(name: String, path: String) throws {
+        let probe: MessageSocket
+        do {
+            probe = try UnixSocket.connect(path: path)
+        } catch let error as ControlError where error.code == .connectionRefused || error.code == .noSuchFileOrDirectory {
+            return
+        }
+        probe.setReceiveTimeout(seconds: 5)
+        let owner = try? ControlClient.handshake(socket: probe, ownIncoming: false)
+        let who = owner.map { "pid \($0.pid)" } ?? "its socket at \(path) answers"
+        owner?.close()
+        throw ControlError("a VM named '\(name)' is already running (\(who))")
+    }
+}
+
+/// Serves the control protocol (see `ControlProtocol`) for one machine on one thread, so the
+/// machine sees every call from that thread. Returns when the machine is gone.
+public final class ControlServer: Sendable {
+    /// Why `serve` returned. In every case the machine has been destroyed and the socket removed.
+    public enum Outcome: Sendable, Equatable {
+        case destroyed
+        /// `stop()` was called (vmrun: SIGTERM or SIGINT).
+        case stopped
+        /// The owner of the incoming machine disconnected before resuming it.
+        case ownerLeft
+        /// Nobody claimed the incoming machine in time.
+        case ownerNeverCame
+    }
+
+    /// How long a client may take to send the rest of a message or read a reply.
+    static let stallSeconds = 3
+
+    private let socket: ControlSocket
+    private let machine: any ControlledMachine
+    private let ownerTimeout: Duration
+    private let wakeRead: Int32
+    /// Writing a byte here ends `serve`; safe to do from a signal handler.
+    public let stopDescriptor: Int32
+
+    public init(socket: ControlSocket, machine: any ControlledMachine, ownerTimeout: Duration = .seconds(30)) throws {
+        var pipeEnds: [Int32] = [0, 0]
+        guard pipe(&pipeEnds) == 0 else {
+            throw ControlError("cannot create a pipe: \(String(cString: strerror(errno)))")
+        }
+        for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        _ = fcntl(pipeEnds[1], F_SETFL, O_NONBLOCK)
+        self.socket = socket
+        self.machine = machine
+        self.ownerTimeout = ownerTimeout
+        self.wakeRead = pipeEnds[0]
+        self.stopDescriptor = pipeEnds[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(stopDescriptor)
+    }
+
+    /// Makes `serve` return `.stopped` soon.
+    public func stop() {
+        var byte: UInt8 = 1
+        _ = write(stopDescriptor, &byte, 1)
+    }
+
+    /// Serves until the machine is destroyed, stopped or abandoned; then destroys it and
+    /// removes the socket.
+    public func serve() -> Outcome {
+        var session = Session(machine: machine, name: socket.name, ownerDeadline: .now + ownerTimeout)
+        let outcome = session.run(listening: socket.listeningDescriptor, wake: wakeRead, releaseSocket: socket.release)
+        session.closeAll()
+        machine.destroy()
+        socket.release()
+        return outcome
+    }
+}
+
+/// One client connection and what it has said so far.
+private struct Connection {
+    let id: Int
+    let socket: MessageSocket
+    var greeted = false
+}
+
+/// The loop state of one `serve` call; lives on the serving thread only.
+private struct Session {
+    let machine: any ControlledMachine
+    let name: String
+    let ownerDeadline: ContinuousClock.Instant
+    var connections: [Connection] = []
+    var nextID = 0
+    /// True from creation of an incoming machine until its owner resumes it.
+    var incomingPending: Bool
+    var owner: Int?
+    var restored = false
+    /// The connection that started dirty logging; its disconnect stops it.
+    var dirtyLogOwner: Int?
+
+    init(machine: any ControlledMachine, name: String, ownerDeadline: ContinuousClock.Instant) {
+        self.machine = machine
+        self.name = name
+        self.ownerDeadline = ownerDeadline
+        incomingPending = machine.status().state == .incoming
+    }
+
+    /// What to do with a connection after a request.
+    enum Next { case keep, drop, finish(ControlServer.Outcome) }
+
+    mutating func run(listening: Int32, wake: Int32, releaseSocket: () -> Void) -> ControlServer.Outcome {
+        while true {
+            var fds = [pollfd(fd: wake, events: Int16(POLLIN), revents: 0), pollfd(fd: listening, events: Int16(POLLIN), revents: 0)]
+            fds += connections.map { pollfd(fd: $0.socket.fd, events: Int16(POLLIN), revents: 0) }
+            var timeout: Int32 = -1
+            if incomingPending && owner == nil {
+                let left = ContinuousClock.now.duration(to: ownerDeadline)
+                if left <= .zero { return .ownerNeverCame }
+                timeout = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            }
+            let ready = poll(&fds, nfds_t(fds.count), timeout)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                return .stopped
+            }
+            if fds[0].revents != 0 { return .stopped }
+            if fds[1].revents & Int16(POLLIN) != 0 { accept(listening) }
+            let readyIDs = fds.dropFirst(2).enumerated().filter { $0.element.revents != 0 }.map { connections[$0.offset].id }
+            for id in readyIDs {
+                guard let index = connections.firstIndex(where: { $0.id == id }) else { continue }
+                switch handleOne(at: index, releaseSocket: releaseSocket) {
+                case .keep: break
+                case .drop:
+                    if let outcome = drop(id) { return outcome }
+                case .finish(let outcome): return outcome
+                }
+            }
+        }
+    }
+
+    mutating func closeAll() {
+        for connection in connections { connection.socket.close() }
+        connections = []
+    }
+
+    private mutating func accept(_ listening: Int32) {
+        let fd = Glibc.accept(listening, nil, nil)
+        guard fd >= 0 else { return }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        let socket = MessageSocket(fd: fd)
+        socket.setReceiveTimeout(seconds: ControlServer.stallSeconds)
+        var timeout = timeval(tv_sec: ControlServer.stallSeconds, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        connections.append(Connection(id: nextID, socket: socket))
+        nextID += 1
+    }
+
+    /// Closes a connection; returns an outcome when that ends the machine.
+    private mutating func drop(_ id: Int) -> ControlServer.Outcome? {
+        guard let index = connections.firstIndex(where: { $0.id == id }) else { return nil }
+        connections[index].socket.close()
+        connections.remove(at: index)
+        if dirtyLogOwner == id {
+            dirtyLogOwner = nil
+            try? machine.dirtyLogStop()
+        }
+        if owner == id {
+            owner = nil
+            if incomingPending { return .ownerLeft }
+        }
+        return nil
+    }
+
+    /// Reads one request from a ready connection and answers it.
+    private mutating func handleOne(at index: Int, releaseSocket: () -> Void) -> Next {
+        let connection = connections[index]
+        let message: ReceivedMessage
+        do {
+            guard let received = try connection.socket.receive() else { return .drop }
+            message = received
+        } catch {
+            // The framing is lost: say why (if the peer still listens) and hang up.
+            try? connection.socket.send(ControlReply.error(message: "\(error)"))
+            return .drop
+        }
+        if let descriptor = message.descriptor { close(descriptor) }
+
+        let request: ControlRequest
+        do {
+            request = try MessageSocket.decode(ControlRequest.self, from: message.json)
+        } catch {
+            return reply(connection, .error(message: Self.describeUndecodable(message.json)), then: connection.greeted ? .keep : .drop)
+        }
+        guard connection.greeted || isHello(request) else {
+            return reply(connection, .error(message: "the first request must be hello, not \(request.name)"), then: .drop)
+        }
+        return answer(request, payload: message.payload, from: index, releaseSocket: releaseSocket)
+    }
+
+    private func isHello(_ request: ControlRequest) -> Bool {
+        if case .hello = request { return true }
+        return false
+    }
+
+    private mutating func answer(_ request: ControlRequest, payload: [UInt8], from index: Int, releaseSocket: () -> Void) -> Next {
+        let connection = connections[index]
+        let isOwner = owner == connection.id
+        do {
+            switch request {
+            case .hello(let version, let ownIncoming):
+                guard version == ControlProtocol.version else {
+                    return reply(connection, .error(message: "protocol version mismatch: vmrun speaks \(ControlProtocol.version), the client speaks \(version)"), then: .drop)
+                }
+                if connection.greeted { throw ControlError("hello was already said on this connection") }
+                if ownIncoming {
+                    guard incomingPending else { throw ControlError("'\(name)' is not an incoming machine") }
+                    if owner != nil { throw ControlError("the incoming machine '\(name)' is already owned by another connection") }
+                    owner = connection.id
+                }
+                connections[index].greeted = true
+                return reply(connection, .ok(.hello(version: ControlProtocol.version, name: name, state: machine.status().state, pid: getpid())))
+            case .status:
+                return reply(connection, .ok(.status(machine.status())))
+            case .describe:
+                return reply(connection, .ok(.describe(config: machine.config, host: machine.host)))
+            case .pause:
+                if incomingPending && !restored { throw wrongState("pause", "it has not been restored yet") }
+                try perform("pause") { try machine.pause() }
+            case .resume:
+                if incomingPending {
+                    guard isOwner else { throw ControlError("only the connection that owns the incoming machine '\(name)' may resume it") }
+                    guard restored else { throw wrongState("resume", "its state has not been restored yet") }
+                }
+                try perform("resume") { try machine.resume() }
+                incomingPending = false
+            case .destroy:
+                machine.destroy()
+                releaseSocket()
+                return reply(connection, .ok(.done), then: .finish(.destroyed))
+            case .memoryFile:
+                if incomingPending && !isOwner {
+                    throw ControlError("only the connection that owns the incoming machine '\(name)' may write its memory")
+                }
+                try connection.socket.send(ControlReply.ok(.memoryFile(size: machine.config.memorySize)), descriptor: machine.memoryFile)
+                return .keep
+            case .dirtyLogStart:
+                if incomingPending { throw wrongState("dirtyLogStart", "it is incoming") }
+                if let other = dirtyLogOwner, other != connection.id { throw ControlError("dirty logging on '\(name)' is already in use by another connection") }
+                try perform("dirtyLogStart") { try machine.dirtyLogStart() }
+                dirtyLogOwner = connection.id
+            case .dirtyLogFetch(let segment):
+                guard dirtyLogOwner == connection.id else { throw ControlError("dirty logging is not started on this connection") }
+                let segments = machine.config.segments.count
+                guard (0..<segments).contains(segment) else { throw ControlError("no memory segment \(segment): '\(name)' has \(segments)") }
+                let words = try perform("dirtyLogFetch") { try machine.dirtyLogFetchAndClear(segment: segment) }
+                return reply(connection, .ok(.dirtyLog(words: words.count)), payload: BitmapEncoding.encode(words))
+            case .dirtyLogStop:
+                if dirtyLogOwner == connection.id {
+                    dirtyLogOwner = nil
+                    try perform("dirtyLogStop") { try machine.dirtyLogStop() }
+                }
+            case .saveState:
+                let state = machine.status().state
+                guard state == .paused, !incomingPending else { throw wrongState("saveState", "it is \(state); pause it first") }
+                let saved = try perform("saveState") { try machine.saveState() }
+                return reply(connection, .ok(.state), payload: try StateEncoding.encode(saved))
+            case .restoreState:
+                guard incomingPending else { throw wrongState("restoreState", "it is not incoming") }
+                guard isOwner else { throw ControlError("only the connection that owns the incoming machine '\(name)' may restore it") }
+                guard !restored else { throw wrongState("restoreState", "it was already restored") }
+                let state = try StateEncoding.decode(payload)
+                try perform("restoreState") { try machine.restoreState(state) }
+                restored = true
+            case .consoleInput:
+                try perform("consoleInput") { try machine.consoleInput(payload) }
+            }
+            return reply(connection, .ok(.done))
+        } catch {
+            return reply(connection, .error(message: "\(error)"))
+        }
+    }
+
+    /// Runs a machine operation, prefixing its error with the request's name.
+    private func perform<T>(_ request: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as ControlError {
+            throw error
+        } catch {
+            throw ControlError("\(request) failed: \(error)")
+        }
+    }
+
+    private func wrongState(_ request: String, _ why: String) -> ControlError {
+        ControlError("cannot \(request) '\(name)': \(why)")
+    }
+
+    /// Sends a reply; a connection whose peer is gone is dropped.
+    private func reply(_ connection: Connection, _ reply: ControlReply, payload: [UInt8] = [], then next: Next = .keep) -> Next {
+        do {
+            try connection.socket.send(reply, payload: payload)
+        } catch {
+            if case .finish = next { return next }
+            return .drop
+        }
+        return next
+    }
+
+    /// Names what was wrong with a request that does not decode.
+    static func describeUndecodable(_ json: [UInt8]) -> String {
+        guard let key = try? MessageSocket.decode(FirstKey.self, from: json).key else {
+            return "bad request: not a JSON object naming a request"
+        }
+        if ControlRequest.allNames.contains(key) { return "bad request: malformed arguments for \(key)" }
+        return "unknown request '\(key)'"
+    }
+}
+
+/// The single key of a request object, to name an unknown request in the error.
+private struct FirstKey: Decodable {
+    let key: String
+
+    struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: AnyKey.self)
+        guard container.allKeys.count == 1, let key = container.allKeys.first else {
+            throw ControlError("not a single request")
+        }
+        self.key = key.stringValue
+    }
+}

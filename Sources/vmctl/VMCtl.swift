@@ -1,0 +1,202 @@
+import ArgumentParser
+import Glibc
+import MachineDescription
+import VMControl
+
+/// `vmctl`: look at and manage the VMs that vmrun runs.
+struct VMCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmctl",
+        abstract: "Manage virtual machines run by vmrun.",
+        subcommands: [List.self, Status.self, Pause.self, Resume.self, Destroy.self, Console.self])
+}
+
+/// A subcommand that does its work without mutating its parsed options.
+protocol VMCtlCommand: ParsableCommand {
+    func execute() throws
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "Directory of the VMs' sockets (default: $VMSEND_RUN_DIR, else /run/vmsend for root).")
+    var runDir: String?
+
+    var runDirectory: RunDirectory { RunDirectory.resolve(flag: runDir) }
+
+    func connect(_ name: String) throws -> ControlClient {
+        try ControlClient.connect(name: name, runDirectory: runDirectory)
+    }
+}
+
+struct List: VMCtlCommand {
+    static let configuration = CommandConfiguration(abstract: "List the VMs in the run directory.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print a JSON array of statuses.") var json = false
+
+    func execute() throws {
+        var statuses: [MachineStatus] = []
+        for name in global.runDirectory.socketNames() {
+            // A socket nobody answers on belongs to a dead vmrun: not a VM, so not listed.
+            guard let client = try? global.connect(name) else { continue }
+            defer { client.close() }
+            if let status = try? client.status() { statuses.append(status) }
+        }
+        if json {
+            print(try encodeJSON(statuses))
+            return
+        }
+        let rows = [["NAME", "STATE", "VCPUS", "MEMORY", "PID"]]
+            + statuses.map { [$0.name, $0.state.rawValue, String($0.vcpus.count), ByteSize.format($0.memorySize), String($0.pid)] }
+        printTable(rows)
+    }
+}
+
+struct Status: VMCtlCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a VM's state, guest progress, memory and uptime.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print the status as JSON (MachineStatus).") var json = false
+    @Argument(help: "The VM's name.") var name: String
+
+    func execute() throws {
+        let client = try global.connect(name)
+        defer { client.close() }
+        let status = try client.status()
+        if json {
+            print(try encodeJSON(status))
+            return
+        }
+        var rows = [["name:", status.name], ["state:", status.state.rawValue], ["pid:", String(status.pid)],
+                    ["memory:", ByteSize.format(status.memorySize)], ["uptime:", formatSeconds(status.uptimeSeconds)]]
+        for (index, vcpu) in status.vcpus.enumerated() {
+            rows.append(["vcpu\(index):", "tick \(vcpu.tick), checks \(vcpu.checksPassed) ok, \(vcpu.checksFailed) failed"])
+        }
+        printTable(rows)
+    }
+}
+
+struct Pause: VMCtlCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop a VM's vCPUs; its state is kept.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The VM's name.") var name: String
+
+    func execute() throws { try global.connect(name).pause() }
+}
+
+struct Resume: VMCtlCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a paused VM's vCPUs again.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The VM's name.") var name: String
+
+    func execute() throws { try global.connect(name).resume() }
+}
+
+struct Destroy: VMCtlCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop a VM for good; its vmrun exits and removes the socket.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The VM's name.") var name: String
+
+    /// How long to wait for the vmrun process to be gone after it acknowledged.
+    static let exitTimeout: Duration = .seconds(10)
+
+    func execute() throws {
+        let client = try global.connect(name)
+        try client.destroy()
+        client.close()
+        let deadline = ContinuousClock.now + Self.exitTimeout
+        while processIsAlive(client.pid) {
+            guard ContinuousClock.now < deadline else {
+                throw ControlError("'\(name)' was destroyed but its vmrun (pid \(client.pid)) has not exited")
+            }
+            usleep(10_000)
+        }
+    }
+}
+
+struct Console: VMCtlCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a VM's console (UART) output, follow it, or send it input.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(name: .shortAndLong, help: "Keep printing output as it arrives, until the VM ends or SIGINT.") var follow = false
+    @Option(help: "Send TEXT to the UART instead of showing output; '-' sends standard input.") var input: String?
+    @Argument(help: "The VM's name.") var name: String
+
+    /// The most input sent from standard input in one go.
+    static let maximumInput = 1 << 20
+
+    func execute() throws {
+        let client = try global.connect(name)
+        defer { client.close() }
+        if let input {
+            let bytes = input == "-" ? try readAll(0, limit: Self.maximumInput) : Array(input.utf8)
+            for start in stride(from: 0, to: bytes.count, by: 4096) {
+                try client.consoleInput(Array(bytes[start..<min(start + 4096, bytes.count)]))
+            }
+            return
+        }
+        let path = global.runDirectory.consoleLogPath(for: name)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ControlError("cannot open the console log \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if count > 0 {
+                writeOut(chunk[..<count])
+                continue
+            }
+            guard follow, processIsAlive(client.pid) else { return }
+            usleep(100_000)
+        }
+    }
+}
+
+/// True while `pid` runs; a zombie waiting to be reaped counts as gone.
+func processIsAlive(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+    guard let stat = try? readAll(open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC), limit: 4096, closing: true) else { return true }
+    let text = String(decoding: stat, as: UTF8.self)
+    guard let paren = text.lastIndex(of: ")") else { return true }
+    return !text[paren...].hasPrefix(") Z")
+}
+
+func readAll(_ fd: Int32, limit: Int, closing: Bool = false) throws -> [UInt8] {
+    guard fd >= 0 else { throw ControlError("cannot open: \(String(cString: strerror(errno)))") }
+    defer { if closing { close(fd) } }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        if count < 0 { throw ControlError("read: \(String(cString: strerror(errno)))") }
+        if count == 0 { return bytes }
+        guard bytes.count + count <= limit else { throw ControlError("input is larger than \(ByteSize.format(UInt64(limit)))") }
+        bytes += chunk[..<count]
+    }
+}
+
+func writeOut(_ bytes: ArraySlice<UInt8>) {
+    var written = 0
+    let array = Array(bytes)
+    while written < array.count {
+        let count = array.withUnsafeBytes { write(1, $0.baseAddress! + written, $0.count - written) }
+        if count < 0 && errno == EINTR { continue }
+        if count <= 0 { return }
+        written += count
+    }
+}
+
+func printTable(_ rows: [[String]]) {
+    guard let columns = rows.first?.count else { return }
+    let widths = (0..<columns).map { column in rows.map { $0[column].count }.max() ?? 0 }
+    for row in rows {
+        let cells = row.enumerated().map { index, cell in
+            index == columns - 1 ? cell : cell + String(repeating: " ", count: widths[index] - cell.count + 2)
+        }
+        print(cells.joined())
+    }
+}
+
+func formatSeconds(_ seconds: Double) -> String {
+    let tenths = Int((seconds * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10) s"
+}

@@ -1,0 +1,101 @@
+import Glibc
+import MachineDescription
+import Synchronization
+import VMControl
+import VMM
+
+/// The process that owns the VM: claims the name, creates the machine, serves the control
+/// socket until the machine is destroyed, and reports readiness to a waiting parent.
+struct VMProcess {
+    let plan: MachinePlan
+    /// Where a background parent waits for "ready" or a one-line error; nil in the foreground.
+    let readyFd: Int32?
+
+    func run() throws -> Int32 {
+        do {
+            let server = try start()
+            report("ready")
+            if readyFd == nil {
+                printError("vmrun: '\(plan.name)' is \(plan.incomingConfig == nil ? "running" : "waiting for its state") (pid \(getpid())); console: \(plan.runDirectory.consoleLogPath(for: plan.name))")
+            }
+            return finish(server.serve())
+        } catch {
+            report("\(error)")
+            throw error
+        }
+    }
+
+    private func start() throws -> ControlServer {
+        if readyFd != nil {
+            // A daemon holds no directory and no terminal.
+            _ = chdir("/")
+            let null = open("/dev/null", O_RDWR)
+            if null >= 0 { dup2(null, 0); close(null) }
+        }
+        signal(SIGPIPE, SIG_IGN)
+        try checkKVMDevice()
+        let socket = try ControlSocket.claim(name: plan.name, runDirectory: plan.runDirectory)
+        let machine: KVMMachine
+        do {
+            if let config = plan.incomingConfig {
+                machine = try KVMMachine.incoming(config: config, options: plan.options)
+            } else {
+                machine = try KVMMachine.boot(name: plan.name, vcpus: plan.cpus, memorySize: plan.memorySize, options: plan.options)
+            }
+        } catch {
+            socket.release()
+            throw ControlError("cannot create the VM '\(plan.name)': \(error)")
+        }
+        let server = try ControlServer(socket: socket, machine: machine)
+        installStopSignals(writingTo: server.stopDescriptor)
+        return server
+    }
+
+    private func finish(_ outcome: ControlServer.Outcome) -> Int32 {
+        switch outcome {
+        case .destroyed, .stopped:
+            return 0
+        case .ownerLeft:
+            printError("vmrun: the receiver of '\(plan.name)' disconnected before resuming it; the VM was destroyed")
+            return 1
+        case .ownerNeverCame:
+            printError("vmrun: nobody claimed the incoming VM '\(plan.name)' in time; the VM was destroyed")
+            return 1
+        }
+    }
+
+    private func checkKVMDevice() throws {
+        let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw ControlError("cannot open /dev/kvm: \(String(cString: strerror(errno))); this host cannot run VMs (is the kvm module loaded?)")
+        }
+        close(fd)
+    }
+
+    /// Tells the waiting parent how the start went, once.
+    private func report(_ line: String) {
+        guard let readyFd else { return }
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(readyFd, $0.baseAddress, $0.count) }
+        close(readyFd)
+    }
+}
+
+/// The stop pipe of the running server, for the signal handler.
+private let stopWriteEnd = Atomic<Int32>(-1)
+
+/// SIGTERM and SIGINT end the server, which destroys the machine and removes the socket.
+private func installStopSignals(writingTo descriptor: Int32) {
+    stopWriteEnd.store(descriptor, ordering: .sequentiallyConsistent)
+    let handler: @convention(c) (Int32) -> Void = { _ in
+        var byte: UInt8 = 1
+        _ = write(stopWriteEnd.load(ordering: .relaxed), &byte, 1)
+    }
+    signal(SIGTERM, handler)
+    signal(SIGINT, handler)
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    sigaddset(&signals, SIGTERM)
+    sigaddset(&signals, SIGINT)
+    pthread_sigmask(SIG_UNBLOCK, &signals, nil)
+}

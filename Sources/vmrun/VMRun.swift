@@ -1,0 +1,162 @@
+import ArgumentParser
+import Glibc
+import MachineDescription
+import VMControl
+import VMM
+
+/// `vmrun [options] NAME`: runs one VM and serves its control socket.
+struct VMRun: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmrun",
+        abstract: "Run a virtual machine with the bundled self-checking guest.",
+        discussion: "By default the VM runs in the background; manage it with vmctl.")
+
+    @Argument(help: "The VM's name; its socket is <run dir>/NAME.sock.")
+    var name: String
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = 1
+
+    @Option(help: "Guest RAM, e.g. 512M, 6G, 4.5G. Beyond 3G, the rest sits from 4 GiB up.")
+    var memory: String = "256M"
+
+    @Option(help: "Guest RAM the bundled guest works over, split between its vCPUs (default: 64M or half the RAM).")
+    var guestWorkingSet: String?
+
+    @Option(help: "Bytes per second the guest dirties in all, e.g. 100M/s; 0 = flat out.")
+    var guestDirtyRate: String = "0"
+
+    @Option(help: "Preload guest RAM from this file (segments back to back).")
+    var memoryImage: String?
+
+    @Flag(help: "Create the VM without starting its vCPUs.")
+    var paused = false
+
+    @Flag(help: "Run in this process instead of in the background.")
+    var foreground = false
+
+    @Option(help: "Directory for sockets and logs (default: $VMSEND_RUN_DIR, else /run/vmsend for root).")
+    var runDir: String?
+
+    @Flag(help: "Create the VM in the incoming state from a MachineConfig JSON document on stdin (used by vmrecv).")
+    var incoming = false
+
+    /// Internal: this is the background VM process; report readiness on this descriptor.
+    @Option(help: .private)
+    var readyFd: Int32?
+
+    func validate() throws {
+        guard (1...255).contains(cpus) else { throw ValidationError("--cpus must be 1 to 255") }
+    }
+
+    /// Runs the command; returns the exit status.
+    func execute() throws -> Int32 {
+        try MachineName.validate(name)
+        let runDirectory = RunDirectory.resolve(flag: runDir)
+        let plan = try MachinePlan(command: self, runDirectory: runDirectory)
+        if readyFd == nil && !foreground {
+            return try BackgroundLauncher(plan: plan, command: self).launch()
+        }
+        return try VMProcess(plan: plan, readyFd: readyFd).run()
+    }
+
+    /// How to reach the VM, for the messages printed once it runs.
+    func reachHint(runDirectory: RunDirectory) -> String {
+        let flag = runDir == nil ? "" : " --run-dir \(runDirectory.path)"
+        return "vmctl\(flag) status \(name)"
+    }
+}
+
+/// What to create, checked before any process is started.
+struct MachinePlan {
+    let name: String
+    let runDirectory: RunDirectory
+    let cpus: UInt32
+    let memorySize: UInt64
+    /// The received configuration of an incoming machine, and its JSON as read from stdin.
+    let incomingConfig: MachineConfig?
+    let incomingJSON: [UInt8]
+    let options: MachineOptions
+
+    /// The largest MachineConfig document vmrun reads from stdin.
+    static let maximumConfigLength = 16 << 20
+
+    init(command: VMRun, runDirectory: RunDirectory) throws {
+        name = command.name
+        self.runDirectory = runDirectory
+        cpus = UInt32(command.cpus)
+        let rate = try ByteSize.parseRate(command.guestDirtyRate)
+        var image = command.memoryImage
+        if let path = image {
+            guard access(path, R_OK) == 0 else { throw ControlError("cannot read memory image \(path): \(String(cString: strerror(errno)))") }
+            image = RunDirectory.absolute(path)
+        }
+        if command.incoming {
+            incomingJSON = try readStandardInput(limit: Self.maximumConfigLength)
+            var config = try decodeMachineConfig(incomingJSON)
+            config.name = command.name
+            guard (1...255).contains(config.vcpuCount) else {
+                throw ControlError("--incoming: the machine has \(config.vcpuCount) vCPUs; vmrun supports 1 to 255")
+            }
+            incomingConfig = config
+            memorySize = config.memorySize
+        } else {
+            memorySize = try ByteSize.parse(command.memory)
+            incomingConfig = nil
+            incomingJSON = []
+        }
+        try Self.checkMemorySize(memorySize, flag: command.incoming ? "the incoming machine's memory" : "--memory \(command.memory)")
+        let workingSet = try command.guestWorkingSet.map(ByteSize.parse) ?? min(64 << 20, memorySize / 2)
+        guard workingSet <= memorySize else {
+            throw ControlError("--guest-working-set \(command.guestWorkingSet ?? "") is larger than the guest's memory (\(ByteSize.format(memorySize)))")
+        }
+        options = MachineOptions(memoryImage: image, startPaused: command.paused, consoleLog: runDirectory.consoleLogPath(for: command.name),
+                                 guestWorkingSet: workingSet, guestDirtyRate: rate)
+    }
+
+    /// Refuses sizes that are not whole pages, too small to hold the guest, or more than the host has.
+    static func checkMemorySize(_ size: UInt64, flag: String) throws {
+        guard size >= 4 << 20 else { throw ControlError("\(flag) is too small: the guest needs at least 4M") }
+        guard size % 4096 == 0 else { throw ControlError("\(flag) is not a whole number of 4 KiB pages") }
+        if let hostMemory = hostMemorySize(), size > hostMemory {
+            throw ControlError("\(flag) is more than this host has (\(ByteSize.format(hostMemory)) of RAM)")
+        }
+    }
+
+    /// MemTotal from /proc/meminfo, in bytes.
+    static func hostMemorySize() -> UInt64? {
+        guard let text = try? readFile("/proc/meminfo", limit: 1 << 16) else { return nil }
+        for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix("MemTotal:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kilobytes = UInt64(fields[1]) { return kilobytes * 1024 }
+        }
+        return nil
+    }
+}
+
+/// Reads standard input to its end, refusing more than `limit` bytes.
+func readStandardInput(limit: Int) throws -> [UInt8] {
+    try readDescriptor(0, limit: limit, what: "standard input")
+}
+
+func readFile(_ path: String, limit: Int) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw ControlError("cannot open \(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    return try readDescriptor(fd, limit: limit, what: path)
+}
+
+func readDescriptor(_ fd: Int32, limit: Int, what: String) throws -> [UInt8] {
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 {
+            if errno == EINTR { continue }
+            throw ControlError("cannot read \(what): \(String(cString: strerror(errno)))")
+        }
+        if count == 0 { return bytes }
+        guard bytes.count + count <= limit else { throw ControlError("\(what) is larger than \(ByteSize.format(UInt64(limit)))") }
+        bytes += chunk[..<count]
+    }
+}

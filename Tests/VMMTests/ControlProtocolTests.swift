@@ -1,0 +1,87 @@
+import MachineDescription
+import Testing
+@testable import VMControl
+
+/// Byte-exact forms of what travels on the control socket, and the parsing of sizes.
+@Suite struct ControlProtocolTests {
+    let state = MachineState(kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: [0xaa, 0xbb])],
+                             devices: [StateChunk(name: "uart0", version: 2, data: [])])
+
+    @Test func stateChunksHaveTheDocumentedLayout() throws {
+        let bytes = try StateEncoding.encode(state)
+        let expected: [UInt8] = [1, 0, 0, 0, 10, 0] + Array("vcpu0/regs".utf8) + [1, 0, 0, 0, 2, 0, 0, 0, 0xaa, 0xbb]
+            + [1, 0, 0, 0, 5, 0] + Array("uart0".utf8) + [2, 0, 0, 0, 0, 0, 0, 0]
+        #expect(bytes == expected)
+        #expect(try StateEncoding.decode(bytes) == state)
+    }
+
+    @Test func badStateIsAnErrorNotATrap() throws {
+        let bytes = try StateEncoding.encode(state)
+        for length in 0..<bytes.count {
+            #expect(throws: ControlError.self) { try StateEncoding.decode(Array(bytes[..<length])) }
+        }
+        #expect(throws: ControlError("bad state: 1 bytes after the last chunk")) { try StateEncoding.decode(bytes + [0]) }
+        // A chunk claiming 4 GiB of data in a short buffer must not allocate it.
+        let huge: [UInt8] = [1, 0, 0, 0, 1, 0, 0x41, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]
+        #expect(throws: ControlError("bad state: truncated at kernel chunk 0")) { try StateEncoding.decode(huge) }
+        let unnamed: [UInt8] = [1, 0, 0, 0, 0, 0]
+        #expect(throws: ControlError("bad state: kernel chunk 0 has a name of 0 bytes")) { try StateEncoding.decode(unnamed) }
+        #expect(throws: ControlError.self) {
+            try StateEncoding.encode(MachineState(kernel: [StateChunk(name: String(repeating: "x", count: 256), version: 0, data: [])], devices: []))
+        }
+    }
+
+    @Test func bitmapsAreLittleEndianWords() throws {
+        let bytes = BitmapEncoding.encode([1, 0x0102_0304_0506_0708])
+        #expect(bytes == [1, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1])
+        #expect(try BitmapEncoding.decode(bytes) == [1, 0x0102_0304_0506_0708])
+        #expect(throws: ControlError.self) { try BitmapEncoding.decode([1, 2, 3]) }
+    }
+
+    @Test func requestsEncodeAsDocumented() throws {
+        let hello = try JSONEncoderBridge.encode(ControlRequest.hello(version: 1, ownIncoming: false))
+        #expect(hello == #"{"hello":{"ownIncoming":false,"version":1}}"#)
+        #expect(Set(ControlRequest.allNames).count == 13)
+    }
+
+    static let sizes: [(String, UInt64)] = [
+        ("512M", 512 << 20), ("6G", 6 << 30), ("4.5G", 9 << 29), ("65536", 65536), ("64k", 64 << 10),
+        ("1MiB", 1 << 20), ("2GB", 2 << 30), ("0", 0), ("1T", 1 << 40), ("0.25M", 1 << 18),
+    ]
+
+    @Test(arguments: sizes)
+    func sizesParse(text: String, bytes: UInt64) throws {
+        #expect(try ByteSize.parse(text) == bytes)
+    }
+
+    @Test(arguments: ["", "M", "lots", "-1G", "1.G", "1..5G", "1.3K", "99999999999999999999", "16777216T", "4X", "1 G"])
+    func nonsenseSizesAreErrors(text: String) {
+        #expect(throws: ControlError.self) { try ByteSize.parse(text) }
+    }
+
+    @Test func ratesParse() throws {
+        #expect(try ByteSize.parseRate("100M/s") == 100 << 20)
+        #expect(try ByteSize.parseRate("0") == 0)
+        #expect(throws: ControlError("invalid rate 'fast': expected a size per second, e.g. 100M/s, or 0 for no limit")) {
+            try ByteSize.parseRate("fast")
+        }
+        #expect(ByteSize.format(9 << 29) == "4.5 GiB")
+        #expect(ByteSize.format(512 << 20) == "512 MiB")
+        #expect(ByteSize.format(100) == "100 B")
+    }
+
+    @Test func machineNamesAreSafeFileNames() {
+        for good in ["demo", "vm-1", "a.b_c"] { #expect(MachineName.isValid(good)) }
+        for bad in ["", ".hidden", "-flag", "a/b", "..", "sp ace", String(repeating: "x", count: 65)] { #expect(!MachineName.isValid(bad)) }
+    }
+}
+
+import FoundationEssentials
+
+private enum JSONEncoderBridge {
+    static func encode<T: Encodable>(_ value: T) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}

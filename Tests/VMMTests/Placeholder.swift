@@ -1,3 +1,0 @@
-import Testing
-
-@Test func placeholderVMMTests() { #expect(Bool(true)) }
