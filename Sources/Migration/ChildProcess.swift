@@ -18,9 +18,8 @@ enum ChildProcess {
     static func run(_ path: String, arguments: [String], input: [UInt8]) throws -> Result {
         var stdinPipe: [Int32] = [0, 0]
         var stderrPipe: [Int32] = [0, 0]
-        guard pipe2(&stdinPipe, O_CLOEXEC) == 0, pipe2(&stderrPipe, O_CLOEXEC) == 0 else {
-            throw MigrationError("pipe", errno: errno)
-        }
+        guard pipe(&stdinPipe) == 0, pipe(&stderrPipe) == 0 else { throw MigrationError("pipe", errno: errno) }
+        for descriptor in stdinPipe + stderrPipe { _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

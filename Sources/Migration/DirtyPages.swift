@@ -41,13 +41,13 @@ public struct DirtyPages: Sendable, Equatable {
                     let set = word & (1 << UInt64(bit)) != 0
                     if set, runStart == nil { runStart = page }
                     if !set, let start = runStart {
-                        ranges.append(PageRange(segment: UInt16(segment), firstPage: start, count: page - start))
+                        ranges.append(PageRange(segment: segment, firstPage: start, count: page - start))
                         runStart = nil
                     }
                 }
             }
             if let start = runStart {
-                ranges.append(PageRange(segment: UInt16(segment), firstPage: start, count: UInt64(words.count * 64) - start))
+                ranges.append(PageRange(segment: segment, firstPage: start, count: UInt64(words.count * 64) - start))
             }
         }
         return ranges

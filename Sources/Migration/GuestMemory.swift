@@ -11,6 +11,9 @@ import SystemPackage
 /// whole and nothing is touched that the guest did not populate.
 public final class GuestMemory {
     public static let pageSize: UInt64 = 4096
+    /// lseek whences Glibc's Swift module leaves out (linux/fs.h: SEEK_DATA 3, SEEK_HOLE 4).
+    private static let seekData: Int32 = 3
+    private static let seekHole: Int32 = 4
 
     public let segments: [MemorySegment]
     private let file: FileDescriptor
@@ -64,29 +67,29 @@ public final class GuestMemory {
     /// Page ranges of a segment that hold data, found with SEEK_DATA/SEEK_HOLE: holes the guest never
     /// touched are skipped without being read.
     public func populatedPages(segment: Int) throws -> [Range<UInt64>] {
-        let start = Int64(segmentOffsets[segment])
-        let end = start + Int64(segments[segment].size)
+        let start = Int(segmentOffsets[segment])
+        let end = start + Int(segments[segment].size)
+        let pageSize = Int(Self.pageSize)
         var ranges: [Range<UInt64>] = []
         var position = start
         while position < end {
-            let dataStart = lseek(file.rawValue, position, SEEK_DATA)
+            let dataStart = lseek(file.rawValue, position, Self.seekData)
             if dataStart < 0 {
                 if errno == ENXIO { break }  // no data after position
                 throw MigrationError("lseek(SEEK_DATA) on guest memory", errno: errno)
             }
             if dataStart >= end { break }
-            var holeStart = lseek(file.rawValue, dataStart, SEEK_HOLE)
+            let holeStart = lseek(file.rawValue, dataStart, Self.seekHole)
             if holeStart < 0 { throw MigrationError("lseek(SEEK_HOLE) on guest memory", errno: errno) }
-            holeStart = min(holeStart, end)
-            let pageSize = Int64(Self.pageSize)
+            let dataEnd = min(holeStart, end)
             let first = UInt64((dataStart - start) / pageSize)
-            let last = UInt64((holeStart - start + pageSize - 1) / pageSize)
-            if let previous = ranges.last, previous.upperBound == first {
-                ranges[ranges.count - 1] = previous.lowerBound..<last
+            let last = UInt64((dataEnd - start + pageSize - 1) / pageSize)
+            if let previous = ranges.last, previous.upperBound >= first {
+                ranges[ranges.count - 1] = previous.lowerBound..<max(last, previous.upperBound)
             } else {
                 ranges.append(first..<last)
             }
-            position = holeStart
+            position = dataEnd
         }
         return ranges
     }

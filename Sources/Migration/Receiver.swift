@@ -54,8 +54,8 @@ public final class Receiver {
 
     public func run() throws -> ReceiveReport {
         let started = ContinuousClock.now
-        var reader = try StreamReader(input: input)
-        reader.warn = warn
+        let reader = try StreamReader(input: input)
+        reader.warningHandler = warn
         let discard = DiscardingPageSink()
         guard case .begin(let begin)? = try reader.next(into: discard) else {
             throw MigrationError("stream does not start with a BEGIN record")
@@ -99,7 +99,7 @@ public final class Receiver {
                 }
             }
             return ReceiveReport(begin: begin, end: end, name: options.name, rounds: rounds,
-                                 streamBytes: reader.bytesRead, seconds: Sender.seconds(since: started),
+                                 streamBytes: reader.statistics.bytes, seconds: Sender.seconds(since: started),
                                  downtimeSeconds: downtime)
         } catch {
             destination?.abandon()
@@ -127,8 +127,3 @@ final class GuestMemoryPageSink: PageSink {
     }
 }
 
-/// Verifies pages and drops them: `vmrecv -n` and the BEGIN read.
-final class DiscardingPageSink: PageSink {
-    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? { nil }
-    func zeroPage(segment: Int, page: UInt64) {}
-}

@@ -4,10 +4,10 @@ extension SendReport {
     /// `sent VM 'demo' (2.00 GiB): 1.02 GiB in 12345 pages, 4321 zero pages elided, ratio 0.51, in 0.61 s (1.67 GiB/s)`
     public var summary: String {
         let stats = statistics
-        let rate = seconds > 0 ? Double(stats.bytesWritten) / seconds : 0
-        return "sent VM '\(machine)' (\(ByteCount(guestBytes))): \(ByteCount(stats.bytesWritten)) in "
+        let rate = seconds > 0 ? Double(stats.bytes) / seconds : 0
+        return "sent VM '\(machine)' (\(ByteCount(guestBytes))): \(ByteCount(stats.bytes)) in "
             + "\(stats.pages) pages, \(stats.zeroPages) zero pages elided, "
-            + "ratio \(ByteCount.twoDecimals(guestBytes > 0 ? Double(stats.bytesWritten) / Double(guestBytes) : 0)), "
+            + "ratio \(ByteCount.twoDecimals(guestBytes > 0 ? Double(stats.bytes) / Double(guestBytes) : 0)), "
             + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(rate)))/s); "
             + "source paused for the last \(Int((pausedSeconds * 1000).rounded())) ms"
     }

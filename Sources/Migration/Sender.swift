@@ -142,8 +142,8 @@ public final class Sender {
                 return Self.realtimeNanoseconds()
             }
             var pauseTime: UInt64 = 0
-            let begin = StreamBegin(tool: options.tool, toolVersion: options.toolVersion, mode: options.mode,
-                                    host: host, machine: config)
+            let begin = StreamBegin(tool: options.tool, toolVersion: options.toolVersion, uuid: StreamBegin.randomUUID(),
+                                    creationTime: Self.realtimeNanoseconds(), mode: options.mode, host: host, machine: config)
             if options.mode == .live {
                 try writer.writeBegin(begin)
                 try source.dirtyLogStart()
@@ -188,7 +188,7 @@ public final class Sender {
         let target = Double(convergence.downtimeTarget.components.seconds)
             + Double(convergence.downtimeTarget.components.attoseconds) / 1e18
         var throttle = 0
-        var previousDirty = UInt64.max
+        var previousDirty = Double.infinity
         var lastFetch = ContinuousClock.now
         try sendRound(0, pages: try Self.populatedRanges(memory), isFinal: false, memory: memory, writer: writer, meter: &meter)
         while true {
@@ -200,12 +200,13 @@ public final class Sender {
             meter.reportRoundEnd(dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
                                  expectedDowntime: expected, throttle: throttle, to: onProgress)
             if expected <= target || meter.nextRound + 1 >= convergence.maxRounds { return dirty }
-            if convergence.autoConverge, dirty.count * 20 >= previousDirty * 19 {
+            // Rounds that shrink by less than 5 % are not converging.
+            if convergence.autoConverge, Double(dirty.count) >= 0.95 * previousDirty {
                 throttle = Convergence.nextThrottle(after: throttle)
                 try source.setThrottle(percent: throttle)
                 throttled = true
             }
-            previousDirty = dirty.count
+            previousDirty = Double(dirty.count)
             try sendRound(meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter)
         }
     }
@@ -227,7 +228,7 @@ public final class Sender {
             while page < end {
                 let count = min(Self.pagesPerSlice, end - page)
                 try writer.writePages(segment: range.segment, firstPage: page, count: count,
-                                      from: UnsafeRawPointer(memory.address(segment: Int(range.segment), page: page)))
+                                      from: UnsafeRawPointer(memory.address(segment: range.segment, page: page)))
                 page += count
                 meter.advance(pages: count, progressRequested: progressRequested.take(), to: onProgress)
             }
@@ -245,7 +246,7 @@ public final class Sender {
         for range in try Self.populatedRanges(memory) {
             populated += range.count
             for page in range.firstPage..<(range.firstPage + range.count)
-            where Self.isZero(memory.address(segment: Int(range.segment), page: page)) {
+            where Self.isZero(memory.address(segment: range.segment, page: page)) {
                 zero += 1
             }
         }
@@ -258,7 +259,7 @@ public final class Sender {
         var ranges: [PageRange] = []
         for segment in memory.segments.indices {
             for range in try memory.populatedPages(segment: segment) {
-                ranges.append(PageRange(segment: UInt16(segment), firstPage: range.lowerBound,
+                ranges.append(PageRange(segment: segment, firstPage: range.lowerBound,
                                         count: range.upperBound - range.lowerBound))
             }
         }
@@ -310,7 +311,7 @@ struct RoundMeter {
         round.pagesSent = 0
         roundStart = .now
         lastLine = roundStart
-        roundStartBytes = writer.statistics.bytesWritten
+        roundStartBytes = writer.statistics.bytes
     }
 
     mutating func advance(pages: UInt64, progressRequested: Bool, to sink: ((RoundProgress) -> Void)?) {
@@ -324,7 +325,7 @@ struct RoundMeter {
 
     mutating func finishRound() {
         let seconds = Sender.seconds(since: roundStart)
-        let bytes = writer.statistics.bytesWritten - roundStartBytes
+        let bytes = writer.statistics.bytes - roundStartBytes
         sendingSeconds += seconds
         sentBytes += bytes
         round.seconds = seconds
@@ -345,7 +346,7 @@ struct RoundMeter {
     private var current: RoundProgress {
         var line = round
         line.seconds = Sender.seconds(since: roundStart)
-        line.streamBytes = writer.statistics.bytesWritten - roundStartBytes
+        line.streamBytes = writer.statistics.bytes - roundStartBytes
         line.bandwidth = line.seconds > 0 ? Double(line.streamBytes) / line.seconds : bandwidth
         return line
     }

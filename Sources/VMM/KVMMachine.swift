@@ -49,6 +49,7 @@ public final class KVMMachine: ControlledMachine {
     public func dirtyLogStart() throws {}
     public func dirtyLogFetchAndClear(segment: Int) throws -> [UInt64] { [] }
     public func dirtyLogStop() throws {}
+    public func setThrottle(percent: Int) throws {}
     public func saveState() throws -> MachineState { MachineState(kernel: [], devices: []) }
     public func restoreState(_ state: MachineState) throws {}
     public func consoleInput(_ bytes: [UInt8]) throws {}

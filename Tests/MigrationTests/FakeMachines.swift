@@ -5,10 +5,13 @@ import MachineDescription
 import Migration
 import SystemPackage
 
-/// An anonymous memory file (memfd), as vmrun holds guest RAM in.
+/// A sparse anonymous file in /dev/shm, as vmrun's memfd: unlinked at once, so nothing is left behind.
 func makeMemoryFile(size: UInt64) throws -> FileDescriptor {
-    let fd = memfd_create("test-guest", UInt32(MFD_CLOEXEC))
-    guard fd >= 0, ftruncate(fd, off_t(size)) == 0 else { throw MigrationError("memfd", errno: errno) }
+    var template = Array("/dev/shm/vmsend-test-XXXXXX".utf8CString)
+    let fd = mkstemp(&template)
+    guard fd >= 0 else { throw MigrationError("mkstemp", errno: errno) }
+    unlink(template)
+    guard ftruncate(fd, off_t(size)) == 0 else { throw MigrationError("ftruncate", errno: errno) }
     return FileDescriptor(rawValue: fd)
 }
 
@@ -69,9 +72,11 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     private var generator = SystemRandomNumberGenerator()
     var dirtyLogging = false
 
+    /// Round 0 is sent while the guest runs: it writes its first pages right away.
     func dirtyLogStart() throws {
         dirtyLogging = true
         pendingDirty = config.segments.map { _ in [] }
+        try guestWrites(segment: config.segments.count - 1)
     }
 
     /// Reports what was written since the last fetch, then (if running) writes new pages: those land
@@ -82,6 +87,12 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
         for page in pendingDirty[segment] { words[Int(page / 64)] |= 1 << (page % 64) }
         pendingDirty[segment] = []
         if segment == config.segments.count - 1 { rounds += 1 }
+        try guestWrites(segment: segment)
+        return words
+    }
+
+    private func guestWrites(segment: Int) throws {
+        let pages = config.segments[segment].size / 4096
         if !paused {
             for _ in 0..<pagesDirtiedPerRound(rounds, throttles.last ?? 0) {
                 let page = UInt64.random(in: 0..<pages, using: &generator)
@@ -91,7 +102,6 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
                 pendingDirty[segment].insert(page)
             }
         }
-        return words
     }
 
     func dirtyLogStop() throws { dirtyLogging = false }
