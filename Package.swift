@@ -37,10 +37,13 @@ let package = Package(
         // Rounds, convergence, switch-over. Talks to a VM through a protocol, never to KVM.
         .target(name: "Migration", dependencies: ["VMStream", "VMControl", "MachineDescription", system], swiftSettings: strict),
 
+        // Exit statuses, stderr lines: what every executable does the same way.
+        .target(name: "ToolSupport", dependencies: [argumentParser], swiftSettings: strict),
+
         .executableTarget(name: "vmrun", dependencies: ["VMM", "VMControl", argumentParser], swiftSettings: strict),
         .executableTarget(name: "vmctl", dependencies: ["VMControl", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmsend", dependencies: ["Migration", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmrecv", dependencies: ["Migration", argumentParser], swiftSettings: strict),
+        .executableTarget(name: "vmsend", dependencies: ["Migration", "ToolSupport", argumentParser], swiftSettings: strict),
+        .executableTarget(name: "vmrecv", dependencies: ["Migration", "ToolSupport", argumentParser], swiftSettings: strict),
         .executableTarget(name: "vmstream", dependencies: ["VMStream", argumentParser], swiftSettings: strict),
 
         .testTarget(name: "VMStreamTests", dependencies: ["VMStream"], resources: [.copy("Resources")]),

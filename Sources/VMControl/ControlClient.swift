@@ -95,6 +95,7 @@ public final class ControlClient: Sendable {
     }
 
     public func dirtyLogStop() throws { try request(.dirtyLogStop) }
+    public func setThrottle(percent: Int) throws { try request(.throttle(percent: percent)) }
 
     public func saveState() throws -> MachineState {
         let reply = try request(.saveState)

@@ -57,6 +57,9 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     /// Reply payload: the segment's bitmap, fetched and cleared.
     case dirtyLogFetch(segment: Int)
     case dirtyLogStop
+    /// Slows the vCPUs to (100 - percent) % of their speed so a live send converges; 0 lifts it.
+    /// Lifted by itself when the connection that set it closes.
+    case throttle(percent: Int)
     /// Reply payload: the state of the paused machine.
     case saveState
     /// Payload: the state to restore into the incoming machine.
@@ -77,6 +80,7 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         case .dirtyLogStart: "dirtyLogStart"
         case .dirtyLogFetch: "dirtyLogFetch"
         case .dirtyLogStop: "dirtyLogStop"
+        case .throttle: "throttle"
         case .saveState: "saveState"
         case .restoreState: "restoreState"
         case .consoleInput: "consoleInput"
@@ -86,7 +90,7 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     /// Every request name on the wire, to tell an unknown request from a malformed one.
     package static let allNames: Set<String> = [
         "hello", "status", "describe", "pause", "resume", "destroy", "memoryFile", "dirtyLogStart",
-        "dirtyLogFetch", "dirtyLogStop", "saveState", "restoreState", "consoleInput",
+        "dirtyLogFetch", "dirtyLogStop", "throttle", "saveState", "restoreState", "consoleInput",
     ]
 }
 

@@ -140,6 +140,8 @@ private struct Session {
     var restored = false
     /// The connection that started dirty logging; its disconnect stops it.
     var dirtyLogOwner: Int?
+    /// The connection whose throttle is in force; its close lifts it.
+    var throttleOwner: Int?
 
     init(machine: any ControlledMachine, name: String, ownerDeadline: ContinuousClock.Instant) {
         self.machine = machine
@@ -206,6 +208,10 @@ private struct Session {
         if dirtyLogOwner == id {
             dirtyLogOwner = nil
             try? machine.dirtyLogStop()
+        }
+        if throttleOwner == id {
+            throttleOwner = nil
+            try? machine.setThrottle(percent: 0)
         }
         if owner == id {
             owner = nil
@@ -302,6 +308,11 @@ private struct Session {
                     dirtyLogOwner = nil
                     try perform("dirtyLogStop") { try machine.dirtyLogStop() }
                 }
+            case .throttle(let percent):
+                guard (0...99).contains(percent) else { throw ControlError("throttle must be 0 to 99 percent, not \(percent)") }
+                if incomingPending { throw wrongState("throttle", "it is incoming") }
+                try perform("throttle") { try machine.setThrottle(percent: percent) }
+                throttleOwner = percent == 0 ? nil : connection.id
             case .saveState:
                 let state = machine.status().state
                 guard state == .paused, !incomingPending else { throw wrongState("saveState", "it is \(state); pause it first") }

@@ -20,6 +20,8 @@ public protocol ControlledMachine: AnyObject, Sendable {
     /// One bit per page of segment `segment`, as little-endian 64-bit words; fetched and cleared.
     func dirtyLogFetchAndClear(segment: Int) throws -> [UInt64]
     func dirtyLogStop() throws
+    /// Makes each vCPU sleep `percent` % of the time (auto-converge); 0 runs them flat out.
+    func setThrottle(percent: Int) throws
     /// Kernel and device state of a paused machine.
     func saveState() throws -> MachineState
     /// Restores an incoming machine, in the order of kvm-state.md. Leaves it paused.

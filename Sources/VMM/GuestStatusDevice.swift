@@ -64,6 +64,8 @@ final class GuestStatusDevice: Sendable {
         var lastCheck: UInt64?
         var paceEpoch: UInt64?
         var ticksSinceEpoch: UInt64 = 0
+        /// When the vCPU went back into the guest after its last tick, to measure how long it ran.
+        var resumedAt: UInt64?
     }
 
     let settings: Settings
@@ -72,6 +74,8 @@ final class GuestStatusDevice: Sendable {
     private let vcpuCount: UInt32
     /// Set while dirty logging is on; see the type's comment.
     let holdChecks = Atomic(false)
+    /// Percent of each vCPU's time spent asleep so a live migration converges (auto-converge).
+    let throttlePercent = Atomic(0)
 
     init(settings: Settings, memory: GuestMemory, vcpus: UInt32) {
         self.settings = settings
@@ -82,10 +86,24 @@ final class GuestStatusDevice: Sendable {
 
     var statuses: [VCPUStatus] { reports.withLock { $0.map(\.status) } }
 
-    /// A tick report from vCPU `index`: returns the reply for the guest and how long to sleep for pacing.
+    /// A tick report from vCPU `index`: returns the reply for the guest and how long to sleep, for pacing
+    /// and for the throttle: a vCPU throttled p % sleeps p / (100 - p) of the time it ran since its last tick.
     func tick(vcpu index: Int) -> (reply: UInt32, sleepNanoseconds: UInt64) {
-        let block = readBlock(vcpu: index)
         let now = monotonicNanoseconds()
+        let (reply, paceSleep) = paceTick(vcpu: index, now: now)
+        let throttle = UInt64(throttlePercent.load(ordering: .relaxed))
+        return reports.withLock { all in
+            var sleep = paceSleep
+            if throttle > 0, let resumed = all[index].resumedAt, now > resumed {
+                sleep += (now - resumed) * throttle / (100 - throttle)
+            }
+            all[index].resumedAt = now + sleep
+            return (reply, sleep)
+        }
+    }
+
+    private func paceTick(vcpu index: Int, now: UInt64) -> (reply: UInt32, sleepNanoseconds: UInt64) {
+        let block = readBlock(vcpu: index)
         return reports.withLock { all in
             if let block { all[index].status = block }
             var reply: UInt32 = 0
@@ -128,6 +146,7 @@ final class GuestStatusDevice: Sendable {
             for index in all.indices {
                 all[index].paceEpoch = nil
                 all[index].lastCheck = nil
+                all[index].resumedAt = nil
             }
         }
     }

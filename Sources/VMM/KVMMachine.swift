@@ -422,6 +422,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     }
 
     public func dirtyLogStart() throws { try setDirtyLogging(true) }
+    public func setThrottle(percent: Int) throws { statusDevice.throttlePercent.store(max(0, min(99, percent)), ordering: .relaxed) }
     public func dirtyLogStop() throws { try setDirtyLogging(false) }
 
     private func setDirtyLogging(_ on: Bool) throws {

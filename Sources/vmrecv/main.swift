@@ -1,1 +1,50 @@
-print("vmrecv: not yet")
+import ArgumentParser
+import Migration
+import ToolSupport
+import SystemPackage
+import VMControl
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct VMRecv: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmrecv",
+        abstract: "Restore a virtual machine from a migration stream on standard input.")
+
+    @Flag(name: .long, help: "Leave the restored VM paused.")
+    var paused = false
+
+    @Flag(name: [.short, .customLong("dry-run")], help: "Read and verify the whole stream; create nothing.")
+    var dryRun = false
+
+    @Flag(name: .short, help: "Say what is received (and, with -n, what would be done).")
+    var verbose = false
+
+    @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR or /run/vmsend).")
+    var runDir: String?
+
+    @Argument(help: "The name the VM gets on this host.")
+    var name: String
+
+    func run() throws {
+        let runDirectory = RunDirectory.resolve(flag: runDir)
+        if !dryRun, (try? ControlClient.connect(name: name, runDirectory: runDirectory)) != nil {
+            throw MigrationError("a VM named '\(name)' is already running here")
+        }
+        let compatibility = Compatibility.local()
+        let vmrun = IncomingMachine.locateVMRun()
+        let receiver = Receiver(
+            input: .standardInput, options: ReceiveOptions(name: name, leavePaused: paused, dryRun: dryRun),
+            checkCompatibility: { begin in
+                try compatibility.check(begin)
+                if verbose && dryRun { StandardStreams.error(begin.dryRunDescription(as: name)) }
+            },
+            makeDestination: { config in try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun) })
+        receiver.warn = { StandardStreams.error("vmrecv: warning: \($0)") }
+        let report = try receiver.run()
+        if verbose { StandardStreams.error(report.summary(dryRun: dryRun)) }
+    }
+}
+
+ToolMain.run(VMRecv.self)

@@ -41,7 +41,12 @@ import Testing
     @Test func requestsEncodeAsDocumented() throws {
         let hello = try JSONEncoderBridge.encode(ControlRequest.hello(version: 1, ownIncoming: false))
         #expect(hello == #"{"hello":{"ownIncoming":false,"version":1}}"#)
-        #expect(Set(ControlRequest.allNames).count == 13)
+        let every: [ControlRequest] = [
+            .hello(version: 1, ownIncoming: true), .status, .describe, .pause, .resume, .destroy, .memoryFile,
+            .dirtyLogStart, .dirtyLogFetch(segment: 0), .dirtyLogStop, .throttle(percent: 20), .saveState,
+            .restoreState, .consoleInput,
+        ]
+        #expect(Set(every.map(\.name)) == ControlRequest.allNames, "every request is known by its wire name")
     }
 
     static let sizes: [(String, UInt64)] = [

@@ -10,6 +10,7 @@ final class FakeMachine: ControlledMachine {
         var state: RunState
         var destroyed = 0
         var dirtyLogging = false
+        var throttle = 0
         var restored: MachineState?
         var console: [UInt8] = []
     }
@@ -49,6 +50,7 @@ final class FakeMachine: ControlledMachine {
     func dirtyLogStart() throws { record.withLock { $0.dirtyLogging = true } }
     func dirtyLogFetchAndClear(segment: Int) throws -> [UInt64] { [0x8000_0000_0000_0001, UInt64(segment)] }
     func dirtyLogStop() throws { record.withLock { $0.dirtyLogging = false } }
+    func setThrottle(percent: Int) throws { record.withLock { $0.throttle = percent } }
     func saveState() throws -> MachineState { saved }
     func restoreState(_ state: MachineState) throws {
         record.withLock {

@@ -1,0 +1,86 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+import VMStream
+
+/// The checks a receiver makes on BEGIN before it creates anything. Each refusal is one line that
+/// says what differs. CPU features and device kinds are checked by the hypervisor side (`vmrun
+/// --incoming`), which alone knows what its KVM offers, also before any machine exists.
+public struct Compatibility: Sendable {
+    public var architecture: String
+    public var pageSize: UInt32
+    public var hypervisor: String
+    public var availableMemory: UInt64
+
+    /// This host, as seen from userspace.
+    public static func local(hypervisor: String = "kvm") -> Compatibility {
+        var names = utsname()
+        uname(&names)
+        let machine = withUnsafeBytes(of: &names.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return Compatibility(architecture: machine, pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))),
+                             hypervisor: hypervisor, availableMemory: Self.memAvailable())
+    }
+
+    public init(architecture: String, pageSize: UInt32, hypervisor: String, availableMemory: UInt64) {
+        self.architecture = architecture
+        self.pageSize = pageSize
+        self.hypervisor = hypervisor
+        self.availableMemory = availableMemory
+    }
+
+    public func check(_ begin: StreamBegin) throws {
+        let source = begin.host
+        guard source.architecture == architecture else {
+            throw MigrationError("incompatible host: the stream is for \(source.architecture), this host is \(architecture)")
+        }
+        guard source.pageSize == pageSize else {
+            throw MigrationError("incompatible host: the stream has \(source.pageSize)-byte pages, this host \(pageSize)-byte pages")
+        }
+        guard source.hypervisor == hypervisor else {
+            throw MigrationError("incompatible host: the stream comes from \(source.hypervisor), this host runs \(hypervisor)")
+        }
+        let needed = begin.machine.memorySize
+        guard needed <= availableMemory else {
+            throw MigrationError("not enough memory: the VM has \(ByteCount(needed)), this host has \(ByteCount(availableMemory)) available")
+        }
+    }
+
+    static func memAvailable() -> UInt64 {
+        guard let file = fopen("/proc/meminfo", "r") else { return UInt64.max }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 256)
+        while fgets(&line, Int32(line.count), file) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if text.hasPrefix("MemAvailable:") {
+                let digits = text.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
+                return (digits ?? 0) * 1024
+            }
+        }
+        return UInt64.max
+    }
+}
+
+/// Bytes in binary units for messages: `2.00 GiB`.
+public struct ByteCount: CustomStringConvertible, Sendable {
+    public var bytes: UInt64
+    public init(_ bytes: UInt64) { self.bytes = bytes }
+
+    public var description: String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(bytes) B" : "\(Self.twoDecimals(value)) \(units[unit])"
+    }
+
+    /// `1.5` as `1.50`, without Foundation.
+    public static func twoDecimals(_ value: Double) -> String {
+        let hundredths = Int((value * 100).rounded())
+        let fraction = hundredths % 100
+        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+    }
+}

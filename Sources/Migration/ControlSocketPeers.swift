@@ -1,0 +1,80 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+import SystemPackage
+import VMControl
+
+/// A running vmrun, sent through its control socket. Pages are read from its memfd, mapped here;
+/// bitmaps and state come over the socket because KVM answers VM ioctls only in vmrun's process.
+public final class ControlSocketSource: MigrationSource {
+    private let client: ControlClient
+
+    public init(name: String, runDirectory: RunDirectory) throws {
+        client = try ControlClient.connect(name: name, runDirectory: runDirectory)
+    }
+
+    deinit { client.close() }
+
+    public func describe() throws -> (config: MachineConfig, host: HostSpec) { try client.describe() }
+    public func mapMemory(_ config: MachineConfig) throws -> GuestMemory {
+        try GuestMemory(file: try client.memoryFile(), segments: config.segments, writable: false)
+    }
+    public func pause() throws { try client.pause() }
+    public func resume() throws { try client.resume() }
+    public func saveState() throws -> MachineState { try client.saveState() }
+    public func dirtyLogStart() throws { try client.dirtyLogStart() }
+    public func dirtyLogFetch(segment: Int) throws -> [UInt64] { try client.dirtyLogFetch(segment: segment) }
+    public func dirtyLogStop() throws { try client.dirtyLogStop() }
+    public func setThrottle(percent: Int) throws { try client.setThrottle(percent: percent) }
+}
+
+/// A machine created by `vmrun --incoming` for a stream being received. This connection owns it:
+/// should vmrecv die before `resume`, vmrun sees the connection close and destroys the machine.
+public final class IncomingMachine: MigrationDestination {
+    public let memory: GuestMemory
+    private let client: ControlClient
+
+    /// Starts `vmrun --incoming NAME` with `config` and connects to it as its owner.
+    public init(config: MachineConfig, runDirectory: RunDirectory, vmrun: String) throws {
+        let json = try MachineConfigJSON.encode(config)
+        let result = try ChildProcess.run(vmrun, arguments: ["--incoming", "--run-dir", runDirectory.path, config.name],
+                                          input: json)
+        guard result.status == 0 else {
+            let reason = result.lastErrorLine ?? "vmrun exited with status \(result.status)"
+            throw MigrationError(reason)
+        }
+        let client = try ControlClient.connect(name: config.name, runDirectory: runDirectory, ownIncoming: true)
+        do {
+            memory = try GuestMemory(file: try client.memoryFile(), segments: config.segments, writable: true)
+        } catch {
+            try? client.destroy()
+            client.close()
+            throw error
+        }
+        self.client = client
+    }
+
+    deinit { client.close() }
+
+    public func restore(_ state: MachineState) throws { try client.restoreState(state) }
+    public func resume() throws { try client.resume() }
+    public func abandon() {
+        try? client.destroy()
+        client.close()
+    }
+
+    /// `vmrun` beside this executable, else the first on PATH.
+    public static func locateVMRun() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if count > 0 {
+            let own = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let slash = own.lastIndex(of: "/") {
+                let sibling = String(own[..<slash]) + "/vmrun"
+                if access(sibling, X_OK) == 0 { return sibling }
+            }
+        }
+        return "vmrun"
+    }
+}

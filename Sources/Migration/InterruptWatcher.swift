@@ -1,0 +1,90 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Where a send stands, as seen from the thread that handles interrupts.
+public enum SendPhase: Sendable {
+    /// The source runs (or was never touched): an interrupt only stops the send.
+    case sourceRunning
+    /// The sender paused the source: an interrupt must resume it.
+    case sourcePaused
+    /// END is being written or was written: the copy may already run, so the source stays paused.
+    case committed
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into a clean stop: a source the sender paused is resumed, over a
+/// connection of its own (the main thread may be blocked in a write), before the process exits 1.
+/// SIGUSR1 asks for a progress line.
+///
+/// The signals are blocked in every thread and taken by `sigwait` on a watcher thread, so no async-signal
+/// restrictions apply and the phase lock makes "resume" and "commit" mutually exclusive.
+public final class InterruptWatcher: Sendable {
+    private let phase = Mutex(SendPhase.sourceRunning)
+    private let reconnect: @Sendable () throws -> MigrationSource
+    private let machineName: String
+    private let progressRequest: ProgressRequest
+
+    /// Blocks the signals now; call before any other thread starts.
+    public init(machineName: String, progressRequest: ProgressRequest,
+                reconnect: @escaping @Sendable () throws -> MigrationSource) {
+        self.machineName = machineName
+        self.progressRequest = progressRequest
+        self.reconnect = reconnect
+        var signals = Self.watchedSignals
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { argument in
+            let watcher = Unmanaged<InterruptWatcher>.fromOpaque(argument!).takeRetainedValue()
+            watcher.watch()
+            return nil
+        }, box)
+        pthread_detach(thread)
+    }
+
+    /// Moves the send to `next`; the watcher sees either the old or the new phase, never half of it.
+    public func enter(_ next: SendPhase) {
+        phase.withLock { $0 = next }
+    }
+
+    private static var watchedSignals: sigset_t {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGHUP)
+        sigaddset(&set, SIGUSR1)
+        return set
+    }
+
+    private func watch() {
+        var signals = Self.watchedSignals
+        var received: Int32 = 0
+        while sigwait(&signals, &received) != 0 || received == SIGUSR1 {
+            if received == SIGUSR1 { progressRequest.raise() }
+            received = 0
+        }
+        phase.withLock { current in
+            switch current {
+            case .sourceRunning:
+                report("interrupted")
+            case .sourcePaused:
+                do {
+                    try reconnect().resume()
+                    report("interrupted; the source VM '\(machineName)' was resumed")
+                } catch {
+                    report("interrupted; resuming the source VM '\(machineName)' failed: \(error)")
+                }
+            case .committed:
+                report("interrupted after the stream was complete; the source VM '\(machineName)' stays paused")
+            }
+            exit(1)
+        }
+    }
+
+    private func report(_ message: String) {
+        let line = Array("vmsend: \(message)\n".utf8)
+        line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+    }
+}

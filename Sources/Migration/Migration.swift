@@ -1,1 +1,0 @@
-// Migration: see Package.swift for what this layer knows about.

@@ -1,0 +1,30 @@
+import MachineDescription
+
+/// The machine being sent, as the engine needs it. Today it is a vmrun reached through its control
+/// socket; a bhyve port would add another conformance; unit tests use an in-memory fake.
+public protocol MigrationSource: AnyObject {
+    func describe() throws -> (config: MachineConfig, host: HostSpec)
+    /// Guest RAM mapped read-only.
+    func mapMemory(_ config: MachineConfig) throws -> GuestMemory
+    func pause() throws
+    func resume() throws
+    func saveState() throws -> MachineState
+    func dirtyLogStart() throws
+    /// One bit per page of `segment`, fetched and cleared at the source.
+    func dirtyLogFetch(segment: Int) throws -> [UInt64]
+    func dirtyLogStop() throws
+    /// Slows the guest's vCPUs to (100 - percent) % of their speed; 0 lifts the throttle.
+    func setThrottle(percent: Int) throws
+}
+
+/// A machine being received: created from the stream's BEGIN, not yet running.
+public protocol MigrationDestination: AnyObject {
+    /// Guest RAM mapped writable; pages land here straight from the stream.
+    var memory: GuestMemory { get }
+    /// Hands over kernel and device state, after every page has arrived.
+    func restore(_ state: MachineState) throws
+    /// Starts the machine; it then runs on its own.
+    func resume() throws
+    /// Destroys the machine: a failed receive leaves nothing behind.
+    func abandon()
+}

@@ -1,0 +1,129 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+import SystemPackage
+import VMStream
+
+/// How `vmrecv` receives.
+public struct ReceiveOptions: Sendable {
+    /// The name the machine gets here.
+    public var name: String
+    /// Restore but do not resume.
+    public var leavePaused: Bool
+    /// Read and verify the whole stream, create nothing (`zfs recv -n`).
+    public var dryRun: Bool
+
+    public init(name: String, leavePaused: Bool = false, dryRun: Bool = false) {
+        self.name = name
+        self.leavePaused = leavePaused
+        self.dryRun = dryRun
+    }
+}
+
+/// What a receive did, for `vmrecv -v`.
+public struct ReceiveReport: Sendable {
+    public var begin: StreamBegin
+    public var end: StreamEnd
+    public var name: String
+    public var rounds: Int
+    public var streamBytes: UInt64
+    public var seconds: Double
+    /// From the source's pause to this resume; nil when the source never paused or we did not resume.
+    public var downtimeSeconds: Double?
+}
+
+/// Reads one stream and restores its machine. The machine is created only after BEGIN passes the
+/// compatibility checks, resumed only after END verifies, and abandoned on any failure in between.
+public final class Receiver {
+    private let input: FileDescriptor
+    private let options: ReceiveOptions
+    private let checkCompatibility: (StreamBegin) throws -> Void
+    private let makeDestination: (MachineConfig) throws -> MigrationDestination
+    /// Called for each record type the reader skipped as ignorable.
+    public var warn: (String) -> Void = { _ in }
+
+    public init(input: FileDescriptor, options: ReceiveOptions,
+                checkCompatibility: @escaping (StreamBegin) throws -> Void,
+                makeDestination: @escaping (MachineConfig) throws -> MigrationDestination) {
+        self.input = input
+        self.options = options
+        self.checkCompatibility = checkCompatibility
+        self.makeDestination = makeDestination
+    }
+
+    public func run() throws -> ReceiveReport {
+        let started = ContinuousClock.now
+        let reader = try StreamReader(input: input)
+        reader.warningHandler = warn
+        let discard = DiscardingPageSink()
+        guard case .begin(let begin)? = try reader.next(into: discard) else {
+            throw MigrationError("stream does not start with a BEGIN record")
+        }
+        try checkCompatibility(begin)
+        var config = begin.machine
+        config.name = options.name
+        let destination = options.dryRun ? nil : try makeDestination(config)
+        do {
+            let sink: PageSink = destination.map { GuestMemoryPageSink(memory: $0.memory) } ?? discard
+            var rounds = 0
+            var kernel: [StateChunk] = []
+            var devices: [StateChunk] = []
+            var end: StreamEnd?
+            while let record = try reader.next(into: sink) {
+                switch record {
+                case .begin:
+                    throw MigrationError("stream has a second BEGIN record")
+                case .round(let number, _):
+                    rounds += 1
+                    (sink as? GuestMemoryPageSink)?.freshMemory = number == 0 && rounds == 1
+                case .pages:
+                    break
+                case .kernelState(let chunk):
+                    kernel.append(chunk)
+                case .deviceState(let chunk):
+                    devices.append(chunk)
+                case .end(let closing):
+                    end = closing
+                }
+            }
+            guard let end else { throw MigrationError("stream ended before its END record") }
+            var downtime: Double?
+            if let destination {
+                try destination.restore(MachineState(kernel: kernel, devices: devices))
+                if !options.leavePaused {
+                    try destination.resume()
+                    if end.sourcePauseTime != 0 {
+                        downtime = Double(Int64(Sender.realtimeNanoseconds()) - Int64(end.sourcePauseTime)) / 1e9
+                    }
+                }
+            }
+            return ReceiveReport(begin: begin, end: end, name: options.name, rounds: rounds,
+                                 streamBytes: reader.statistics.bytes, seconds: Sender.seconds(since: started),
+                                 downtimeSeconds: downtime)
+        } catch {
+            destination?.abandon()
+            throw error
+        }
+    }
+}
+
+/// Lands pages straight in guest memory. Zero pages need nothing while memory is still fresh (round 0);
+/// in later rounds they overwrite an older copy and are discarded.
+final class GuestMemoryPageSink: PageSink {
+    let memory: GuestMemory
+    var freshMemory = true
+
+    init(memory: GuestMemory) { self.memory = memory }
+
+    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? {
+        guard segment < memory.segments.count, page < memory.pageCount(segment: segment) else { return nil }
+        return memory.address(segment: segment, page: page)
+    }
+
+    func zeroPage(segment: Int, page: UInt64) {
+        guard !freshMemory, segment < memory.segments.count, page < memory.pageCount(segment: segment) else { return }
+        memory.discard(segment: segment, pages: page..<(page + 1))
+    }
+}
+

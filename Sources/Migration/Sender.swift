@@ -1,0 +1,366 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+import SystemPackage
+import Synchronization
+import VMStream
+
+/// When a live send stops copying while the guest runs.
+public struct Convergence: Sendable {
+    /// Switch over once the pages still dirty can be sent in this time at the measured bandwidth.
+    public var downtimeTarget: Duration
+    /// Switch over after this many rounds whatever is left (round 0 included; at least 2).
+    public var maxRounds: Int
+    /// Slow the guest's vCPUs step by step when rounds stop shrinking.
+    public var autoConverge: Bool
+
+    public static let defaultDowntimeTarget: Duration = .milliseconds(50)
+    public static let defaultMaxRounds = 30
+
+    public init(downtimeTarget: Duration = Convergence.defaultDowntimeTarget,
+                maxRounds: Int = Convergence.defaultMaxRounds, autoConverge: Bool = true) {
+        self.downtimeTarget = downtimeTarget
+        self.maxRounds = max(2, maxRounds)
+        self.autoConverge = autoConverge
+    }
+
+    /// Throttle steps as QEMU's auto-converge takes them: 20 %, then +10 % per stalled round, up to 99 %.
+    static func nextThrottle(after percent: Int) -> Int {
+        percent == 0 ? 20 : min(99, percent + 10)
+    }
+}
+
+/// How `vmsend` sends.
+public struct SendOptions: Sendable {
+    public var mode: MigrationMode
+    public var compression: Compression
+    /// Resume the source after a successful send (a consistent snapshot, like `bhyvectl --checkpoint`).
+    public var keepRunning: Bool
+    public var convergence: Convergence
+    public var tool: String
+    public var toolVersion: String
+
+    public init(mode: MigrationMode, compression: Compression, keepRunning: Bool,
+                convergence: Convergence = Convergence(),
+                tool: String = "vmsend", toolVersion: String = MigrationVersion.current) {
+        self.mode = mode
+        self.compression = compression
+        self.keepRunning = keepRunning
+        self.convergence = convergence
+        self.tool = tool
+        self.toolVersion = toolVersion
+    }
+}
+
+/// One round as it went (or, mid-round, as it goes), for progress output.
+public struct RoundProgress: Sendable {
+    public var round: Int
+    /// The round that sends the rest with the guest paused.
+    public var isFinal: Bool
+    /// A progress line in the middle of a round rather than its summary.
+    public var inProgress: Bool
+    public var pagesSent: UInt64
+    public var pagesInRound: UInt64
+    public var streamBytes: UInt64
+    public var seconds: Double
+    /// Stream bytes per second over all rounds so far: what stdout really accepts.
+    public var bandwidth: Double
+    /// Pages the guest dirtied while this round was sent (0 until the round ends).
+    public var dirtyPagesFound: UInt64
+    public var dirtyRate: Double
+    /// Time the rest would take with the guest paused, at `bandwidth`.
+    public var expectedDowntime: Double
+    public var throttlePercent: Int
+}
+
+/// What a send did, for `vmsend -v`.
+public struct SendReport: Sendable {
+    public var machine: String
+    public var guestBytes: UInt64
+    public var statistics: StreamStatistics
+    public var rounds: Int
+    public var seconds: Double
+    /// Time from the pause to END written.
+    public var pausedSeconds: Double
+}
+
+/// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.
+public struct SendEstimate: Sendable {
+    public var machine: String
+    public var guestBytes: UInt64
+    public var populatedPages: UInt64
+    public var zeroPages: UInt64
+    /// Stream bytes without compression: every non-zero page, plus framing and state.
+    public var estimatedStreamBytes: UInt64
+}
+
+/// Drives one send: BEGIN, memory in rounds, kernel and device state, END.
+///
+/// Warm: pause, send every populated page, state, END. Live: round 0 sends every populated page with dirty
+/// logging on while the guest runs; each next round sends what the guest dirtied meanwhile; once the rest fits
+/// the downtime target at the measured bandwidth (or the round cap is reached) the guest is paused and the
+/// final round sends the rest. The source stays paused after success unless `keepRunning`; on any failure
+/// before END is written it is resumed, so exactly one copy of the machine ever runs.
+public final class Sender {
+    private let source: MigrationSource
+    private let output: FileDescriptor
+    private let options: SendOptions
+    /// Told when the source is paused and when END starts, so an interrupt does the right thing.
+    public var phaseObserver: InterruptWatcher?
+    /// Called after each round, and about once a second inside a long round.
+    public var onProgress: ((RoundProgress) -> Void)?
+    /// Raised from another thread (SIGUSR1) to ask for a progress line now.
+    private let progressRequested: ProgressRequest
+
+    /// Pages per `writePages` call: small enough for a progress line a second, large enough to batch well.
+    static let pagesPerSlice: UInt64 = 2048
+
+    public init(source: MigrationSource, output: FileDescriptor, options: SendOptions,
+                progressRequest: ProgressRequest = ProgressRequest()) {
+        self.source = source
+        self.output = output
+        self.options = options
+        self.progressRequested = progressRequest
+    }
+
+    public func run() throws -> SendReport {
+        let started = ContinuousClock.now
+        let (config, host) = try source.describe()
+        let memory = try source.mapMemory(config)
+        let writer = try StreamWriter(output: output, compression: options.compression)
+        var meter = RoundMeter(writer: writer)
+        var paused = false
+        var pausedAt = ContinuousClock.now
+        var throttled = false
+        do {
+            func pause() throws -> UInt64 {
+                phaseObserver?.enter(.sourcePaused)
+                try source.pause()
+                paused = true
+                pausedAt = .now
+                return Self.realtimeNanoseconds()
+            }
+            var pauseTime: UInt64 = 0
+            let begin = StreamBegin(tool: options.tool, toolVersion: options.toolVersion, uuid: StreamBegin.randomUUID(),
+                                    creationTime: Self.realtimeNanoseconds(), mode: options.mode, host: host, machine: config)
+            if options.mode == .live {
+                try writer.writeBegin(begin)
+                try source.dirtyLogStart()
+                var rest = try liveRounds(memory: memory, writer: writer, meter: &meter, throttled: &throttled)
+                pauseTime = try pause()
+                rest.merge(try fetchDirty(memory))
+                try source.dirtyLogStop()
+                try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
+            } else {
+                pauseTime = try pause()
+                try writer.writeBegin(begin)
+                try sendRound(0, pages: try Self.populatedRanges(memory), isFinal: true, memory: memory, writer: writer, meter: &meter)
+            }
+            let state = try source.saveState()
+            for chunk in state.kernel { try writer.writeKernelState(chunk) }
+            for chunk in state.devices { try writer.writeDeviceState(chunk) }
+            phaseObserver?.enter(.committed)
+            try writer.writeEnd(sourcePauseTime: pauseTime)
+        } catch {
+            if throttled { try? source.setThrottle(percent: 0) }
+            // Resuming is safe even when END failed: a receiver resumes only after reading END whole.
+            guard paused else { throw error }
+            do {
+                try source.resume()
+            } catch let resumeError {
+                throw MigrationError("\(error); resuming the source VM '\(config.name)' also failed: \(resumeError)")
+            }
+            throw MigrationError("\(error); the source VM '\(config.name)' was resumed")
+        }
+        // A source resumed later (vmctl resume, --keep-running) runs at full speed again.
+        if throttled { try source.setThrottle(percent: 0) }
+        let pausedSeconds = Self.seconds(since: pausedAt)
+        if options.keepRunning { try source.resume() }
+        return SendReport(machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
+                          rounds: meter.nextRound, seconds: Self.seconds(since: started), pausedSeconds: pausedSeconds)
+    }
+
+    /// Rounds while the guest runs. Returns the pages dirtied by the last of them, still to be sent.
+    private func liveRounds(memory: GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
+                            throttled: inout Bool) throws -> DirtyPages {
+        let convergence = options.convergence
+        let target = Double(convergence.downtimeTarget.components.seconds)
+            + Double(convergence.downtimeTarget.components.attoseconds) / 1e18
+        var throttle = 0
+        var previousDirty = Double.infinity
+        var lastFetch = ContinuousClock.now
+        try sendRound(0, pages: try Self.populatedRanges(memory), isFinal: false, memory: memory, writer: writer, meter: &meter)
+        while true {
+            let dirty = try fetchDirty(memory)
+            let sinceFetch = Self.seconds(since: lastFetch)
+            lastFetch = .now
+            let dirtyBytes = Double(dirty.count * GuestMemory.pageSize)
+            let expected = meter.bandwidth > 0 ? dirtyBytes / meter.bandwidth : .infinity
+            meter.reportRoundEnd(dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
+                                 expectedDowntime: expected, throttle: throttle, to: onProgress)
+            if expected <= target || meter.nextRound + 1 >= convergence.maxRounds { return dirty }
+            // Rounds that shrink by less than 5 % are not converging.
+            if convergence.autoConverge, Double(dirty.count) >= 0.95 * previousDirty {
+                throttle = Convergence.nextThrottle(after: throttle)
+                try source.setThrottle(percent: throttle)
+                throttled = true
+            }
+            previousDirty = Double(dirty.count)
+            try sendRound(meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter)
+        }
+    }
+
+    private func fetchDirty(_ memory: GuestMemory) throws -> DirtyPages {
+        var dirty = DirtyPages(pageCounts: memory.segments.indices.map { memory.pageCount(segment: $0) })
+        for segment in memory.segments.indices { dirty.merge(segment: segment, try source.dirtyLogFetch(segment: segment)) }
+        return dirty
+    }
+
+    private func sendRound(_ number: Int, pages: [PageRange], isFinal: Bool, memory: GuestMemory,
+                           writer: StreamWriter, meter: inout RoundMeter) throws {
+        let total = pages.reduce(UInt64(0)) { $0 + $1.count }
+        meter.startRound(number, pages: total, isFinal: isFinal)
+        try writer.writeRound(UInt32(number), pages: pages)
+        for range in pages {
+            var page = range.firstPage
+            let end = range.firstPage + range.count
+            while page < end {
+                let count = min(Self.pagesPerSlice, end - page)
+                try writer.writePages(segment: range.segment, firstPage: page, count: count,
+                                      from: UnsafeRawPointer(memory.address(segment: range.segment, page: page)))
+                page += count
+                meter.advance(pages: count, progressRequested: progressRequested.take(), to: onProgress)
+            }
+        }
+        meter.finishRound()
+        if isFinal { meter.reportRoundEnd(dirtyPages: 0, dirtyRate: 0, expectedDowntime: 0, throttle: 0, to: onProgress) }
+    }
+
+    /// Counts what a send would carry, reading memory while the machine runs.
+    public func estimate() throws -> SendEstimate {
+        let (config, _) = try source.describe()
+        let memory = try source.mapMemory(config)
+        var populated: UInt64 = 0
+        var zero: UInt64 = 0
+        for range in try Self.populatedRanges(memory) {
+            populated += range.count
+            for page in range.firstPage..<(range.firstPage + range.count)
+            where Self.isZero(memory.address(segment: range.segment, page: page)) {
+                zero += 1
+            }
+        }
+        let framing = UInt64(64 << 10)
+        return SendEstimate(machine: config.name, guestBytes: config.memorySize, populatedPages: populated,
+                            zeroPages: zero, estimatedStreamBytes: (populated - zero) * GuestMemory.pageSize + framing)
+    }
+
+    static func populatedRanges(_ memory: GuestMemory) throws -> [PageRange] {
+        var ranges: [PageRange] = []
+        for segment in memory.segments.indices {
+            for range in try memory.populatedPages(segment: segment) {
+                ranges.append(PageRange(segment: segment, firstPage: range.lowerBound,
+                                        count: range.upperBound - range.lowerBound))
+            }
+        }
+        return ranges
+    }
+
+    static func isZero(_ page: UnsafeRawPointer) -> Bool {
+        let words = page.assumingMemoryBound(to: UInt64.self)
+        var any: UInt64 = 0
+        for index in 0..<Int(GuestMemory.pageSize / 8) { any |= words[index] }
+        return any == 0
+    }
+
+    static func realtimeNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
+    static func seconds(since start: ContinuousClock.Instant) -> Double {
+        let elapsed = ContinuousClock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+}
+
+/// Measures rounds: stream bytes and time per round, bandwidth over all rounds, progress lines.
+struct RoundMeter {
+    let writer: StreamWriter
+    private(set) var nextRound = 0
+    private var round = RoundProgress(round: 0, isFinal: false, inProgress: false, pagesSent: 0, pagesInRound: 0,
+                                      streamBytes: 0, seconds: 0, bandwidth: 0, dirtyPagesFound: 0, dirtyRate: 0,
+                                      expectedDowntime: 0, throttlePercent: 0)
+    private var roundStart = ContinuousClock.now
+    private var roundStartBytes: UInt64 = 0
+    private var lastLine = ContinuousClock.now
+    private var sendingSeconds = 0.0
+    private var sentBytes: UInt64 = 0
+
+    init(writer: StreamWriter) { self.writer = writer }
+
+    /// Stream bytes per second while sending; 0 before anything was measured.
+    var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
+
+    mutating func startRound(_ number: Int, pages: UInt64, isFinal: Bool) {
+        nextRound = number + 1
+        round.round = number
+        round.isFinal = isFinal
+        round.pagesInRound = pages
+        round.pagesSent = 0
+        roundStart = .now
+        lastLine = roundStart
+        roundStartBytes = writer.statistics.bytes
+    }
+
+    mutating func advance(pages: UInt64, progressRequested: Bool, to sink: ((RoundProgress) -> Void)?) {
+        round.pagesSent += pages
+        guard let sink, progressRequested || ContinuousClock.now - lastLine >= .seconds(1) else { return }
+        lastLine = .now
+        var line = current
+        line.inProgress = true
+        sink(line)
+    }
+
+    mutating func finishRound() {
+        let seconds = Sender.seconds(since: roundStart)
+        let bytes = writer.statistics.bytes - roundStartBytes
+        sendingSeconds += seconds
+        sentBytes += bytes
+        round.seconds = seconds
+        round.streamBytes = bytes
+        round.bandwidth = bandwidth
+    }
+
+    func reportRoundEnd(dirtyPages: UInt64, dirtyRate: Double, expectedDowntime: Double, throttle: Int,
+                        to sink: ((RoundProgress) -> Void)?) {
+        var line = round
+        line.dirtyPagesFound = dirtyPages
+        line.dirtyRate = dirtyRate
+        line.expectedDowntime = expectedDowntime
+        line.throttlePercent = throttle
+        sink?(line)
+    }
+
+    private var current: RoundProgress {
+        var line = round
+        line.seconds = Sender.seconds(since: roundStart)
+        line.streamBytes = writer.statistics.bytes - roundStartBytes
+        line.bandwidth = line.seconds > 0 ? Double(line.streamBytes) / line.seconds : bandwidth
+        return line
+    }
+}
+
+/// A flag another thread raises (on SIGUSR1) and the send loop takes.
+public final class ProgressRequest: Sendable {
+    private let raised = Atomic<Bool>(false)
+    public init() {}
+    public func raise() { raised.store(true, ordering: .relaxed) }
+    func take() -> Bool { raised.exchange(false, ordering: .relaxed) }
+}
+
+/// The version the tools report and write into BEGIN.
+public enum MigrationVersion {
+    public static let current = "0.1.0"
+}

@@ -1,0 +1,62 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The one place where the tools turn outcomes into exit statuses, as zfs does:
+/// 0 success, 1 failure (one line on stderr: `tool: what failed`), 2 invalid usage.
+public enum ToolMain {
+    public static func run<Command: ParsableCommand>(_ command: Command.Type) -> Never {
+        let name = command.configuration.commandName ?? "\(command)"
+        do {
+            var parsed = try command.parseAsRoot()
+            try parsed.run()
+            exit(0)
+        } catch {
+            let code = command.exitCode(for: error)
+            if code == .success {
+                print(command.fullMessage(for: error))
+                exit(0)
+            }
+            if code == .validationFailure {
+                StandardStreams.error(command.fullMessage(for: error))
+                StandardStreams.error(command.usageString(for: command))
+                exit(2)
+            }
+            if let exitCode = error as? ExitCode { exit(exitCode.rawValue) }
+            StandardStreams.error("\(name): \(error)")
+            exit(1)
+        }
+    }
+}
+
+extension ParsableCommand {
+    fileprivate static func usageString(for command: Self.Type) -> String {
+        "Usage: " + command.usageString()
+    }
+}
+
+/// Lines on stderr, and what kind of file stdout is.
+public enum StandardStreams {
+    /// Writes one line to stderr, unbuffered, whole.
+    public static func error(_ line: String) { errorText(line + "\n") }
+
+    /// Writes text to stderr as it is (progress bars redraw a line with `\r`).
+    public static func errorText(_ text: String) {
+        var bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
+            if written < 0 { if errno == EINTR { continue }; return }
+            offset += written
+        }
+        bytes.removeAll()
+    }
+
+    public static var outputIsRegularFile: Bool { isRegularFile(1) }
+
+    public static func isRegularFile(_ descriptor: Int32) -> Bool {
+        var info = stat()
+        return fstat(descriptor, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
+    }
+}

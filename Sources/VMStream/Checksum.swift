@@ -1,0 +1,42 @@
+import CXXHash
+
+/// XXH3-64 helpers: every checksum in the format is XXH3-64 (man/vmstream.5, CHECKSUMS).
+enum Checksum {
+    static func hash(_ buffer: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
+        XXH3_64bits_withSeed(buffer.baseAddress, buffer.count, seed)
+    }
+
+    static func hash(_ bytes: [UInt8], seed: UInt64 = 0) -> UInt64 {
+        bytes.withUnsafeBytes { hash($0, seed: seed) }
+    }
+
+    /// The record header checksum: XXH3-64 of the header's first eight bytes.
+    static func header(type: UInt16, flags: UInt16, length: UInt32) -> UInt64 {
+        var fields = WireEncoder()
+        fields.u16(type)
+        fields.u16(flags)
+        fields.u32(length)
+        return hash(fields.bytes)
+    }
+
+    /// The running checksum after a record: XXH3-64 of the record checksum (u64 LE), seeded with the previous value.
+    static func chain(_ running: UInt64, _ recordChecksum: UInt64) -> UInt64 {
+        withUnsafeBytes(of: recordChecksum.littleEndian) { hash($0, seed: running) }
+    }
+}
+
+/// XXH3-64 over data that arrives in pieces (page batches written or read without a copy).
+final class StreamingChecksum {
+    private let state: OpaquePointer
+
+    init() {
+        guard let state = XXH3_createState() else { fatalError("XXH3_createState: out of memory") }
+        self.state = state
+    }
+
+    deinit { XXH3_freeState(state) }
+
+    func reset(seed: UInt64) { XXH3_64bits_reset_withSeed(state, seed) }
+    func update(_ buffer: UnsafeRawBufferPointer) { XXH3_64bits_update(state, buffer.baseAddress, buffer.count) }
+    var digest: UInt64 { XXH3_64bits_digest(state) }
+}

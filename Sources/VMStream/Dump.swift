@@ -1,0 +1,95 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+
+/// `vmstream dump`: the BEGIN fields, optionally one line per record, and a summary (as `zstream dump`).
+public struct StreamDumper {
+    /// 0: BEGIN and summary; 1: a line per record; 2: also checksums.
+    public var verbosity: Int
+    public var output: (String) -> Void
+
+    public init(verbosity: Int, output: @escaping (String) -> Void) {
+        self.verbosity = verbosity
+        self.output = output
+    }
+
+    /// Reads the whole stream, verifying everything; throws the first error after printing what came before it.
+    public func dump(_ reader: StreamReader) throws {
+        reader.warningHandler = { output("warning: \($0)") }
+        while let record = try reader.next(into: DiscardingPageSink()) {
+            if case .begin(let begin) = record { describe(begin) }
+            if verbosity >= 1, let info = reader.lastRecord { output(line(record, info)) }
+        }
+        summarize(reader.statistics)
+    }
+
+    private func describe(_ begin: StreamBegin) {
+        output("BEGIN record")
+        output("\tformat version = \(begin.formatVersion)")
+        output("\ttool = \(begin.tool) \(begin.toolVersion)")
+        output("\tuuid = \(begin.uuidString)")
+        output("\tcreation time = \(Self.utc(begin.creationTime)) (\(begin.creationTime) ns)")
+        output("\tmode = \(begin.mode.rawValue)")
+        let host = begin.host
+        output("\thost = \(host.architecture), \(host.cpuVendor), \(host.cpuModel), page size \(host.pageSize)")
+        output("\thypervisor = \(host.hypervisor) \(host.hypervisorVersion)")
+        let machine = begin.machine
+        output("\tmachine = \(machine.name), \(machine.vcpuCount) vCPUs, \(machine.memorySize) bytes")
+        for (index, segment) in machine.segments.enumerated() {
+            output("\tsegment \(index) = \(segment.name) at 0x\(String(segment.guestPhysicalBase, radix: 16)), \(segment.size) bytes (\(segment.size / UInt64(StreamFormat.pageSize)) pages)")
+        }
+        for device in machine.devices {
+            let settings = device.configuration.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            output("\tdevice \(device.name) = \(device.kind) version \(device.version)\(settings.isEmpty ? "" : " " + settings)")
+        }
+        for leaf in machine.cpuid {
+            let words = [leaf.eax, leaf.ebx, leaf.ecx, leaf.edx].map { String($0, radix: 16).leftPadded(to: 8) }
+            output("\tcpuid 0x\(String(leaf.function, radix: 16)).\(leaf.index) flags \(leaf.flags) = \(words.joined(separator: " "))")
+        }
+    }
+
+    private func line(_ record: StreamRecord, _ info: RecordInfo) -> String {
+        var text = "record \(info.number) \(info.type) offset \(info.offset) length \(info.payloadLength)"
+        switch record {
+        case .begin: break
+        case .round(let number, let ranges):
+            let pages = ranges.reduce(0) { $0 + $1.count }
+            text += " round \(number) ranges \(ranges.count) pages \(pages)"
+        case .pages(let batch):
+            text += " segment \(batch.segment) pages \(batch.firstPage)-\(batch.firstPage + UInt64(batch.count) - 1)"
+            text += " zero \(batch.zeroPages) \(batch.compressed ? "lz4" : "raw")"
+        case .kernelState(let chunk), .deviceState(let chunk):
+            text += " name \(chunk.name) version \(chunk.version) size \(chunk.data.count)"
+        case .end(let end):
+            text += " pages \(end.pages) zero \(end.zeroPages) records \(end.records) bytes \(end.bytes) pause time \(end.sourcePauseTime)"
+            text += " stream checksum \(hex(end.streamChecksum))"
+        }
+        if verbosity >= 2 {
+            text += " header checksum \(hex(info.headerChecksum)) checksum \(hex(info.checksum)) running \(hex(info.runningChecksum))"
+        }
+        return text
+    }
+
+    private func summarize(_ statistics: StreamStatistics) {
+        output("SUMMARY:")
+        for type in statistics.byType.keys.sorted() {
+            let totals = statistics.byType[type]!
+            output("\tTotal \(type) records = \(totals.count)\t(bytes = \(totals.bytes))")
+        }
+        output("\tTotal records = \(statistics.records)")
+        output("\tPages = \(statistics.pages) (zero pages elided = \(statistics.zeroPages))")
+        let ratio = (statistics.compressionRatio * 100).rounded() / 100
+        output("\tPage data = \(statistics.pageDataBytes) bytes, \(statistics.pageWireBytes) on the wire (compression ratio \(ratio); \(statistics.compressedBatches) of \(statistics.compressedBatches + statistics.rawBatches) batches compressed)")
+        output("\tTotal stream length = \(statistics.bytes) bytes")
+    }
+
+    /// ISO 8601 UTC time of ns since the epoch.
+    static func utc(_ nanoseconds: UInt64) -> String {
+        var seconds = time_t(nanoseconds / 1_000_000_000)
+        var parts = tm()
+        guard gmtime_r(&seconds, &parts) != nil else { return "?" }
+        func two(_ value: Int32) -> String { String(value).leftPadded(to: 2) }
+        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+    }
+}

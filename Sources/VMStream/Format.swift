@@ -1,0 +1,237 @@
+import MachineDescription
+
+/// Constants of stream format version 1; man/vmstream.5 is their specification.
+public enum StreamFormat {
+    /// The first eight bytes of every stream.
+    public static let magic: [UInt8] = Array("VMSTREAM".utf8)
+    public static let version: UInt32 = 1
+    /// Must-understand features this reader implements (none beyond version 1).
+    public static let knownFeatures: UInt32 = 0
+    public static let headerSize = 32
+    public static let recordHeaderSize = 16
+    public static let recordTrailerSize = 8
+    /// Largest payload a record may carry; a reader refuses larger ones before allocating.
+    public static let maxPayloadLength = 4 << 20
+    public static let pageSize = 4096
+    /// Pages in one PAGES record at most.
+    public static let maxPagesPerBatch = 256
+    /// Page ranges in one ROUND record at most; longer lists continue in further ROUND records.
+    public static let maxRangesPerRound = 65536
+    /// Memory segments a machine may have.
+    public static let maxSegments = 64
+    /// Distinct state chunks of one kind (kernel or device) a stream may carry.
+    public static let maxStateChunks = 65536
+    /// Record flag: a reader that does not know the record's type skips it with a warning.
+    public static let ignorableFlag: UInt16 = 1
+}
+
+/// A record type as it appears on the wire; unknown values are kept so they can be reported.
+public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConvertible, Comparable {
+    public var rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+    public static let begin = RecordType(rawValue: 1)
+    public static let round = RecordType(rawValue: 2)
+    public static let pages = RecordType(rawValue: 3)
+    public static let kernelState = RecordType(rawValue: 4)
+    public static let deviceState = RecordType(rawValue: 5)
+    public static let end = RecordType(rawValue: 6)
+
+    public static let known: [RecordType] = [.begin, .round, .pages, .kernelState, .deviceState, .end]
+
+    public var isKnown: Bool { (1...6).contains(rawValue) }
+
+    public var description: String {
+        switch self {
+        case .begin: "BEGIN"
+        case .round: "ROUND"
+        case .pages: "PAGES"
+        case .kernelState: "KERNEL STATE"
+        case .deviceState: "DEVICE STATE"
+        case .end: "END"
+        default: "type \(rawValue)"
+        }
+    }
+
+    public static func < (lhs: RecordType, rhs: RecordType) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// How a migration treats the running machine; recorded in BEGIN for the receiver's report.
+public enum MigrationMode: String, Sendable, CaseIterable {
+    case cold, warm, live
+
+    var wireValue: UInt8 {
+        switch self {
+        case .cold: 0
+        case .warm: 1
+        case .live: 2
+        }
+    }
+
+    init?(wireValue: UInt8) {
+        switch wireValue {
+        case 0: self = .cold
+        case 1: self = .warm
+        case 2: self = .live
+        default: return nil
+        }
+    }
+}
+
+/// Whether PAGES batches are LZ4-compressed; readers detect it per batch.
+public enum Compression: Sendable, Equatable {
+    case none
+    /// LZ4 block compression; higher acceleration is faster and compresses less.
+    case lz4(acceleration: Int32 = 1)
+}
+
+/// The self-describing metadata a stream opens with: who wrote it, from where, and what machine.
+public struct StreamBegin: Sendable, Equatable {
+    public var formatVersion: UInt32
+    public var tool: String
+    public var toolVersion: String
+    /// 16 random bytes naming this stream.
+    public var uuid: [UInt8]
+    /// Nanoseconds since the Unix epoch.
+    public var creationTime: UInt64
+    public var mode: MigrationMode
+    public var host: HostSpec
+    public var machine: MachineConfig
+
+    public init(formatVersion: UInt32 = StreamFormat.version, tool: String, toolVersion: String, uuid: [UInt8],
+                creationTime: UInt64, mode: MigrationMode, host: HostSpec, machine: MachineConfig) {
+        self.formatVersion = formatVersion
+        self.tool = tool
+        self.toolVersion = toolVersion
+        self.uuid = uuid
+        self.creationTime = creationTime
+        self.mode = mode
+        self.host = host
+        self.machine = machine
+    }
+
+    /// The UUID in its usual 8-4-4-4-12 text form.
+    public var uuidString: String {
+        let hex = uuid.map { byte in String(byte, radix: 16).leftPadded(to: 2) }
+        guard hex.count == 16 else { return hex.joined() }
+        return [hex[0..<4], hex[4..<6], hex[6..<8], hex[8..<10], hex[10..<16]].map { $0.joined() }.joined(separator: "-")
+    }
+
+    /// A fresh random version-4 UUID.
+    public static func randomUUID() -> [UInt8] {
+        var bytes = (0..<16).map { _ in UInt8.random(in: 0...255) }
+        bytes[6] = (bytes[6] & 0x0f) | 0x40
+        bytes[8] = (bytes[8] & 0x3f) | 0x80
+        return bytes
+    }
+}
+
+/// A run of pages in one memory segment: pages [firstPage, firstPage + count).
+public struct PageRange: Sendable, Equatable, Hashable {
+    /// Index into the BEGIN record's segment list.
+    public var segment: Int
+    public var firstPage: UInt64
+    public var count: UInt64
+
+    public init(segment: Int, firstPage: UInt64, count: UInt64) {
+        self.segment = segment
+        self.firstPage = firstPage
+        self.count = count
+    }
+}
+
+/// One PAGES batch as the reader delivered it.
+public struct PageBatch: Sendable, Equatable {
+    public var segment: Int
+    public var firstPage: UInt64
+    public var count: Int
+    public var zeroPages: Int
+    public var compressed: Bool
+}
+
+/// The END record: the writer's totals and the closing running checksum.
+public struct StreamEnd: Sendable, Equatable {
+    /// Pages delivered (zero and data) over all rounds.
+    public var pages: UInt64
+    public var zeroPages: UInt64
+    /// Stream bytes before the END record.
+    public var bytes: UInt64
+    /// Records before the END record.
+    public var records: UInt64
+    /// When the source paused the machine, ns since the Unix epoch; 0 if it never did.
+    public var sourcePauseTime: UInt64
+    /// The running checksum over every record before END.
+    public var streamChecksum: UInt64
+}
+
+/// One record as `StreamReader.next(into:)` returns it.
+public enum StreamRecord: Sendable, Equatable {
+    case begin(StreamBegin)
+    /// A ROUND record; a round whose list is too long continues in further ROUND records with the same number.
+    case round(number: UInt32, ranges: [PageRange])
+    /// Pages already delivered into the sink.
+    case pages(PageBatch)
+    case kernelState(StateChunk)
+    case deviceState(StateChunk)
+    case end(StreamEnd)
+}
+
+/// Where a record sits in the stream, for `vmstream dump`.
+public struct RecordInfo: Sendable, Equatable {
+    /// 1 for the first record after the stream header.
+    public var number: UInt64
+    /// Byte offset of the record's header from the start of the stream.
+    public var offset: UInt64
+    public var type: RecordType
+    public var flags: UInt16
+    public var payloadLength: Int
+    public var headerChecksum: UInt64
+    public var checksum: UInt64
+    /// The running checksum after this record.
+    public var runningChecksum: UInt64
+
+    /// Bytes the record takes on the wire.
+    public var totalLength: Int { StreamFormat.recordHeaderSize + payloadLength + StreamFormat.recordTrailerSize }
+}
+
+/// Count and bytes of one record type.
+public struct RecordTotals: Sendable, Equatable {
+    public var count: UInt64 = 0
+    public var bytes: UInt64 = 0
+}
+
+/// What went through a writer or reader.
+public struct StreamStatistics: Sendable, Equatable {
+    /// Stream bytes, header included.
+    public var bytes: UInt64 = 0
+    public var records: UInt64 = 0
+    public var pages: UInt64 = 0
+    public var zeroPages: UInt64 = 0
+    /// Data pages times the page size: what the page data would take uncompressed.
+    public var pageDataBytes: UInt64 = 0
+    /// What that page data took on the wire, after compression where it paid.
+    public var pageWireBytes: UInt64 = 0
+    public var compressedBatches: UInt64 = 0
+    public var rawBatches: UInt64 = 0
+    public var byType: [RecordType: RecordTotals] = [:]
+
+    public init() {}
+
+    /// Uncompressed page data over its wire size (1 when nothing was compressed).
+    public var compressionRatio: Double {
+        pageWireBytes == 0 ? 1 : Double(pageDataBytes) / Double(pageWireBytes)
+    }
+
+    mutating func count(_ type: RecordType, bytes recordBytes: Int) {
+        records += 1
+        bytes += UInt64(recordBytes)
+        byType[type, default: RecordTotals()].count += 1
+        byType[type, default: RecordTotals()].bytes += UInt64(recordBytes)
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

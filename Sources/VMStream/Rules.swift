@@ -1,0 +1,155 @@
+import MachineDescription
+
+/// A rule of record order or content that a record breaks; the caller adds where the record is.
+struct RuleViolation: Error {
+    var kind: StreamError.Kind
+    var message: String
+    init(_ kind: StreamError.Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    init(_ message: String) { self.init(.outOfOrder, message) }
+}
+
+/// The sequencing rules of man/vmstream.5 (STREAM RULES), enforced alike by writer and reader,
+/// so that a writer never produces a stream its reader refuses.
+struct StreamRules {
+    private(set) var begin: StreamBegin?
+    private(set) var ended = false
+    private var segmentPages: [UInt64] = []
+    private var deviceNames: Set<String> = []
+    private var kernelChunks: Set<String> = []
+    private var deviceChunks: Set<String> = []
+    private var lastRound: UInt32?
+    /// The current ROUND record's list and how far its pages have arrived.
+    private var ranges: [PageRange] = []
+    private var rangeIndex = 0
+    private var pageInRange: UInt64 = 0
+    private(set) var pages: UInt64 = 0
+    private(set) var zeroPages: UInt64 = 0
+
+    var roundPending: Bool { rangeIndex < ranges.count }
+
+    /// The page the next PAGES record must start with.
+    var nextPage: (segment: Int, page: UInt64, left: UInt64)? {
+        guard roundPending else { return nil }
+        let range = ranges[rangeIndex]
+        return (range.segment, range.firstPage + pageInRange, range.count - pageInRange)
+    }
+
+    private var missingPages: UInt64 {
+        guard roundPending else { return 0 }
+        return ranges[rangeIndex...].reduce(0) { $0 + $1.count } - pageInRange
+    }
+
+    /// Checks that any record but BEGIN may come now.
+    func checkStarted(_ type: RecordType) throws(RuleViolation) {
+        guard begin != nil else { throw RuleViolation("stream does not start with BEGIN") }
+        guard !ended else { throw RuleViolation("record after END") }
+        if type != .pages && type != .round && roundPending {
+            throw RuleViolation("\(type) while round \(lastRound ?? 0) still misses \(missingPages) listed pages")
+        }
+    }
+
+    mutating func accept(begin newBegin: StreamBegin) throws(RuleViolation) {
+        guard begin == nil else { throw RuleViolation("duplicate BEGIN") }
+        if let problem = Payload.beginProblem(newBegin) { throw RuleViolation(.malformed, problem) }
+        begin = newBegin
+        segmentPages = newBegin.machine.segments.map { $0.size / UInt64(StreamFormat.pageSize) }
+        deviceNames = Set(newBegin.machine.devices.map(\.name))
+    }
+
+    private func segmentName(_ index: Int) -> String {
+        begin.flatMap { index < $0.machine.segments.count ? $0.machine.segments[index].name : nil } ?? "?"
+    }
+
+    /// Checks that pages [first, first+count) lie inside segment `segment`.
+    private func checkInside(segment: Int, first: UInt64, count: UInt64) throws(RuleViolation) {
+        guard segment >= 0, segment < segmentPages.count else {
+            throw RuleViolation(.malformed, "segment \(segment) does not exist (BEGIN lists \(segmentPages.count))")
+        }
+        let (end, overflow) = first.addingReportingOverflow(count)
+        guard !overflow, end <= segmentPages[segment] else {
+            throw RuleViolation(.malformed, "pages \(first) to \(first &+ count &- 1) lie outside segment \(segment) (\(segmentName(segment)), \(segmentPages[segment]) pages)")
+        }
+    }
+
+    mutating func accept(round number: UInt32, ranges newRanges: [PageRange]) throws(RuleViolation) {
+        try checkStarted(.round)
+        if roundPending {
+            throw RuleViolation("ROUND \(number) while round \(lastRound ?? 0) still misses \(missingPages) listed pages")
+        }
+        if let lastRound, number < lastRound { throw RuleViolation("round \(number) follows round \(lastRound)") }
+        guard newRanges.count <= StreamFormat.maxRangesPerRound else {
+            throw RuleViolation(.malformed, "\(newRanges.count) ranges (at most \(StreamFormat.maxRangesPerRound) per ROUND record)")
+        }
+        var previous: PageRange?
+        for range in newRanges {
+            guard range.count > 0 else { throw RuleViolation(.malformed, "empty page range") }
+            try checkInside(segment: range.segment, first: range.firstPage, count: range.count)
+            if let previous, range.segment < previous.segment
+                || (range.segment == previous.segment && range.firstPage < previous.firstPage + previous.count) {
+                throw RuleViolation(.malformed, "page ranges are not in ascending order without overlap")
+            }
+            previous = range
+        }
+        lastRound = number
+        ranges = newRanges
+        rangeIndex = 0
+        pageInRange = 0
+    }
+
+    mutating func accept(pages segment: Int, first: UInt64, count: Int, zero: Int) throws(RuleViolation) {
+        try checkStarted(.pages)
+        guard count > 0, count <= StreamFormat.maxPagesPerBatch else {
+            throw RuleViolation(.malformed, "batch of \(count) pages (1 to \(StreamFormat.maxPagesPerBatch) allowed)")
+        }
+        try checkInside(segment: segment, first: first, count: UInt64(count))
+        guard let next = nextPage else { throw RuleViolation("PAGES outside a round: no listed pages are pending") }
+        guard next.segment == segment, next.page == first else {
+            throw RuleViolation("page \(first) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
+        }
+        guard UInt64(count) <= next.left else {
+            throw RuleViolation("batch of \(count) pages from page \(first) runs past its listed range")
+        }
+        pageInRange += UInt64(count)
+        if pageInRange == ranges[rangeIndex].count {
+            rangeIndex += 1
+            pageInRange = 0
+        }
+        pages += UInt64(count)
+        zeroPages += UInt64(zero)
+    }
+
+    mutating func accept(chunk: StateChunk, device: Bool) throws(RuleViolation) {
+        try checkStarted(device ? .deviceState : .kernelState)
+        if let problem = Payload.chunkProblem(chunk) { throw RuleViolation(.malformed, problem) }
+        if device {
+            guard deviceNames.contains(chunk.name) else {
+                throw RuleViolation(.malformed, "device state for \(chunk.name), a device BEGIN does not list")
+            }
+            guard deviceChunks.insert(chunk.name).inserted else { throw RuleViolation("device state chunk \(chunk.name) repeated") }
+        } else {
+            guard kernelChunks.count < StreamFormat.maxStateChunks else { throw RuleViolation(.malformed, "too many kernel state chunks") }
+            guard kernelChunks.insert(chunk.name).inserted else { throw RuleViolation("kernel state chunk \(chunk.name) repeated") }
+        }
+    }
+
+    /// Checks END against what was counted; `records` and `bytes` count what came before END.
+    mutating func accept(end: StreamEnd, records: UInt64, bytes: UInt64, running: UInt64) throws(RuleViolation) {
+        try checkStarted(.end)
+        var wrong: [String] = []
+        if end.pages != pages { wrong.append("pages \(end.pages) (counted \(pages))") }
+        if end.zeroPages != zeroPages { wrong.append("zero pages \(end.zeroPages) (counted \(zeroPages))") }
+        if end.records != records { wrong.append("records \(end.records) (counted \(records))") }
+        if end.bytes != bytes { wrong.append("bytes \(end.bytes) (counted \(bytes))") }
+        if !wrong.isEmpty { throw RuleViolation(.malformed, "END totals disagree: " + wrong.joined(separator: ", ")) }
+        if end.streamChecksum != running {
+            throw RuleViolation(.checksumMismatch, "stream checksum mismatch: END says \(hex(end.streamChecksum)), records give \(hex(running))")
+        }
+        ended = true
+    }
+}
+
+func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16).leftPadded(to: 16) }

@@ -1,0 +1,356 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLZ4
+import MachineDescription
+import SystemPackage
+
+/// Where received pages land; a receiver hands out pointers into guest memory.
+public protocol PageSink {
+    /// The 4 KiB the page's data is read into, or nil to discard it.
+    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer?
+    /// The page is all zeroes (no data was sent for it).
+    func zeroPage(segment: Int, page: UInt64)
+}
+
+/// A sink that keeps nothing: for dumping and verifying a stream.
+public struct DiscardingPageSink: PageSink {
+    public init() {}
+    public func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? { nil }
+    public func zeroPage(segment: Int, page: UInt64) {}
+}
+
+/// Reads and verifies a version 1 migration stream (man/vmstream.5), one record at a time.
+///
+/// Memory is bounded by one record's payload (at most `StreamFormat.maxPayloadLength`). Page data is
+/// read straight into the sink's memory before the record's checksum is verified; nothing should run
+/// from it before `next` has returned END.
+public final class StreamReader {
+    private let source: any ByteSource
+    private var rules = StreamRules()
+    private var headerRead = false
+    private var offset: UInt64 = 0
+    private var recordNumber: UInt64 = 0
+    private var running: UInt64 = 0
+    private let hasher = StreamingChecksum()
+    /// Page-sized slots for discarded or decompressed pages, and skipped payload bytes.
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: StreamFormat.maxPagesPerBatch * StreamFormat.pageSize, alignment: 64)
+    /// Compressed batches, allocated on first use.
+    private var packed: UnsafeMutableRawBufferPointer?
+
+    /// Called for each ignorable record of an unknown type that is skipped.
+    public var warningHandler: (String) -> Void = { _ in }
+    public private(set) var statistics = StreamStatistics()
+    /// The record `next` returned last.
+    public private(set) var lastRecord: RecordInfo?
+    /// Ignorable flag bits from the stream header.
+    public private(set) var headerFlags: UInt32 = 0
+    /// The stream's BEGIN, once read.
+    public var begin: StreamBegin? { rules.begin }
+
+    /// A reader on `input`; refuses a terminal.
+    public convenience init(input: FileDescriptor) throws {
+        guard !input.isTerminal else {
+            throw StreamError(.terminal, "stream can not be read from a terminal; redirect standard input")
+        }
+        self.init(source: FileSource(input))
+    }
+
+    /// A reader of a stream held in memory.
+    public convenience init(bytes: [UInt8]) {
+        self.init(source: MemorySource(bytes))
+    }
+
+    init(source: any ByteSource) {
+        self.source = source
+    }
+
+    deinit {
+        scratch.deallocate()
+        packed?.deallocate()
+    }
+
+    /// The next record, with its pages already delivered into `sink`; nil after a verified END and end of input.
+    public func next(into sink: some PageSink) throws -> StreamRecord? {
+        if !headerRead { try readHeader() }
+        if rules.ended {
+            var extra: UInt8 = 0
+            let count = try withUnsafeMutableBytes(of: &extra) { try source.read([$0]) }
+            if count > 0 { throw StreamError(.dataAfterEnd, "data after END at byte \(offset)") }
+            return nil
+        }
+        while true {
+            if let record = try readRecord(into: sink) { return record }
+        }
+    }
+
+    private func readHeader() throws {
+        var header = [UInt8](repeating: 0, count: StreamFormat.headerSize)
+        let count = try header.withUnsafeMutableBytes { try source.read([$0]) }
+        let magic = StreamFormat.magic
+        if header[0..<min(count, magic.count)].elementsEqual(magic[0..<min(count, magic.count)]) == false {
+            throw StreamError(.badMagic, "invalid stream (bad magic number)")
+        }
+        guard count == StreamFormat.headerSize else {
+            throw StreamError(.truncated, "stream truncated at byte \(count) (inside the stream header)")
+        }
+        var decoder = WireDecoder(header) { StreamError(.malformed, $0) }
+        _ = try decoder.raw(magic.count)
+        let version = try decoder.u32()
+        let features = try decoder.u32()
+        let flags = try decoder.u32()
+        let reserved = try decoder.u32()
+        let checksum = try decoder.u64()
+        let expected = Checksum.hash(Array(header[0..<24]))
+        guard checksum == expected else {
+            throw StreamError(.checksumMismatch, "checksum mismatch in the stream header at byte 0")
+        }
+        guard version == StreamFormat.version else {
+            throw StreamError(.unsupportedVersion, "unsupported stream version \(version) (this reader understands version \(StreamFormat.version))")
+        }
+        let unknown = features & ~StreamFormat.knownFeatures
+        guard unknown == 0 else {
+            throw StreamError(.unsupportedFeature, "stream has unsupported feature, feature flags = \(String(features, radix: 16)) (unknown flags = \(String(unknown, radix: 16)))")
+        }
+        guard reserved == 0 else { throw StreamError(.malformed, "stream header has a non-zero reserved field") }
+        headerFlags = flags
+        running = checksum
+        offset = UInt64(StreamFormat.headerSize)
+        statistics.bytes = offset
+        headerRead = true
+    }
+
+    /// Reads exactly the bytes of `buffers`; running out is truncation inside the current record.
+    private func readExactly(_ buffers: [UnsafeMutableRawBufferPointer]) throws {
+        let wanted = buffers.reduce(0) { $0 + $1.count }
+        let count = try source.read(buffers)
+        offset += UInt64(count)
+        guard count == wanted else {
+            throw StreamError(.truncated, "stream truncated at byte \(offset) (inside record \(recordNumber))")
+        }
+    }
+
+    private func readU64() throws -> UInt64 {
+        var value: UInt64 = 0
+        try withUnsafeMutableBytes(of: &value) { try readExactly([$0]) }
+        return UInt64(littleEndian: value)
+    }
+
+    /// Reads `count` payload bytes nobody needs, adding them to the checksum.
+    private func skip(_ count: Int) throws {
+        var left = count
+        while left > 0 {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<min(left, scratch.count)])
+            try readExactly([piece])
+            hasher.update(UnsafeRawBufferPointer(piece))
+            left -= piece.count
+        }
+    }
+
+    private struct Framing {
+        var start: UInt64
+        var type: RecordType
+        var flags: UInt16
+        var length: Int
+        var headerChecksum: UInt64
+    }
+
+    /// Reads the trailer and compares it with the hasher's digest.
+    private func verify(_ framing: Framing) throws -> UInt64 {
+        let stored = try readU64()
+        let computed = hasher.digest
+        guard stored == computed else {
+            throw StreamError.checksum(record: recordNumber, what: framing.type.description, offset: framing.start)
+        }
+        return computed
+    }
+
+    /// Reads one record; nil when it was an ignorable unknown record that was skipped.
+    private func readRecord(into sink: some PageSink) throws -> StreamRecord? {
+        let start = offset
+        var header = [UInt8](repeating: 0, count: StreamFormat.recordHeaderSize)
+        let count = try header.withUnsafeMutableBytes { try source.read([$0]) }
+        offset += UInt64(count)
+        if count == 0 { throw StreamError(.truncated, "stream truncated at byte \(offset) (before END)") }
+        recordNumber += 1
+        if count < header.count {
+            throw StreamError(.truncated, "stream truncated at byte \(offset) (inside record \(recordNumber))")
+        }
+        var decoder = WireDecoder(header) { StreamError(.malformed, $0) }
+        let rawType = try decoder.u16()
+        let flags = try decoder.u16()
+        let length = try decoder.u32()
+        let headerChecksum = try decoder.u64()
+        guard Checksum.header(type: rawType, flags: flags, length: length) == headerChecksum else {
+            throw StreamError.checksum(record: recordNumber, what: "header", offset: start)
+        }
+        let framing = Framing(start: start, type: RecordType(rawValue: rawType), flags: flags, length: Int(length),
+                              headerChecksum: headerChecksum)
+        let place = "record \(recordNumber) (\(framing.type)) at byte \(start)"
+        guard flags & ~StreamFormat.ignorableFlag == 0 else {
+            throw StreamError(.malformed, "\(place) has unknown flags 0x\(String(flags, radix: 16))")
+        }
+        guard framing.length <= StreamFormat.maxPayloadLength else {
+            throw StreamError(.lengthTooLarge, "\(place) has payload length \(length), above the limit of \(StreamFormat.maxPayloadLength)")
+        }
+        hasher.reset(seed: headerChecksum)
+        let record: StreamRecord?
+        let checksum: UInt64
+        if framing.type == .pages {
+            (record, checksum) = try readPages(framing, place: place, into: sink)
+        } else if !framing.type.isKnown {
+            guard flags & StreamFormat.ignorableFlag != 0 else {
+                throw StreamError(.unknownRecord, "\(place) has an unknown type that is not ignorable")
+            }
+            try skip(framing.length)
+            checksum = try verify(framing)
+            warningHandler("skipped \(place): unknown ignorable record type, \(length) bytes")
+            record = nil
+        } else {
+            var payload = [UInt8](repeating: 0, count: framing.length)
+            try payload.withUnsafeMutableBytes { try readExactly([$0]) }
+            payload.withUnsafeBytes { hasher.update($0) }
+            checksum = try verify(framing)
+            record = try interpret(payload, framing, place: place)
+        }
+        let before = running
+        running = Checksum.chain(running, checksum)
+        statistics.count(framing.type, bytes: Int(offset - start))
+        lastRecord = RecordInfo(number: recordNumber, offset: start, type: framing.type, flags: flags,
+                                payloadLength: framing.length, headerChecksum: headerChecksum, checksum: checksum,
+                                runningChecksum: framing.type == .end ? before : running)
+        return record
+    }
+
+    /// Applies a rule, naming the record that broke it.
+    private func rule(_ place: String, _ body: () throws(RuleViolation) -> Void) throws {
+        do { try body() } catch { throw StreamError(error.kind, "\(place): \(error.message)") }
+    }
+
+    private func interpret(_ payload: [UInt8], _ framing: Framing, place: String) throws -> StreamRecord {
+        let number = recordNumber
+        let type = framing.type
+        let start = framing.start
+        let fail: @Sendable (String) -> StreamError = { StreamError.malformed(type, record: number, offset: start, $0) }
+        switch type {
+        case .begin:
+            let begin = try Payload.decodeBegin(payload, fail: fail)
+            try rule(place) { () throws(RuleViolation) in try rules.accept(begin: begin) }
+            return .begin(begin)
+        case .round:
+            try rule(place) { () throws(RuleViolation) in try rules.checkStarted(.round) }
+            let (round, ranges) = try Payload.decodeRound(payload, fail: fail)
+            try rule(place) { () throws(RuleViolation) in try rules.accept(round: round, ranges: ranges) }
+            return .round(number: round, ranges: ranges)
+        case .kernelState, .deviceState:
+            try rule(place) { () throws(RuleViolation) in try rules.checkStarted(type) }
+            let chunk = try Payload.decodeChunk(payload, fail: fail)
+            try rule(place) { () throws(RuleViolation) in try rules.accept(chunk: chunk, device: type == .deviceState) }
+            return type == .deviceState ? .deviceState(chunk) : .kernelState(chunk)
+        default:
+            try rule(place) { () throws(RuleViolation) in try rules.checkStarted(.end) }
+            let end = try Payload.decodeEnd(payload, fail: fail)
+            let (records, bytes, checksum) = (recordNumber - 1, start, running)
+            try rule(place) { () throws(RuleViolation) in
+                try rules.accept(end: end, records: records, bytes: bytes, running: checksum)
+            }
+            return .end(end)
+        }
+    }
+
+    /// Reads a PAGES record, landing data pages in the sink. A content error found before the
+    /// checksum is known waits for the checksum, so a corrupted record reports the mismatch.
+    private func readPages(_ framing: Framing, place: String, into sink: some PageSink) throws -> (StreamRecord?, UInt64) {
+        let prefixSize = Payload.pagesPrefixSize
+        let pageSize = StreamFormat.pageSize
+        var consumed = 0
+        func deferred(_ error: StreamError) throws -> Never {
+            try skip(framing.length - consumed)
+            _ = try verify(framing)
+            throw error
+        }
+        func malformed(_ reason: String) -> StreamError {
+            StreamError.malformed(.pages, record: recordNumber, offset: framing.start, reason)
+        }
+        guard framing.length >= prefixSize else { try deferred(malformed("payload shorter than its \(prefixSize)-byte prefix")) }
+        var prefix = [UInt8](repeating: 0, count: prefixSize)
+        try prefix.withUnsafeMutableBytes { try readExactly([$0]) }
+        prefix.withUnsafeBytes { hasher.update($0) }
+        consumed = prefixSize
+        var decoder = WireDecoder(prefix) { StreamError(.malformed, $0) }
+        let segment = Int(try decoder.u16())
+        let encodingValue = try decoder.u8()
+        let reserved = try decoder.u8()
+        let count = Int(try decoder.u32())
+        let firstPage = try decoder.u64()
+        guard let encoding = Payload.Encoding(rawValue: encodingValue) else { try deferred(malformed("unknown encoding \(encodingValue)")) }
+        guard reserved == 0 else { try deferred(malformed("reserved byte is not zero")) }
+        guard count >= 1, count <= StreamFormat.maxPagesPerBatch else {
+            try deferred(malformed("batch of \(count) pages (1 to \(StreamFormat.maxPagesPerBatch) allowed)"))
+        }
+        let bitmapSize = Payload.bitmapSize(count)
+        guard framing.length >= prefixSize + bitmapSize else { try deferred(malformed("payload too short for its zero-page bitmap")) }
+        var bitmap = [UInt8](repeating: 0, count: bitmapSize)
+        try bitmap.withUnsafeMutableBytes { try readExactly([$0]) }
+        bitmap.withUnsafeBytes { hasher.update($0) }
+        consumed += bitmapSize
+        let isZero = { (index: Int) in bitmap[index / 8] & (1 << UInt8(index % 8)) != 0 }
+        let zeroCount = bitmap.reduce(0) { $0 + $1.nonzeroBitCount }
+        if count % 8 != 0, bitmap[bitmapSize - 1] >> UInt8(count % 8) != 0 { try deferred(malformed("bits set beyond the batch in the zero-page bitmap")) }
+        let dataBytes = (count - zeroCount) * pageSize
+        let wireBytes = framing.length - consumed
+        switch encoding {
+        case .raw:
+            guard wireBytes == dataBytes else { try deferred(malformed("\(wireBytes) data bytes for \(count - zeroCount) data pages")) }
+        case .lz4:
+            guard dataBytes > 0, wireBytes > 0, wireBytes < dataBytes else {
+                try deferred(malformed("\(wireBytes) compressed bytes for \(count - zeroCount) data pages"))
+            }
+        }
+        do {
+            try rules.accept(pages: segment, first: firstPage, count: count, zero: zeroCount)
+        } catch {
+            try deferred(StreamError(error.kind, "\(place): \(error.message)"))
+        }
+
+        // Where each data page goes: the sink's memory, or a scratch slot.
+        var destinations: [UnsafeMutableRawBufferPointer] = []
+        destinations.reserveCapacity(count - zeroCount)
+        for index in 0..<count where !isZero(index) {
+            let target = sink.destination(segment: segment, page: firstPage + UInt64(index))
+                ?? scratch.baseAddress! + destinations.count * pageSize
+            destinations.append(UnsafeMutableRawBufferPointer(start: target, count: pageSize))
+        }
+        let checksum: UInt64
+        switch encoding {
+        case .raw:
+            try readExactly(destinations)
+            for page in destinations { hasher.update(UnsafeRawBufferPointer(page)) }
+            checksum = try verify(framing)
+        case .lz4:
+            if packed == nil { packed = .allocate(byteCount: StreamFormat.maxPayloadLength, alignment: 64) }
+            let compressed = UnsafeMutableRawBufferPointer(rebasing: packed![0..<wireBytes])
+            try readExactly([compressed])
+            hasher.update(UnsafeRawBufferPointer(compressed))
+            checksum = try verify(framing)
+            let size = LZ4_decompress_safe(compressed.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                           scratch.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                           Int32(wireBytes), Int32(dataBytes))
+            guard Int(size) == dataBytes else { throw malformed("LZ4 data does not decompress to \(count - zeroCount) pages") }
+            for (index, page) in destinations.enumerated() where page.baseAddress != scratch.baseAddress! + index * pageSize {
+                page.baseAddress!.copyMemory(from: scratch.baseAddress! + index * pageSize, byteCount: pageSize)
+            }
+        }
+        for index in 0..<count where isZero(index) {
+            sink.zeroPage(segment: segment, page: firstPage + UInt64(index))
+        }
+        statistics.pages += UInt64(count)
+        statistics.zeroPages += UInt64(zeroCount)
+        statistics.pageDataBytes += UInt64(dataBytes)
+        statistics.pageWireBytes += UInt64(wireBytes)
+        if encoding == .lz4 { statistics.compressedBatches += 1 } else { statistics.rawBatches += 1 }
+        let batch = PageBatch(segment: segment, firstPage: firstPage, count: count, zeroPages: zeroCount, compressed: encoding == .lz4)
+        return (.pages(batch), checksum)
+    }
+}

@@ -1,0 +1,259 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLZ4
+import MachineDescription
+import SystemPackage
+
+/// Writes a version 1 migration stream (man/vmstream.5) to a file descriptor.
+///
+/// Memory stays bounded by one page batch whatever the guest's size; raw page batches are
+/// written straight from the caller's memory with writev.
+public final class StreamWriter {
+    private let sink: any ByteSink
+    private let compression: Compression
+    private var rules = StreamRules()
+    private var running: UInt64 = 0
+    private var failed: StreamError?
+    private let hasher = StreamingChecksum()
+    /// Round list as the caller gave it; written in ROUND records of at most `maxRangesPerRound`.
+    private var roundNumber: UInt32 = 0
+    private var roundList: [PageRange] = []
+    private var roundWritten = 0
+    /// Scratch for LZ4: data pages gathered, and their compressed form.
+    private var gather: UnsafeMutableRawBufferPointer?
+    private var packed: UnsafeMutableRawBufferPointer?
+    private let zeroPage = UnsafeMutableRawBufferPointer.allocate(byteCount: StreamFormat.pageSize, alignment: 64)
+
+    public private(set) var statistics = StreamStatistics()
+
+    /// A writer on `output`; refuses a terminal.
+    public convenience init(output: FileDescriptor, compression: Compression = .none) throws {
+        guard !output.isTerminal else {
+            throw StreamError(.terminal, "stream can not be written to a terminal; redirect standard output")
+        }
+        self.init(sink: FileSink(output), compression: compression)
+    }
+
+    init(sink: any ByteSink, compression: Compression) {
+        self.sink = sink
+        self.compression = compression
+        zeroPage.initializeMemory(as: UInt8.self, repeating: 0)
+        if case .lz4 = compression {
+            let batch = StreamFormat.maxPagesPerBatch * StreamFormat.pageSize
+            gather = .allocate(byteCount: batch, alignment: 64)
+            packed = .allocate(byteCount: Int(LZ4_compressBound(Int32(batch))), alignment: 64)
+        }
+    }
+
+    deinit {
+        zeroPage.deallocate()
+        gather?.deallocate()
+        packed?.deallocate()
+    }
+
+    /// Writes the stream header and the BEGIN record; must come first.
+    public func writeBegin(_ begin: StreamBegin) throws {
+        try guarded { () throws(RuleViolation) in try self.rules.accept(begin: begin) }
+        var header = WireEncoder()
+        header.raw(StreamFormat.magic)
+        header.u32(StreamFormat.version)
+        header.u32(0)  // must-understand features
+        header.u32(0)  // ignorable flags
+        header.u32(0)  // reserved
+        running = Checksum.hash(header.bytes)
+        header.u64(running)
+        try emit { try self.sink.write([header.bytes.withUnsafeBytes { $0 }]) }
+        statistics.bytes += UInt64(header.bytes.count)
+        try writeRecord(.begin, payload: Payload.encodeBegin(begin))
+    }
+
+    /// Announces round `number` and the pages that follow, in ascending order; `writePages` must then send them in that order.
+    public func writeRound(_ number: UInt32, pages ranges: [PageRange]) throws {
+        try checkUsable()
+        if roundWritten < roundList.count {
+            throw StreamError(.misuse, "ROUND \(number) while round \(roundNumber) still has unwritten listed pages")
+        }
+        let previous = (roundNumber, roundList, roundWritten)
+        (roundNumber, roundList, roundWritten) = (number, ranges, 0)
+        do {
+            try writeRoundPart()
+        } catch {
+            // A refused list leaves no round pending.
+            if roundWritten == 0 { (roundNumber, roundList, roundWritten) = previous }
+            throw error
+        }
+    }
+
+    private func writeRoundPart() throws {
+        let part = roundList[roundWritten..<min(roundList.count, roundWritten + StreamFormat.maxRangesPerRound)]
+        try guarded { () throws(RuleViolation) in try self.rules.accept(round: self.roundNumber, ranges: Array(part)) }
+        roundWritten += part.count
+        try writeRecord(.round, payload: Payload.encodeRound(roundNumber, part))
+    }
+
+    /// Writes pages [firstPage, firstPage + count) of `segment`; `pages` points at page `firstPage`
+    /// in the caller's memory. The pages must be the next ones the current round lists.
+    public func writePages(segment: Int, firstPage: UInt64, count: UInt64, from pages: UnsafeRawPointer) throws {
+        try checkUsable()
+        var done: UInt64 = 0
+        while done < count {
+            if !rules.roundPending && roundWritten < roundList.count { try writeRoundPart() }
+            guard let next = rules.nextPage else {
+                throw StreamError(.misuse, "pages \(firstPage + done) to \(firstPage + count - 1) of segment \(segment) were not listed in a ROUND")
+            }
+            guard next.segment == segment, next.page == firstPage + done else {
+                throw StreamError(.misuse, "page \(firstPage + done) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
+            }
+            let batch = Int(min(UInt64(StreamFormat.maxPagesPerBatch), next.left, count - done))
+            try writeBatch(segment: segment, firstPage: firstPage + done, count: batch,
+                           from: pages + Int(done) * StreamFormat.pageSize)
+            done += UInt64(batch)
+        }
+    }
+
+    private func writeBatch(segment: Int, firstPage: UInt64, count: Int, from pages: UnsafeRawPointer) throws {
+        let pageSize = StreamFormat.pageSize
+        var bitmap = [UInt8](repeating: 0, count: Payload.bitmapSize(count))
+        // Runs of adjacent data pages, written as one iovec each.
+        var runs: [UnsafeRawBufferPointer] = []
+        var dataPages = 0
+        var runStart: Int?
+        for index in 0...count {
+            let isZero = index < count && memcmp(pages + index * pageSize, zeroPage.baseAddress!, pageSize) == 0
+            if index < count && !isZero {
+                if runStart == nil { runStart = index }
+                dataPages += 1
+                continue
+            }
+            if isZero { bitmap[index / 8] |= 1 << UInt8(index % 8) }
+            if let start = runStart {
+                runs.append(UnsafeRawBufferPointer(start: pages + start * pageSize, count: (index - start) * pageSize))
+                runStart = nil
+            }
+        }
+        let dataBytes = dataPages * pageSize
+        var encoding = Payload.Encoding.raw
+        if case .lz4(let acceleration) = compression, dataPages > 0, let gather, let packed {
+            var position = 0
+            for run in runs {
+                (gather.baseAddress! + position).copyMemory(from: run.baseAddress!, byteCount: run.count)
+                position += run.count
+            }
+            let size = LZ4_compress_fast(gather.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                         packed.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                         Int32(dataBytes), Int32(packed.count), acceleration)
+            if size > 0 && Int(size) < dataBytes {
+                encoding = .lz4
+                runs = [UnsafeRawBufferPointer(start: packed.baseAddress!, count: Int(size))]
+            }
+        }
+        try guarded { () throws(RuleViolation) in
+            try self.rules.accept(pages: segment, first: firstPage, count: count, zero: count - dataPages)
+        }
+        var prefix = WireEncoder()
+        prefix.u16(UInt16(segment))
+        prefix.u8(encoding.rawValue)
+        prefix.u8(0)
+        prefix.u32(UInt32(count))
+        prefix.u64(firstPage)
+        prefix.raw(bitmap)
+        let wireData = runs.reduce(0) { $0 + $1.count }
+        try writeRecord(.pages, prefix: prefix.bytes, data: runs)
+
+        statistics.pages += UInt64(count)
+        statistics.zeroPages += UInt64(count - dataPages)
+        statistics.pageDataBytes += UInt64(dataBytes)
+        statistics.pageWireBytes += UInt64(wireData)
+        if encoding == .lz4 { statistics.compressedBatches += 1 } else { statistics.rawBatches += 1 }
+    }
+
+    /// Writes one per-vCPU or per-VM hypervisor state chunk; names must not repeat.
+    public func writeKernelState(_ chunk: StateChunk) throws {
+        try writeChunk(chunk, type: .kernelState)
+    }
+
+    /// Writes one device's state; the name must be a device BEGIN lists, and must not repeat.
+    public func writeDeviceState(_ chunk: StateChunk) throws {
+        try writeChunk(chunk, type: .deviceState)
+    }
+
+    private func writeChunk(_ chunk: StateChunk, type: RecordType) throws {
+        try checkRoundComplete(type)
+        let payload = Payload.encodeChunk(chunk)
+        guard payload.count <= StreamFormat.maxPayloadLength else {
+            throw StreamError(.misuse, "state chunk \(chunk.name) has \(chunk.data.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)")
+        }
+        try guarded { () throws(RuleViolation) in try self.rules.accept(chunk: chunk, device: type == .deviceState) }
+        try writeRecord(type, payload: payload)
+    }
+
+    /// Writes END with the totals and closing checksum; `sourcePauseTime` is ns since the epoch, 0 if never paused.
+    public func writeEnd(sourcePauseTime: UInt64) throws {
+        try checkRoundComplete(.end)
+        let end = StreamEnd(pages: rules.pages, zeroPages: rules.zeroPages, bytes: statistics.bytes,
+                            records: statistics.records, sourcePauseTime: sourcePauseTime, streamChecksum: running)
+        let (records, bytes, checksum) = (statistics.records, statistics.bytes, running)
+        try guarded { () throws(RuleViolation) in
+            try self.rules.accept(end: end, records: records, bytes: bytes, running: checksum)
+        }
+        try writeRecord(.end, payload: Payload.encodeEnd(end))
+    }
+
+    private func checkRoundComplete(_ type: RecordType) throws {
+        try checkUsable()
+        if rules.roundPending || roundWritten < roundList.count {
+            throw StreamError(.misuse, "\(type) while round \(roundNumber) still has unwritten listed pages")
+        }
+    }
+
+    private func writeRecord(_ type: RecordType, payload: [UInt8]) throws {
+        try payload.withUnsafeBytes { try writeRecord(type, prefix: [], data: [$0]) }
+    }
+
+    /// Frames and writes one record: header, `prefix` and `data` as the payload, trailer.
+    private func writeRecord(_ type: RecordType, prefix: [UInt8], data: [UnsafeRawBufferPointer]) throws {
+        let length = prefix.count + data.reduce(0) { $0 + $1.count }
+        let headerChecksum = Checksum.header(type: type.rawValue, flags: 0, length: UInt32(length))
+        var header = WireEncoder()
+        header.u16(type.rawValue)
+        header.u16(0)
+        header.u32(UInt32(length))
+        header.u64(headerChecksum)
+        hasher.reset(seed: headerChecksum)
+        prefix.withUnsafeBytes { hasher.update($0) }
+        for buffer in data { hasher.update(buffer) }
+        var trailer = WireEncoder()
+        let checksum = hasher.digest
+        trailer.u64(checksum)
+        try header.bytes.withUnsafeBytes { head in
+            try prefix.withUnsafeBytes { prefixBytes in
+                try trailer.bytes.withUnsafeBytes { tail in
+                    try emit { try self.sink.write([head, prefixBytes] + data + [tail]) }
+                }
+            }
+        }
+        running = Checksum.chain(running, checksum)
+        statistics.count(type, bytes: header.bytes.count + length + trailer.bytes.count)
+    }
+
+    private func checkUsable() throws {
+        if let failed { throw failed }
+        guard rules.begin != nil else { throw StreamError(.misuse, "BEGIN must be written first") }
+        guard !rules.ended else { throw StreamError(.misuse, "nothing may be written after END") }
+    }
+
+    /// Runs a rule check, reporting a violation as misuse of the writer.
+    private func guarded(_ body: () throws(RuleViolation) -> Void) throws {
+        do { try body() } catch { throw StreamError(.misuse, "cannot write: \(error.message)") }
+    }
+
+    /// Runs a write; after a failed write the stream is broken and every later call reports the same error.
+    private func emit(_ body: () throws -> Void) throws {
+        if let failed { throw failed }
+        do { try body() } catch let error as StreamError {
+            failed = error
+            throw error
+        }
+    }
+}

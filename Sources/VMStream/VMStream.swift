@@ -1,1 +1,0 @@
-// VMStream: see Package.swift for what this layer knows about.

@@ -1,1 +1,0 @@
-print("vmstream: not yet")

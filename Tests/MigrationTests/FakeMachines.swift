@@ -1,0 +1,150 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+import Migration
+import SystemPackage
+
+/// A sparse anonymous file in /dev/shm, as vmrun's memfd: unlinked at once, so nothing is left behind.
+func makeMemoryFile(size: UInt64) throws -> FileDescriptor {
+    var template = Array("/dev/shm/vmsend-test-XXXXXX".utf8CString)
+    let fd = mkstemp(&template)
+    guard fd >= 0 else { throw MigrationError("mkstemp", errno: errno) }
+    unlink(template)
+    guard ftruncate(fd, off_t(size)) == 0 else { throw MigrationError("ftruncate", errno: errno) }
+    return FileDescriptor(rawValue: fd)
+}
+
+let testHost = HostSpec(architecture: Compatibility.local().architecture, cpuVendor: "TestVendor", cpuModel: "Test CPU",
+                        pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "test")
+
+func testConfig(name: String = "fake", memory: UInt64 = 8 << 20) -> MachineConfig {
+    MachineConfig(name: name, vcpuCount: 2, segments: MemorySegment.standardLayout(memorySize: memory),
+                  devices: [DeviceConfig(name: "uart0", kind: "uart16550", version: 1, configuration: ["port": "0x3f8"])],
+                  cpuid: [CPUIDLeaf(function: 1, index: 0, flags: 0, eax: 1, ebx: 2, ecx: 3, edx: 4)])
+}
+
+let testState = MachineState(
+    kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: Array(0..<144)),
+             StateChunk(name: "vm/pit", version: 1, data: [9, 9, 9])],
+    devices: [StateChunk(name: "uart0", version: 1, data: Array("hello".utf8))])
+
+/// A machine in a memfd: some pages written with a pattern, some written with zeroes, the rest holes.
+final class FakeSource: MigrationSource, @unchecked Sendable {
+    let config: MachineConfig
+    let file: FileDescriptor
+    var pauses = 0
+    var resumes = 0
+    var paused = false
+    var failSaveState = false
+    var throttles: [Int] = []
+
+    init(config: MachineConfig = testConfig(), writtenPages: [UInt64], zeroedPages: [UInt64] = []) throws {
+        self.config = config
+        file = try makeMemoryFile(size: config.memorySize)
+        for page in writtenPages {
+            var bytes = [UInt8](repeating: 0, count: 4096)
+            for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: Int(page) &* 31 &+ index &* 7 &+ 1) }
+            _ = try file.writeAll(toAbsoluteOffset: Int64(page * 4096), bytes)
+        }
+        for page in zeroedPages {
+            _ = try file.writeAll(toAbsoluteOffset: Int64(page * 4096), [UInt8](repeating: 0, count: 4096))
+        }
+    }
+
+    deinit { try? file.close() }
+
+    func describe() throws -> (config: MachineConfig, host: HostSpec) { (config, testHost) }
+    func mapMemory(_ config: MachineConfig) throws -> GuestMemory {
+        try GuestMemory(file: FileDescriptor(rawValue: dup(file.rawValue)), segments: config.segments, writable: false)
+    }
+    func pause() throws { pauses += 1; paused = true }
+    func resume() throws { resumes += 1; paused = false }
+    func saveState() throws -> MachineState {
+        if failSaveState { throw MigrationError("saving state failed on purpose") }
+        return testState
+    }
+    /// Pages the fake guest writes per round while running, given the throttle in force.
+    var pagesDirtiedPerRound: (_ round: Int, _ throttle: Int) -> Int = { _, _ in 0 }
+    /// Pages written since the last fetch, per segment: what a dirty log would report.
+    private var pendingDirty: [Set<UInt64>] = []
+    private var rounds = 0
+    private var generator = SystemRandomNumberGenerator()
+    var dirtyLogging = false
+
+    /// Round 0 is sent while the guest runs: it writes its first pages right away.
+    func dirtyLogStart() throws {
+        dirtyLogging = true
+        pendingDirty = config.segments.map { _ in [] }
+        try guestWrites(segment: config.segments.count - 1)
+    }
+
+    /// Reports what was written since the last fetch, then (if running) writes new pages: those land
+    /// "while the next round is sent" and show up in the next fetch.
+    func dirtyLogFetch(segment: Int) throws -> [UInt64] {
+        let pages = config.segments[segment].size / 4096
+        var words = [UInt64](repeating: 0, count: Int((pages + 63) / 64))
+        for page in pendingDirty[segment] { words[Int(page / 64)] |= 1 << (page % 64) }
+        pendingDirty[segment] = []
+        if segment == config.segments.count - 1 { rounds += 1 }
+        try guestWrites(segment: segment)
+        return words
+    }
+
+    private func guestWrites(segment: Int) throws {
+        let pages = config.segments[segment].size / 4096
+        if !paused {
+            for _ in 0..<pagesDirtiedPerRound(rounds, throttles.last ?? 0) {
+                let page = UInt64.random(in: 0..<pages, using: &generator)
+                let value = UInt8.random(in: 1...255, using: &generator)
+                _ = try file.writeAll(toAbsoluteOffset: Int64(segmentOffset(segment) + page * 4096),
+                                      [UInt8](repeating: value, count: 4096))
+                pendingDirty[segment].insert(page)
+            }
+        }
+    }
+
+    func dirtyLogStop() throws { dirtyLogging = false }
+
+    private func segmentOffset(_ segment: Int) -> UInt64 {
+        config.segments[..<segment].reduce(0) { $0 + $1.size }
+    }
+    func setThrottle(percent: Int) throws { throttles.append(percent) }
+
+    func bytes(page: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        _ = try bytes.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(page * 4096), into: $0) }
+        return bytes
+    }
+}
+
+/// A received machine in a memfd of its own.
+final class FakeDestination: MigrationDestination, @unchecked Sendable {
+    let memory: GuestMemory
+    let file: FileDescriptor
+    var restored: MachineState?
+    var resumed = false
+    var abandoned = false
+
+    init(config: MachineConfig) throws {
+        file = try makeMemoryFile(size: config.memorySize)
+        memory = try GuestMemory(file: FileDescriptor(rawValue: dup(file.rawValue)), segments: config.segments, writable: true)
+    }
+
+    deinit { try? file.close() }
+
+    func restore(_ state: MachineState) throws { restored = state }
+    func resume() throws { resumed = true }
+    func abandon() { abandoned = true }
+
+    func bytes(page: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        _ = try bytes.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(page * 4096), into: $0) }
+        return bytes
+    }
+
+    /// Pages holding data in the memory file (SEEK_DATA), to prove zero pages were not populated.
+    func populatedPageCount() throws -> UInt64 {
+        try memory.populatedPages(segment: 0).reduce(0) { $0 + UInt64($1.count) }
+    }
+}

@@ -1,0 +1,123 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MachineDescription
+import Migration
+import SystemPackage
+import Testing
+import VMStream
+
+/// The engine over fakes: a stream goes through a real memory file, pages and state must arrive exactly.
+@Suite struct WarmMigrationTests {
+    let written: [UInt64] = [0, 1, 2, 7, 100, 511, 1024, 2047]
+    let zeroed: [UInt64] = [3, 4, 300]
+
+    /// Sends `source` into a memfd and returns it, rewound, ready to read.
+    func send(_ source: FakeSource, compression: Compression = .none, keepRunning: Bool = false) throws -> (FileDescriptor, SendReport) {
+        let stream = try makeMemoryFile(size: 0)
+        let sender = Sender(source: source, output: stream,
+                            options: SendOptions(mode: .warm, compression: compression, keepRunning: keepRunning))
+        let report = try sender.run()
+        _ = try stream.seek(offset: 0, from: .start)
+        return (stream, report)
+    }
+
+    func receive(_ stream: FileDescriptor, name: String = "copy", destinations: inout [FakeDestination],
+                 compatibility: Compatibility = .local()) throws -> ReceiveReport {
+        var made: [FakeDestination] = []
+        defer { destinations = made }
+        let receiver = Receiver(input: stream, options: ReceiveOptions(name: name),
+                                checkCompatibility: { try compatibility.check($0) },
+                                makeDestination: { config in
+                                    let destination = try FakeDestination(config: config)
+                                    made.append(destination)
+                                    return destination
+                                })
+        return try receiver.run()
+    }
+
+    @Test(arguments: [Compression.none, .lz4()])
+    func pagesAndStateArriveExactly(compression: Compression) throws {
+        let source = try FakeSource(writtenPages: written, zeroedPages: zeroed)
+        let (stream, sendReport) = try send(source, compression: compression)
+        defer { try? stream.close() }
+        #expect(source.pauses == 1 && source.resumes == 0, "a warm send leaves the source paused")
+        #expect(sendReport.statistics.zeroPages == UInt64(zeroed.count))
+
+        var destinations: [FakeDestination] = []
+        let report = try receive(stream, destinations: &destinations)
+        let destination = try #require(destinations.first)
+        for page in written { #expect(try destination.bytes(page: page) == source.bytes(page: page), "page \(page)") }
+        #expect(try destination.populatedPageCount() == UInt64(written.count), "zero pages and holes are not populated")
+        #expect(destination.restored == testState)
+        #expect(destination.resumed && !destination.abandoned)
+        #expect(report.name == "copy" && report.begin.machine.name == "fake")
+        #expect(report.downtimeSeconds != nil)
+    }
+
+    @Test func keepRunningResumesTheSource() throws {
+        let source = try FakeSource(writtenPages: written)
+        let (stream, _) = try send(source, keepRunning: true)
+        try stream.close()
+        #expect(source.pauses == 1 && source.resumes == 1 && !source.paused)
+    }
+
+    @Test func aClosedPipeResumesTheSource() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let pipe = try FileDescriptor.pipe()
+        try pipe.readEnd.close()
+        defer { try? pipe.writeEnd.close() }
+        let source = try FakeSource(writtenPages: written)
+        let sender = Sender(source: source, output: pipe.writeEnd, options: SendOptions(mode: .warm, compression: .none, keepRunning: false))
+        #expect(throws: (any Error).self) { try sender.run() }
+        #expect(source.pauses == 1 && source.resumes == 1, "a failed send gives the source back")
+        do { _ = try sender.run() } catch { #expect("\(error)".contains("was resumed")) }
+    }
+
+    @Test func aFailedStateSaveResumesTheSource() throws {
+        let source = try FakeSource(writtenPages: written)
+        source.failSaveState = true
+        let stream = try makeMemoryFile(size: 0)
+        defer { try? stream.close() }
+        let sender = Sender(source: source, output: stream, options: SendOptions(mode: .warm, compression: .none, keepRunning: false))
+        #expect(throws: (any Error).self) { try sender.run() }
+        #expect(!source.paused)
+    }
+
+    @Test func aTruncatedStreamAbandonsTheMachine() throws {
+        let source = try FakeSource(writtenPages: written)
+        let (stream, _) = try send(source)
+        defer { try? stream.close() }
+        let size = try stream.seek(offset: 0, from: .end)
+        for cut in [size - 1, size / 2, 200] {
+            let copy = try makeMemoryFile(size: 0)
+            defer { try? copy.close() }
+            var bytes = [UInt8](repeating: 0, count: Int(cut))
+            _ = try bytes.withUnsafeMutableBytes { try stream.read(fromAbsoluteOffset: 0, into: $0) }
+            _ = try copy.writeAll(bytes)
+            _ = try copy.seek(offset: 0, from: .start)
+            var destinations: [FakeDestination] = []
+            #expect(throws: (any Error).self) { _ = try receive(copy, destinations: &destinations) }
+            for destination in destinations { #expect(destination.abandoned && !destination.resumed, "cut at \(cut)") }
+        }
+    }
+
+    @Test func anIncompatibleHostCreatesNothing() throws {
+        let source = try FakeSource(writtenPages: written)
+        let (stream, _) = try send(source)
+        defer { try? stream.close() }
+        var destinations: [FakeDestination] = []
+        let other = Compatibility(architecture: "aarch64", pageSize: 4096, hypervisor: "kvm", availableMemory: .max)
+        do {
+            _ = try receive(stream, destinations: &destinations, compatibility: other)
+            Issue.record("an aarch64 host accepted an x86_64 stream")
+        } catch {
+            #expect("\(error)".contains("aarch64"))
+        }
+        #expect(destinations.isEmpty)
+        _ = try stream.seek(offset: 0, from: .start)
+        let small = Compatibility(architecture: testHost.architecture, pageSize: 4096, hypervisor: "kvm", availableMemory: 1 << 20)
+        #expect(throws: (any Error).self) { _ = try receive(stream, destinations: &destinations, compatibility: small) }
+        #expect(destinations.isEmpty)
+    }
+}

@@ -1,0 +1,187 @@
+import MachineDescription
+import Testing
+@testable import VMStream
+
+/// Each bad input the issue lists gives one clear error of the right kind.
+@Suite struct BadInputTests {
+    func error(_ bytes: [UInt8]) -> StreamError? { Fixture.readAll(bytes).1 }
+
+    @Test func wrongMagic() {
+        var bytes = (try? Fixture.sample()) ?? []
+        bytes[0] = UInt8(ascii: "X")
+        #expect(error(bytes) == StreamError(.badMagic, "invalid stream (bad magic number)"))
+        #expect(error(Array("hello, world\n".utf8))?.kind == .badMagic)
+    }
+
+    @Test func emptyInputIsTruncation() {
+        #expect(error([]) == StreamError(.truncated, "stream truncated at byte 0 (inside the stream header)"))
+    }
+
+    @Test func unsupportedVersion() {
+        var builder = Fixture.Builder(version: 2)
+        builder.begin()
+        #expect(error(builder.bytes) == StreamError(.unsupportedVersion, "unsupported stream version 2 (this reader understands version 1)"))
+    }
+
+    @Test func unknownRequiredFeatureIsNamed() {
+        var builder = Fixture.Builder(features: 0x14)
+        builder.begin()
+        #expect(error(builder.bytes) == StreamError(.unsupportedFeature, "stream has unsupported feature, feature flags = 14 (unknown flags = 14)"))
+    }
+
+    @Test func unknownIgnorableHeaderFlagsAreAccepted() {
+        var builder = Fixture.Builder(flags: 0x8)
+        builder.begin()
+        builder.end(pages: 0, zeroPages: 0)
+        #expect(error(builder.bytes) == nil)
+    }
+
+    @Test func absurdLengthIsRefusedBeforeAllocating() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.record(RecordType.kernelState.rawValue, [], length: UInt32.max)
+        #expect(error(builder.bytes) == StreamError(.lengthTooLarge, "record 2 (KERNEL STATE) at byte \(builder.bytes.count - 24) has payload length 4294967295, above the limit of 4194304"))
+    }
+
+    @Test func roundRangeCountThatOverflowsThePayload() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        var payload = WireEncoder()
+        payload.u32(1)
+        payload.u32(UInt32.max)
+        builder.record(RecordType.round.rawValue, payload.bytes)
+        #expect(error(builder.bytes)?.kind == .malformed)
+    }
+
+    @Test func pageRangeOutsideSegment() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.round(1, [PageRange(segment: 0, firstPage: 250, count: 10)])
+        #expect(error(builder.bytes)?.message.hasSuffix("pages 250 to 259 lie outside segment 0 (lowmem, 256 pages)") == true)
+        var overflow = Fixture.Builder()
+        overflow.begin()
+        overflow.round(1, [PageRange(segment: 0, firstPage: UInt64.max, count: 2)])
+        #expect(error(overflow.bytes)?.kind == .malformed)
+        var noSegment = Fixture.Builder()
+        noSegment.begin()
+        noSegment.round(1, [PageRange(segment: 3, firstPage: 0, count: 1)])
+        #expect(error(noSegment.bytes)?.message.hasSuffix("segment 3 does not exist (BEGIN lists 1)") == true)
+    }
+
+    @Test func pagesOutsideSegmentOrRound() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.round(1, [PageRange(segment: 0, firstPage: 0, count: 4)])
+        builder.pages(segment: 0, first: 300, count: 4)
+        #expect(error(builder.bytes)?.message.hasSuffix("pages 300 to 303 lie outside segment 0 (lowmem, 256 pages)") == true)
+        var unlisted = Fixture.Builder()
+        unlisted.begin()
+        unlisted.round(1, [PageRange(segment: 0, firstPage: 0, count: 4)])
+        unlisted.pages(segment: 0, first: 8, count: 4)
+        #expect(error(unlisted.bytes)?.message.contains("page 8 of segment 0 is not the next listed page") == true)
+        var noRound = Fixture.Builder()
+        noRound.begin()
+        noRound.pages(segment: 0, first: 0, count: 1)
+        #expect(error(noRound.bytes)?.message.contains("PAGES outside a round") == true)
+    }
+
+    @Test func duplicateBegin() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.begin()
+        #expect(error(builder.bytes)?.message.hasSuffix("duplicate BEGIN") == true)
+    }
+
+    @Test func recordBeforeBegin() {
+        var builder = Fixture.Builder()
+        builder.chunk(.kernelState, "vcpu0/regs")
+        #expect(error(builder.bytes)?.message == "record 1 (KERNEL STATE) at byte 32: stream does not start with BEGIN")
+    }
+
+    @Test func dataAfterEnd() throws {
+        let bytes = try Fixture.sample()
+        #expect(error(bytes + [0]) == StreamError(.dataAfterEnd, "data after END at byte \(bytes.count)"))
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.end(pages: 0, zeroPages: 0)
+        builder.chunk(.kernelState, "vcpu0/regs")
+        #expect(error(builder.bytes)?.kind == .dataAfterEnd)
+    }
+
+    @Test func missingEnd() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.chunk(.kernelState, "vcpu0/regs")
+        #expect(error(builder.bytes) == StreamError(.truncated, "stream truncated at byte \(builder.bytes.count) (before END)"))
+    }
+
+    @Test(arguments: [RecordType.kernelState, .deviceState])
+    func repeatedChunkName(type: RecordType) {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.chunk(type, "uart0")
+        builder.chunk(type, "uart0")
+        #expect(error(builder.bytes)?.message.hasSuffix("state chunk uart0 repeated") == true)
+    }
+
+    @Test func deviceStateForAnUnlistedDevice() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.chunk(.deviceState, "virtio-net0")
+        #expect(error(builder.bytes)?.message.hasSuffix("device state for virtio-net0, a device BEGIN does not list") == true)
+    }
+
+    @Test func endTotalsAndRunningChecksumAreChecked() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.round(1, [PageRange(segment: 0, firstPage: 0, count: 4)])
+        builder.pages(segment: 0, first: 0, count: 4, dataPages: 1)
+        builder.end(pages: 5, zeroPages: 3)
+        #expect(error(builder.bytes)?.message.hasSuffix("END totals disagree: pages 5 (counted 4)") == true)
+        var chain = Fixture.Builder()
+        chain.begin()
+        chain.running ^= 1
+        chain.end(pages: 0, zeroPages: 0)
+        #expect(error(chain.bytes)?.kind == .checksumMismatch)
+    }
+
+    @Test func roundMissingPagesBeforeState() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        builder.round(1, [PageRange(segment: 0, firstPage: 0, count: 4)])
+        builder.pages(segment: 0, first: 0, count: 2)
+        builder.chunk(.kernelState, "vcpu0/regs")
+        #expect(error(builder.bytes)?.message.hasSuffix("KERNEL STATE while round 1 still misses 2 listed pages") == true)
+    }
+
+    @Test func unknownRecordTypes() {
+        var ignorable = Fixture.Builder()
+        ignorable.begin()
+        ignorable.record(0x7000, flags: StreamFormat.ignorableFlag, [1, 2, 3])
+        ignorable.end(pages: 0, zeroPages: 0)
+        let reader = StreamReader(bytes: ignorable.bytes)
+        var warnings: [String] = []
+        reader.warningHandler = { warnings.append($0) }
+        #expect(throws: Never.self) { while try reader.next(into: DiscardingPageSink()) != nil {} }
+        let endRecord = 16 + Payload.endSize + 8, skippedRecord = 16 + 3 + 8
+        #expect(warnings == ["skipped record 2 (type 28672) at byte \(ignorable.bytes.count - endRecord - skippedRecord): unknown ignorable record type, 3 bytes"])
+
+        var required = Fixture.Builder()
+        required.begin()
+        required.record(0x7000, [1, 2, 3])
+        #expect(error(required.bytes)?.kind == .unknownRecord)
+    }
+
+    @Test func malformedBeginFields() {
+        var builder = Fixture.Builder()
+        var payload = WireEncoder()
+        payload.u16(BeginTag.tool.rawValue)
+        payload.u32(3)
+        payload.raw([0xff, 0xfe, 0xfd])
+        builder.record(RecordType.begin.rawValue, payload.bytes)
+        #expect(error(builder.bytes)?.kind == .malformed)
+        var missing = Fixture.Builder()
+        missing.record(RecordType.begin.rawValue, [])
+        #expect(error(missing.bytes)?.message.hasSuffix("field formatVersion is missing") == true)
+    }
+}

@@ -1,3 +1,0 @@
-import Testing
-
-@Test func placeholderVMStreamTests() { #expect(Bool(true)) }

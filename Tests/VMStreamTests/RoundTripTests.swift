@@ -1,0 +1,84 @@
+import Glibc
+import MachineDescription
+import Testing
+@testable import VMStream
+
+@Suite struct RoundTripTests {
+    @Test(arguments: [Compression.none, .lz4()])
+    func everyRecordTypeSurvives(compression: Compression) throws {
+        let memorySize: UInt64 = 1 << 20
+        let bytes = try Fixture.sample(memorySize: memorySize, compression: compression)
+        let begin = SampleStream.begin(memorySize: memorySize, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
+        let sink = MemoryPageSink(machine: begin.machine)
+        let (records, error) = Fixture.readAll(bytes, sink: sink)
+        #expect(error == nil, "\(error?.description ?? "")")
+
+        guard case .begin(let readBegin) = records.first else { Issue.record("no BEGIN"); return }
+        #expect(readBegin == begin)
+        let rounds = records.compactMap { if case .round(let number, let ranges) = $0 { (number, ranges) } else { nil } }
+        #expect(rounds.map(\.0) == [1, 2])
+        #expect(rounds[0].1 == [PageRange(segment: 0, firstPage: 0, count: 256)])
+        let batches = records.compactMap { if case .pages(let batch) = $0 { batch } else { nil } }
+        #expect(batches.reduce(0) { $0 + $1.count } == 256 + 16)
+        #expect(batches.contains { $0.compressed } == (compression != .none))
+        let kernel = records.compactMap { if case .kernelState(let chunk) = $0 { chunk.name } else { nil } }
+        #expect(kernel == ["vcpu0/regs", "vcpu1/regs", "vm/pit"])
+        let devices = records.compactMap { if case .deviceState(let chunk) = $0 { chunk } else { nil } }
+        #expect(devices == [StateChunk(name: "uart0", version: 1, data: Array("uart16550".utf8)),
+                            StateChunk(name: "status0", version: 1, data: Array("guest-status".utf8))])
+        guard case .end(let end) = records.last else { Issue.record("no END"); return }
+        #expect(end.pages == 272)
+        #expect(end.sourcePauseTime == Fixture.creationTime + 5_000_000)
+
+        // Every page arrived with the content the writer read.
+        let expected = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { expected.deallocate() }
+        for page in 0..<256 {
+            SampleStream.fill(expected, index: UInt64(page), seed: Fixture.seed)
+            #expect(memcmp(expected, sink.segments[0].baseAddress! + page * 4096, 4096) == 0, "page \(page)")
+        }
+        #expect(sink.zeroed > 100)
+    }
+
+    @Test func compressionShrinksTheSampleAndFallsBackToRawForRandomPages() throws {
+        let raw = try Fixture.sample(compression: .none)
+        let packed = try Fixture.sample(compression: .lz4())
+        #expect(packed.count < raw.count)
+        let reader = StreamReader(bytes: packed)
+        while try reader.next(into: DiscardingPageSink()) != nil {}
+        #expect(reader.statistics.compressedBatches > 0)
+        #expect(reader.statistics.compressionRatio > 1)
+        #expect(reader.statistics.bytes == UInt64(packed.count))
+    }
+
+    @Test func writerAndReaderStatisticsAgree() throws {
+        let sink = MemorySink()
+        let writer = StreamWriter(sink: sink, compression: .lz4())
+        try SampleStream.write(to: writer, begin: SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: 1),
+                               seed: 1, sourcePauseTime: 0)
+        let reader = StreamReader(bytes: sink.bytes)
+        while try reader.next(into: DiscardingPageSink()) != nil {}
+        #expect(reader.statistics == writer.statistics)
+        #expect(writer.statistics.bytes == UInt64(sink.bytes.count))
+    }
+
+    @Test func longRoundListsContinueInFurtherRoundRecords() throws {
+        let sink = MemorySink()
+        let writer = StreamWriter(sink: sink, compression: .none)
+        let memorySize: UInt64 = 1 << 30
+        try writer.writeBegin(SampleStream.begin(memorySize: memorySize, uuid: Fixture.uuid, creationTime: 1))
+        // Every other page: more ranges than one ROUND record may hold.
+        let ranges = (0..<UInt64(StreamFormat.maxRangesPerRound + 10)).map { PageRange(segment: 0, firstPage: $0 * 2, count: 1) }
+        try writer.writeRound(7, pages: ranges)
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { page.deallocate() }
+        page.initializeMemory(as: UInt8.self, repeating: 1, count: 4096)
+        for range in ranges { try writer.writePages(segment: 0, firstPage: range.firstPage, count: 1, from: page) }
+        try writer.writeEnd(sourcePauseTime: 0)
+        let (records, error) = Fixture.readAll(sink.bytes)
+        #expect(error == nil)
+        let rounds = records.compactMap { if case .round(let number, let ranges) = $0 { (number, ranges.count) } else { nil } }
+        #expect(rounds.map(\.0) == [7, 7])
+        #expect(rounds.map(\.1) == [StreamFormat.maxRangesPerRound, 10])
+    }
+}

@@ -1,0 +1,125 @@
+import MachineDescription
+@testable import VMStream
+
+/// A guest memory in a test: pages land here, and can be compared with what was sent.
+final class MemoryPageSink: PageSink {
+    let segments: [UnsafeMutableRawBufferPointer]
+    private(set) var zeroed = 0
+
+    init(machine: MachineConfig) {
+        segments = machine.segments.map {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int($0.size), alignment: 4096)
+            buffer.initializeMemory(as: UInt8.self, repeating: 0xee)
+            return buffer
+        }
+    }
+
+    deinit { segments.forEach { $0.deallocate() } }
+
+    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? {
+        segments[segment].baseAddress! + Int(page) * StreamFormat.pageSize
+    }
+
+    func zeroPage(segment: Int, page: UInt64) {
+        zeroed += 1
+        (segments[segment].baseAddress! + Int(page) * StreamFormat.pageSize)
+            .initializeMemory(as: UInt8.self, repeating: 0, count: StreamFormat.pageSize)
+    }
+}
+
+enum Fixture {
+    static let uuid: [UInt8] = Array(0x10...0x1f)
+    static let creationTime: UInt64 = 1_700_000_000_000_000_000
+    static let seed: UInt64 = 42
+
+    /// A small deterministic sample stream: 1 MiB of guest memory.
+    static func sample(memorySize: UInt64 = 1 << 20, compression: Compression = .none) throws -> [UInt8] {
+        let sink = MemorySink()
+        let writer = StreamWriter(sink: sink, compression: compression)
+        let begin = SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime)
+        try SampleStream.write(to: writer, begin: begin, seed: seed, sourcePauseTime: creationTime + 5_000_000)
+        return sink.bytes
+    }
+
+    /// Reads a whole stream, returning its records or the error that stopped it.
+    static func readAll(_ bytes: [UInt8], sink: some PageSink = DiscardingPageSink()) -> ([StreamRecord], StreamError?) {
+        let reader = StreamReader(bytes: bytes)
+        var records: [StreamRecord] = []
+        do {
+            while let record = try reader.next(into: sink) { records.append(record) }
+            return (records, nil)
+        } catch let error as StreamError {
+            return (records, error)
+        } catch {
+            return (records, StreamError(.io, "unexpected \(error)"))
+        }
+    }
+
+    /// Builds a stream record by record, for streams a writer would refuse to produce.
+    struct Builder {
+        var bytes: [UInt8] = []
+        var running: UInt64 = 0
+        var records: UInt64 = 0
+
+        init(version: UInt32 = 1, features: UInt32 = 0, flags: UInt32 = 0) {
+            var header = WireEncoder()
+            header.raw(StreamFormat.magic)
+            header.u32(version)
+            header.u32(features)
+            header.u32(flags)
+            header.u32(0)
+            running = Checksum.hash(header.bytes)
+            header.u64(running)
+            bytes = header.bytes
+        }
+
+        mutating func record(_ type: UInt16, flags: UInt16 = 0, _ payload: [UInt8], length: UInt32? = nil) {
+            let declared = length ?? UInt32(payload.count)
+            let headerChecksum = Checksum.header(type: type, flags: flags, length: declared)
+            var out = WireEncoder()
+            out.u16(type)
+            out.u16(flags)
+            out.u32(declared)
+            out.u64(headerChecksum)
+            out.raw(payload)
+            let checksum = Checksum.hash(payload, seed: headerChecksum)
+            out.u64(checksum)
+            bytes += out.bytes
+            running = Checksum.chain(running, checksum)
+            records += 1
+        }
+
+        mutating func begin(memorySize: UInt64 = 1 << 20) {
+            record(RecordType.begin.rawValue, Payload.encodeBegin(SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime)))
+        }
+
+        mutating func round(_ number: UInt32, _ ranges: [PageRange]) {
+            record(RecordType.round.rawValue, Payload.encodeRound(number, ranges[...]))
+        }
+
+        /// A raw PAGES record; `data` nil means every page is zero.
+        mutating func pages(segment: UInt16, first: UInt64, count: UInt32, dataPages: Int = 0) {
+            var out = WireEncoder()
+            out.u16(segment)
+            out.u8(0)
+            out.u8(0)
+            out.u32(count)
+            out.u64(first)
+            var bitmap = [UInt8](repeating: 0, count: Payload.bitmapSize(Int(count)))
+            for index in dataPages..<Int(count) { bitmap[index / 8] |= 1 << UInt8(index % 8) }
+            out.raw(bitmap)
+            out.raw([UInt8](repeating: 0x5a, count: dataPages * StreamFormat.pageSize))
+            record(RecordType.pages.rawValue, out.bytes)
+        }
+
+        mutating func chunk(_ type: RecordType, _ name: String) {
+            record(type.rawValue, Payload.encodeChunk(StateChunk(name: name, version: 1, data: [1, 2, 3])))
+        }
+
+        mutating func end(pages: UInt64, zeroPages: UInt64) {
+            let end = StreamEnd(pages: pages, zeroPages: zeroPages, bytes: UInt64(bytes.count), records: records,
+                                sourcePauseTime: 0, streamChecksum: running)
+            record(RecordType.end.rawValue, Payload.encodeEnd(end))
+        }
+    }
+}
