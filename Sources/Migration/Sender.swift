@@ -228,7 +228,8 @@ public final class Sender {
             while page < end {
                 let count = min(Self.pagesPerSlice, end - page)
                 try writer.writePages(segment: range.segment, firstPage: page, count: count,
-                                      from: UnsafeRawPointer(memory.address(segment: range.segment, page: page)))
+                                      from: UnsafeRawPointer(memory.address(segment: range.segment, page: page)),
+                                      mayChange: !isFinal)
                 page += count
                 meter.advance(pages: count, progressRequested: progressRequested.take(), to: onProgress)
             }

@@ -23,6 +23,8 @@ public final class StreamWriter {
     /// Scratch for LZ4: data pages gathered, and their compressed form.
     private var gather: UnsafeMutableRawBufferPointer?
     private var packed: UnsafeMutableRawBufferPointer?
+    /// A still copy of pages that may change while they are written (see `writePages`).
+    private var snapshot: UnsafeMutableRawBufferPointer?
     private let zeroPage = UnsafeMutableRawBufferPointer.allocate(byteCount: StreamFormat.pageSize, alignment: 64)
 
     public private(set) var statistics = StreamStatistics()
@@ -50,6 +52,7 @@ public final class StreamWriter {
         zeroPage.deallocate()
         gather?.deallocate()
         packed?.deallocate()
+        snapshot?.deallocate()
     }
 
     /// Writes the stream header and the BEGIN record; must come first.
@@ -94,7 +97,12 @@ public final class StreamWriter {
 
     /// Writes pages [firstPage, firstPage + count) of `segment`; `pages` points at page `firstPage`
     /// in the caller's memory. The pages must be the next ones the current round lists.
-    public func writePages(segment: Int, firstPage: UInt64, count: UInt64, from pages: UnsafeRawPointer) throws {
+    ///
+    /// `mayChange` says a running guest may write the pages meanwhile (a live round): each batch is then
+    /// copied once before it is checksummed, so the checksum matches the bytes sent. Pages of a paused
+    /// guest are written straight from its memory.
+    public func writePages(segment: Int, firstPage: UInt64, count: UInt64, from pages: UnsafeRawPointer,
+                           mayChange: Bool = false) throws {
         try checkUsable()
         var done: UInt64 = 0
         while done < count {
@@ -106,8 +114,14 @@ public final class StreamWriter {
                 throw StreamError(.misuse, "page \(firstPage + done) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
             }
             let batch = Int(min(UInt64(StreamFormat.maxPagesPerBatch), next.left, count - done))
-            try writeBatch(segment: segment, firstPage: firstPage + done, count: batch,
-                           from: pages + Int(done) * StreamFormat.pageSize)
+            var source = pages + Int(done) * StreamFormat.pageSize
+            if mayChange {
+                let copy = snapshot ?? .allocate(byteCount: StreamFormat.maxPagesPerBatch * StreamFormat.pageSize, alignment: 64)
+                snapshot = copy
+                copy.baseAddress!.copyMemory(from: source, byteCount: batch * StreamFormat.pageSize)
+                source = UnsafeRawPointer(copy.baseAddress!)
+            }
+            try writeBatch(segment: segment, firstPage: firstPage + done, count: batch, from: source)
             done += UInt64(batch)
         }
     }
