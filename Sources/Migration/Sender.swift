@@ -31,6 +31,12 @@ public struct Convergence: Sendable {
     }
 }
 
+/// Deliberate faults, for tests that must prove they can fail. Never set in normal use.
+public enum SendFault: String, Sendable {
+    /// Live: the final round sends none of the pages dirtied since the last round, so the copy is stale.
+    case dropFinalDirtyPages = "drop-final-dirty-pages"
+}
+
 /// How `vmsend` sends.
 public struct SendOptions: Sendable {
     public var mode: MigrationMode
@@ -40,10 +46,12 @@ public struct SendOptions: Sendable {
     public var convergence: Convergence
     public var tool: String
     public var toolVersion: String
+    public var fault: SendFault?
 
     public init(mode: MigrationMode, compression: Compression, keepRunning: Bool,
-                convergence: Convergence = Convergence(),
+                convergence: Convergence = Convergence(), fault: SendFault? = nil,
                 tool: String = "vmsend", toolVersion: String = MigrationVersion.current) {
+        self.fault = fault
         self.mode = mode
         self.compression = compression
         self.keepRunning = keepRunning
@@ -151,6 +159,7 @@ public final class Sender {
                 pauseTime = try pause()
                 rest.merge(try fetchDirty(memory))
                 try source.dirtyLogStop()
+                if options.fault == .dropFinalDirtyPages { rest = DirtyPages(pageCounts: rest.pageCounts) }
                 try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
             } else {
                 pauseTime = try pause()

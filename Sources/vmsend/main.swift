@@ -64,9 +64,12 @@ struct VMSend: ParsableCommand {
         let source = try ControlSocketSource(name: name, runDirectory: runDirectory)
         let mode: MigrationMode = warm ? (StandardStreams.outputIsRegularFile ? .cold : .warm) : .live
         let convergence = Convergence(downtimeTarget: .milliseconds(downtime), maxRounds: maxRounds, autoConverge: !noThrottle)
+        let fault = try getenv("VMSEND_TEST_FAULT").map { name in
+            try SendFault(rawValue: String(cString: name)) ?? { throw ValidationError("unknown VMSEND_TEST_FAULT '\(String(cString: name))'") }()
+        }
         let sender = Sender(source: source, output: .standardOutput,
                             options: SendOptions(mode: mode, compression: compression.value, keepRunning: keepRunning,
-                                                 convergence: convergence),
+                                                 convergence: convergence, fault: fault),
                             progressRequest: progressRequest)
         if dryRun {
             let estimate = try sender.estimate()
