@@ -69,7 +69,8 @@ struct MachineMemoryTests {
         #expect(Double(pages * 4096) / seconds >= measured * 0.8)
         #expect(measured > Double(rate) * 0.5)
         #expect(measured < Double(rate) * 1.3)
-        #expect(Double(pages * 4096) / seconds < Double(rate) * 1.5)    // checks are held: reads do not dirty pages
+        // No upper bound on what the log reports: a check already running when logging starts reads its whole
+        // slice, and on kvm_pvm reads of written pages are logged too.
         let passed = machine.status().vcpus.map(\.checksPassed)
         try machine.dirtyLogStop()
         #expect(eventually { zip(machine.status().vcpus, passed).allSatisfy { $0.checksPassed > $1 } })
