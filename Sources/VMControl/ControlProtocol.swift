@@ -26,9 +26,10 @@ import MachineDescription
 /// send any number of requests.
 ///
 /// Incoming machines: the first connection whose `hello` says `ownIncoming: true` owns the
-/// machine; only the owner may take the memory file, restore state and resume it. If the owner
-/// disconnects before a successful `resume`, or no owner arrives in time (30 s), `vmrun`
+/// machine; only the owner may take the memory file and restore its state. If the owner
+/// disconnects before a successful `restoreState`, or no owner arrives in time (30 s), `vmrun`
 /// destroys the machine and exits, so a failed receive never leaves a half-restored VM behind.
+/// A successful `restoreState` ends the incoming state: the machine is then an ordinary paused one.
 ///
 /// After a `destroy` reply the server removes its socket and the `vmrun` process exits.
 public enum ControlProtocol {

@@ -134,10 +134,9 @@ private struct Session {
     let ownerDeadline: ContinuousClock.Instant
     var connections: [Connection] = []
     var nextID = 0
-    /// True from creation of an incoming machine until its owner resumes it.
+    /// True from creation of an incoming machine until its owner has restored its state.
     var incomingPending: Bool
     var owner: Int?
-    var restored = false
     /// The connection that started dirty logging; its disconnect stops it.
     var dirtyLogOwner: Int?
     /// The connection whose throttle is in force; its close lifts it.
@@ -273,15 +272,11 @@ private struct Session {
             case .describe:
                 return reply(connection, .ok(.describe(config: machine.config, host: machine.host)))
             case .pause:
-                if incomingPending && !restored { throw wrongState("pause", "it has not been restored yet") }
+                if incomingPending { throw wrongState("pause", "it has not been restored yet") }
                 try perform("pause") { try machine.pause() }
             case .resume:
-                if incomingPending {
-                    guard isOwner else { throw ControlError("only the connection that owns the incoming machine '\(name)' may resume it") }
-                    guard restored else { throw wrongState("resume", "its state has not been restored yet") }
-                }
+                if incomingPending { throw wrongState("resume", "its state has not been restored yet") }
                 try perform("resume") { try machine.resume() }
-                incomingPending = false
             case .destroy:
                 machine.destroy()
                 releaseSocket()
@@ -321,10 +316,11 @@ private struct Session {
             case .restoreState:
                 guard incomingPending else { throw wrongState("restoreState", "it is not incoming") }
                 guard isOwner else { throw ControlError("only the connection that owns the incoming machine '\(name)' may restore it") }
-                guard !restored else { throw wrongState("restoreState", "it was already restored") }
                 let state = try StateEncoding.decode(payload)
                 try perform("restoreState") { try machine.restoreState(state) }
-                restored = true
+                // Restored whole: from here on a paused machine like any other, kept if its owner leaves
+                // (`vmrecv --paused`), never half-restored.
+                incomingPending = false
             case .consoleInput:
                 try perform("consoleInput") { try machine.consoleInput(payload) }
             }

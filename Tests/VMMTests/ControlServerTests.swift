@@ -129,7 +129,7 @@ import VMControl
         #expect(served.machine.record.withLock { $0.dirtyLogging })
     }
 
-    @Test func anIncomingMachineIsRestoredAndResumedOnlyByItsOwner() throws {
+    @Test func anIncomingMachineIsRestoredOnlyByItsOwner() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let served = try ServerThread(directory: directory, machine: FakeMachine(state: .incoming))
@@ -144,24 +144,27 @@ import VMControl
         }
         #expect(throws: ControlError("cannot resume 'fake': its state has not been restored yet")) { try owner.resume() }
         #expect(throws: ControlError("cannot dirtyLogStart 'fake': it is incoming")) { try owner.dirtyLogStart() }
+        #expect(throws: ControlError("only the connection that owns the incoming machine 'fake' may restore it")) {
+            try onlooker.restoreState(served.machine.saved)
+        }
         try owner.memoryFile().close()
         try owner.restoreState(served.machine.saved)
         #expect(served.machine.record.withLock { $0.restored } == served.machine.saved)
-        #expect(throws: ControlError("only the connection that owns the incoming machine 'fake' may resume it")) { try onlooker.resume() }
-        try owner.resume()
+        #expect(throws: ControlError("cannot restoreState 'fake': it is not incoming")) { try owner.restoreState(served.machine.saved) }
         owner.close()
-        // Resumed: the owner leaving no longer matters.
+        // Restored whole, it is an ordinary paused machine: its owner leaving no longer matters.
+        try onlooker.resume()
         #expect(try onlooker.status().state == .running)
         #expect(served.machine.record.withLock { $0.destroyed } == 0)
         #expect(served.finish() == .stopped)
     }
 
-    @Test func anOwnerLeavingBeforeResumeDestroysTheIncomingMachine() throws {
+    @Test func anOwnerLeavingBeforeRestoreDestroysTheIncomingMachine() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let served = try ServerThread(directory: directory, machine: FakeMachine(state: .incoming))
         let owner = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory, ownIncoming: true)
-        try owner.restoreState(served.machine.saved)
+        try owner.memoryFile().close()
         owner.close()
         #expect(served.finish(stopping: false) == .ownerLeft)
         #expect(served.machine.record.withLock { $0.destroyed } == 1)
