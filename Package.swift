@@ -13,6 +13,8 @@ let package = Package(
         .executable(name: "vmsend", targets: ["vmsend"]),
         .executable(name: "vmrecv", targets: ["vmrecv"]),
         .executable(name: "vmstream", targets: ["vmstream"]),
+        // For fuzz/, which builds the reader with -sanitize=fuzzer.
+        .library(name: "VMStream", targets: ["VMStream"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

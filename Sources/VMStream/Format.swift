@@ -19,6 +19,9 @@ public enum StreamFormat {
     public static let maxRangesPerRound = 65536
     /// Memory segments a machine may have.
     public static let maxSegments = 64
+    /// Devices and CPUID leaves BEGIN may list, so decoding it stays small.
+    public static let maxDevices = 1024
+    public static let maxCPUIDLeaves = 4096
     /// Distinct state chunks of one kind (kernel or device) a stream may carry.
     public static let maxStateChunks = 65536
     /// Record flag: a reader that does not know the record's type skips it with a warning.

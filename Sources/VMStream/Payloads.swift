@@ -85,6 +85,8 @@ enum Payload {
                 return "segment \(segment.name) ends beyond 2^64"
             }
         }
+        if begin.machine.devices.count > StreamFormat.maxDevices { return "more than \(StreamFormat.maxDevices) devices" }
+        if begin.machine.cpuid.count > StreamFormat.maxCPUIDLeaves { return "more than \(StreamFormat.maxCPUIDLeaves) CPUID leaves" }
         var names = Set<String>()
         for device in begin.machine.devices {
             if device.name.isEmpty || !names.insert(device.name).inserted { return "device name \"\(device.name)\" is empty or repeated" }
@@ -149,6 +151,7 @@ enum Payload {
                 let name = try value.text(value.remaining, what: "segment name")
                 segments.append(MemorySegment(name: name, guestPhysicalBase: base, size: size))
             case .device:
+                guard devices.count < StreamFormat.maxDevices else { throw fail("more than \(StreamFormat.maxDevices) devices") }
                 let version = try value.u32()
                 let name = try value.string16(what: "device name")
                 let kind = try value.string16(what: "device kind")
@@ -164,6 +167,7 @@ enum Payload {
                 guard value.atEnd else { throw fail("device \(name) has trailing bytes") }
                 devices.append(DeviceConfig(name: name, kind: kind, version: version, configuration: configuration))
             case .cpuidLeaf:
+                guard cpuid.count < StreamFormat.maxCPUIDLeaves else { throw fail("more than \(StreamFormat.maxCPUIDLeaves) CPUID leaves") }
                 try exact(28)
                 let words = try (0..<7).map { _ in try value.u32() }
                 cpuid.append(CPUIDLeaf(function: words[0], index: words[1], flags: words[2],

@@ -71,8 +71,21 @@ public final class StreamReader {
         packed?.deallocate()
     }
 
+    /// The first error; the stream is not read past it.
+    private var failure: StreamError?
+
     /// The next record, with its pages already delivered into `sink`; nil after a verified END and end of input.
     public func next(into sink: some PageSink) throws -> StreamRecord? {
+        if let failure { throw failure }
+        do {
+            return try readNext(into: sink)
+        } catch let error as StreamError {
+            failure = error
+            throw error
+        }
+    }
+
+    private func readNext(into sink: some PageSink) throws -> StreamRecord? {
         if !headerRead { try readHeader() }
         if rules.ended {
             var extra: UInt8 = 0

@@ -54,7 +54,7 @@ struct Sample: ParsableCommand {
         try fd.closeAfter {
             let length = try fd.seek(offset: 0, from: .end)
             guard length > 0, length % 4096 == 0 else { throw RuntimeError("\(image): size \(length) is not a positive multiple of 4096") }
-            guard let mapping = mmap(nil, Int(length), PROT_READ, MAP_SHARED, fd.rawValue, 0), mapping != MAP_FAILED else {
+            guard let mapping = mmap(nil, Int(length), PROT_READ, MAP_SHARED | MAP_POPULATE, fd.rawValue, 0), mapping != MAP_FAILED else {
                 throw RuntimeError("\(image): cannot map: \(Errno(rawValue: errno))")
             }
             defer { munmap(mapping, Int(length)) }

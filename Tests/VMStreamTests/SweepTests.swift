@@ -1,5 +1,5 @@
 import Testing
-@testable import VMStream
+@_spi(Fuzzing) @testable import VMStream
 
 /// Every truncation and every single flipped byte is rejected, naming the right place.
 @Suite struct SweepTests {
@@ -94,4 +94,21 @@ import Testing
         let start = Int(Self.recordStarts[number - 1])
         return RecordType(rawValue: UInt16(Self.stream[start]) | UInt16(Self.stream[start + 1]) << 8).description
     }
+}
+
+/// The fuzzer's checksum repair must be exact, or fuzzing would only ever exercise checksum errors.
+@Suite struct ChecksumRepairTests {
+    @Test func repairingAValidStreamChangesNothingAndRepairsAFlip() throws {
+        let stream = SweepTests.stream
+        #expect(ChecksumRepair.repair(stream) == stream)
+        var damaged = stream
+        damaged[SweepTests.recordStarts[2].asInt + 40] ^= 0xff  // inside the first PAGES record's LZ4 data
+        #expect(Fixture.readAll(damaged).1?.kind == .checksumMismatch)
+        // Repaired, the damage reaches the decompressor, which must reject it cleanly.
+        #expect(Fixture.readAll(ChecksumRepair.repair(damaged)).1?.message.hasPrefix("malformed PAGES record 3") == true)
+    }
+}
+
+extension UInt64 {
+    var asInt: Int { Int(self) }
 }
