@@ -14,6 +14,10 @@ import VMControl
 /// the two cores, and one at a time keeps each test's rounds about its own guest.
 @Suite(.serialized) enum MigrationEndToEndTests {}
 
+/// A shell pipe stage that carries about 10 MB/s: 128 KiB at a time with a pause in between
+/// (tee writes to fd 3, the next stage's end of the pipe). Makes rounds last seconds.
+let slowPipe = "sh -c 'while n=$(head -c 131072 | tee /dev/fd/3 | wc -c) && [ \"$n\" -gt 0 ]; do sleep 0.01; done' 3>&1"
+
 /// What every migration test does around vmsend/vmrecv: start a guest, migrate, prove the copy is right.
 extension VMFixture {
     /// Starts a background VM and waits until every vCPU has ticked and passed a check.

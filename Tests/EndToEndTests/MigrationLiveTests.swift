@@ -89,8 +89,6 @@ extension MigrationEndToEndTests {
             let fixture = VMFixture()
             defer { fixture.cleanUp() }
             try fixture.startGuest("a", workingSet: "8M", extra: ["--guest-dirty-rate", "0"])
-            // 128 KiB at a time with a pause in between; tee writes to fd 3, vmrecv's end of the pipe.
-            let slowPipe = "sh -c 'while n=$(head -c 131072 | tee /dev/fd/3 | wc -c) && [ \"$n\" -gt 0 ]; do sleep 0.01; done' 3>&1"
             let stderr = try migrateLive(fixture, from: "a", to: "b", options: ["-v", "--max-rounds", "5"]) { send, receive in
                 "\(send) | \(slowPipe) | \(receive)"
             }

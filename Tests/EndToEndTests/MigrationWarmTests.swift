@@ -156,6 +156,19 @@ extension MigrationEndToEndTests {
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
+        /// Like `zfs send`, vmsend is quiet unless asked: a slow send prints no progress lines without -v or -P.
+        @Test func aSlowSendIsQuietWithoutVerbose() throws {
+            try VMFixture.requireMachine()
+            let fixture = VMFixture()
+            defer { fixture.cleanUp() }
+            try fixture.startGuest("a", memory: "64M", workingSet: "16M")
+            let result = try runShell("\(fixture.command("vmsend", ["--warm", "a"])) | \(slowPipe) | \(fixture.command("vmrecv", ["b"]))")
+            #expect(result.status == 0, "\(result.standardError)")
+            let lines = result.standardError.split(separator: "\n")
+            #expect(lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
+            try fixture.destroyAllAndExpectNothingLeft()
+        }
+
         @Test func aTerminalIsRefusedAtBothEnds() throws {
             try VMFixture.requireMachine()
             guard access("/usr/bin/script", X_OK) == 0 else { try Test.cancel("no script(1) to give the tools a terminal") }
