@@ -145,14 +145,24 @@ extension MigrationEndToEndTests {
             let stream = shellQuoted(fixture.file("a.vms"))
             #expect(try runShell("\(fixture.command("vmsend", ["--warm", "a"])) > \(stream)").status == 0)
             let owner = try fixture.status("a").pid
-            let dryRun = try runShell("\(fixture.command("vmrecv", ["-n", "-v", "b"])) < \(stream)")
+            let dryRun = try runShell("\(fixture.command("vmrecv", ["--dry-run", "-v", "b"])) < \(stream)")
             #expect(dryRun.status == 0, "\(dryRun.standardError)")
             #expect(dryRun.standardError.contains("would restore"), "\(dryRun.standardError)")
             #expect(fixture.sockets() == ["a.sock"])
             #expect(fixture.processesInRunDirectory() == [owner])
-            let estimate = try runShell(fixture.command("vmsend", ["-n", "-v", "a"]) + " > /dev/null")
+            let estimate = try runShell(fixture.command("vmsend", ["--dry-run", "-v", "a"]) + " > /dev/null")
             #expect(estimate.status == 0, "\(estimate.standardError)")
             #expect(estimate.standardError.contains("estimated stream size"), "\(estimate.standardError)")
+
+            // Issue 4, the man pages and vmrecv's own help say -n (as zfs recv -n); the tools only take -d.
+            // When -n works, these known issues stop being recorded and the test says so: remove the wrapper.
+            let short = try runShell("\(fixture.command("vmrecv", ["-n", "b"])) < \(stream)")
+            let shortEstimate = try runShell(fixture.command("vmsend", ["-n", "-v", "a"]) + " > /dev/null")
+            withKnownIssue("vmrecv and vmsend reject -n: their dry-run flag is declared as -d") {
+                #expect(short.status == 0, "vmrecv -n: \(short.standardError)")
+                #expect(shortEstimate.status == 0, "vmsend -n: \(shortEstimate.standardError)")
+            }
+            #expect(fixture.sockets() == ["a.sock"])
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
@@ -165,7 +175,11 @@ extension MigrationEndToEndTests {
             let result = try runShell("\(fixture.command("vmsend", ["--warm", "a"])) | \(slowPipe) | \(fixture.command("vmrecv", ["b"]))")
             #expect(result.status == 0, "\(result.standardError)")
             let lines = result.standardError.split(separator: "\n")
-            #expect(lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
+            // Known issue: a round longer than a second prints progress lines whatever the flags (Sender's
+            // RoundMeter.advance and vmsend's progressPrinter). When fixed, remove the wrapper.
+            withKnownIssue("vmsend prints once-a-second progress lines without -v") {
+                #expect(lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
+            }
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
