@@ -41,8 +41,18 @@ func runProcess(_ executable: String, _ arguments: [String], input: [UInt8] = []
     posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
     var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
+    // Its own process group, so a timeout kills a whole pipeline; SIGPIPE as a shell user has it.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    sigaddset(&defaults, SIGPIPE)
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setpgroup(&attributes, 0)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF))
     var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, executable, &actions, nil, &argv, environ)
+    let spawned = posix_spawn(&pid, executable, &actions, &attributes, &argv, environ)
     for fd in [output[1], errors[1], stdinPipe[0]] { close(fd) }
     guard spawned == 0 else {
         for fd in [output[0], errors[0], stdinPipe[1]] { close(fd) }
@@ -70,7 +80,7 @@ func runProcess(_ executable: String, _ arguments: [String], input: [UInt8] = []
         }
     }
     for fd in open where fd >= 0 { close(fd) }
-    if ContinuousClock.now >= deadline { kill(pid, SIGKILL) }
+    if ContinuousClock.now >= deadline { kill(-pid, SIGKILL) }
     var status: Int32 = 0
     waitpid(pid, &status, 0)
     let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
@@ -108,6 +118,7 @@ final class VMFixture {
 
     /// Stops every VM this fixture started (SIGTERM, then SIGKILL) and removes the directory.
     func cleanUp() {
+        pids += processesInRunDirectory()
         for pid in pids where isAlive(pid) { kill(pid, SIGTERM) }
         let deadline = ContinuousClock.now + .seconds(10)
         while pids.contains(where: isAlive) && ContinuousClock.now < deadline { usleep(20_000) }
@@ -160,5 +171,101 @@ final class VMFixture {
     /// Skips the calling test, with the reason, when no VM can run here.
     static func requireMachine() throws {
         if let reason = machineUnavailable { try Test.cancel(Comment(rawValue: reason)) }
+    }
+}
+
+/// Runs a command line with /bin/sh -c: real pipes and redirections, as a user types them.
+func runShell(_ command: String, timeout: Duration = .seconds(120)) throws -> ProcessResult {
+    try runProcess("/bin/sh", ["-c", command], timeout: timeout)
+}
+
+/// `word` quoted for /bin/sh.
+func shellQuoted(_ word: String) -> String {
+    "'" + word.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'"
+}
+
+/// Polls `condition` until it holds or `timeout` passes; generous, because the machine is shared and noisy.
+func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () throws -> Bool) throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try condition() { return }
+        usleep(50_000)
+    }
+    throw ControlError("timed out after \(timeout) waiting until \(what)")
+}
+
+extension VMFixture {
+    /// A shell word list running one of the built tools with this run directory.
+    func command(_ tool: String, _ arguments: [String] = []) -> String {
+        ([Products.path(tool), "--run-dir", directory] + arguments).map(shellQuoted).joined(separator: " ")
+    }
+
+    /// The path of a file in the run directory (removed by `cleanUp`).
+    func file(_ name: String) -> String { directory + "/" + name }
+
+    /// Processes whose command line names this run directory: vmruns, whoever started them, or pipelines.
+    func processesInRunDirectory() -> [Int32] {
+        guard let handle = opendir("/proc") else { return [] }
+        defer { closedir(handle) }
+        var found: [Int32] = []
+        let needle = Array(directory.utf8)
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = Int32(name), pid != getpid(), isAlive(pid) else { continue }
+            let fd = open("/proc/\(pid)/cmdline", O_RDONLY)
+            guard fd >= 0 else { continue }
+            var buffer = [UInt8](repeating: 0, count: 8192)
+            let count = read(fd, &buffer, buffer.count)
+            close(fd)
+            let line = buffer[..<max(count, 0)]
+            if line.count >= needle.count && (0...(line.count - needle.count)).contains(where: { line[$0..<$0 + needle.count].elementsEqual(needle) }) {
+                found.append(pid)
+            }
+        }
+        return found
+    }
+
+    /// The sockets in the run directory: one per VM that is still there.
+    func sockets() -> [String] {
+        guard let handle = opendir(directory) else { return [] }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasSuffix(".sock") { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// Destroys every VM `vmctl list` shows, and checks that no VM process or socket is left.
+    func destroyAllAndExpectNothingLeft(sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let list = try vmctl(["list"]).standardOutput.split(separator: "\n").dropFirst()
+        for line in list {
+            if let name = line.split(separator: " ").first { _ = try vmctl(["destroy", String(name)]) }
+        }
+        try? waitUntil("every VM process is gone", timeout: .seconds(15)) { processesInRunDirectory().isEmpty }
+        #expect(processesInRunDirectory().isEmpty, "processes left: \(processesInRunDirectory())", sourceLocation: sourceLocation)
+        #expect(sockets().isEmpty, "sockets left: \(sockets())", sourceLocation: sourceLocation)
+    }
+
+    /// Waits until every vCPU of `name` has passed `passes` more checks than in `before` (or since it started).
+    /// Checks are held while dirty logging is on, so new passes are what prove the memory they read is right.
+    @discardableResult
+    func waitForNewChecks(_ name: String, after before: MachineStatus? = nil, passes: UInt64 = 2,
+                          timeout: Duration = .seconds(60)) throws -> MachineStatus {
+        let baseline = before?.vcpus.map(\.checksPassed)
+        var last = try status(name)
+        try waitUntil("\(passes) new checks pass on every vCPU of '\(name)'", timeout: timeout) {
+            last = try status(name)
+            return last.vcpus.enumerated().allSatisfy { index, vcpu in
+                vcpu.checksPassed + vcpu.checksFailed >= (baseline?[index] ?? 0) + passes
+            }
+        }
+        return last
+    }
+
+    /// What the VM wrote to its console so far.
+    func console(_ name: String) throws -> String {
+        try vmctl(["console", name]).standardOutput
     }
 }
