@@ -42,11 +42,11 @@ let package = Package(
         // Exit statuses, stderr lines: what every executable does the same way.
         .target(name: "ToolSupport", dependencies: [argumentParser], swiftSettings: strict),
 
-        .executableTarget(name: "vmrun", dependencies: ["VMM", "VMControl", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmctl", dependencies: ["VMControl", argumentParser], swiftSettings: strict),
+        .executableTarget(name: "vmrun", dependencies: ["VMM", "VMControl", "ToolSupport", argumentParser], swiftSettings: strict),
+        .executableTarget(name: "vmctl", dependencies: ["VMControl", "ToolSupport", argumentParser], swiftSettings: strict),
         .executableTarget(name: "vmsend", dependencies: ["Migration", "ToolSupport", argumentParser], swiftSettings: strict),
         .executableTarget(name: "vmrecv", dependencies: ["Migration", "ToolSupport", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmstream", dependencies: ["VMStream", argumentParser], swiftSettings: strict),
+        .executableTarget(name: "vmstream", dependencies: ["VMStream", "ToolSupport", argumentParser], swiftSettings: strict),
 
         .testTarget(name: "VMStreamTests", dependencies: ["VMStream"], resources: [.copy("Resources")]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "VMM"]),

@@ -68,6 +68,8 @@ public struct RoundProgress: Sendable {
     public var isFinal: Bool
     /// A progress line in the middle of a round rather than its summary.
     public var inProgress: Bool
+    /// Asked for (SIGUSR1) rather than due.
+    public var onDemand: Bool
     public var pagesSent: UInt64
     public var pagesInRound: UInt64
     public var streamBytes: UInt64
@@ -174,7 +176,10 @@ public final class Sender {
         } catch {
             if throttled { try? source.setThrottle(percent: 0) }
             // Resuming is safe even when END failed: a receiver resumes only after reading END whole.
-            guard paused else { throw error }
+            guard paused else {
+                if options.mode == .live { throw MigrationError("\(error); the source VM '\(config.name)' keeps running") }
+                throw error
+            }
             do {
                 try source.resume()
             } catch let resumeError {
@@ -299,7 +304,7 @@ public final class Sender {
 struct RoundMeter {
     let writer: StreamWriter
     private(set) var nextRound = 0
-    private var round = RoundProgress(round: 0, isFinal: false, inProgress: false, pagesSent: 0, pagesInRound: 0,
+    private var round = RoundProgress(round: 0, isFinal: false, inProgress: false, onDemand: false, pagesSent: 0, pagesInRound: 0,
                                       streamBytes: 0, seconds: 0, bandwidth: 0, dirtyPagesFound: 0, dirtyRate: 0,
                                       expectedDowntime: 0, throttlePercent: 0)
     private var roundStart = ContinuousClock.now
@@ -330,6 +335,7 @@ struct RoundMeter {
         lastLine = .now
         var line = current
         line.inProgress = true
+        line.onDemand = progressRequested
         sink(line)
     }
 

@@ -6,12 +6,15 @@ import Glibc
 /// The one place where the tools turn outcomes into exit statuses, as zfs does:
 /// 0 success, 1 failure (one line on stderr: `tool: what failed`), 2 invalid usage.
 public enum ToolMain {
-    public static func run<Command: ParsableCommand>(_ command: Command.Type) -> Never {
+    /// Parses `arguments` (the process's own by default), runs the command and exits.
+    public static func run<Command: ParsableCommand>(_ command: Command.Type, arguments: [String]? = nil) -> Never {
         let name = command.configuration.commandName ?? "\(command)"
         do {
-            var parsed = try command.parseAsRoot()
+            var parsed = try command.parseAsRoot(arguments)
             try parsed.run()
             exit(0)
+        } catch let exitCode as ExitCode {
+            exit(exitCode.rawValue)
         } catch {
             let code = command.exitCode(for: error)
             if code == .success {
@@ -20,20 +23,18 @@ public enum ToolMain {
             }
             if code == .validationFailure {
                 StandardStreams.error(command.fullMessage(for: error))
-                StandardStreams.error(command.usageString(for: command))
                 exit(2)
             }
-            if let exitCode = error as? ExitCode { exit(exitCode.rawValue) }
             StandardStreams.error("\(name): \(error)")
             exit(1)
         }
     }
 }
 
-extension ParsableCommand {
-    fileprivate static func usageString(for command: Self.Type) -> String {
-        "Usage: " + command.usageString()
-    }
+/// A failure of the executable itself, worded as the line the user sees after the tool's name.
+public struct ToolError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ message: String) { description = message }
 }
 
 /// Lines on stderr, and what kind of file stdout is.

@@ -9,11 +9,8 @@ struct VMCtl: ParsableCommand {
         commandName: "vmctl",
         abstract: "Manage virtual machines run by vmrun.",
         subcommands: [List.self, Status.self, Pause.self, Resume.self, Destroy.self, Console.self])
-}
 
-/// A subcommand that does its work without mutating its parsed options.
-protocol VMCtlCommand: ParsableCommand {
-    func execute() throws
+    func run() throws { throw ValidationError("missing subcommand: list, status, pause, resume, destroy or console") }
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -27,12 +24,12 @@ struct GlobalOptions: ParsableArguments {
     }
 }
 
-struct List: VMCtlCommand {
+struct List: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List the VMs in the run directory.")
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print a JSON array of statuses.") var json = false
 
-    func execute() throws {
+    func run() throws {
         var statuses: [MachineStatus] = []
         for name in global.runDirectory.socketNames() {
             // A socket nobody answers on belongs to a dead vmrun: not a VM, so not listed.
@@ -50,13 +47,13 @@ struct List: VMCtlCommand {
     }
 }
 
-struct Status: VMCtlCommand {
+struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show a VM's state, guest progress, memory and uptime.")
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print the status as JSON (MachineStatus).") var json = false
     @Argument(help: "The VM's name.") var name: String
 
-    func execute() throws {
+    func run() throws {
         let client = try global.connect(name)
         defer { client.close() }
         let status = try client.status()
@@ -73,23 +70,23 @@ struct Status: VMCtlCommand {
     }
 }
 
-struct Pause: VMCtlCommand {
+struct Pause: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop a VM's vCPUs; its state is kept.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The VM's name.") var name: String
 
-    func execute() throws { try global.connect(name).pause() }
+    func run() throws { try global.connect(name).pause() }
 }
 
-struct Resume: VMCtlCommand {
+struct Resume: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a paused VM's vCPUs again.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The VM's name.") var name: String
 
-    func execute() throws { try global.connect(name).resume() }
+    func run() throws { try global.connect(name).resume() }
 }
 
-struct Destroy: VMCtlCommand {
+struct Destroy: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop a VM for good; its vmrun exits and removes the socket.")
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The VM's name.") var name: String
@@ -97,7 +94,7 @@ struct Destroy: VMCtlCommand {
     /// How long to wait for the vmrun process to be gone after it acknowledged.
     static let exitTimeout: Duration = .seconds(10)
 
-    func execute() throws {
+    func run() throws {
         let client = try global.connect(name)
         try client.destroy()
         client.close()
@@ -111,7 +108,7 @@ struct Destroy: VMCtlCommand {
     }
 }
 
-struct Console: VMCtlCommand {
+struct Console: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show a VM's console (UART) output, follow it, or send it input.")
     @OptionGroup var global: GlobalOptions
@@ -122,7 +119,7 @@ struct Console: VMCtlCommand {
     /// The most input sent from standard input in one go.
     static let maximumInput = 1 << 20
 
-    func execute() throws {
+    func run() throws {
         let client = try global.connect(name)
         defer { client.close() }
         if let input {

@@ -15,7 +15,7 @@ struct VMRecv: ParsableCommand {
     @Flag(name: .long, help: "Leave the restored VM paused.")
     var paused = false
 
-    @Flag(name: [.short, .customLong("dry-run")], help: "Read and verify the whole stream; create nothing.")
+    @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Read and verify the whole stream; create nothing.")
     var dryRun = false
 
     @Flag(name: .short, help: "Say what is received (and, with -n, what would be done).")

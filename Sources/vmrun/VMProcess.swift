@@ -1,6 +1,7 @@
 import Glibc
 import MachineDescription
 import Synchronization
+import ToolSupport
 import VMControl
 import VMM
 
@@ -16,7 +17,7 @@ struct VMProcess {
             let server = try start()
             report("ready")
             if readyFd == nil {
-                printError("vmrun: '\(plan.name)' is \(plan.incomingConfig == nil ? "running" : "waiting for its state") (pid \(getpid())); console: \(plan.runDirectory.consoleLogPath(for: plan.name))")
+                StandardStreams.error("vmrun: '\(plan.name)' is \(plan.incomingConfig == nil ? "running" : "waiting for its state") (pid \(getpid())); console: \(plan.runDirectory.consoleLogPath(for: plan.name))")
             }
             return finish(server.serve())
         } catch {
@@ -56,10 +57,10 @@ struct VMProcess {
         case .destroyed, .stopped:
             return 0
         case .ownerLeft:
-            printError("vmrun: the receiver of '\(plan.name)' disconnected before resuming it; the VM was destroyed")
+            StandardStreams.error("vmrun: the receiver of '\(plan.name)' disconnected before resuming it; the VM was destroyed")
             return 1
         case .ownerNeverCame:
-            printError("vmrun: nobody claimed the incoming VM '\(plan.name)' in time; the VM was destroyed")
+            StandardStreams.error("vmrun: nobody claimed the incoming VM '\(plan.name)' in time; the VM was destroyed")
             return 1
         }
     }

@@ -49,6 +49,11 @@ struct VMRun: ParsableCommand {
         guard (1...255).contains(cpus) else { throw ValidationError("--cpus must be 1 to 255") }
     }
 
+    func run() throws {
+        let status = try execute()
+        if status != 0 { throw ExitCode(status) }
+    }
+
     /// Runs the command; returns the exit status.
     func execute() throws -> Int32 {
         try MachineName.validate(name)

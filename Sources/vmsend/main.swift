@@ -33,7 +33,7 @@ struct VMSend: ParsableCommand {
     @Flag(name: .long, help: "Resume the VM after the send: a consistent snapshot that leaves the source running.")
     var keepRunning = false
 
-    @Flag(name: [.short, .customLong("dry-run")], help: "Send nothing; with -v, estimate the stream's size.")
+    @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Send nothing; with -v, estimate the stream's size.")
     var dryRun = false
 
     @Flag(name: .short, help: "Print each round and a summary on stderr.")
@@ -102,9 +102,9 @@ struct VMSend: ParsableCommand {
         return { progress in
             if parsable {
                 StandardStreams.error(progress.parsable)
-            } else if progress.inProgress && terminal && verbose {
+            } else if progress.inProgress && terminal && verbose && !progress.onDemand {
                 StandardStreams.errorText(progress.bar)
-            } else if verbose || progress.inProgress {
+            } else if verbose || progress.onDemand {
                 StandardStreams.error((terminal && verbose ? "\r\u{1b}[K" : "") + progress.line)
             }
         }

@@ -4,6 +4,7 @@ import Glibc
 #endif
 import MachineDescription
 import SystemPackage
+import ToolSupport
 import VMStream
 
 struct Sample: ParsableCommand {
@@ -53,9 +54,9 @@ struct Sample: ParsableCommand {
         let fd = try FileDescriptor.open(image, .readOnly)
         try fd.closeAfter {
             let length = try fd.seek(offset: 0, from: .end)
-            guard length > 0, length % 4096 == 0 else { throw RuntimeError("\(image): size \(length) is not a positive multiple of 4096") }
+            guard length > 0, length % 4096 == 0 else { throw ToolError("\(image): size \(length) is not a positive multiple of 4096") }
             guard let mapping = mmap(nil, Int(length), PROT_READ, MAP_SHARED | MAP_POPULATE, fd.rawValue, 0), mapping != MAP_FAILED else {
-                throw RuntimeError("\(image): cannot map: \(Errno(rawValue: errno))")
+                throw ToolError("\(image): cannot map: \(Errno(rawValue: errno))")
             }
             defer { munmap(mapping, Int(length)) }
             let begin = SampleStream.begin(memorySize: UInt64(length), uuid: StreamBegin.randomUUID(), creationTime: now)

@@ -119,12 +119,9 @@ extension MigrationEndToEndTests {
             let result = try runShell("( \(fixture.command("vmsend", mode + ["a"])); echo $? > \(statusFile) ) | head -c 100000 > /dev/null")
             let status = try String(decoding: fixture.contents(of: "vmsend.status"), as: UTF8.self)
             #expect(status == "1\n", "vmsend exited \(status): \(result.standardError)")
-            // Live, the cut may come before the pause: then "still running" is the news, and it must be told too.
-            // Known issue, live only: the cut comes in round 0, before any pause, and vmsend says nothing about 'a'.
-            withKnownIssue("a live send cut before the pause does not say the source keeps running") {
-                #expect(result.standardError.contains("'a'") && (result.standardError.contains("resumed")
-                    || result.standardError.contains("running")), "vmsend does not say what became of 'a': \(result.standardError)")
-            } when: { mode.isEmpty }
+            // Live, the cut may come before the pause: then "keeps running" is the news, and it must be told too.
+            #expect(result.standardError.contains("'a'") && (result.standardError.contains("resumed")
+                || result.standardError.contains("running")), "vmsend does not say what became of 'a': \(result.standardError)")
             #expect(result.standardError.split(separator: "\n").allSatisfy { $0.hasPrefix("vmsend: ") }, "\(result.standardError)")
             let after = try fixture.status("a")
             #expect(after.state == .running)

@@ -154,14 +154,11 @@ extension MigrationEndToEndTests {
             #expect(estimate.status == 0, "\(estimate.standardError)")
             #expect(estimate.standardError.contains("estimated stream size"), "\(estimate.standardError)")
 
-            // Issue 4, the man pages and vmrecv's own help say -n (as zfs recv -n); the tools only take -d.
-            // When -n works, these known issues stop being recorded and the test says so: remove the wrapper.
+            // -n, as zfs recv -n.
             let short = try runShell("\(fixture.command("vmrecv", ["-n", "b"])) < \(stream)")
             let shortEstimate = try runShell(fixture.command("vmsend", ["-n", "-v", "a"]) + " > /dev/null")
-            withKnownIssue("vmrecv and vmsend reject -n: their dry-run flag is declared as -d") {
-                #expect(short.status == 0, "vmrecv -n: \(short.standardError)")
-                #expect(shortEstimate.status == 0, "vmsend -n: \(shortEstimate.standardError)")
-            }
+            #expect(short.status == 0, "vmrecv -n: \(short.standardError)")
+            #expect(shortEstimate.status == 0, "vmsend -n: \(shortEstimate.standardError)")
             #expect(fixture.sockets() == ["a.sock"])
             try fixture.destroyAllAndExpectNothingLeft()
         }
@@ -175,11 +172,7 @@ extension MigrationEndToEndTests {
             let result = try runShell("\(fixture.command("vmsend", ["--warm", "a"])) | \(slowPipe) | \(fixture.command("vmrecv", ["b"]))")
             #expect(result.status == 0, "\(result.standardError)")
             let lines = result.standardError.split(separator: "\n")
-            // Known issue: a round longer than a second prints progress lines whatever the flags (Sender's
-            // RoundMeter.advance and vmsend's progressPrinter). When fixed, remove the wrapper.
-            withKnownIssue("vmsend prints once-a-second progress lines without -v") {
-                #expect(lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
-            }
+            #expect(lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 

@@ -81,7 +81,7 @@ struct MachineMemoryTests {
         let imagePath = scratch.file("image")
         var image = [UInt8](repeating: 0, count: 8 << 20)
         for index in stride(from: 0, to: image.count, by: 8192) { image[index] = UInt8(truncatingIfNeeded: index >> 13) | 1 }
-        FileManager.default.createFile(atPath: imagePath, contents: Data(image))
+        _ = FileManager.default.createFile(atPath: imagePath, contents: Data(image))
         let machine = try KVMMachine.boot(name: "image", vcpus: 1, memorySize: 32 << 20,
                                           options: MachineOptions(memoryImage: imagePath, startPaused: true,
                                                                   consoleLog: scratch.file("console"), guestWorkingSet: 4 << 20))
