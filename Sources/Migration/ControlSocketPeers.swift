@@ -17,6 +17,7 @@ public final class ControlSocketSource: MigrationSource {
     deinit { client.close() }
 
     public func describe() throws -> (config: MachineConfig, host: HostSpec) { try client.describe() }
+    public func isRunning() throws -> Bool { try client.status().state == .running }
     public func mapMemory(_ config: MachineConfig) throws -> GuestMemory {
         try GuestMemory(file: try client.memoryFile(), segments: config.segments, writable: false)
     }

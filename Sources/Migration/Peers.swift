@@ -4,6 +4,8 @@ import MachineDescription
 /// socket; a bhyve port would add another conformance; unit tests use an in-memory fake.
 public protocol MigrationSource: AnyObject {
     func describe() throws -> (config: MachineConfig, host: HostSpec)
+    /// Whether the guest runs now; a paused one is sent as it is and left paused.
+    func isRunning() throws -> Bool
     /// Guest RAM mapped read-only.
     func mapMemory(_ config: MachineConfig) throws -> GuestMemory
     func pause() throws

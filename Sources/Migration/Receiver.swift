@@ -65,7 +65,8 @@ public final class Receiver {
         config.name = options.name
         let destination = options.dryRun ? nil : try makeDestination(config)
         do {
-            let sink: PageSink = destination.map { GuestMemoryPageSink(memory: $0.memory) } ?? discard
+            let memorySink = destination.map { GuestMemoryPageSink(memory: $0.memory) }
+            let sink: PageSink = memorySink ?? discard
             var rounds = 0
             var kernel: [StateChunk] = []
             var devices: [StateChunk] = []
@@ -76,7 +77,7 @@ public final class Receiver {
                     throw MigrationError("stream has a second BEGIN record")
                 case .round(let number, _):
                     rounds += 1
-                    (sink as? GuestMemoryPageSink)?.freshMemory = number == 0 && rounds == 1
+                    memorySink?.freshMemory = number == 0 && rounds == 1
                 case .pages:
                     break
                 case .kernelState(let chunk):

@@ -93,6 +93,8 @@ public struct SendReport: Sendable {
     public var seconds: Double
     /// Time from the pause to END written.
     public var pausedSeconds: Double
+    /// False when the source was already paused before the send; it is then left paused.
+    public var sourceWasRunning: Bool
 }
 
 /// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.
@@ -140,11 +142,16 @@ public final class Sender {
         let memory = try source.mapMemory(config)
         let writer = try StreamWriter(output: output, compression: options.compression)
         var meter = RoundMeter(writer: writer)
+        // A source that was paused before the send (vmctl pause, vmrun --paused) is left as it was:
+        // never resumed, on failure or with --keep-running.
+        let wasRunning = try source.isRunning()
         var paused = false
         var pausedAt = ContinuousClock.now
         var throttled = false
         do {
             func pause() throws -> UInt64 {
+                pausedAt = .now
+                guard wasRunning else { return 0 }
                 phaseObserver?.enter(.sourcePaused)
                 try source.pause()
                 paused = true
@@ -177,7 +184,9 @@ public final class Sender {
             if throttled { try? source.setThrottle(percent: 0) }
             // Resuming is safe even when END failed: a receiver resumes only after reading END whole.
             guard paused else {
-                if options.mode == .live { throw MigrationError("\(error); the source VM '\(config.name)' keeps running") }
+                if options.mode == .live && wasRunning {
+                    throw MigrationError("\(error); the source VM '\(config.name)' keeps running")
+                }
                 throw error
             }
             do {
@@ -190,9 +199,10 @@ public final class Sender {
         // A source resumed later (vmctl resume, --keep-running) runs at full speed again.
         if throttled { try source.setThrottle(percent: 0) }
         let pausedSeconds = Self.seconds(since: pausedAt)
-        if options.keepRunning { try source.resume() }
+        if options.keepRunning && paused { try source.resume() }
         return SendReport(machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
-                          rounds: meter.nextRound, seconds: Self.seconds(since: started), pausedSeconds: pausedSeconds)
+                          rounds: meter.nextRound, seconds: Self.seconds(since: started), pausedSeconds: pausedSeconds,
+                          sourceWasRunning: wasRunning)
     }
 
     /// Rounds while the guest runs. Returns the pages dirtied by the last of them, still to be sent.

@@ -84,7 +84,9 @@ struct VMSend: ParsableCommand {
         sender.onProgress = progressPrinter()
         let report = try sender.run()
         if verbose { StandardStreams.error(report.summary) }
-        if keepRunning {
+        if !report.sourceWasRunning {
+            StandardStreams.error("vmsend: VM '\(name)' was paused before the send and stays paused")
+        } else if keepRunning {
             StandardStreams.error("vmsend: VM '\(name)' was resumed (--keep-running); the stream is a snapshot of it")
         } else {
             let flag = runDir.map { " --run-dir \($0)" } ?? ""

@@ -55,6 +55,7 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     deinit { try? file.close() }
 
     func describe() throws -> (config: MachineConfig, host: HostSpec) { (config, testHost) }
+    func isRunning() throws -> Bool { !paused }
     func mapMemory(_ config: MachineConfig) throws -> GuestMemory {
         try GuestMemory(file: FileDescriptor(rawValue: dup(file.rawValue)), segments: config.segments, writable: false)
     }

@@ -121,3 +121,21 @@ import VMStream
         #expect(destinations.isEmpty)
     }
 }
+
+@Suite struct PausedSourceTests {
+    @Test(arguments: [MigrationMode.warm, .live])
+    func aSourcePausedBeforeTheSendIsNeverResumed(mode: MigrationMode) throws {
+        let source = try FakeSource(writtenPages: [0, 1, 2])
+        try source.pause()
+        let stream = try makeMemoryFile(size: 0)
+        defer { try? stream.close() }
+        let sender = Sender(source: source, output: stream, options: SendOptions(mode: mode, compression: .none, keepRunning: true))
+        let report = try sender.run()
+        #expect(!report.sourceWasRunning)
+        #expect(source.pauses == 1 && source.resumes == 0 && source.paused, "--keep-running leaves a paused source paused")
+
+        source.failSaveState = true
+        #expect(throws: (any Error).self) { try sender.run() }
+        #expect(source.resumes == 0 && source.paused, "a failed send does not start a source that was paused")
+    }
+}
