@@ -10,7 +10,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 usage() {
     cat >&2 <<EOF
 usage: $0 [-n RUNS] [--memory SIZE] [--working-set SIZE] [--cpus N] [--rates "RATE..."]
-          [--warmup SECONDS] [--vmsend-args "ARGS"] [--results FILE.tsv]
+          [--warmup SECONDS] [--vmsend-args "ARGS"] [--pipe-limit RATE] [--results FILE.tsv]
   -n RUNS           migrations per rate (default 5)
   --memory SIZE     guest RAM (default 2G); --working-set SIZE: what the guest writes (default 256M)
   --rates "..."     guest dirty rates (default "0 idle 10M/s 100M/s max"):
@@ -20,7 +20,9 @@ usage: $0 [-n RUNS] [--memory SIZE] [--working-set SIZE] [--cpus N] [--rates "RA
                     RATE  passed to vmrun --guest-dirty-rate, e.g. 10M/s
   --warmup SECONDS  how long the guest runs after its first tick before the send (default 2)
   --vmsend-args ".." extra vmsend options, e.g. "-c lz4" or "--no-throttle --max-rounds 10"
-  --results FILE    also keep the raw tab-separated result lines there
+  --pipe-limit RATE carry the stream through a link of RATE bytes/s (bench/ratelimit.py), e.g. 40M
+  --results FILE    also keep the tab-separated result lines there, and every run's vmsend/vmrecv
+                    lines in FILE's name with .log for .tsv
 EOF
     exit 2
 }
@@ -113,9 +115,16 @@ measure() {  # RATE RUN: one live migration; prints one result line
     local src_rss=- dst_rss=- copy_new_checks=- copy_failed=-
     src="src$run" dst="dst$run"
     start_source "$src" "$rate" || { destroy "$src"; printf '%s\t%d\tfail%s\n' "$rate" "$run" "$(printf '\t-%.0s' {1..14})"; return; }
-    local with_stderr='f="$1"; shift; exec "$@" 2>"$f"'
+    local with_stderr='f="$1"; shift; exec "$@" 2>"$f"' send_side
+    send_side=(sh -c "$with_stderr" sh)
+    if [ -n "$pipe_limit" ]; then  # vmsend's stream leaves through a slow link
+        send_side=(bash -o pipefail -c 'f="$1" limit="$2" rate="$3"; shift 3; "$@" 2>"$f" | python3 "$limit" "$rate"' \
+                   bash "$work/send.err" "$here/ratelimit.py" "$pipe_limit")
+    else
+        send_side+=("$work/send.err")
+    fi
     if timing="$(python3 "$here/timed.py" -- \
-            sh -c "$with_stderr" sh "$work/send.err" "$VMSEND" -v -P $vmsend_args --run-dir "$run_dir" "$src" --pipe \
+            "${send_side[@]}" "$VMSEND" -v -P $vmsend_args --run-dir "$run_dir" "$src" --pipe \
             sh -c "$with_stderr" sh "$work/recv.err" "$VMRECV" -v --run-dir "$run_dir" "$dst")"; then
         read -r _ src_rss dst_rss <<<"$timing"
         # vmrecv started the copy's vmrun: note its pid so that destroy can wait for it.
@@ -134,14 +143,22 @@ measure() {  # RATE RUN: one live migration; prints one result line
         ok=fail
     fi
     if [ "$copy_new_checks" = 0 ]; then ok=fail; fi
-    [ "$ok" = ok ] || show_raw
+    local rounds downtime throttle
+    IFS=$'\t' read -r rounds _ _ _ downtime _ throttle _ <<<"$fields"
+    if [ "$ok" != ok ]; then
+        show_raw
+    elif [[ "$downtime" =~ ^[0-9]+$ ]] && ((downtime > 2 * downtime_target)); then
+        say "note: downtime $downtime ms, over twice the $downtime_target ms target ($rate, run $run):"
+        show_raw
+    fi
+    { echo "# $rate run $run: $ok"; show_raw 2>&1; } >> "$work/raw.log"
     destroy "$dst" "$src"
     printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rate" "$run" "$ok" "$fields" "$copy_new_checks" "$copy_failed" \
         "$src_rss" "$dst_rss" "$warmup_seconds"
 }
 
 main() {
-    runs=5 memory=2G working_set=256M cpus=2 rates="0 idle 10M/s 100M/s max" warmup=2 vmsend_args="" results=""
+    runs=5 memory=2G working_set=256M cpus=2 rates="0 idle 10M/s 100M/s max" warmup=2 vmsend_args="" pipe_limit="" results=""
     while (($#)); do
         case "$1" in
             -n) [ $# -ge 2 ] || usage; runs="$2"; shift 2 ;;
@@ -151,12 +168,15 @@ main() {
             --rates) [ $# -ge 2 ] || usage; rates="$2"; shift 2 ;;
             --warmup) [ $# -ge 2 ] || usage; warmup="$2"; shift 2 ;;
             --vmsend-args) [ $# -ge 2 ] || usage; vmsend_args="$2"; shift 2 ;;
+            --pipe-limit) [ $# -ge 2 ] || usage; pipe_limit="$2"; shift 2 ;;
             --results) [ $# -ge 2 ] || usage; results="$2"; shift 2 ;;
             *) usage ;;
         esac
     done
     [[ "$runs" =~ ^[1-9][0-9]*$ ]] && [[ "$cpus" =~ ^[1-9][0-9]*$ ]] && [[ "$warmup" =~ ^[0-9.]+$ ]] || usage
     [ -n "$rates" ] || usage
+    downtime_target=50  # vmsend's default; --downtime in --vmsend-args overrides it
+    if [[ " $vmsend_args " =~ \ --downtime[\ =]([0-9]+) ]]; then downtime_target="${BASH_REMATCH[1]}"; fi
     local name upper missing=()
     for name in vmrun vmsend vmrecv vmctl; do
         upper="${name^^}"
@@ -180,7 +200,7 @@ main() {
             cat "$work/line" >> "$tsv"
         done
     done
-    [ -z "$results" ] || cp "$tsv" "$results"
+    if [ -n "$results" ]; then cp "$tsv" "$results"; cp "$work/raw.log" "${results%.tsv}.log"; fi
     echo "## Live-migration benchmark (issue 5)"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -189,7 +209,7 @@ main() {
          "kvm modules: $(ls /sys/module | grep '^kvm' | tr '\n' ' ')"
     echo "- load average before / after: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- guest: $memory, $cpus vCPUs, working set $working_set, warm-up ${warmup} s after the first tick;" \
-         "vmsend -v -P ${vmsend_args:-(defaults)} | vmrecv -v; $runs runs per rate"
+         "vmsend -v -P ${vmsend_args:-(defaults)} |${pipe_limit:+ ratelimit.py $pipe_limit |} vmrecv -v; $runs runs per rate"
     echo
     python3 "$here/live_bench.py" report "$tsv"
 }
