@@ -60,9 +60,8 @@ def cell(values, fmt):
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    if len(values) == 1 or min(values) == max(values):
-        return fmt(statistics.median(values))
-    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+    low, middle, high = fmt(min(values)), fmt(statistics.median(values)), fmt(max(values))
+    return middle if low == high else f"{middle} ({low}-{high})"
 
 
 def rss(runs, key):
