@@ -38,7 +38,9 @@ extension MigrationEndToEndTests {
             }
             #expect(result.status == 0, "\(result.standardError)", sourceLocation: sourceLocation)
             if transport == .pipe {
-                #expect(result.standardError.contains("vmsend: VM '\(source)' stays paused here"), sourceLocation: sourceLocation)
+                // A was paused before the send (to leave its input unread), so vmsend leaves it paused as it was.
+                #expect(result.standardError.contains("vmsend: VM '\(source)' was paused before the send and stays paused"),
+                        "\(result.standardError)", sourceLocation: sourceLocation)
             }
 
             let after = try fixture.status(source)
