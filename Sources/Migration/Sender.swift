@@ -14,15 +14,19 @@ public struct Convergence: Sendable {
     public var maxRounds: Int
     /// Slow the guest's vCPUs step by step when rounds stop shrinking.
     public var autoConverge: Bool
+    /// The pause's fixed cost besides sending pages; nil measures it from the source's answers.
+    public var switchOverCost: Duration?
 
     public static let defaultDowntimeTarget: Duration = .milliseconds(50)
     public static let defaultMaxRounds = 30
 
     public init(downtimeTarget: Duration = Convergence.defaultDowntimeTarget,
-                maxRounds: Int = Convergence.defaultMaxRounds, autoConverge: Bool = true) {
+                maxRounds: Int = Convergence.defaultMaxRounds, autoConverge: Bool = true,
+                switchOverCost: Duration? = nil) {
         self.downtimeTarget = downtimeTarget
         self.maxRounds = max(2, maxRounds)
         self.autoConverge = autoConverge
+        self.switchOverCost = switchOverCost
     }
 
     /// Throttle steps as QEMU's auto-converge takes them: 20 %, then +10 % per stalled round, up to 99 %.
@@ -79,7 +83,8 @@ public struct RoundProgress: Sendable {
     /// Pages the guest dirtied while this round was sent (0 until the round ends).
     public var dirtyPagesFound: UInt64
     public var dirtyRate: Double
-    /// Time the rest would take with the guest paused, at `bandwidth`.
+    /// The pause the rest would take: its pages at the guest bytes per second sent so far, plus the
+    /// switch-over's fixed cost (three requests to the source, timed by the last bitmap fetch).
     public var expectedDowntime: Double
     public var throttlePercent: Int
 }
@@ -209,21 +214,29 @@ public final class Sender {
     private func liveRounds(memory: GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
                             throttled: inout Bool) throws -> DirtyPages {
         let convergence = options.convergence
-        let target = Double(convergence.downtimeTarget.components.seconds)
-            + Double(convergence.downtimeTarget.components.attoseconds) / 1e18
+        let target = Self.seconds(convergence.downtimeTarget)
         var throttle = 0
         var previousDirty = Double.infinity
         var lastFetch = ContinuousClock.now
         try sendRound(0, pages: try Self.populatedRanges(memory), isFinal: false, memory: memory, writer: writer, meter: &meter)
         while true {
+            let fetchStart = ContinuousClock.now
             let dirty = try fetchDirty(memory)
+            // The switch-over asks the source three things answered like a fetch (pause, the last bitmaps,
+            // the saved state): its fixed cost, on top of sending the pages.
+            let switchOver = convergence.switchOverCost.map(Self.seconds) ?? 3 * Self.seconds(since: fetchStart)
             let sinceFetch = Self.seconds(since: lastFetch)
             lastFetch = .now
             let dirtyBytes = Double(dirty.count * GuestMemory.pageSize)
-            let expected = meter.bandwidth > 0 ? dirtyBytes / meter.bandwidth : .infinity
+            let transfer = meter.pageBandwidth > 0 ? dirtyBytes / meter.pageBandwidth : .infinity
+            let expected = transfer + switchOver
             meter.reportRoundEnd(dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
                                  expectedDowntime: expected, throttle: throttle, to: onProgress)
-            if expected <= target || meter.nextRound + 1 >= convergence.maxRounds { return dirty }
+            // Switch over within the target, or once sending the pages is a small part of the pause that more
+            // rounds cannot shorten, or at the round cap.
+            if expected <= target || transfer <= switchOver / 4 || meter.nextRound + 1 >= convergence.maxRounds {
+                return dirty
+            }
             // Rounds that shrink by less than 5 % are not converging.
             if convergence.autoConverge, Double(dirty.count) >= 0.95 * previousDirty {
                 throttle = Convergence.nextThrottle(after: throttle)
@@ -305,8 +318,11 @@ public final class Sender {
     }
 
     static func seconds(since start: ContinuousClock.Instant) -> Double {
-        let elapsed = ContinuousClock.now - start
-        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        seconds(ContinuousClock.now - start)
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }
 
@@ -322,11 +338,17 @@ struct RoundMeter {
     private var lastLine = ContinuousClock.now
     private var sendingSeconds = 0.0
     private var sentBytes: UInt64 = 0
+    private var sentPages: UInt64 = 0
 
     init(writer: StreamWriter) { self.writer = writer }
 
     /// Stream bytes per second while sending; 0 before anything was measured.
     var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
+
+    /// Guest bytes per second while sending: what the downtime estimate needs, compressed or not.
+    var pageBandwidth: Double {
+        sendingSeconds > 0 ? Double(sentPages * GuestMemory.pageSize) / sendingSeconds : 0
+    }
 
     mutating func startRound(_ number: Int, pages: UInt64, isFinal: Bool) {
         nextRound = number + 1
@@ -354,6 +376,7 @@ struct RoundMeter {
         let bytes = writer.statistics.bytes - roundStartBytes
         sendingSeconds += seconds
         sentBytes += bytes
+        sentPages += round.pagesSent
         round.seconds = seconds
         round.streamBytes = bytes
         round.bandwidth = bandwidth

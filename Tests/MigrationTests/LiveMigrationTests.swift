@@ -38,7 +38,7 @@ import VMStream
     @Test func everyPageWrittenBeforeThePauseArrives() throws {
         let source = try FakeSource(config: testConfig(memory: 4 << 20), writtenPages: Array(0..<512))
         source.pagesDirtiedPerRound = { round, _ in max(0, 200 - round * 40) }
-        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 8))
+        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 8, switchOverCost: .zero))
         defer { try? stream.close() }
         #expect(source.pauses == 1 && source.paused && !source.dirtyLogging)
         #expect(rounds.last?.isFinal == true)
@@ -58,7 +58,7 @@ import VMStream
     @Test func aGuestThatOutrunsTheStreamIsThrottledAndStillCompletes() throws {
         let source = try FakeSource(config: testConfig(memory: 4 << 20), writtenPages: Array(0..<256))
         source.pagesDirtiedPerRound = { _, throttle in 300 * (100 - throttle) / 100 }
-        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 6))
+        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 6, switchOverCost: .zero))
         defer { try? stream.close() }
         #expect(rounds.count == 6, "the round cap switches over")
         #expect(Array(source.throttles.prefix(2)) == [20, 30], "auto-converge steps 20 %, then +10 %")
@@ -69,7 +69,7 @@ import VMStream
     @Test func withoutAutoConvergeNothingIsThrottled() throws {
         let source = try FakeSource(config: testConfig(memory: 4 << 20), writtenPages: Array(0..<256))
         source.pagesDirtiedPerRound = { _, _ in 300 }
-        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 4, autoConverge: false))
+        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 4, autoConverge: false, switchOverCost: .zero))
         defer { try? stream.close() }
         #expect(rounds.count == 4 && source.throttles.isEmpty)
         try receiveAndCompare(stream, with: source)
@@ -82,5 +82,24 @@ import VMStream
         #expect(dirty.count == 3 + 64 + 2 + 10)
         #expect(dirty.ranges == [PageRange(segment: 0, firstPage: 1, count: 3), PageRange(segment: 0, firstPage: 64, count: 66),
                                  PageRange(segment: 1, firstPage: 0, count: 10)])
+    }
+}
+
+@Suite struct SwitchOverTests {
+    /// A pause that costs more than the target by itself: rounds that can no longer shorten it are not worth sending.
+    @Test func aSwitchOverCostAboveTheTargetEndsTheRoundsOnceThePagesAreASmallPart() throws {
+        let source = try FakeSource(config: testConfig(memory: 4 << 20), writtenPages: Array(0..<256))
+        source.pagesDirtiedPerRound = { _, _ in 2 }
+        let stream = try makeMemoryFile(size: 0)
+        defer { try? stream.close() }
+        let convergence = Convergence(downtimeTarget: .milliseconds(1), maxRounds: 30, switchOverCost: .seconds(10))
+        let sender = Sender(source: source, output: stream,
+                            options: SendOptions(mode: .live, compression: .none, keepRunning: false, convergence: convergence))
+        var rounds: [RoundProgress] = []
+        sender.onProgress = { if !$0.inProgress { rounds.append($0) } }
+        _ = try sender.run()
+        #expect(rounds.count == 2, "round 0, then the final round")
+        #expect(source.throttles.isEmpty)
+        #expect(rounds.first.map { $0.expectedDowntime >= 10 } == true, "the fixed cost is part of the expected downtime")
     }
 }
