@@ -24,6 +24,10 @@ public enum StreamFormat {
     public static let maxCPUIDLeaves = 4096
     /// Distinct state chunks of one kind (kernel or device) a stream may carry.
     public static let maxStateChunks = 65536
+    /// Bytes of kernel and device state data in all: a receiver holds the state until END verifies.
+    public static let maxStateBytes = 64 << 20
+    /// Guest memory in all segments (2^48 bytes, 256 TiB): sizes a receiver can add up safely.
+    public static let maxMemoryBytes: UInt64 = 1 << 48
     /// Record flag: a reader that does not know the record's type skips it with a warning.
     public static let ignorableFlag: UInt16 = 1
 }

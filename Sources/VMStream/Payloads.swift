@@ -77,6 +77,7 @@ enum Payload {
             return "\(segments.count) memory segments (1 to \(StreamFormat.maxSegments) allowed)"
         }
         let page = UInt64(StreamFormat.pageSize)
+        var total: UInt64 = 0
         for segment in segments {
             if segment.size == 0 || segment.size % page != 0 || segment.guestPhysicalBase % page != 0 {
                 return "segment \(segment.name) is not a non-empty whole number of pages"
@@ -84,6 +85,12 @@ enum Payload {
             if segment.guestPhysicalBase.addingReportingOverflow(segment.size).overflow {
                 return "segment \(segment.name) ends beyond 2^64"
             }
+            total = min(total &+ min(segment.size, StreamFormat.maxMemoryBytes + 1), StreamFormat.maxMemoryBytes + 1)
+        }
+        if total > StreamFormat.maxMemoryBytes { return "the segments hold more than 2^48 bytes of memory" }
+        let ordered = segments.sorted { $0.guestPhysicalBase < $1.guestPhysicalBase }
+        for (lower, upper) in zip(ordered, ordered.dropFirst()) where lower.guestPhysicalBase + lower.size > upper.guestPhysicalBase {
+            return "segments \(lower.name) and \(upper.name) overlap"
         }
         if begin.machine.devices.count > StreamFormat.maxDevices { return "more than \(StreamFormat.maxDevices) devices" }
         if begin.machine.cpuid.count > StreamFormat.maxCPUIDLeaves { return "more than \(StreamFormat.maxCPUIDLeaves) CPUID leaves" }

@@ -21,6 +21,7 @@ struct StreamRules {
     private var deviceNames: Set<String> = []
     private var kernelChunks: Set<String> = []
     private var deviceChunks: Set<String> = []
+    private var stateBytes = 0
     private var lastRound: UInt32?
     /// The current ROUND record's list and how far its pages have arrived.
     private var ranges: [PageRange] = []
@@ -125,6 +126,10 @@ struct StreamRules {
     mutating func accept(chunk: StateChunk, device: Bool) throws(RuleViolation) {
         try checkStarted(device ? .deviceState : .kernelState)
         if let problem = Payload.chunkProblem(chunk) { throw RuleViolation(.malformed, problem) }
+        stateBytes += chunk.data.count
+        guard stateBytes <= StreamFormat.maxStateBytes else {
+            throw RuleViolation(.malformed, "state chunks hold more than \(StreamFormat.maxStateBytes) bytes in all")
+        }
         if device {
             guard deviceNames.contains(chunk.name) else {
                 throw RuleViolation(.malformed, "device state for \(chunk.name), a device BEGIN does not list")

@@ -184,4 +184,30 @@ import Testing
         missing.record(RecordType.begin.rawValue, [])
         #expect(error(missing.bytes)?.message.hasSuffix("field formatVersion is missing") == true)
     }
+
+    /// Segment sizes that add up past 2^64 (each one fine) would trap a receiver summing them.
+    @Test func segmentsThatOverflowOrOverlap() {
+        var begin = SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
+        begin.machine.segments = [MemorySegment(name: "a", guestPhysicalBase: 0, size: 1 << 63),
+                                  MemorySegment(name: "b", guestPhysicalBase: 1 << 63, size: 1 << 63 - 4096)]
+        var huge = Fixture.Builder()
+        huge.record(RecordType.begin.rawValue, Payload.encodeBegin(begin))
+        #expect(error(huge.bytes)?.message.hasSuffix("the segments hold more than 2^48 bytes of memory") == true)
+        begin.machine.segments = [MemorySegment(name: "a", guestPhysicalBase: 0, size: 8192),
+                                  MemorySegment(name: "b", guestPhysicalBase: 4096, size: 4096)]
+        var overlapping = Fixture.Builder()
+        overlapping.record(RecordType.begin.rawValue, Payload.encodeBegin(begin))
+        #expect(error(overlapping.bytes)?.message.hasSuffix("segments a and b overlap") == true)
+    }
+
+    /// A receiver keeps state until END verifies: the stream may not make it keep more than the limit.
+    @Test func stateBeyondItsTotalLimit() {
+        var builder = Fixture.Builder()
+        builder.begin()
+        let big = [UInt8](repeating: 7, count: StreamFormat.maxPayloadLength - 4096)
+        for index in 0...(StreamFormat.maxStateBytes / big.count) {
+            builder.record(RecordType.kernelState.rawValue, Payload.encodeChunk(StateChunk(name: "chunk\(index)", version: 1, data: big)))
+        }
+        #expect(error(builder.bytes)?.message.hasSuffix("state chunks hold more than \(StreamFormat.maxStateBytes) bytes in all") == true)
+    }
 }
