@@ -48,6 +48,15 @@ public final class InterruptWatcher: Sendable {
         phase.withLock { $0 = next }
     }
 
+    /// Pauses the source with interrupts held off: the watcher sees a running source or a paused one,
+    /// never a resume racing ahead of the pause it should undo.
+    public func pausing(_ pause: () throws -> Void) throws {
+        try phase.withLock { (current: inout SendPhase) throws -> Void in
+            try pause()
+            current = .sourcePaused
+        }
+    }
+
     private static var watchedSignals: sigset_t {
         var set = sigset_t()
         sigemptyset(&set)

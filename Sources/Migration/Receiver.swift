@@ -68,6 +68,7 @@ public final class Receiver {
             let memorySink = destination.map { GuestMemoryPageSink(memory: $0.memory) }
             let sink: PageSink = memorySink ?? discard
             var rounds = 0
+            var lastRound: UInt32?
             var kernel: [StateChunk] = []
             var devices: [StateChunk] = []
             var end: StreamEnd?
@@ -76,8 +77,10 @@ public final class Receiver {
                 case .begin:
                     throw MigrationError("stream has a second BEGIN record")
                 case .round(let number, _):
-                    rounds += 1
-                    memorySink?.freshMemory = number == 0 && rounds == 1
+                    // A round with a long page list spans several ROUND records of the same number.
+                    if number != lastRound { rounds += 1 }
+                    lastRound = number
+                    memorySink?.freshMemory = rounds == 1
                 case .pages:
                     break
                 case .kernelState(let chunk):
@@ -94,9 +97,7 @@ public final class Receiver {
                 try destination.restore(MachineState(kernel: kernel, devices: devices))
                 if !options.leavePaused {
                     try destination.resume()
-                    if end.sourcePauseTime != 0 {
-                        downtime = Double(Int64(Sender.realtimeNanoseconds()) - Int64(end.sourcePauseTime)) / 1e9
-                    }
+                    downtime = Self.downtime(since: end.sourcePauseTime)
                 }
             }
             return ReceiveReport(begin: begin, end: end, name: options.name, rounds: rounds,
@@ -106,6 +107,14 @@ public final class Receiver {
             destination?.abandon()
             throw error
         }
+    }
+
+    /// Seconds from the source's pause (ns since the epoch, from END) to now; nil when the source never
+    /// paused or the figure is absurd (the stream's word, or clocks of hosts far apart).
+    static func downtime(since sourcePauseTime: UInt64) -> Double? {
+        guard sourcePauseTime != 0 else { return nil }
+        let seconds = (Double(Sender.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
+        return (-3600...86400).contains(seconds) ? seconds : nil
     }
 }
 

@@ -157,8 +157,11 @@ public final class Sender {
             func pause() throws -> UInt64 {
                 pausedAt = .now
                 guard wasRunning else { return 0 }
-                phaseObserver?.enter(.sourcePaused)
-                try source.pause()
+                if let phaseObserver {
+                    try phaseObserver.pausing { try source.pause() }
+                } else {
+                    try source.pause()
+                }
                 paused = true
                 pausedAt = .now
                 return Self.realtimeNanoseconds()
@@ -187,7 +190,8 @@ public final class Sender {
             try writer.writeEnd(sourcePauseTime: pauseTime)
         } catch {
             if throttled { try? source.setThrottle(percent: 0) }
-            // Resuming is safe even when END failed: a receiver resumes only after reading END whole.
+            // Resuming is safe even when END failed: a receiver resumes only after reading END whole, and a failed
+            // write means it did not. (An interrupt during END cannot know that, so it leaves the source paused.)
             guard paused else {
                 if options.mode == .live && wasRunning {
                     throw MigrationError("\(error); the source VM '\(config.name)' keeps running")
@@ -201,8 +205,9 @@ public final class Sender {
             }
             throw MigrationError("\(error); the source VM '\(config.name)' was resumed")
         }
-        // A source resumed later (vmctl resume, --keep-running) runs at full speed again.
-        if throttled { try source.setThrottle(percent: 0) }
+        // A source resumed later (vmctl resume, --keep-running) runs at full speed again. The stream is
+        // complete, so a failure here must not fail the send: vmrun lifts the throttle when we disconnect.
+        if throttled { try? source.setThrottle(percent: 0) }
         let pausedSeconds = Self.seconds(since: pausedAt)
         if options.keepRunning && paused { try source.resume() }
         return SendReport(machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
@@ -228,7 +233,7 @@ public final class Sender {
             let sinceFetch = Self.seconds(since: lastFetch)
             lastFetch = .now
             let dirtyBytes = Double(dirty.count * GuestMemory.pageSize)
-            let transfer = meter.pageBandwidth > 0 ? dirtyBytes / meter.pageBandwidth : .infinity
+            let transfer = dirtyBytes == 0 ? 0 : meter.pageBandwidth > 0 ? dirtyBytes / meter.pageBandwidth : .infinity
             let expected = transfer + switchOver
             meter.reportRoundEnd(dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
                                  expectedDowntime: expected, throttle: throttle, to: onProgress)
@@ -338,16 +343,18 @@ struct RoundMeter {
     private var lastLine = ContinuousClock.now
     private var sendingSeconds = 0.0
     private var sentBytes: UInt64 = 0
-    private var sentPages: UInt64 = 0
+    private var sentDataBytes: UInt64 = 0
+    private var roundStartDataBytes: UInt64 = 0
 
     init(writer: StreamWriter) { self.writer = writer }
 
     /// Stream bytes per second while sending; 0 before anything was measured.
     var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
 
-    /// Guest bytes per second while sending: what the downtime estimate needs, compressed or not.
+    /// Bytes of non-zero guest pages per second while sending: what the downtime estimate needs, compressed
+    /// or not. Zero pages cost a scan, not a transfer, so they do not count as bandwidth.
     var pageBandwidth: Double {
-        sendingSeconds > 0 ? Double(sentPages * GuestMemory.pageSize) / sendingSeconds : 0
+        sendingSeconds > 0 ? Double(sentDataBytes) / sendingSeconds : 0
     }
 
     mutating func startRound(_ number: Int, pages: UInt64, isFinal: Bool) {
@@ -359,6 +366,7 @@ struct RoundMeter {
         roundStart = .now
         lastLine = roundStart
         roundStartBytes = writer.statistics.bytes
+        roundStartDataBytes = writer.statistics.pageDataBytes
     }
 
     mutating func advance(pages: UInt64, progressRequested: Bool, to sink: ((RoundProgress) -> Void)?) {
@@ -376,7 +384,7 @@ struct RoundMeter {
         let bytes = writer.statistics.bytes - roundStartBytes
         sendingSeconds += seconds
         sentBytes += bytes
-        sentPages += round.pagesSent
+        sentDataBytes += writer.statistics.pageDataBytes - roundStartDataBytes
         round.seconds = seconds
         round.streamBytes = bytes
         round.bandwidth = bandwidth

@@ -21,13 +21,17 @@ struct VMRecv: ParsableCommand {
     @Flag(name: .short, help: "Say what is received (and, with -n, what would be done).")
     var verbose = false
 
-    @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR or /run/vmsend).")
+    @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR, else /run/vmsend for root; see vmrun(8)).")
     var runDir: String?
 
     @Argument(help: "The name the VM gets on this host.")
     var name: String
 
     func run() throws {
+        // Before anything is read: a name vmrun would refuse only after the stream started.
+        try MachineName.validate(name)
+        // vmrun may exit before reading the configuration we write to it; that is its error to report, not a signal.
+        signal(SIGPIPE, SIG_IGN)
         let runDirectory = RunDirectory.resolve(flag: runDir)
         if !dryRun, (try? ControlClient.connect(name: name, runDirectory: runDirectory)) != nil {
             throw MigrationError("a VM named '\(name)' is already running here")

@@ -42,7 +42,7 @@ struct VMSend: ParsableCommand {
     @Flag(name: .customShort("P"), help: "Print rounds and progress as tab-separated lines on stderr.")
     var parsable = false
 
-    @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR or /run/vmsend).")
+    @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR, else /run/vmsend for root; see vmrun(8)).")
     var runDir: String?
 
     @Argument(help: "The VM to send.")

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import MachineDescription
-import Migration
+@testable import Migration
 import SystemPackage
 import Testing
 import VMStream
@@ -137,5 +137,15 @@ import VMStream
         source.failSaveState = true
         #expect(throws: (any Error).self) { try sender.run() }
         #expect(source.resumes == 0 && source.paused, "a failed send does not start a source that was paused")
+    }
+}
+
+@Suite struct DowntimeTests {
+    @Test func aPauseTimeFromTheStreamNeverTraps() {
+        #expect(Receiver.downtime(since: 0) == nil, "never paused")
+        #expect(Receiver.downtime(since: UInt64.max) == nil, "absurd: 2^64 ns is in the 26th century")
+        #expect(Receiver.downtime(since: 1 << 63) == nil)
+        let justNow = Receiver.downtime(since: Sender.realtimeNanoseconds() - 20_000_000)
+        #expect(justNow.map { $0 >= 0.02 && $0 < 60 } == true)
     }
 }
