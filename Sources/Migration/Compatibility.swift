@@ -42,7 +42,7 @@ public struct Compatibility: Sendable {
         }
         let needed = begin.machine.memorySize
         guard needed <= availableMemory else {
-            throw MigrationError("not enough memory: the VM has \(ByteCount(needed)), this host has \(ByteCount(availableMemory)) available")
+            throw MigrationError("not enough memory: the VM has \(ByteSize.format(needed)), this host has \(ByteSize.format(availableMemory)) available")
         }
     }
 
@@ -58,29 +58,5 @@ public struct Compatibility: Sendable {
             }
         }
         return UInt64.max
-    }
-}
-
-/// Bytes in binary units for messages: `2.00 GiB`.
-public struct ByteCount: CustomStringConvertible, Sendable {
-    public var bytes: UInt64
-    public init(_ bytes: UInt64) { self.bytes = bytes }
-
-    public var description: String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var value = Double(bytes)
-        var unit = 0
-        while value >= 1024, unit < units.count - 1 {
-            value /= 1024
-            unit += 1
-        }
-        return unit == 0 ? "\(bytes) B" : "\(Self.twoDecimals(value)) \(units[unit])"
-    }
-
-    /// `1.5` as `1.50`, without Foundation.
-    public static func twoDecimals(_ value: Double) -> String {
-        let hundredths = Int((value * 100).rounded())
-        let fraction = hundredths % 100
-        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
     }
 }

@@ -1,3 +1,4 @@
+import MachineDescription
 import VMStream
 
 extension SendReport {
@@ -5,10 +6,10 @@ extension SendReport {
     public var summary: String {
         let stats = statistics
         let rate = seconds > 0 ? Double(stats.bytes) / seconds : 0
-        return "sent VM '\(machine)' (\(ByteCount(guestBytes))): \(ByteCount(stats.bytes)) in "
+        return "sent VM '\(machine)' (\(ByteSize.format(guestBytes))): \(ByteSize.format(stats.bytes)) in "
             + "\(stats.pages) pages, \(stats.zeroPages) zero pages elided, "
-            + "ratio \(ByteCount.twoDecimals(guestBytes > 0 ? Double(stats.bytes) / Double(guestBytes) : 0)), "
-            + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(rate)))/s); "
+            + "ratio \(ByteSize.twoDecimals(guestBytes > 0 ? Double(stats.bytes) / Double(guestBytes) : 0)), "
+            + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s); "
             + "source paused for the last \(Int((pausedSeconds * 1000).rounded())) ms"
     }
 }
@@ -18,10 +19,10 @@ extension ReceiveReport {
     public func summary(dryRun: Bool) -> String {
         let guest = begin.machine.memorySize
         let rate = seconds > 0 ? Double(guest) / seconds : 0
-        var line = "\(dryRun ? "verified" : "received") \(ByteCount(guest)) VM '\(begin.machine.name)'"
+        var line = "\(dryRun ? "verified" : "received") \(ByteSize.format(guest)) VM '\(begin.machine.name)'"
             + (name == begin.machine.name ? "" : " as '\(name)'")
-            + " (\(rounds) round\(rounds == 1 ? "" : "s"), \(ByteCount(streamBytes)) stream) in "
-            + "\(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(rate)))/s)"
+            + " (\(rounds) round\(rounds == 1 ? "" : "s"), \(ByteSize.format(streamBytes)) stream) in "
+            + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s)"
         if let downtimeSeconds {
             line += "; downtime \(Int((downtimeSeconds * 1000).rounded())) ms from source pause to resume"
         }
@@ -32,7 +33,7 @@ extension ReceiveReport {
 extension StreamBegin {
     /// What `vmrecv -n -v` would do with this stream.
     public func dryRunDescription(as name: String) -> String {
-        let segments = machine.segments.map { "\($0.name) \(ByteCount($0.size)) at \($0.guestPhysicalBase)" }
+        let segments = machine.segments.map { "\($0.name) \(ByteSize.format($0.size)) at \($0.guestPhysicalBase)" }
         let devices = machine.devices.map { "\($0.name) (\($0.kind) v\($0.version))" }
         return "would restore \(mode.rawValue) stream of VM '\(machine.name)' as '\(name)': "
             + "\(machine.vcpuCount) vCPUs, memory \(segments.joined(separator: ", ")), devices "
@@ -46,13 +47,13 @@ extension RoundProgress {
         let name = isFinal ? "final round \(round)" : "round \(round)"
         if inProgress {
             let percent = pagesInRound > 0 ? pagesSent * 100 / pagesInRound : 100
-            return "\(name): \(pagesSent)/\(pagesInRound) pages (\(percent)%), \(ByteCount(streamBytes)) in "
-                + "\(ByteCount.twoDecimals(seconds)) s (\(ByteCount(UInt64(bandwidth)))/s)"
+            return "\(name): \(pagesSent)/\(pagesInRound) pages (\(percent)%), \(ByteSize.format(streamBytes)) in "
+                + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(bandwidth)))/s)"
         }
-        var text = "\(name): \(pagesSent) pages, \(ByteCount(streamBytes)) in \(ByteCount.twoDecimals(seconds)) s "
-            + "(\(ByteCount(UInt64(bandwidth)))/s)"
+        var text = "\(name): \(pagesSent) pages, \(ByteSize.format(streamBytes)) in \(ByteSize.twoDecimals(seconds)) s "
+            + "(\(ByteSize.format(UInt64(bandwidth)))/s)"
         if !isFinal {
-            text += "; \(dirtyPagesFound) dirty pages found (\(ByteCount(UInt64(dirtyRate)))/s); expected downtime "
+            text += "; \(dirtyPagesFound) dirty pages found (\(ByteSize.format(UInt64(dirtyRate)))/s); expected downtime "
                 + (expectedDowntime.isFinite ? "\(Int((expectedDowntime * 1000).rounded())) ms" : "unknown")
             if throttlePercent > 0 { text += "; vCPUs throttled \(throttlePercent)%" }
         }
@@ -73,6 +74,6 @@ extension RoundProgress {
         let done = pagesInRound > 0 ? Int(pagesSent * UInt64(width) / pagesInRound) : width
         let percent = pagesInRound > 0 ? pagesSent * 100 / pagesInRound : 100
         return "\r\(isFinal ? "final" : "round \(round)") [" + String(repeating: "#", count: done)
-            + String(repeating: " ", count: width - done) + "] \(percent)% \(ByteCount(UInt64(bandwidth)))/s\u{1b}[K"
+            + String(repeating: " ", count: width - done) + "] \(percent)% \(ByteSize.format(UInt64(bandwidth)))/s\u{1b}[K"
     }
 }

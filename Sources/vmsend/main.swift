@@ -1,4 +1,5 @@
 import ArgumentParser
+import MachineDescription
 import Migration
 import SystemPackage
 import ToolSupport
@@ -74,9 +75,9 @@ struct VMSend: ParsableCommand {
         if dryRun {
             let estimate = try sender.estimate()
             if verbose {
-                StandardStreams.error("would send VM '\(estimate.machine)' (\(ByteCount(estimate.guestBytes))): "
+                StandardStreams.error("would send VM '\(estimate.machine)' (\(ByteSize.format(estimate.guestBytes))): "
                     + "\(estimate.populatedPages) populated pages, \(estimate.zeroPages) of them zero; "
-                    + "estimated stream size \(ByteCount(estimate.estimatedStreamBytes)) before compression")
+                    + "estimated stream size \(ByteSize.format(estimate.estimatedStreamBytes)) before compression")
             }
             return
         }

@@ -29,25 +29,17 @@ struct Sample: ParsableCommand {
 
     func validate() throws {
         if image == nil {
-            guard let bytes = Self.parseSize(size), bytes > 0, bytes % 4096 == 0 else {
+            guard let bytes = try? ByteSize.parse(size), bytes > 0, bytes % 4096 == 0 else {
                 throw ValidationError("--size must be a positive multiple of 4096 bytes, e.g. 64M")
             }
         }
-    }
-
-    static func parseSize(_ text: String) -> UInt64? {
-        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        if let last = text.uppercased().last, let unit = units[last] {
-            return UInt64(text.dropLast()).flatMap { $0.multipliedReportingOverflow(by: unit).overflow ? nil : $0 * unit }
-        }
-        return UInt64(text)
     }
 
     func run() throws {
         let writer = try StreamWriter(output: .standardOutput, compression: lz4 ? .lz4() : .none)
         let now = UInt64(Self.now())
         guard let image else {
-            let begin = SampleStream.begin(memorySize: Self.parseSize(size)!, uuid: StreamBegin.randomUUID(), creationTime: now)
+            let begin = SampleStream.begin(memorySize: try ByteSize.parse(size), uuid: StreamBegin.randomUUID(), creationTime: now)
             try SampleStream.write(to: writer, begin: begin, seed: seed, sourcePauseTime: now)
             return
         }

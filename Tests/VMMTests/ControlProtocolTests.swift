@@ -61,13 +61,13 @@ import Testing
 
     @Test(arguments: ["", "M", "lots", "-1G", "1.G", "1..5G", "1.3K", "99999999999999999999", "16777216T", "4X", "1 G"])
     func nonsenseSizesAreErrors(text: String) {
-        #expect(throws: ControlError.self) { try ByteSize.parse(text) }
+        #expect(throws: SizeError.self) { try ByteSize.parse(text) }
     }
 
     @Test func ratesParse() throws {
         #expect(try ByteSize.parseRate("100M/s") == 100 << 20)
         #expect(try ByteSize.parseRate("0") == 0)
-        #expect(throws: ControlError("invalid rate 'fast': expected a size per second, e.g. 100M/s, or 0 for no limit")) {
+        #expect(throws: SizeError("invalid rate 'fast': expected a size per second, e.g. 100M/s, or 0 for no limit")) {
             try ByteSize.parseRate("fast")
         }
         #expect(ByteSize.format(9 << 29) == "4.5 GiB")

@@ -22,7 +22,7 @@ public enum ByteSize {
         let fraction = parts.count > 1 ? parts[1] : ""
         guard !whole.isEmpty, whole.allSatisfy(\.isASCIIDigit), fraction.allSatisfy(\.isASCIIDigit),
               parts.count == 1 || !fraction.isEmpty, fraction.count <= 9
-        else { throw ControlError("invalid size '\(text)': expected a number with an optional unit K, M, G or T, e.g. 512M or 4.5G") }
+        else { throw SizeError("invalid size '\(text)': expected a number with an optional unit K, M, G or T, e.g. 512M or 4.5G") }
         guard let wholeValue = UInt64(whole) else { throw tooLarge(text) }
         let (wholeBytes, overflow) = wholeValue.multipliedReportingOverflow(by: unit)
         guard !overflow else { throw tooLarge(text) }
@@ -32,7 +32,7 @@ public enum ByteSize {
             for _ in fraction { scale *= 10 }
             let numerator = UInt64(fraction)! * unit
             guard numerator % scale == 0 else {
-                throw ControlError("invalid size '\(text)': not a whole number of bytes")
+                throw SizeError("invalid size '\(text)': not a whole number of bytes")
             }
             fractionBytes = numerator / scale
         }
@@ -48,7 +48,7 @@ public enum ByteSize {
         do {
             return try parse(size)
         } catch {
-            throw ControlError("invalid rate '\(text)': expected a size per second, e.g. 100M/s, or 0 for no limit")
+            throw SizeError("invalid rate '\(text)': expected a size per second, e.g. 100M/s, or 0 for no limit")
         }
     }
 
@@ -62,9 +62,22 @@ public enum ByteSize {
         return "\(bytes) B"
     }
 
-    private static func tooLarge(_ text: String) -> ControlError {
-        ControlError("invalid size '\(text)': too large")
+    /// Two decimals without Foundation: `1.5` as `1.50`.
+    public static func twoDecimals(_ value: Double) -> String {
+        let hundredths = Int((value * 100).rounded())
+        let fraction = hundredths % 100
+        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
     }
+
+    private static func tooLarge(_ text: String) -> SizeError {
+        SizeError("invalid size '\(text)': too large")
+    }
+}
+
+/// A size or rate that cannot be read, worded as one line for the user.
+public struct SizeError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let description: String
+    public init(_ message: String) { description = message }
 }
 
 extension Character {
