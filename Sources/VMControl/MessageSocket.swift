@@ -52,7 +52,13 @@ package struct MessageSocket: Sendable {
         var descriptor: Int32?
         var received = 0
         while received < head.count {
-            let (count, fdReceived) = try receiveWithDescriptor(into: &head, at: received)
+            let count: Int, fdReceived: Int32?
+            do {
+                (count, fdReceived) = try receiveWithDescriptor(into: &head, at: received)
+            } catch {
+                if let descriptor { Glibc.close(descriptor) }
+                throw error
+            }
             if let fdReceived {
                 if let descriptor { Glibc.close(descriptor) }
                 descriptor = fdReceived
