@@ -18,7 +18,11 @@ public struct StreamDumper {
     public func dump(_ reader: StreamReader) throws {
         reader.warningHandler = { output("warning: \($0)") }
         while let record = try reader.next(into: DiscardingPageSink()) {
-            if case .begin(let begin) = record { describe(begin) }
+            if case .begin(let begin) = record {
+                describe(begin)
+                // Ignorable flags a reader skipped over: say that they were there.
+                if reader.headerFlags != 0 { output("\theader flags = 0x\(String(reader.headerFlags, radix: 16))") }
+            }
             if verbosity >= 1, let info = reader.lastRecord { output(line(record, info)) }
         }
         summarize(reader.statistics)
