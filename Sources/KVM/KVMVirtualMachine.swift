@@ -79,18 +79,35 @@ public final class KVMVirtualMachine: Sendable {
         }
     }
 
-    /// The dirty bitmap of a slot (one bit per 4 KiB page), and with manual protection the pages are re-protected
-    /// (KVM_CLEAR_DIRTY_LOG) before returning, so a write after this call shows up in the next fetch.
-    public func fetchAndClearDirtyLog(slot: UInt32, pageCount: UInt64) throws(KVMError) -> [UInt64] {
+    /// KVM_GET_DIRTY_LOG: one bit per 4 KiB page of a slot. Clears what it returns unless `manualDirtyProtect`.
+    public func dirtyLog(slot: UInt32, pageCount: UInt64) throws(KVMError) -> [UInt64] {
         let fd = descriptor.value
         var bitmap = [UInt64](repeating: 0, count: Int((pageCount + 63) / 64))
         try kvmCall("KVM_GET_DIRTY_LOG") { bitmap.withUnsafeMutableBufferPointer { ckvm_get_dirty_log(fd, slot, $0.baseAddress) } }
+        return bitmap
+    }
+
+    /// The dirty bitmap of a slot, cleared as it is fetched: with manual protection the pages it names are
+    /// re-protected (KVM_CLEAR_DIRTY_LOG) before returning, so a write after this call shows up in the next fetch.
+    public func fetchAndClearDirtyLog(slot: UInt32, pageCount: UInt64) throws(KVMError) -> [UInt64] {
+        let bitmap = try dirtyLog(slot: slot, pageCount: pageCount)
         if manualDirtyProtect && bitmap.contains(where: { $0 != 0 }) {
-            try kvmCall("KVM_CLEAR_DIRTY_LOG") {
-                bitmap.withUnsafeMutableBufferPointer { ckvm_clear_dirty_log(fd, slot, 0, UInt32(pageCount), $0.baseAddress) }
-            }
+            try clearDirtyLog(slot: slot, firstPage: 0, pageCount: pageCount, bitmap: bitmap)
         }
         return bitmap
+    }
+
+    /// KVM_CLEAR_DIRTY_LOG: re-protects page `firstPage + i` of the slot for each set bit i of `bitmap` and
+    /// clears its dirty bit. `firstPage` must be a multiple of 64, `pageCount` too unless it reaches the slot's end.
+    public func clearDirtyLog(slot: UInt32, firstPage: UInt64, pageCount: UInt64, bitmap: [UInt64]) throws(KVMError) {
+        guard bitmap.count * 64 >= pageCount, pageCount <= UInt64(UInt32.max) else {
+            throw KVMError(call: "KVM_CLEAR_DIRTY_LOG", detail: "\(pageCount) pages need \((pageCount + 63) / 64) bitmap words, got \(bitmap.count)")
+        }
+        let fd = descriptor.value
+        var words = bitmap
+        try kvmCall("KVM_CLEAR_DIRTY_LOG") {
+            words.withUnsafeMutableBufferPointer { ckvm_clear_dirty_log(fd, slot, firstPage, UInt32(pageCount), $0.baseAddress) }
+        }
     }
 
     /// KVM_IRQ_LINE: drives an interrupt line of the in-kernel irqchip.

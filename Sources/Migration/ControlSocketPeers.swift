@@ -24,8 +24,11 @@ public final class ControlSocketSource: MigrationSource {
     public func pause() throws { try client.pause() }
     public func resume() throws { try client.resume() }
     public func saveState() throws -> MachineState { try client.saveState() }
-    public func dirtyLogStart() throws { try client.dirtyLogStart() }
+    public func dirtyLogStart() throws -> Bool { try client.dirtyLogStart(manualClear: true) }
     public func dirtyLogFetch(segment: Int) throws -> [UInt64] { try client.dirtyLogFetch(segment: segment) }
+    public func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws {
+        try client.dirtyLogClear(segment: segment, firstPage: firstPage, bitmap: bitmap)
+    }
     public func dirtyLogStop() throws { try client.dirtyLogStop() }
     public func setThrottle(percent: Int) throws { try client.setThrottle(percent: percent) }
 }

@@ -53,3 +53,46 @@ public struct DirtyPages: Sendable, Equatable {
         return ranges
     }
 }
+
+/// Manual clearing: which of a round's pages to clear in the source's dirty log before each slice is copied.
+///
+/// A round copies its pages in segment and page order. Before a slice is copied, the round's pages from the
+/// slice's first page on are cleared, through the slice's last page and on by whole words until about
+/// `pagesPerRequest` pages, so scattered pages cost one request per batch rather than one per run. Only pages
+/// of the round not yet copied are ever cleared: clearing a page that is not copied afterwards would lose its writes.
+struct DirtyLogClearer {
+    let pages: DirtyPages
+    let pagesPerRequest: UInt64
+    /// Per segment: every page of the round below this has been cleared.
+    private var clearedEnd: [UInt64]
+    /// Bitmap words per request at most (4 KiB), so a sparse round does not send a segment's whole bitmap.
+    static let maximumWords = 512
+
+    init(pages: DirtyPages, pagesPerRequest: UInt64) {
+        self.pages = pages
+        self.pagesPerRequest = pagesPerRequest
+        clearedEnd = pages.pageCounts.map { _ in 0 }
+    }
+
+    /// The clear to send before copying `count` pages of the round from `firstPage` of `segment` (`firstPage` a
+    /// multiple of 64, bit i of `bitmap` = page `firstPage + i`), or nil when those pages are cleared already.
+    mutating func request(segment: Int, firstPage: UInt64, count: UInt64) -> (firstPage: UInt64, bitmap: [UInt64])? {
+        let end = firstPage + count
+        guard count > 0, end > clearedEnd[segment] else { return nil }
+        let start = max(firstPage, clearedEnd[segment])
+        let words = pages.bitmaps[segment]
+        let firstWord = Int(start / 64)
+        let startMask = ~UInt64(0) << (start % 64)
+        var lastWord = Int((end - 1) / 64)
+        var batch = UInt64((words[firstWord] & startMask).nonzeroBitCount)
+        for word in words[(firstWord + 1)..<(lastWord + 1)] { batch += UInt64(word.nonzeroBitCount) }
+        while batch < pagesPerRequest, lastWord + 1 < words.count, lastWord + 1 - firstWord < Self.maximumWords {
+            lastWord += 1
+            batch += UInt64(words[lastWord].nonzeroBitCount)
+        }
+        var bitmap = Array(words[firstWord...lastWord])
+        bitmap[0] &= startMask
+        clearedEnd[segment] = min(UInt64(lastWord + 1) * 64, pages.pageCounts[segment])
+        return (UInt64(firstWord) * 64, bitmap)
+    }
+}

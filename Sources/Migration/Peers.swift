@@ -11,9 +11,13 @@ public protocol MigrationSource: AnyObject {
     func pause() throws
     func resume() throws
     func saveState() throws -> MachineState
-    func dirtyLogStart() throws
-    /// One bit per page of `segment`, fetched and cleared at the source.
+    /// Starts dirty logging; true when the engine clears pages itself (`dirtyLogClear`) just before copying
+    /// them, false when each fetch clears what it returns.
+    func dirtyLogStart() throws -> Bool
+    /// One bit per page of `segment`; cleared at the source as fetched unless clearing is manual.
     func dirtyLogFetch(segment: Int) throws -> [UInt64]
+    /// Manual clearing: re-arms page `firstPage + i` of `segment` for each set bit i (`firstPage` a multiple of 64).
+    func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws
     func dirtyLogStop() throws
     /// Slows the guest's vCPUs to (100 - percent) % of their speed; 0 lifts the throttle.
     func setThrottle(percent: Int) throws

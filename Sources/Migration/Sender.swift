@@ -171,8 +171,9 @@ public final class Sender {
                                     creationTime: Self.realtimeNanoseconds(), mode: options.mode, host: host, machine: config)
             if options.mode == .live {
                 try writer.writeBegin(begin)
-                try source.dirtyLogStart()
-                var rest = try liveRounds(memory: memory, writer: writer, meter: &meter, throttled: &throttled)
+                let manualClear = try source.dirtyLogStart()
+                var rest = try liveRounds(memory: memory, writer: writer, meter: &meter, throttled: &throttled,
+                                          manualClear: manualClear)
                 pauseTime = try pause()
                 rest.merge(try fetchDirty(memory))
                 try source.dirtyLogStop()
@@ -216,8 +217,10 @@ public final class Sender {
     }
 
     /// Rounds while the guest runs. Returns the pages dirtied by the last of them, still to be sent.
+    /// With `manualClear`, each round clears its pages just before copying them (round 0 needs none: logging
+    /// started just before it, clean); a fetch then reports each page written since its last clear.
     private func liveRounds(memory: GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
-                            throttled: inout Bool) throws -> DirtyPages {
+                            throttled: inout Bool, manualClear: Bool) throws -> DirtyPages {
         let convergence = options.convergence
         let target = Self.seconds(convergence.downtimeTarget)
         var throttle = 0
@@ -249,7 +252,8 @@ public final class Sender {
                 throttled = true
             }
             previousDirty = Double(dirty.count)
-            try sendRound(meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter)
+            try sendRound(meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter,
+                          clearing: manualClear ? dirty : nil)
         }
     }
 
@@ -259,8 +263,10 @@ public final class Sender {
         return dirty
     }
 
+    /// Sends one round's pages; `clearing` (the same pages) clears each in the source's dirty log just before its copy.
     private func sendRound(_ number: Int, pages: [PageRange], isFinal: Bool, memory: GuestMemory,
-                           writer: StreamWriter, meter: inout RoundMeter) throws {
+                           writer: StreamWriter, meter: inout RoundMeter, clearing: DirtyPages? = nil) throws {
+        var clearer = clearing.map { DirtyLogClearer(pages: $0, pagesPerRequest: Self.pagesPerSlice) }
         let total = pages.reduce(UInt64(0)) { $0 + $1.count }
         meter.startRound(number, pages: total, isFinal: isFinal)
         try writer.writeRound(UInt32(number), pages: pages)
@@ -269,6 +275,9 @@ public final class Sender {
             let end = range.firstPage + range.count
             while page < end {
                 let count = min(Self.pagesPerSlice, end - page)
+                if let clear = clearer?.request(segment: range.segment, firstPage: page, count: count) {
+                    try source.dirtyLogClear(segment: range.segment, firstPage: clear.firstPage, bitmap: clear.bitmap)
+                }
                 try writer.writePages(segment: range.segment, firstPage: page, count: count,
                                       from: UnsafeRawPointer(memory.address(segment: range.segment, page: page)),
                                       mayChange: !isFinal)

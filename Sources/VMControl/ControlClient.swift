@@ -85,13 +85,26 @@ public final class ControlClient: Sendable {
         return FileDescriptor(rawValue: descriptor)
     }
 
-    public func dirtyLogStart() throws { try request(.dirtyLogStart) }
+    /// Starts dirty logging; returns whether clearing is manual (asked for, and this vmrun and kernel can).
+    @discardableResult
+    public func dirtyLogStart(manualClear: Bool) throws -> Bool {
+        switch try request(.dirtyLogStart(manualClear: manualClear)).result {
+        case .dirtyLogStarted(let manual): return manual
+        case .done: return false   // a vmrun from before manual clearing: fetches clear
+        default: throw unexpected("dirtyLogStart")
+        }
+    }
 
-    /// One bit per page of the segment, fetched and cleared in the VM.
+    /// One bit per page of the segment; cleared in the VM as fetched unless clearing is manual.
     public func dirtyLogFetch(segment: Int) throws -> [UInt64] {
         let reply = try request(.dirtyLogFetch(segment: segment))
         guard case .dirtyLog(let words) = reply.result, words * 8 == reply.payload.count else { throw unexpected("dirtyLogFetch") }
         return try BitmapEncoding.decode(reply.payload)
+    }
+
+    /// Manual clearing: re-arms page `firstPage + i` of the segment for each set bit i.
+    public func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws {
+        try request(.dirtyLogClear(segment: segment, firstPage: firstPage), payload: BitmapEncoding.encode(bitmap))
     }
 
     public func dirtyLogStop() throws { try request(.dirtyLogStop) }

@@ -17,6 +17,7 @@ import MachineDescription
 ///
 /// Payloads:
 /// - `dirtyLogFetch` reply: the bitmap, one bit per 4 KiB page of the segment, as LE u64 words.
+/// - `dirtyLogClear` request: the pages to clear, bit i of the LE u64 words = page `firstPage + i`.
 /// - `saveState` reply and `restoreState` request: a `MachineState` in the form of `StateEncoding`.
 /// - `consoleInput` request: the bytes for the UART's receive FIFO.
 ///
@@ -30,6 +31,14 @@ import MachineDescription
 /// disconnects before a successful `restoreState`, or no owner arrives in time (30 s), `vmrun`
 /// destroys the machine and exits, so a failed receive never leaves a half-restored VM behind.
 /// A successful `restoreState` ends the incoming state: the machine is then an ordinary paused one.
+///
+/// Dirty logging belongs to the connection that started it, and stops when that connection closes.
+/// `dirtyLogStart` without `manualClear` (as clients before manual clearing send it) gets `done`, and each
+/// fetch clears what it returns. With `manualClear: true` the reply is `dirtyLogStarted(manualClear:)`: true
+/// where the kernel can clear chosen pages (KVM_CLEAR_DIRTY_LOG), and then fetches leave the log as it is and
+/// the client sends `dirtyLogClear` for exactly the pages it is about to copy, so a write before their copy is
+/// not reported again, and a write after it is. A vmrun older than this answers `done`: the client then relies
+/// on clearing at fetch. Both old and new clients and servers keep working, so the version stays 1.
 ///
 /// After a `destroy` reply the server removes its socket and the `vmrun` process exits.
 public enum ControlProtocol {
@@ -54,9 +63,12 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     case destroy
     /// The reply carries the memfd holding guest RAM.
     case memoryFile
-    case dirtyLogStart
-    /// Reply payload: the segment's bitmap, fetched and cleared.
+    /// `manualClear`: the client clears pages itself (`dirtyLogClear`); nil as older clients send it.
+    case dirtyLogStart(manualClear: Bool?)
+    /// Reply payload: the segment's bitmap; cleared as fetched unless clearing is manual.
     case dirtyLogFetch(segment: Int)
+    /// Payload: the bitmap of pages to clear from `firstPage` (a multiple of 64) on. Manual clearing only.
+    case dirtyLogClear(segment: Int, firstPage: UInt64)
     case dirtyLogStop
     /// Slows the vCPUs to (100 - percent) % of their speed so a live send converges; 0 lifts it.
     /// Lifted by itself when the connection that set it closes.
@@ -80,6 +92,7 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         case .memoryFile: "memoryFile"
         case .dirtyLogStart: "dirtyLogStart"
         case .dirtyLogFetch: "dirtyLogFetch"
+        case .dirtyLogClear: "dirtyLogClear"
         case .dirtyLogStop: "dirtyLogStop"
         case .throttle: "throttle"
         case .saveState: "saveState"
@@ -91,7 +104,7 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     /// Every request name on the wire, to tell an unknown request from a malformed one.
     package static let allNames: Set<String> = [
         "hello", "status", "describe", "pause", "resume", "destroy", "memoryFile", "dirtyLogStart",
-        "dirtyLogFetch", "dirtyLogStop", "throttle", "saveState", "restoreState", "consoleInput",
+        "dirtyLogFetch", "dirtyLogClear", "dirtyLogStop", "throttle", "saveState", "restoreState", "consoleInput",
     ]
 }
 
@@ -105,6 +118,8 @@ public enum ControlReply: Codable, Sendable, Equatable {
 /// What a successful request returns besides its payload.
 public enum ControlResult: Codable, Sendable, Equatable {
     case done
+    /// Dirty logging runs; `manualClear` says whether the client must clear pages itself.
+    case dirtyLogStarted(manualClear: Bool)
     /// Who answered: the server's protocol version, the machine's name and state, and vmrun's pid.
     case hello(version: UInt32, name: String, state: RunState, pid: Int32)
     case status(MachineStatus)

@@ -287,17 +287,25 @@ private struct Session {
                 }
                 try connection.socket.send(ControlReply.ok(.memoryFile(size: machine.config.memorySize)), descriptor: machine.memoryFile)
                 return .keep
-            case .dirtyLogStart:
+            case .dirtyLogStart(let manualClear):
                 if incomingPending { throw wrongState("dirtyLogStart", "it is incoming") }
                 if let other = dirtyLogOwner, other != connection.id { throw ControlError("dirty logging on '\(name)' is already in use by another connection") }
-                try perform("dirtyLogStart") { try machine.dirtyLogStart() }
+                let manual = try perform("dirtyLogStart") { try machine.dirtyLogStart(manualClear: manualClear ?? false) }
                 dirtyLogOwner = connection.id
+                // A client that did not say knows only `done`.
+                if manualClear != nil { return reply(connection, .ok(.dirtyLogStarted(manualClear: manual))) }
             case .dirtyLogFetch(let segment):
                 guard dirtyLogOwner == connection.id else { throw ControlError("dirty logging is not started on this connection") }
                 let segments = machine.config.segments.count
                 guard (0..<segments).contains(segment) else { throw ControlError("no memory segment \(segment): '\(name)' has \(segments)") }
-                let words = try perform("dirtyLogFetch") { try machine.dirtyLogFetchAndClear(segment: segment) }
+                let words = try perform("dirtyLogFetch") { try machine.dirtyLogFetch(segment: segment) }
                 return reply(connection, .ok(.dirtyLog(words: words.count)), payload: BitmapEncoding.encode(words))
+            case .dirtyLogClear(let segment, let firstPage):
+                guard dirtyLogOwner == connection.id else { throw ControlError("dirty logging is not started on this connection") }
+                let segments = machine.config.segments.count
+                guard (0..<segments).contains(segment) else { throw ControlError("no memory segment \(segment): '\(name)' has \(segments)") }
+                let bitmap = try BitmapEncoding.decode(payload)
+                try perform("dirtyLogClear") { try machine.dirtyLogClear(segment: segment, firstPage: firstPage, bitmap: bitmap) }
             case .dirtyLogStop:
                 if dirtyLogOwner == connection.id {
                     dirtyLogOwner = nil

@@ -16,9 +16,14 @@ public protocol ControlledMachine: AnyObject, Sendable {
     func resume() throws
     /// Stops the vCPUs and releases KVM and memory. Idempotent.
     func destroy()
-    func dirtyLogStart() throws
-    /// One bit per page of segment `segment`, as little-endian 64-bit words; fetched and cleared.
-    func dirtyLogFetchAndClear(segment: Int) throws -> [UInt64]
+    /// Starts dirty logging. With `manualClear` where the host supports it, fetches leave the log as it is and
+    /// `dirtyLogClear` re-arms chosen pages just before they are copied; returns whether that is in effect.
+    func dirtyLogStart(manualClear: Bool) throws -> Bool
+    /// One bit per page of segment `segment`, as little-endian 64-bit words; cleared as fetched unless clearing is manual.
+    func dirtyLogFetch(segment: Int) throws -> [UInt64]
+    /// Manual clearing: re-arms page `firstPage + i` of `segment` for each set bit i (`firstPage` a multiple of 64),
+    /// so only writes after this call mark it dirty again.
+    func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws
     func dirtyLogStop() throws
     /// Makes each vCPU sleep `percent` % of the time (auto-converge); 0 runs them flat out.
     func setThrottle(percent: Int) throws

@@ -30,6 +30,9 @@ public struct MachineOptions: Sendable {
     }
 }
 
+/// Whether a dirty-log fetch clears what it returns, or the client clears pages itself just before copying them.
+enum DirtyLogMode { case clearOnFetch, manualClear }
+
 /// A machine on KVM running the bundled guest.
 ///
 /// Threads: one pthread per vCPU runs KVM_RUN and emulates the UART and the status device; every other method
@@ -71,7 +74,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     private var failureText: String?
     private var awaitingState: Bool
     private var bootArea: (topOfRAM: UInt64, pending: Bool)
-    private var dirtyLogging = false
+    private var dirtyLogging: DirtyLogMode?
 
     /// Why the guest stopped by itself (triple fault, unmapped memory, a KVM error), if it did.
     public var failure: String? { gate.withLock { failureText } }
@@ -421,33 +424,70 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         }
     }
 
-    public func dirtyLogStart() throws { try setDirtyLogging(true) }
+    public func dirtyLogStart(manualClear: Bool) throws -> Bool {
+        let manual = manualClear && vm.manualDirtyProtect
+        try setDirtyLogging(true, manualClear: manual)
+        return manual
+    }
     public func setThrottle(percent: Int) throws { statusDevice.throttlePercent.store(max(0, min(99, percent)), ordering: .relaxed) }
-    public func dirtyLogStop() throws { try setDirtyLogging(false) }
+    public func dirtyLogStop() throws { try setDirtyLogging(false, manualClear: false) }
 
-    private func setDirtyLogging(_ on: Bool) throws {
+    private func setDirtyLogging(_ on: Bool, manualClear: Bool) throws {
         try control.withLock { _ in
             try gate.withLock { try checkAlive() }
             for (slot, segment) in config.segments.enumerated() {
                 try vm.setMemoryRegion(slot: UInt32(slot), guestPhysical: segment.guestPhysicalBase, size: segment.size,
                                        userAddress: memory.base + memory.fileOffset(ofSegment: slot), logDirtyPages: on)
             }
-            gate.withLock { dirtyLogging = on }
+            gate.withLock { dirtyLogging = on ? (manualClear ? .manualClear : .clearOnFetch) : nil }
             statusDevice.holdChecks.store(on, ordering: .relaxed)
         }
     }
 
-    public func dirtyLogFetchAndClear(segment: Int) throws -> [UInt64] {
+    public func dirtyLogFetch(segment: Int) throws -> [UInt64] {
         try control.withLock { _ in
-            try gate.withLock {
-                try checkAlive()
-                guard dirtyLogging else { throw MachineError("dirty logging is not started") }
-            }
-            guard config.segments.indices.contains(segment) else {
-                throw MachineError("no memory segment \(segment) (the machine has \(config.segments.count))")
-            }
-            return try vm.fetchAndClearDirtyLog(slot: UInt32(segment), pageCount: config.segments[segment].size / 4096)
+            let mode = try loggingMode()
+            let pages = try loggedSegmentPages(segment)
+            if mode == .manualClear { return try vm.dirtyLog(slot: UInt32(segment), pageCount: pages) }
+            return try vm.fetchAndClearDirtyLog(slot: UInt32(segment), pageCount: pages)
         }
+    }
+
+    public func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws {
+        try control.withLock { _ in
+            guard try loggingMode() == .manualClear else {
+                throw MachineError("dirty logging was started without manual clearing: fetches clear the log")
+            }
+            let pages = try loggedSegmentPages(segment)
+            guard firstPage % 64 == 0, firstPage < pages else {
+                throw MachineError("dirty log clear: first page \(firstPage) is not a multiple of 64 inside segment \(segment) (\(pages) pages)")
+            }
+            let count = min(UInt64(bitmap.count) * 64, pages - firstPage)
+            guard !bitmap.isEmpty, UInt64(bitmap.count) == (count + 63) / 64 else {
+                throw MachineError("dirty log clear: \(bitmap.count) bitmap words from page \(firstPage) do not fit segment \(segment) (\(pages) pages)")
+            }
+            if count % 64 != 0, bitmap[bitmap.count - 1] >> (count % 64) != 0 {
+                throw MachineError("dirty log clear: bits set beyond the end of segment \(segment) (\(pages) pages)")
+            }
+            try vm.clearDirtyLog(slot: UInt32(segment), firstPage: firstPage, pageCount: count, bitmap: bitmap)
+        }
+    }
+
+    /// How dirty logging runs; throws unless it does.
+    private func loggingMode() throws -> DirtyLogMode {
+        try gate.withLock {
+            try checkAlive()
+            guard let mode = dirtyLogging else { throw MachineError("dirty logging is not started") }
+            return mode
+        }
+    }
+
+    /// Pages of `segment`, or a clear error for a segment the machine does not have.
+    private func loggedSegmentPages(_ segment: Int) throws -> UInt64 {
+        guard config.segments.indices.contains(segment) else {
+            throw MachineError("no memory segment \(segment) (the machine has \(config.segments.count))")
+        }
+        return config.segments[segment].size / 4096
     }
 
     public func consoleInput(_ bytes: [UInt8]) throws {

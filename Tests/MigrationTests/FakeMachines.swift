@@ -67,42 +67,69 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     }
     /// Pages the fake guest writes per round while running, given the throttle in force.
     var pagesDirtiedPerRound: (_ round: Int, _ throttle: Int) -> Int = { _, _ in 0 }
-    /// Pages written since the last fetch, per segment: what a dirty log would report.
-    private var pendingDirty: [Set<UInt64>] = []
+    /// Manual clearing, as KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 does it: fetches leave the bits, `dirtyLogClear` clears.
+    var manualClear = false
+    /// Manual clearing: random pages the guest writes just before each clear takes effect, while a round is sent.
+    var pagesDirtiedPerClear = 0
+    /// Manual clearing: pages the guest writes just before a clear takes effect, given the pages being cleared.
+    var writesBeforeClear: (_ segment: Int, _ clearing: [UInt64]) -> [UInt64] = { _, _ in [] }
+    /// Every clear: the fetches made before it (round n is sent after fetch n) and the pages it cleared.
+    private(set) var clears: [(fetches: Int, segment: Int, pages: [UInt64])] = []
+    /// The dirty log: pages written since their bit was last cleared, per segment.
+    private var dirtyBits: [Set<UInt64>] = []
     private var rounds = 0
     private var generator = SystemRandomNumberGenerator()
     var dirtyLogging = false
 
     /// Round 0 is sent while the guest runs: it writes its first pages right away.
-    func dirtyLogStart() throws {
+    func dirtyLogStart() throws -> Bool {
         dirtyLogging = true
-        pendingDirty = config.segments.map { _ in [] }
-        try guestWrites(segment: config.segments.count - 1)
+        dirtyBits = config.segments.map { _ in [] }
+        try guestWrites(segment: config.segments.count - 1, count: pagesDirtiedPerRound(rounds, throttles.last ?? 0))
+        return manualClear
     }
 
-    /// Reports what was written since the last fetch, then (if running) writes new pages: those land
-    /// "while the next round is sent" and show up in the next fetch.
+    /// Reports what was written since it was last cleared (clearing it unless clearing is manual), then (if running)
+    /// writes new pages: those land "while the next round is sent" and show up in the next fetch.
     func dirtyLogFetch(segment: Int) throws -> [UInt64] {
+        guard dirtyLogging else { throw MigrationError("dirty logging is not started") }
         let pages = config.segments[segment].size / 4096
         var words = [UInt64](repeating: 0, count: Int((pages + 63) / 64))
-        for page in pendingDirty[segment] { words[Int(page / 64)] |= 1 << (page % 64) }
-        pendingDirty[segment] = []
+        for page in dirtyBits[segment] { words[Int(page / 64)] |= 1 << (page % 64) }
+        if !manualClear { dirtyBits[segment] = [] }
         if segment == config.segments.count - 1 { rounds += 1 }
-        try guestWrites(segment: segment)
+        try guestWrites(segment: segment, count: pagesDirtiedPerRound(rounds, throttles.last ?? 0))
         return words
     }
 
-    private func guestWrites(segment: Int) throws {
+    func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws {
+        guard dirtyLogging, manualClear else { throw MigrationError("dirty log clearing is not manual") }
+        let pageCount = config.segments[segment].size / 4096
+        guard firstPage % 64 == 0, firstPage + UInt64(bitmap.count) * 64 <= (pageCount + 63) / 64 * 64 else {
+            throw MigrationError("dirty log clear from page \(firstPage) with \(bitmap.count) words: misaligned or beyond the segment")
+        }
+        var pages: [UInt64] = []
+        for (index, word) in bitmap.enumerated() {
+            for bit in 0..<UInt64(64) where word & (1 << bit) != 0 { pages.append(firstPage + UInt64(index) * 64 + bit) }
+        }
+        try guestWrites(segment: segment, count: pagesDirtiedPerClear)
+        for page in writesBeforeClear(segment, pages) { try write(segment: segment, page: page) }
+        clears.append((rounds, segment, pages))
+        dirtyBits[segment].subtract(pages)
+    }
+
+    private func guestWrites(segment: Int, count: Int) throws {
         let pages = config.segments[segment].size / 4096
         if !paused {
-            for _ in 0..<pagesDirtiedPerRound(rounds, throttles.last ?? 0) {
-                let page = UInt64.random(in: 0..<pages, using: &generator)
-                let value = UInt8.random(in: 1...255, using: &generator)
-                _ = try file.writeAll(toAbsoluteOffset: Int64(segmentOffset(segment) + page * 4096),
-                                      [UInt8](repeating: value, count: 4096))
-                pendingDirty[segment].insert(page)
-            }
+            for _ in 0..<count { try write(segment: segment, page: UInt64.random(in: 0..<pages, using: &generator)) }
         }
+    }
+
+    /// The guest writes a fresh value to a page, and the dirty log notes it.
+    func write(segment: Int, page: UInt64) throws {
+        let value = UInt8.random(in: 1...255, using: &generator)
+        _ = try file.writeAll(toAbsoluteOffset: Int64(segmentOffset(segment) + page * 4096), [UInt8](repeating: value, count: 4096))
+        if dirtyLogging { dirtyBits[segment].insert(page) }
     }
 
     func dirtyLogStop() throws { dirtyLogging = false }

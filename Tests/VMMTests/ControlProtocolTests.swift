@@ -43,10 +43,18 @@ import Testing
         #expect(hello == #"{"hello":{"ownIncoming":false,"version":1}}"#)
         let every: [ControlRequest] = [
             .hello(version: 1, ownIncoming: true), .status, .describe, .pause, .resume, .destroy, .memoryFile,
-            .dirtyLogStart, .dirtyLogFetch(segment: 0), .dirtyLogStop, .throttle(percent: 20), .saveState,
+            .dirtyLogStart(manualClear: true), .dirtyLogFetch(segment: 0), .dirtyLogClear(segment: 0, firstPage: 64), .dirtyLogStop, .throttle(percent: 20), .saveState,
             .restoreState, .consoleInput,
         ]
         #expect(Set(every.map(\.name)) == ControlRequest.allNames, "every request is known by its wire name")
+    }
+
+    /// Clients from before manual clearing send `{"dirtyLogStart":{}}` and know only `done`; old servers ignore the flag.
+    @Test func dirtyLogStartStaysCompatible() throws {
+        #expect(try MessageSocket.decode(ControlRequest.self, from: Array(#"{"dirtyLogStart":{}}"#.utf8)) == .dirtyLogStart(manualClear: nil))
+        #expect(try JSONEncoderBridge.encode(ControlRequest.dirtyLogStart(manualClear: nil)) == #"{"dirtyLogStart":{}}"#)
+        #expect(try JSONEncoderBridge.encode(ControlRequest.dirtyLogStart(manualClear: true)) == #"{"dirtyLogStart":{"manualClear":true}}"#)
+        #expect(try JSONEncoderBridge.encode(ControlRequest.dirtyLogClear(segment: 1, firstPage: 128)) == #"{"dirtyLogClear":{"firstPage":128,"segment":1}}"#)
     }
 
     static let sizes: [(String, UInt64)] = [

@@ -28,8 +28,10 @@ import VMControl
         #expect(readBack == marker)
         try memory.close()
 
-        try client.dirtyLogStart()
+        #expect(try client.dirtyLogStart(manualClear: true))
         #expect(try client.dirtyLogFetch(segment: 0) == [0x8000_0000_0000_0001, 0])
+        try client.dirtyLogClear(segment: 0, firstPage: 64, bitmap: [0b101])
+        #expect(served.machine.record.withLock { $0.clears } == [.init(segment: 0, firstPage: 64, bitmap: [0b101])])
         try client.dirtyLogStop()
         #expect(served.machine.record.withLock { $0.dirtyLogging } == false)
 
@@ -116,17 +118,66 @@ import VMControl
             try client.restoreState(MachineState(kernel: [], devices: []))
         }
         #expect(throws: ControlError("dirty logging is not started on this connection")) { try client.dirtyLogFetch(segment: 0) }
-        try client.dirtyLogStart()
+        try client.dirtyLogStart(manualClear: false)
         #expect(throws: ControlError("no memory segment 5: 'fake' has 1")) { try client.dirtyLogFetch(segment: 5) }
         #expect(throws: ControlError("'fake' is not an incoming machine")) {
             try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory, ownIncoming: true)
         }
         let other = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
-        #expect(throws: ControlError("dirty logging on 'fake' is already in use by another connection")) { try other.dirtyLogStart() }
+        #expect(throws: ControlError("dirty logging on 'fake' is already in use by another connection")) { try other.dirtyLogStart(manualClear: true) }
         client.close()
         // The connection that started dirty logging is gone, so logging stops and is free again.
-        try other.dirtyLogStart()
+        try other.dirtyLogStart(manualClear: true)
         #expect(served.machine.record.withLock { $0.dirtyLogging })
+    }
+
+    @Test func dirtyLogClearingIsManualOnlyWhenAskedForAndSupported() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let served = try ServerThread(directory: directory)
+        defer { _ = served.finish() }
+        let client = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
+        #expect(throws: ControlError("dirty logging is not started on this connection")) {
+            try client.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
+        }
+        #expect(try client.dirtyLogStart(manualClear: false) == false)
+        #expect(throws: ControlError("dirtyLogClear failed: dirty logging was started without manual clearing: fetches clear the log")) {
+            try client.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
+        }
+        #expect(try client.dirtyLogStart(manualClear: true))
+        #expect(throws: ControlError("no memory segment 3: 'fake' has 1")) { try client.dirtyLogClear(segment: 3, firstPage: 0, bitmap: [1]) }
+        let other = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
+        #expect(throws: ControlError("dirty logging is not started on this connection")) {
+            try other.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
+        }
+        #expect(served.machine.record.withLock { $0.clears.isEmpty })
+    }
+
+    /// A client from before manual clearing says `{"dirtyLogStart":{}}`, gets `done`, and its fetches clear.
+    @Test func anOldClientGetsClearingAtFetch() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let served = try ServerThread(directory: directory)
+        defer { _ = served.finish() }
+        let socket = try UnixSocket.connect(path: directory.runDirectory.socketPath(for: "fake"))
+        defer { socket.close() }
+        try socket.send(ControlRequest.hello(version: ControlProtocol.version, ownIncoming: false))
+        #expect(try replyError(socket) == nil)
+        try socket.send(json: Array(#"{"dirtyLogStart":{}}"#.utf8))
+        let reply = try #require(try socket.receive())
+        #expect(try MessageSocket.decode(ControlReply.self, from: reply.json) == .ok(.done))
+        #expect(served.machine.record.withLock { $0.dirtyLogging && !$0.manualClear })
+        try socket.send(json: Array(#"{"dirtyLogClear":{"segment":0,"firstPage":0}}"#.utf8), payload: [1, 2, 3])
+        #expect(try replyError(socket) == "bad dirty bitmap: 3 bytes is not a whole number of 64-bit words")
+    }
+
+    @Test func aMachineWithoutManualClearingSaysSo() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let served = try ServerThread(directory: directory, machine: FakeMachine(supportsManualClear: false))
+        defer { _ = served.finish() }
+        let client = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
+        #expect(try client.dirtyLogStart(manualClear: true) == false)
     }
 
     @Test func anIncomingMachineIsRestoredOnlyByItsOwner() throws {
@@ -143,7 +194,7 @@ import VMControl
             try onlooker.memoryFile()
         }
         #expect(throws: ControlError("cannot resume 'fake': its state has not been restored yet")) { try owner.resume() }
-        #expect(throws: ControlError("cannot dirtyLogStart 'fake': it is incoming")) { try owner.dirtyLogStart() }
+        #expect(throws: ControlError("cannot dirtyLogStart 'fake': it is incoming")) { try owner.dirtyLogStart(manualClear: true) }
         #expect(throws: ControlError("only the connection that owns the incoming machine 'fake' may restore it")) {
             try onlooker.restoreState(served.machine.saved)
         }

@@ -10,6 +10,9 @@ final class FakeMachine: ControlledMachine {
         var state: RunState
         var destroyed = 0
         var dirtyLogging = false
+        /// Whether the dirty log runs with manual clearing, and every clear asked for.
+        var manualClear = false
+        var clears: [DirtyLogClear] = []
         var throttle = 0
         var restored: MachineState?
         var console: [UInt8] = []
@@ -23,8 +26,17 @@ final class FakeMachine: ControlledMachine {
         kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: Array(0..<144)), StateChunk(name: "vm/clock", version: 2, data: [])],
         devices: [StateChunk(name: "uart0", version: 1, data: [0x3f, 0x8])])
     let record: Mutex<Record>
+    /// Whether this machine's kernel could clear chosen pages (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
+    let supportsManualClear: Bool
 
-    init(state: RunState = .running, memorySize: UInt64 = 1 << 20) {
+    struct DirtyLogClear: Equatable {
+        var segment: Int
+        var firstPage: UInt64
+        var bitmap: [UInt64]
+    }
+
+    init(state: RunState = .running, memorySize: UInt64 = 1 << 20, supportsManualClear: Bool = true) {
+        self.supportsManualClear = supportsManualClear
         config = MachineConfig(name: "fake", vcpuCount: 2, segments: MemorySegment.standardLayout(memorySize: memorySize),
                                devices: [DeviceConfig(name: "uart0", kind: "uart16550", version: 1, configuration: ["port": "0x3f8"])],
                                cpuid: [])
@@ -47,8 +59,20 @@ final class FakeMachine: ControlledMachine {
     func pause() throws { record.withLock { $0.state = .paused } }
     func resume() throws { record.withLock { $0.state = .running } }
     func destroy() { record.withLock { $0.destroyed += 1 } }
-    func dirtyLogStart() throws { record.withLock { $0.dirtyLogging = true } }
-    func dirtyLogFetchAndClear(segment: Int) throws -> [UInt64] { [0x8000_0000_0000_0001, UInt64(segment)] }
+    func dirtyLogStart(manualClear: Bool) throws -> Bool {
+        record.withLock {
+            $0.dirtyLogging = true
+            $0.manualClear = manualClear && supportsManualClear
+            return $0.manualClear
+        }
+    }
+    func dirtyLogFetch(segment: Int) throws -> [UInt64] { [0x8000_0000_0000_0001, UInt64(segment)] }
+    func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws {
+        try record.withLock {
+            guard $0.manualClear else { throw MachineError("dirty logging was started without manual clearing: fetches clear the log") }
+            $0.clears.append(DirtyLogClear(segment: segment, firstPage: firstPage, bitmap: bitmap))
+        }
+    }
     func dirtyLogStop() throws { record.withLock { $0.dirtyLogging = false } }
     func setThrottle(percent: Int) throws { record.withLock { $0.throttle = percent } }
     func saveState() throws -> MachineState { saved }

@@ -84,7 +84,7 @@ struct MachineLifecycleTests {
         let machine = try KVMMachine.boot(name: "x", vcpus: 1, memorySize: 32 << 20, options: options)
         defer { machine.destroy() }
         #expect(throws: MachineError.self) { try machine.saveState() }          // still running
-        #expect(throws: MachineError.self) { try machine.dirtyLogFetchAndClear(segment: 0) }
+        #expect(throws: MachineError.self) { try machine.dirtyLogFetch(segment: 0) }
         #expect(throws: MachineError.self) { try machine.restoreState(MachineState(kernel: [], devices: [])) }
         machine.destroy()
         #expect(throws: MachineError.self) { try machine.pause() }
