@@ -36,8 +36,8 @@ import MachineDescription
 /// `dirtyLogStart` without `manualClear` (as clients before manual clearing send it) gets `done`, and each
 /// fetch clears what it returns. With `manualClear: true` the reply is `dirtyLogStarted(manualClear:)`: true
 /// where the kernel can clear chosen pages (KVM_CLEAR_DIRTY_LOG), and then fetches leave the log as it is and
-/// the client sends `dirtyLogClear` for exactly the pages it is about to copy, so a write before their copy is
-/// not reported again, and a write after it is. A vmrun older than this answers `done`: the client then relies
+/// the client sends `dirtyLogClear` for exactly the pages it is about to copy: a write before a page's clear is
+/// carried by that copy and not reported again; only writes after it are. A vmrun older than this answers `done`: the client then relies
 /// on clearing at fetch. Both old and new clients and servers keep working, so the version stays 1.
 ///
 /// After a `destroy` reply the server removes its socket and the `vmrun` process exits.
