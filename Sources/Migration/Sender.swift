@@ -29,7 +29,7 @@ public struct Convergence: Sendable {
         self.switchOverCost = switchOverCost
     }
 
-    /// Throttle steps as QEMU's auto-converge takes them: 20 %, then +10 % per stalled round, up to 99 %.
+    /// Throttle steps as QEMU's auto-converge takes them: 20 %, then +10 % a step, up to 99 %.
     static func nextThrottle(after percent: Int) -> Int {
         percent == 0 ? 20 : min(99, percent + 10)
     }
@@ -224,7 +224,7 @@ public final class Sender {
         let convergence = options.convergence
         let target = Self.seconds(convergence.downtimeTarget)
         var throttle = 0
-        var previousDirty = Double.infinity
+        var roundsOutrun = 0
         var lastFetch = ContinuousClock.now
         try sendRound(0, pages: try Self.populatedRanges(memory), isFinal: false, memory: memory, writer: writer, meter: &meter)
         while true {
@@ -245,13 +245,14 @@ public final class Sender {
             if expected <= target || transfer <= switchOver / 4 || meter.nextRound + 1 >= convergence.maxRounds {
                 return dirty
             }
-            // Rounds that shrink by less than 5 % are not converging.
-            if convergence.autoConverge, Double(dirty.count) >= 0.95 * previousDirty {
+            // The guest outruns the stream when it dirties at least half as many pages as a round sends
+            // (QEMU's test): from the second such round in a row, each one raises the throttle a step.
+            roundsOutrun = 2 * dirty.count >= meter.lastRoundPages ? roundsOutrun + 1 : 0
+            if convergence.autoConverge, roundsOutrun >= 2 {
                 throttle = Convergence.nextThrottle(after: throttle)
                 try source.setThrottle(percent: throttle)
                 throttled = true
             }
-            previousDirty = Double(dirty.count)
             try sendRound(meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter,
                           clearing: manualClear ? dirty : nil)
         }
@@ -356,6 +357,9 @@ struct RoundMeter {
     private var roundStartDataBytes: UInt64 = 0
 
     init(writer: StreamWriter) { self.writer = writer }
+
+    /// Pages the last finished round sent.
+    var lastRoundPages: UInt64 { round.pagesSent }
 
     /// Stream bytes per second while sending; 0 before anything was measured.
     var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
