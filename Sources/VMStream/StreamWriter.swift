@@ -29,11 +29,17 @@ public final class StreamWriter {
 
     public private(set) var statistics = StreamStatistics()
 
+    /// Pages written with `mayChange: false` go into a pipe by reference (vmsplice), not copied; the caller
+    /// then must keep them unchanged until `waitUntilConsumed` returns. Off by default; no effect on files.
+    /// A page changed too early is still caught: its record's checksum was taken before it was lent.
+    public var lendsStablePages = false
+
     /// A writer on `output`; refuses a terminal.
     public convenience init(output: FileDescriptor, compression: Compression = .none) throws {
         guard !output.isTerminal else {
             throw StreamError(.terminal, "stream can not be written to a terminal; redirect standard output")
         }
+        output.growPipe()
         self.init(sink: FileSink(output), compression: compression)
     }
 
@@ -54,6 +60,9 @@ public final class StreamWriter {
         packed?.deallocate()
         snapshot?.deallocate()
     }
+
+    /// Returns once the reader has taken every byte written so far, or has gone; at once for a file.
+    public func waitUntilConsumed() { sink.waitUntilConsumed() }
 
     /// Writes the stream header and the BEGIN record; must come first.
     public func writeBegin(_ begin: StreamBegin) throws {
@@ -121,12 +130,13 @@ public final class StreamWriter {
                 copy.baseAddress!.copyMemory(from: source, byteCount: batch * StreamFormat.pageSize)
                 source = UnsafeRawPointer(copy.baseAddress!)
             }
-            try writeBatch(segment: segment, firstPage: firstPage + done, count: batch, from: source)
+            try writeBatch(segment: segment, firstPage: firstPage + done, count: batch, from: source,
+                           lend: lendsStablePages && !mayChange)
             done += UInt64(batch)
         }
     }
 
-    private func writeBatch(segment: Int, firstPage: UInt64, count: Int, from pages: UnsafeRawPointer) throws {
+    private func writeBatch(segment: Int, firstPage: UInt64, count: Int, from pages: UnsafeRawPointer, lend: Bool) throws {
         let pageSize = StreamFormat.pageSize
         var bitmap = [UInt8](repeating: 0, count: Payload.bitmapSize(count))
         // Runs of adjacent data pages, written as one iovec each.
@@ -173,7 +183,7 @@ public final class StreamWriter {
         prefix.u64(firstPage)
         prefix.raw(bitmap)
         let wireData = runs.reduce(0) { $0 + $1.count }
-        try writeRecord(.pages, prefix: prefix.bytes, data: runs)
+        try writeRecord(.pages, prefix: prefix.bytes, data: runs, lend: lend && encoding == .raw)
 
         statistics.pages += UInt64(count)
         statistics.zeroPages += UInt64(count - dataPages)
@@ -225,8 +235,8 @@ public final class StreamWriter {
         try payload.withUnsafeBytes { try writeRecord(type, prefix: [], data: [$0]) }
     }
 
-    /// Frames and writes one record: header, `prefix` and `data` as the payload, trailer.
-    private func writeRecord(_ type: RecordType, prefix: [UInt8], data: [UnsafeRawBufferPointer]) throws {
+    /// Frames and writes one record: header, `prefix` and `data` as the payload, trailer; `lend` lends `data`.
+    private func writeRecord(_ type: RecordType, prefix: [UInt8], data: [UnsafeRawBufferPointer], lend: Bool = false) throws {
         let length = prefix.count + data.reduce(0) { $0 + $1.count }
         let headerChecksum = Checksum.header(type: type.rawValue, flags: 0, length: UInt32(length))
         var header = WireEncoder()
@@ -243,7 +253,15 @@ public final class StreamWriter {
         try header.bytes.withUnsafeBytes { head in
             try prefix.withUnsafeBytes { prefixBytes in
                 try trailer.bytes.withUnsafeBytes { tail in
-                    try emit { try self.sink.write([head, prefixBytes] + data + [tail]) }
+                    try emit {
+                        if lend && !data.isEmpty {
+                            try self.sink.write([head, prefixBytes])
+                            try self.sink.lend(data)
+                            try self.sink.write([tail])
+                        } else {
+                            try self.sink.write([head, prefixBytes] + data + [tail])
+                        }
+                    }
                 }
             }
         }
