@@ -25,11 +25,13 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .target(name: "CKVM"),
+        // vmsplice, FIONREAD and an AVX2 XXH3 for the stream's hot paths.
+        .target(name: "CStreamSupport"),
 
         // The vocabulary every layer shares: machine configuration, host spec, state chunks.
         .target(name: "MachineDescription", swiftSettings: strict),
         // Bytes on the wire: records, checksums, compression. Nothing about KVM.
-        .target(name: "VMStream", dependencies: ["MachineDescription", "CLZ4", "CXXHash", system], swiftSettings: strict),
+        .target(name: "VMStream", dependencies: ["MachineDescription", "CLZ4", "CXXHash", "CStreamSupport", system], swiftSettings: strict),
         // /dev/kvm ioctls as typed Swift calls. Nothing about streams.
         .target(name: "KVM", dependencies: ["CKVM", system], swiftSettings: strict),
         // The control socket protocol between vmrun and its clients.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The physical limits of issue 6 on this machine: a pipe fed by write() (64 KiB) and by vmsplice()
-# (1 MiB), memcpy and zero scanning (bench/pipelimit.c, compiled here with gcc), `cat` of the image
+# (1 MiB), memcpy, zero scanning, filling a new memfd (bench/pipelimit.c, compiled here with gcc), `cat` of the image
 # through a pipe, and `lz4 -1` on the image (time and size). Prints tab-separated lines:
 #   tool measure run seconds payload_bytes wire_bytes - -
 # (wire_bytes: the compressed size for lz4, else "-"). Cleans up its temporary folder.
@@ -46,6 +46,7 @@ main() {
     "$tool" vmsplice "$mib" "$total" "$runs" "$mib"
     "$tool" memcpy "$mib" "$total" "$runs"
     "$tool" zeroscan 1 "$total" "$runs"
+    "$tool" memfd-fill "$mib" $((1 << 30)) "$runs" "$mib"
 
     cat "$image" > /dev/null  # into the page cache before anything is timed
     local run seconds

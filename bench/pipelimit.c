@@ -1,11 +1,13 @@
 /* The physical limits issue 6 compares against: how fast one pipe carries bytes, and how fast
  * memory is copied and scanned. Prints one tab-separated line per run:
  *   limit MEASURE RUN SECONDS PAYLOAD_BYTES - - -
- * Usage: pipelimit write|vmsplice|memcpy|zeroscan CHUNK_BYTES TOTAL_BYTES RUNS [SOURCE_BYTES]
+ * Usage: pipelimit write|vmsplice|memcpy|zeroscan|memfd-fill CHUNK_BYTES TOTAL_BYTES RUNS [SOURCE_BYTES]
  *   write     writer write()s CHUNK bytes at a time, a forked reader read()s 1 MiB at a time
  *   vmsplice  writer vmsplice()s CHUNK bytes at a time (pipe enlarged to CHUNK), reader read()s
  *   memcpy    copies TOTAL bytes in CHUNK pieces between two buffers
  *   zeroscan  checks TOTAL bytes of zero memory for a non-zero word (what finding zero pages costs)
+ *   memfd-fill  pwrites TOTAL bytes in CHUNK pieces into a new memfd: what a destination pays to
+ *             give every received page a fresh page of its own, whatever copies it
  * The data comes from a non-zero buffer of SOURCE_BYTES (default 256 MiB, far larger than the
  * caches, as guest RAM is), reused round-robin; a buffer of CHUNK bytes measures cache-hot copies. */
 #define _GNU_SOURCE
@@ -122,9 +124,21 @@ static double zeroscan_run(uint64_t total, const uint64_t *zeros) {
     return now() - start;
 }
 
+static double memfd_fill_run(size_t chunk, uint64_t total, const char *source) {
+    int fd = memfd_create("pipelimit", 0);
+    if (fd < 0 || ftruncate(fd, (off_t)total) != 0) fail("memfd");
+    double start = now();
+    for (uint64_t done = 0; done < total; done += chunk) {
+        if (pwrite(fd, source, chunk, (off_t)done) != (ssize_t)chunk) fail("pwrite");
+    }
+    double seconds = now() - start;
+    close(fd);
+    return seconds;
+}
+
 int main(int argc, char **argv) {
     if (argc != 5 && argc != 6) {
-        fprintf(stderr, "usage: pipelimit write|vmsplice|memcpy|zeroscan CHUNK_BYTES TOTAL_BYTES RUNS [SOURCE_BYTES]\n");
+        fprintf(stderr, "usage: pipelimit write|vmsplice|memcpy|zeroscan|memfd-fill CHUNK_BYTES TOTAL_BYTES RUNS [SOURCE_BYTES]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -140,18 +154,20 @@ int main(int argc, char **argv) {
     }
     int is_write = !strcmp(mode, "write"), is_vmsplice = !strcmp(mode, "vmsplice");
     int is_memcpy = !strcmp(mode, "memcpy"), is_zeroscan = !strcmp(mode, "zeroscan");
-    if (!(is_write || is_vmsplice || is_memcpy || is_zeroscan)) {
+    int is_fill = !strcmp(mode, "memfd-fill");
+    if (!(is_write || is_vmsplice || is_memcpy || is_zeroscan || is_fill)) {
         fprintf(stderr, "pipelimit: unknown mode %s\n", mode);
         return 2;
     }
     char *source = filled_buffer(source_bytes, !is_zeroscan);
     char *target = is_memcpy ? filled_buffer(source_bytes, 0) : NULL;
     char label[64];
-    if (is_zeroscan) snprintf(label, sizeof label, "zeroscan");
+    if (is_zeroscan || is_fill) snprintf(label, sizeof label, "%s", mode);
     else snprintf(label, sizeof label, "%s-%zuk%s", mode, chunk >> 10,
                   source_bytes < MAX_SOURCE_BYTES ? "-cachehot" : "");
     for (int run = 1; run <= runs; run++) {
         double seconds = is_memcpy ? memcpy_run(chunk, total, source, target)
+                       : is_fill ? memfd_fill_run(chunk, total, source)
                        : is_zeroscan ? zeroscan_run(total, (const uint64_t *)source)
                        : pipe_run(is_vmsplice, chunk, total, source);
         printf("limit\t%s\t%d\t%.4f\t%llu\t-\t-\t-\n", label, run, seconds, (unsigned long long)total);

@@ -131,6 +131,11 @@ final class GuestMemoryPageSink: PageSink {
         return memory.address(segment: segment, page: page)
     }
 
+    func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
+        guard segment < memory.segments.count, page + UInt64(count) <= memory.pageCount(segment: segment) else { return }
+        try memory.write(segment: segment, page: page, count: count, from: data)
+    }
+
     func zeroPage(segment: Int, page: UInt64) {
         guard !freshMemory, segment < memory.segments.count, page < memory.pageCount(segment: segment) else { return }
         memory.discard(segment: segment, pages: page..<(page + 1))

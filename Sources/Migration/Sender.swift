@@ -146,6 +146,11 @@ public final class Sender {
         let (config, host) = try source.describe()
         let memory = try source.mapMemory(config)
         let writer = try StreamWriter(output: output, compression: options.compression)
+        // Paused rounds lend guest pages to the pipe (vmsplice) rather than copying them. Safe because a
+        // lent page cannot change before the reader has it: after END the source stays paused, or is resumed
+        // only once the pipe is drained (--keep-running). A failed send resumes it at once, but its stream
+        // has no END, so it is never restored, and a page changed under the pipe fails its record's checksum.
+        writer.lendsStablePages = true
         var meter = RoundMeter(writer: writer)
         // A source that was paused before the send (vmctl pause, vmrun --paused) is left as it was:
         // never resumed, on failure or with --keep-running.
@@ -210,6 +215,9 @@ public final class Sender {
         // complete, so a failure here must not fail the send: vmrun lifts the throttle when we disconnect.
         if throttled { try? source.setThrottle(percent: 0) }
         let pausedSeconds = Self.seconds(since: pausedAt)
+        // Lent pages must reach the reader before the guest may write them again (after --keep-running,
+        // or a `vmctl resume` once we have exited).
+        writer.waitUntilConsumed()
         if options.keepRunning && paused { try source.resume() }
         return SendReport(machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
                           rounds: meter.nextRound, seconds: Self.seconds(since: started), pausedSeconds: pausedSeconds,
@@ -282,6 +290,7 @@ public final class Sender {
                 try writer.writePages(segment: range.segment, firstPage: page, count: count,
                                       from: UnsafeRawPointer(memory.address(segment: range.segment, page: page)),
                                       mayChange: !isFinal)
+                memory.release(segment: range.segment, pages: page..<(page + count))
                 page += count
                 meter.advance(pages: count, progressRequested: progressRequested.take(), to: onProgress)
             }

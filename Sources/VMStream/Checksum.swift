@@ -1,3 +1,4 @@
+import CStreamSupport
 import CXXHash
 
 /// XXH3-64 helpers: every checksum in the format is XXH3-64 (man/vmstream.5, CHECKSUMS).
@@ -25,18 +26,18 @@ enum Checksum {
     }
 }
 
-/// XXH3-64 over data that arrives in pieces (page batches written or read without a copy).
+/// XXH3-64 over data that arrives in pieces (page batches written or read without a copy); AVX2 where the CPU has it.
 final class StreamingChecksum {
     private let state: OpaquePointer
 
     init() {
-        guard let state = XXH3_createState() else { fatalError("XXH3_createState: out of memory") }
+        guard let state = css_xxh3_create() else { fatalError("XXH3 state: out of memory") }
         self.state = state
     }
 
-    deinit { XXH3_freeState(state) }
+    deinit { css_xxh3_free(state) }
 
-    func reset(seed: UInt64) { XXH3_64bits_reset_withSeed(state, seed) }
-    func update(_ buffer: UnsafeRawBufferPointer) { XXH3_64bits_update(state, buffer.baseAddress, buffer.count) }
-    var digest: UInt64 { XXH3_64bits_digest(state) }
+    func reset(seed: UInt64) { css_xxh3_reset(state, seed) }
+    func update(_ buffer: UnsafeRawBufferPointer) { css_xxh3_update(state, buffer.baseAddress, buffer.count) }
+    var digest: UInt64 { css_xxh3_digest(state) }
 }

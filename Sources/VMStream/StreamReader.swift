@@ -5,12 +5,23 @@ import CLZ4
 import MachineDescription
 import SystemPackage
 
-/// Where received pages land; a receiver hands out pointers into guest memory.
+/// Where received pages land, once their record's checksum has verified.
 public protocol PageSink {
-    /// The 4 KiB the page's data is read into, or nil to discard it.
+    /// The 4 KiB a page's data is copied to, or nil to discard it; used by the default `store`.
     func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer?
     /// The page is all zeroes (no data was sent for it).
     func zeroPage(segment: Int, page: UInt64)
+    /// Takes `count` consecutive data pages from `page` on; `data` is valid only during the call.
+    func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws
+}
+
+extension PageSink {
+    public func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
+        for index in 0..<count {
+            guard let target = destination(segment: segment, page: page + UInt64(index)) else { continue }
+            target.copyMemory(from: data + index * StreamFormat.pageSize, byteCount: StreamFormat.pageSize)
+        }
+    }
 }
 
 /// A sink that keeps nothing: for dumping and verifying a stream.
@@ -22,9 +33,9 @@ public struct DiscardingPageSink: PageSink {
 
 /// Reads and verifies a version 1 migration stream (man/vmstream.5), one record at a time.
 ///
-/// Memory is bounded by one record's payload (at most `StreamFormat.maxPayloadLength`). Page data is
-/// read straight into the sink's memory before the record's checksum is verified; nothing should run
-/// from it before `next` has returned END.
+/// Memory is bounded by one record's payload (at most `StreamFormat.maxPayloadLength`). A batch's pages
+/// are read into one buffer with one read, hashed there while cache-hot, and handed to the sink only after
+/// the record's checksum verified; still, nothing should run from them before `next` has returned END.
 public final class StreamReader {
     private let source: any ByteSource
     private var rules = StreamRules()
@@ -33,7 +44,7 @@ public final class StreamReader {
     private var recordNumber: UInt64 = 0
     private var running: UInt64 = 0
     private let hasher = StreamingChecksum()
-    /// Page-sized slots for discarded or decompressed pages, and skipped payload bytes.
+    /// One batch's data pages (read or decompressed), and skipped payload bytes.
     private let scratch = UnsafeMutableRawBufferPointer.allocate(
         byteCount: StreamFormat.maxPagesPerBatch * StreamFormat.pageSize, alignment: 64)
     /// Compressed batches, allocated on first use.
@@ -54,6 +65,7 @@ public final class StreamReader {
         guard !input.isTerminal else {
             throw StreamError(.terminal, "stream can not be read from a terminal; redirect standard input")
         }
+        input.growPipe()
         self.init(source: FileSource(input))
     }
 
@@ -327,19 +339,13 @@ public final class StreamReader {
             try deferred(StreamError(error.kind, "\(place): \(error.message)"))
         }
 
-        // Where each data page goes: the sink's memory, or a scratch slot.
-        var destinations: [UnsafeMutableRawBufferPointer] = []
-        destinations.reserveCapacity(count - zeroCount)
-        for index in 0..<count where !isZero(index) {
-            let target = sink.destination(segment: segment, page: firstPage + UInt64(index))
-                ?? scratch.baseAddress! + destinations.count * pageSize
-            destinations.append(UnsafeMutableRawBufferPointer(start: target, count: pageSize))
-        }
+        // Data pages end up back to back in scratch: read there, or decompressed there.
         let checksum: UInt64
         switch encoding {
         case .raw:
-            try readExactly(destinations)
-            for page in destinations { hasher.update(UnsafeRawBufferPointer(page)) }
+            let data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<dataBytes])
+            try readExactly([data])
+            hasher.update(UnsafeRawBufferPointer(data))
             checksum = try verify(framing)
         case .lz4:
             if packed == nil { packed = .allocate(byteCount: StreamFormat.maxPayloadLength, alignment: 64) }
@@ -351,9 +357,18 @@ public final class StreamReader {
                                            scratch.baseAddress!.assumingMemoryBound(to: CChar.self),
                                            Int32(wireBytes), Int32(dataBytes))
             guard Int(size) == dataBytes else { throw malformed("LZ4 data does not decompress to \(count - zeroCount) pages") }
-            for (index, page) in destinations.enumerated() where page.baseAddress != scratch.baseAddress! + index * pageSize {
-                page.baseAddress!.copyMemory(from: scratch.baseAddress! + index * pageSize, byteCount: pageSize)
-            }
+        }
+        // Runs of adjacent data pages go to the sink in one call each.
+        var delivered = 0
+        var index = 0
+        while index < count {
+            if isZero(index) { index += 1; continue }
+            var end = index + 1
+            while end < count && !isZero(end) { end += 1 }
+            try sink.store(segment: segment, page: firstPage + UInt64(index), count: end - index,
+                           from: scratch.baseAddress! + delivered * pageSize)
+            delivered += end - index
+            index = end
         }
         for index in 0..<count where isZero(index) {
             sink.zeroPage(segment: segment, page: firstPage + UInt64(index))

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLZ4
+import Dispatch
 import MachineDescription
 import SystemPackage
 
@@ -20,40 +21,36 @@ public final class StreamWriter {
     private var roundNumber: UInt32 = 0
     private var roundList: [PageRange] = []
     private var roundWritten = 0
-    /// Scratch for LZ4: data pages gathered, and their compressed form.
-    private var gather: UnsafeMutableRawBufferPointer?
-    private var packed: UnsafeMutableRawBufferPointer?
-    /// A still copy of pages that may change while they are written (see `writePages`).
-    private var snapshot: UnsafeMutableRawBufferPointer?
-    private let zeroPage = UnsafeMutableRawBufferPointer.allocate(byteCount: StreamFormat.pageSize, alignment: 64)
+    /// Per batch being prepared at once: a still copy of its data pages, and (LZ4) their compressed form.
+    private var lanes: [BatchLane] = []
+    /// Batches prepared at once: LZ4 compresses them on every core; raw needs no more than one.
+    private let lanesWanted: Int
 
     public private(set) var statistics = StreamStatistics()
+
+    /// Pages written with `mayChange: false` go into a pipe by reference (vmsplice), not copied; the caller
+    /// then must keep them unchanged until `waitUntilConsumed` returns. Off by default; no effect on files.
+    /// A page changed too early is still caught: its record's checksum was taken before it was lent.
+    public var lendsStablePages = false
 
     /// A writer on `output`; refuses a terminal.
     public convenience init(output: FileDescriptor, compression: Compression = .none) throws {
         guard !output.isTerminal else {
             throw StreamError(.terminal, "stream can not be written to a terminal; redirect standard output")
         }
+        output.growPipe()
         self.init(sink: FileSink(output), compression: compression)
     }
 
     init(sink: any ByteSink, compression: Compression) {
         self.sink = sink
         self.compression = compression
-        zeroPage.initializeMemory(as: UInt8.self, repeating: 0)
-        if case .lz4 = compression {
-            let batch = StreamFormat.maxPagesPerBatch * StreamFormat.pageSize
-            gather = .allocate(byteCount: batch, alignment: 64)
-            packed = .allocate(byteCount: Int(LZ4_compressBound(Int32(batch))), alignment: 64)
-        }
+        // 8 batches (8 MiB of guest pages) per core's turn keep two cores busy despite uneven batches.
+        if case .lz4 = compression { lanesWanted = 8 } else { lanesWanted = 1 }
     }
 
-    deinit {
-        zeroPage.deallocate()
-        gather?.deallocate()
-        packed?.deallocate()
-        snapshot?.deallocate()
-    }
+    /// Returns once the reader has taken every byte written so far, or has gone; at once for a file.
+    public func waitUntilConsumed() { sink.waitUntilConsumed() }
 
     /// Writes the stream header and the BEGIN record; must come first.
     public func writeBegin(_ begin: StreamBegin) throws {
@@ -100,7 +97,8 @@ public final class StreamWriter {
     ///
     /// `mayChange` says a running guest may write the pages meanwhile (a live round): each batch is then
     /// copied once before it is checksummed, so the checksum matches the bytes sent. Pages of a paused
-    /// guest are written straight from its memory.
+    /// guest are written straight from its memory (lent to a pipe with `lendsStablePages`).
+    /// With LZ4, up to 8 batches are compressed at once on all cores, then written in order.
     public func writePages(segment: Int, firstPage: UInt64, count: UInt64, from pages: UnsafeRawPointer,
                            mayChange: Bool = false) throws {
         try checkUsable()
@@ -113,73 +111,49 @@ public final class StreamWriter {
             guard next.segment == segment, next.page == firstPage + done else {
                 throw StreamError(.misuse, "page \(firstPage + done) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
             }
-            let batch = Int(min(UInt64(StreamFormat.maxPagesPerBatch), next.left, count - done))
-            var source = pages + Int(done) * StreamFormat.pageSize
-            if mayChange {
-                let copy = snapshot ?? .allocate(byteCount: StreamFormat.maxPagesPerBatch * StreamFormat.pageSize, alignment: 64)
-                snapshot = copy
-                copy.baseAddress!.copyMemory(from: source, byteCount: batch * StreamFormat.pageSize)
-                source = UnsafeRawPointer(copy.baseAddress!)
+            let perBatch = UInt64(StreamFormat.maxPagesPerBatch)
+            let span = min(next.left, count - done, perBatch * UInt64(lanesWanted))
+            let batches = Int((span + perBatch - 1) / perBatch)
+            while lanes.count < batches { lanes.append(BatchLane(compressed: compression != .none)) }
+            // An address, not a pointer, crosses threads: each lane reads only its own batch of it.
+            let source = UInt(bitPattern: pages + Int(done) * StreamFormat.pageSize)
+            let prepare = { @Sendable [lanes, compression] (index: Int) in
+                let first = UInt64(index) * perBatch
+                lanes[index].prepare(from: UnsafeRawPointer(bitPattern: source)! + Int(first) * StreamFormat.pageSize,
+                                     count: Int(min(perBatch, span - first)), copy: mayChange, compression: compression)
             }
-            try writeBatch(segment: segment, firstPage: firstPage + done, count: batch, from: source)
-            done += UInt64(batch)
+            if batches > 1 {
+                DispatchQueue.concurrentPerform(iterations: batches, execute: prepare)
+            } else {
+                prepare(0)
+            }
+            for index in 0..<batches {
+                try writeBatch(segment: segment, firstPage: firstPage + done + UInt64(index) * perBatch, lanes[index],
+                               lend: lendsStablePages && !mayChange)
+            }
+            done += span
         }
     }
 
-    private func writeBatch(segment: Int, firstPage: UInt64, count: Int, from pages: UnsafeRawPointer) throws {
-        let pageSize = StreamFormat.pageSize
-        var bitmap = [UInt8](repeating: 0, count: Payload.bitmapSize(count))
-        // Runs of adjacent data pages, written as one iovec each.
-        var runs: [UnsafeRawBufferPointer] = []
-        var dataPages = 0
-        var runStart: Int?
-        for index in 0...count {
-            let isZero = index < count && memcmp(pages + index * pageSize, zeroPage.baseAddress!, pageSize) == 0
-            if index < count && !isZero {
-                if runStart == nil { runStart = index }
-                dataPages += 1
-                continue
-            }
-            if isZero { bitmap[index / 8] |= 1 << UInt8(index % 8) }
-            if let start = runStart {
-                runs.append(UnsafeRawBufferPointer(start: pages + start * pageSize, count: (index - start) * pageSize))
-                runStart = nil
-            }
-        }
-        let dataBytes = dataPages * pageSize
-        var encoding = Payload.Encoding.raw
-        if case .lz4(let acceleration) = compression, dataPages > 0, let gather, let packed {
-            var position = 0
-            for run in runs {
-                (gather.baseAddress! + position).copyMemory(from: run.baseAddress!, byteCount: run.count)
-                position += run.count
-            }
-            let size = LZ4_compress_fast(gather.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                         packed.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                         Int32(dataBytes), Int32(packed.count), acceleration)
-            if size > 0 && Int(size) < dataBytes {
-                encoding = .lz4
-                runs = [UnsafeRawBufferPointer(start: packed.baseAddress!, count: Int(size))]
-            }
-        }
+    private func writeBatch(segment: Int, firstPage: UInt64, _ batch: BatchLane, lend: Bool) throws {
         try guarded { () throws(RuleViolation) in
-            try self.rules.accept(pages: segment, first: firstPage, count: count, zero: count - dataPages)
+            try self.rules.accept(pages: segment, first: firstPage, count: batch.count, zero: batch.count - batch.dataPages)
         }
         var prefix = WireEncoder()
         prefix.u16(UInt16(segment))
-        prefix.u8(encoding.rawValue)
+        prefix.u8(batch.encoding.rawValue)
         prefix.u8(0)
-        prefix.u32(UInt32(count))
+        prefix.u32(UInt32(batch.count))
         prefix.u64(firstPage)
-        prefix.raw(bitmap)
-        let wireData = runs.reduce(0) { $0 + $1.count }
-        try writeRecord(.pages, prefix: prefix.bytes, data: runs)
+        prefix.raw(batch.bitmap)
+        let wireData = batch.data.reduce(0) { $0 + $1.count }
+        try writeRecord(.pages, prefix: prefix.bytes, data: batch.data, lend: lend && batch.dataInGuestMemory)
 
-        statistics.pages += UInt64(count)
-        statistics.zeroPages += UInt64(count - dataPages)
-        statistics.pageDataBytes += UInt64(dataBytes)
+        statistics.pages += UInt64(batch.count)
+        statistics.zeroPages += UInt64(batch.count - batch.dataPages)
+        statistics.pageDataBytes += UInt64(batch.dataPages * StreamFormat.pageSize)
         statistics.pageWireBytes += UInt64(wireData)
-        if encoding == .lz4 { statistics.compressedBatches += 1 } else { statistics.rawBatches += 1 }
+        if batch.encoding == .lz4 { statistics.compressedBatches += 1 } else { statistics.rawBatches += 1 }
     }
 
     /// Writes one per-vCPU or per-VM hypervisor state chunk; names must not repeat.
@@ -225,8 +199,8 @@ public final class StreamWriter {
         try payload.withUnsafeBytes { try writeRecord(type, prefix: [], data: [$0]) }
     }
 
-    /// Frames and writes one record: header, `prefix` and `data` as the payload, trailer.
-    private func writeRecord(_ type: RecordType, prefix: [UInt8], data: [UnsafeRawBufferPointer]) throws {
+    /// Frames and writes one record: header, `prefix` and `data` as the payload, trailer; `lend` lends `data`.
+    private func writeRecord(_ type: RecordType, prefix: [UInt8], data: [UnsafeRawBufferPointer], lend: Bool = false) throws {
         let length = prefix.count + data.reduce(0) { $0 + $1.count }
         let headerChecksum = Checksum.header(type: type.rawValue, flags: 0, length: UInt32(length))
         var header = WireEncoder()
@@ -243,7 +217,15 @@ public final class StreamWriter {
         try header.bytes.withUnsafeBytes { head in
             try prefix.withUnsafeBytes { prefixBytes in
                 try trailer.bytes.withUnsafeBytes { tail in
-                    try emit { try self.sink.write([head, prefixBytes] + data + [tail]) }
+                    try emit {
+                        if lend && !data.isEmpty {
+                            try self.sink.write([head, prefixBytes])
+                            try self.sink.lend(data)
+                            try self.sink.write([tail])
+                        } else {
+                            try self.sink.write([head, prefixBytes] + data + [tail])
+                        }
+                    }
                 }
             }
         }
@@ -269,5 +251,96 @@ public final class StreamWriter {
             failed = error
             throw error
         }
+    }
+}
+
+/// One batch made ready to write: its zero-page bitmap and its payload data, with the buffers that needs.
+/// Lanes are prepared in parallel, each by one thread, and written in order by the writer's thread.
+private final class BatchLane: @unchecked Sendable {
+    private static let batchBytes = StreamFormat.maxPagesPerBatch * StreamFormat.pageSize
+    /// Data pages back to back: a still copy of a live round's pages, or LZ4's input.
+    private let gather = UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes, alignment: 4096)
+    private let packed: UnsafeMutableRawBufferPointer?
+
+    private(set) var count = 0
+    private(set) var dataPages = 0
+    private(set) var bitmap: [UInt8] = []
+    private(set) var encoding = Payload.Encoding.raw
+    /// The payload after the bitmap: runs of data pages, or one compressed block.
+    private(set) var data: [UnsafeRawBufferPointer] = []
+    /// `data` points into the caller's pages (not a copy here), so it may be lent to a pipe.
+    private(set) var dataInGuestMemory = false
+
+    init(compressed: Bool) {
+        packed = compressed ? .allocate(byteCount: Int(LZ4_compressBound(Int32(Self.batchBytes))), alignment: 64) : nil
+    }
+
+    deinit {
+        gather.deallocate()
+        packed?.deallocate()
+    }
+
+    /// Finds the zero pages of `count` pages at `pages`, copies the rest when `copy` (or to compress them
+    /// together), and compresses them when that makes them smaller.
+    func prepare(from pages: UnsafeRawPointer, count: Int, copy: Bool, compression: Compression) {
+        let pageSize = StreamFormat.pageSize
+        self.count = count
+        bitmap = [UInt8](repeating: 0, count: Payload.bitmapSize(count))
+        var source = pages
+        if copy {
+            // A running guest may write a page between the zero test and the send: test the copy.
+            gather.baseAddress!.copyMemory(from: pages, byteCount: count * pageSize)
+            source = UnsafeRawPointer(gather.baseAddress!)
+        }
+        data = []
+        dataPages = 0
+        var runStart: Int?
+        for index in 0...count {
+            let isZero = index < count && Self.isZero(source + index * pageSize)
+            if index < count && !isZero {
+                if runStart == nil { runStart = index }
+                dataPages += 1
+                continue
+            }
+            if isZero { bitmap[index / 8] |= 1 << UInt8(index % 8) }
+            if let start = runStart {
+                data.append(UnsafeRawBufferPointer(start: source + start * pageSize, count: (index - start) * pageSize))
+                runStart = nil
+            }
+        }
+        dataInGuestMemory = !copy
+        encoding = .raw
+        guard case .lz4(let acceleration) = compression, dataPages > 0, let packed else { return }
+        var input = source
+        if data.count > 1 || data[0].baseAddress != source {
+            // Compressed as one block: gather the runs. A copy's runs move down over zero pages, in order.
+            var position = 0
+            for run in data {
+                (gather.baseAddress! + position).copyMemory(from: run.baseAddress!, byteCount: run.count)
+                position += run.count
+            }
+            input = UnsafeRawPointer(gather.baseAddress!)
+        }
+        let dataBytes = dataPages * pageSize
+        let size = LZ4_compress_fast(input.assumingMemoryBound(to: CChar.self),
+                                     packed.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                     Int32(dataBytes), Int32(packed.count), acceleration)
+        if size > 0 && Int(size) < dataBytes {
+            encoding = .lz4
+            data = [UnsafeRawBufferPointer(start: packed.baseAddress!, count: Int(size))]
+            dataInGuestMemory = false
+        }
+    }
+
+    /// Whether a page is all zeroes: 64 bytes at a time, stopping at the first non-zero word.
+    private static func isZero(_ page: UnsafeRawPointer) -> Bool {
+        let words = page.assumingMemoryBound(to: UInt64.self)
+        var index = 0
+        while index < StreamFormat.pageSize / 8 {
+            if words[index] | words[index + 1] | words[index + 2] | words[index + 3]
+                | words[index + 4] | words[index + 5] | words[index + 6] | words[index + 7] != 0 { return false }
+            index += 8
+        }
+        return true
     }
 }
