@@ -44,6 +44,15 @@ public struct MemorySegment: Codable, Sendable, Equatable {
         self.size = size
     }
 
+    /// Where each of `segments` starts in the memory file, where they lie back to back in order.
+    public static func fileOffsets(_ segments: [MemorySegment]) -> [UInt64] {
+        var next: UInt64 = 0
+        return segments.map { segment in
+            defer { next += segment.size }
+            return next
+        }
+    }
+
     /// The bhyve layout: RAM up to 3 GiB at 0, the rest from 4 GiB up.
     public static func standardLayout(memorySize: UInt64) -> [MemorySegment] {
         let lowLimit: UInt64 = 3 << 30

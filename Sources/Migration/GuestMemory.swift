@@ -43,13 +43,7 @@ public final class GuestMemory {
         self.segments = segments
         self.base = mapping
         self.length = Int(total)
-        var offsets: [UInt64] = []
-        var next: UInt64 = 0
-        for segment in segments {
-            offsets.append(next)
-            next += segment.size
-        }
-        self.segmentOffsets = offsets
+        self.segmentOffsets = MemorySegment.fileOffsets(segments)
     }
 
     deinit {

@@ -41,7 +41,7 @@ final class GuestMemory: @unchecked Sendable {
 
     /// Offset of segment `index` in the memfd (and the mapping).
     func fileOffset(ofSegment index: Int) -> Int {
-        Int(segments[..<index].reduce(0) { $0 + $1.size })
+        Int(MemorySegment.fileOffsets(segments)[index])
     }
 
     /// Host address of `length` bytes at guest-physical `address`, when they lie in one segment.

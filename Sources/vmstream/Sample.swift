@@ -53,9 +53,7 @@ struct Sample: ParsableCommand {
             defer { munmap(mapping, Int(length)) }
             let begin = SampleStream.begin(memorySize: UInt64(length), uuid: StreamBegin.randomUUID(), creationTime: now)
             // Segments lie back to back in the image, as in a machine's memory file.
-            let segmentOffsets = begin.machine.segments.reduce(into: [Int]()) { offsets, segment in
-                offsets.append((offsets.last ?? 0) + (offsets.isEmpty ? 0 : Int(begin.machine.segments[offsets.count - 1].size)))
-            }
+            let segmentOffsets = MemorySegment.fileOffsets(begin.machine.segments).map { Int($0) }
             try SampleStream.write(to: writer, begin: begin, seed: seed, sourcePauseTime: now) { segment, first, _, _ in
                 UnsafeRawPointer(mapping + segmentOffsets[segment] + Int(first) * 4096)
             }

@@ -135,7 +135,7 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     func dirtyLogStop() throws { dirtyLogging = false }
 
     private func segmentOffset(_ segment: Int) -> UInt64 {
-        config.segments[..<segment].reduce(0) { $0 + $1.size }
+        MemorySegment.fileOffsets(config.segments)[segment]
     }
     func setThrottle(percent: Int) throws { throttles.append(percent) }
 
