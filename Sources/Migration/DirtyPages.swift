@@ -26,7 +26,6 @@ public struct DirtyPages: Sendable, Equatable {
         bitmaps.reduce(0) { total, words in words.reduce(total) { $0 + UInt64($1.nonzeroBitCount) } }
     }
 
-
     /// Runs of set bits as page ranges, in segment and page order.
     public var ranges: [PageRange] {
         var ranges: [PageRange] = []
