@@ -584,6 +584,10 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
                 guard let msrs = MSRList.decode(data(prefix + "msrs")) else {
                     throw MachineError("state chunk \(prefix)msrs: malformed kvm_msrs")
                 }
+                // Only MSRs a sender may migrate: a stream must not set MCG_CTL or anything else off the list.
+                if let foreign = msrs.first(where: { !MSRList.isMigrated($0.index) }) {
+                    throw MachineError("state chunk \(prefix)msrs: MSR 0x\(String(foreign.index, radix: 16)) is not one that migrates")
+                }
                 // TSC_DEADLINE after TSC, in its own call (Firecracker #4099).
                 try vcpu.setMSRs(msrs.filter { $0.index != MSRList.tscDeadline })
                 try vcpu.setMSRs(msrs.filter { $0.index == MSRList.tscDeadline })

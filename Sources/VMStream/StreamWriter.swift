@@ -55,6 +55,10 @@ public final class StreamWriter {
     /// Writes the stream header and the BEGIN record; must come first.
     public func writeBegin(_ begin: StreamBegin) throws {
         try guarded { () throws(RuleViolation) in try self.rules.accept(begin: begin) }
+        let payload = Payload.encodeBegin(begin)
+        guard payload.count <= StreamFormat.maxPayloadLength else {
+            throw StreamError(.misuse, "BEGIN has \(payload.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)")
+        }
         var header = WireEncoder()
         header.raw(StreamFormat.magic)
         header.u32(StreamFormat.version)
@@ -65,7 +69,7 @@ public final class StreamWriter {
         header.u64(running)
         try emit { try self.sink.write([header.bytes.withUnsafeBytes { $0 }]) }
         statistics.bytes += UInt64(header.bytes.count)
-        try writeRecord(.begin, payload: Payload.encodeBegin(begin))
+        try writeRecord(.begin, payload: payload)
     }
 
     /// Announces round `number` and the pages that follow, in ascending order; `writePages` must then send them in that order.
@@ -168,6 +172,8 @@ public final class StreamWriter {
 
     private func writeChunk(_ chunk: StateChunk, type: RecordType) throws {
         try checkRoundComplete(type)
+        // Before encoding: a name too long for its 16-bit length would trap there.
+        if let problem = Payload.chunkProblem(chunk) { throw StreamError(.misuse, "state chunk: \(problem)") }
         let payload = Payload.encodeChunk(chunk)
         guard payload.count <= StreamFormat.maxPayloadLength else {
             throw StreamError(.misuse, "state chunk \(chunk.name) has \(chunk.data.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)")
