@@ -51,24 +51,18 @@ import VMControl
     }
 
     @Test func aDifferentVersionIsRefused() throws {
-        let directory = TemporaryDirectory()
-        defer { directory.remove() }
-        let served = try ServerThread(directory: directory)
-        defer { _ = served.finish() }
-        let socket = try UnixSocket.connect(path: directory.runDirectory.socketPath(for: "fake"))
-        defer { socket.close() }
+        let connection = try RawConnection()
+        defer { connection.close() }
+        let socket = connection.socket
         try socket.send(ControlRequest.hello(version: 99, ownIncoming: false))
         #expect(try replyError(socket)?.contains("protocol version mismatch: vmrun speaks 1, the client speaks 99") == true)
         #expect(try socket.receive() == nil)
     }
 
     @Test func anOversizeLengthIsRefusedBeforeAllocating() throws {
-        let directory = TemporaryDirectory()
-        defer { directory.remove() }
-        let served = try ServerThread(directory: directory)
-        defer { _ = served.finish() }
-        let socket = try UnixSocket.connect(path: directory.runDirectory.socketPath(for: "fake"))
-        defer { socket.close() }
+        let connection = try RawConnection()
+        defer { connection.close() }
+        let socket = connection.socket
         let header: [UInt8] = [0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]
         _ = header.withUnsafeBytes { send(socket.fd, $0.baseAddress, 8, 0) }
         #expect(try replyError(socket)?.hasPrefix("bad message: JSON length 2147483647") == true)
@@ -76,12 +70,9 @@ import VMControl
     }
 
     @Test func unknownAndMalformedRequestsAreErrorsThatKeepTheConnection() throws {
-        let directory = TemporaryDirectory()
-        defer { directory.remove() }
-        let served = try ServerThread(directory: directory)
-        defer { _ = served.finish() }
-        let socket = try UnixSocket.connect(path: directory.runDirectory.socketPath(for: "fake"))
-        defer { socket.close() }
+        let connection = try RawConnection()
+        defer { connection.close() }
+        let socket = connection.socket
         try socket.send(ControlRequest.hello(version: ControlProtocol.version, ownIncoming: false))
         #expect(try replyError(socket) == nil)
         try socket.send(json: Array(#"{"frobnicate":{}}"#.utf8))
@@ -95,12 +86,9 @@ import VMControl
     }
 
     @Test func theFirstRequestMustBeHello() throws {
-        let directory = TemporaryDirectory()
-        defer { directory.remove() }
-        let served = try ServerThread(directory: directory)
-        defer { _ = served.finish() }
-        let socket = try UnixSocket.connect(path: directory.runDirectory.socketPath(for: "fake"))
-        defer { socket.close() }
+        let connection = try RawConnection()
+        defer { connection.close() }
+        let (served, socket) = (connection.served, connection.socket)
         try socket.send(ControlRequest.destroy)
         #expect(try replyError(socket) == "the first request must be hello, not destroy")
         #expect(try socket.receive() == nil)
@@ -155,12 +143,9 @@ import VMControl
 
     /// A client from before manual clearing says `{"dirtyLogStart":{}}`, gets `done`, and its fetches clear.
     @Test func anOldClientGetsClearingAtFetch() throws {
-        let directory = TemporaryDirectory()
-        defer { directory.remove() }
-        let served = try ServerThread(directory: directory)
-        defer { _ = served.finish() }
-        let socket = try UnixSocket.connect(path: directory.runDirectory.socketPath(for: "fake"))
-        defer { socket.close() }
+        let connection = try RawConnection()
+        defer { connection.close() }
+        let (served, socket) = (connection.served, connection.socket)
         try socket.send(ControlRequest.hello(version: ControlProtocol.version, ownIncoming: false))
         #expect(try replyError(socket) == nil)
         try socket.send(json: Array(#"{"dirtyLogStart":{}}"#.utf8))

@@ -142,3 +142,32 @@ final class ServerThread: Sendable {
         return outcome.withLock { $0 }
     }
 }
+
+/// A fake machine served in a temporary run directory, and a raw socket to it: for tests of the wire itself.
+final class RawConnection {
+    let directory = TemporaryDirectory()
+    let served: ServerThread
+    let socket: MessageSocket
+
+    init() throws {
+        do {
+            served = try ServerThread(directory: directory)
+        } catch {
+            directory.remove()
+            throw error
+        }
+        do {
+            socket = try UnixSocket.connect(path: directory.runDirectory.socketPath(for: "fake"))
+        } catch {
+            _ = served.finish()
+            directory.remove()
+            throw error
+        }
+    }
+
+    func close() {
+        socket.close()
+        _ = served.finish()
+        directory.remove()
+    }
+}
