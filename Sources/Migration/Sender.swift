@@ -244,13 +244,17 @@ public final class Sender {
             let sinceFetch = Self.seconds(since: lastFetch)
             lastFetch = .now
             let dirtyBytes = Double(dirty.count * GuestMemory.pageSize)
-            let transfer = dirtyBytes == 0 ? 0 : meter.pageBandwidth > 0 ? dirtyBytes / meter.pageBandwidth : .infinity
+            let bandwidth = meter.lastRoundPageBandwidth
+            let transfer = dirtyBytes == 0 ? 0 : bandwidth > 0 ? dirtyBytes / bandwidth : .infinity
             let expected = transfer + switchOver
             meter.reportRoundEnd(dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
                                  expectedDowntime: expected, throttle: throttle, to: onProgress)
             // Switch over within the target, or once sending the pages is a small part of the pause that more
-            // rounds cannot shorten, or at the round cap.
-            if expected <= target || transfer <= switchOver / 4 || meter.nextRound + 1 >= convergence.maxRounds {
+            // rounds cannot shorten, or at the round cap. Not on round 0's figure alone: it read populated memory
+            // in order, while the final round sends scattered dirty pages, measured here at about two thirds of its rate.
+            let measuredDirtyRound = meter.nextRound > 1
+            if (expected <= target && (measuredDirtyRound || dirty.count == 0)) || transfer <= switchOver / 4
+                || meter.nextRound + 1 >= convergence.maxRounds {
                 return dirty
             }
             // The guest outruns the stream when it dirties at least half as many pages as a round sends
@@ -362,7 +366,6 @@ struct RoundMeter {
     private var lastLine = ContinuousClock.now
     private var sendingSeconds = 0.0
     private var sentBytes: UInt64 = 0
-    private var sentDataBytes: UInt64 = 0
     private var roundStartDataBytes: UInt64 = 0
 
     init(writer: StreamWriter) { self.writer = writer }
@@ -373,11 +376,9 @@ struct RoundMeter {
     /// Stream bytes per second while sending; 0 before anything was measured.
     var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
 
-    /// Bytes of non-zero guest pages per second while sending: what the downtime estimate needs, compressed
-    /// or not. Zero pages cost a scan, not a transfer, so they do not count as bandwidth.
-    var pageBandwidth: Double {
-        sendingSeconds > 0 ? Double(sentDataBytes) / sendingSeconds : 0
-    }
+    /// Bytes of non-zero guest pages per second in the last round: what the downtime estimate needs,
+    /// compressed or not, for rounds like the next one. Zero pages cost a scan, not a transfer.
+    private(set) var lastRoundPageBandwidth = 0.0
 
     mutating func startRound(_ number: Int, pages: UInt64, isFinal: Bool) {
         nextRound = number + 1
@@ -406,7 +407,8 @@ struct RoundMeter {
         let bytes = writer.statistics.bytes - roundStartBytes
         sendingSeconds += seconds
         sentBytes += bytes
-        sentDataBytes += writer.statistics.pageDataBytes - roundStartDataBytes
+        let dataBytes = writer.statistics.pageDataBytes - roundStartDataBytes
+        lastRoundPageBandwidth = seconds > 0 ? Double(dataBytes) / seconds : 0
         round.seconds = seconds
         round.streamBytes = bytes
         round.bandwidth = bandwidth
