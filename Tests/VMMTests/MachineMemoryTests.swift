@@ -114,8 +114,10 @@ struct MachineMemoryTests {
         print("paced at \(rate) B/s: the guest wrote \(Int(measured)) B/s (\(ticks) ticks of \(writesPerTick) writes);",
               "the dirty log reported \(Int(Double(pages * 4096) / seconds)) B/s")
         #expect(Double(pages * 4096) / seconds >= measured * 0.8)
-        #expect(measured > Double(rate) * 0.5)
-        #expect(measured < Double(rate) * 1.3)
+        // Loose bounds on purpose (other tests share the two cores): unpaced, this guest writes 60 MB/s or more,
+        // several times the bound, so the test still fails if pacing does not work.
+        #expect(measured > Double(rate) * 0.25)
+        #expect(measured < Double(rate) * 2)
         // No upper bound on what the log reports: a check already running when logging starts reads its whole
         // slice, and on kvm_pvm reads of written pages are logged too.
         let passed = machine.status().vcpus.map(\.checksPassed)
