@@ -9,3 +9,22 @@ ensure_qemu() {
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq qemu-system-x86 >/dev/null
 }
+
+# destroy_vms VMCTL RUN_DIR PIDS NAME...: destroys the VMs and waits for their vmrun to exit (frees their RAM).
+# PIDS names an associative array of VM name -> vmrun pid; destroyed VMs leave it.
+destroy_vms() {
+    local vmctl=$1 dir=$2
+    local -n pids=$3
+    shift 3
+    local name pid deadline
+    for name in "$@"; do
+        "$vmctl" --run-dir "$dir" destroy "$name" >/dev/null 2>&1 || true
+        pid="${pids[$name]:-}"
+        [ -n "$pid" ] || continue
+        deadline=$((SECONDS + 30))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        unset "pids[$name]"
+    done
+}

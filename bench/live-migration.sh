@@ -6,6 +6,7 @@
 # them) and python3. Everything lives under one temporary folder, removed with every VM on any exit.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
 
 usage() {
     cat >&2 <<EOF
@@ -73,19 +74,7 @@ start_source() {  # NAME RATE: a 2-vCPU guest, ready (and warmed up, unless it s
     if [ "$rate" = idle ]; then "$VMCTL" --run-dir "$run_dir" pause "$name" >/dev/null; fi
 }
 
-destroy() {  # NAME...: destroys the VMs and waits for their vmrun to exit (frees their RAM)
-    local name pid deadline
-    for name in "$@"; do
-        "$VMCTL" --run-dir "$run_dir" destroy "$name" >/dev/null 2>&1 || true
-        pid="${vm_pid[$name]:-}"
-        [ -n "$pid" ] || continue
-        deadline=$((SECONDS + 30))
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        unset "vm_pid[$name]"
-    done
-}
+destroy() { destroy_vms "$VMCTL" "$run_dir" vm_pid "$@"; }  # NAME...
 
 wait_for_checks() {  # NAME CHECKS_AT_RESUME: until each vCPU checked again (>= 1 s, bounded); sets copy_*
     local name="$1" before="$2" state tick checks failed deadline started=$SECONDS

@@ -68,19 +68,7 @@ ours_start_source() {  # NAME: a paused VM whose RAM is the image, ready for vms
     done
 }
 
-ours_destroy() {  # NAME...: destroys the VMs and waits for their vmrun to exit (frees their RAM)
-    local name pid deadline
-    for name in "$@"; do
-        "$VMCTL_BIN" --run-dir "$run_dir" destroy "$name" >/dev/null 2>&1 || true
-        pid="${vmrun_pid[$name]:-}"
-        [ -n "$pid" ] || continue
-        deadline=$((SECONDS + 30))
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        unset "vmrun_pid[$name]"
-    done
-}
+ours_destroy() { destroy_vms "$VMCTL_BIN" "$run_dir" vmrun_pid "$@"; }  # NAME...
 
 ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one result line
     local measure="$1" run="$2" compression="$3" label="$1" flags=() stream timing wire="-" pin=()
