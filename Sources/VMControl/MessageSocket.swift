@@ -124,9 +124,19 @@ package struct MessageSocket: Sendable {
             buffer.storeBytes(of: descriptor, toByteOffset: cmsgHeaderSize, as: Int32.self)
         }
         var head = head
-        let count = head.withUnsafeMutableBytes { headBytes in
+        let count = Self.withMessage(&head, at: 0, control: &control) { message in
+            sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+        }
+        if count < 0 { throw ControlError.system("sendmsg", errno) }
+        try sendAll(Array(head[count...]))
+    }
+
+    /// Runs `call` (sendmsg or recvmsg) on a msghdr over `bytes[offset...]` and `control`, retrying EINTR.
+    private static func withMessage(_ bytes: inout [UInt8], at offset: Int, control: inout [UInt8],
+                                    _ call: (inout msghdr) -> Int) -> Int {
+        bytes.withUnsafeMutableBytes { data in
             control.withUnsafeMutableBytes { controlBytes in
-                var vector = iovec(iov_base: headBytes.baseAddress, iov_len: headBytes.count)
+                var vector = iovec(iov_base: data.baseAddress! + offset, iov_len: data.count - offset)
                 return withUnsafeMutablePointer(to: &vector) { vectorPointer in
                     var message = msghdr()
                     message.msg_iov = vectorPointer
@@ -134,34 +144,20 @@ package struct MessageSocket: Sendable {
                     message.msg_control = controlBytes.baseAddress
                     message.msg_controllen = controlBytes.count
                     var result: Int
-                    repeat { result = sendmsg(fd, &message, Int32(MSG_NOSIGNAL)) } while result < 0 && errno == EINTR
+                    repeat { result = call(&message) } while result < 0 && errno == EINTR
                     return result
                 }
             }
         }
-        if count < 0 { throw ControlError.system("sendmsg", errno) }
-        try sendAll(Array(head[count...]))
     }
 
     /// Reads into `buffer` from `offset`, collecting a descriptor passed with SCM_RIGHTS.
     private func receiveWithDescriptor(into buffer: inout [UInt8], at offset: Int) throws -> (Int, Int32?) {
         var control = [UInt8](repeating: 0, count: controlSpace)
         var flags: Int32 = 0
-        let count = buffer.withUnsafeMutableBytes { bytes in
-            control.withUnsafeMutableBytes { controlBytes in
-                var vector = iovec(iov_base: bytes.baseAddress! + offset, iov_len: bytes.count - offset)
-                return withUnsafeMutablePointer(to: &vector) { vectorPointer in
-                    var message = msghdr()
-                    message.msg_iov = vectorPointer
-                    message.msg_iovlen = 1
-                    message.msg_control = controlBytes.baseAddress
-                    message.msg_controllen = controlBytes.count
-                    var result: Int
-                    repeat { result = recvmsg(fd, &message, Int32(MSG_CMSG_CLOEXEC)) } while result < 0 && errno == EINTR
-                    flags = message.msg_flags
-                    return result
-                }
-            }
+        let count = Self.withMessage(&buffer, at: offset, control: &control) { message in
+            defer { flags = message.msg_flags }
+            return recvmsg(fd, &message, Int32(MSG_CMSG_CLOEXEC))
         }
         if count < 0 { throw ControlError.receiving(errno) }
         var descriptor: Int32?
