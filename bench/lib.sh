@@ -28,3 +28,11 @@ destroy_vms() {
         unset "pids[$name]"
     done
 }
+
+# stop_jobs_and_remove DIR: the end of every script's cleanup: its background jobs stopped, its work folder gone.
+stop_jobs_and_remove() {
+    local pid
+    for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -z "$1" ] || rm -rf "$1"
+}

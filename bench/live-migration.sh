@@ -217,10 +217,7 @@ cleanup() {
         ((${#vm_pid[@]} == 0)) || destroy "${!vm_pid[@]}"
         for name in $names; do destroy "$name"; done
     fi
-    local pid
-    for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -z "$work" ] || rm -rf "$work"
+    stop_jobs_and_remove "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

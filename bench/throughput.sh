@@ -197,10 +197,7 @@ cleanup() {
     if [ -n "$run_dir" ] && ((${#vmrun_pid[@]})); then ours_destroy "${!vmrun_pid[@]}"; fi
     # vmrecv starts the destination's vmrun itself: destroy it by name too.
     if [ -n "$run_dir" ] && [ -n "${VMCTL_BIN:-}" ]; then ours_destroy dst; fi
-    local pid
-    for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -z "$work" ] || rm -rf "$work"
+    stop_jobs_and_remove "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
