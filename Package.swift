@@ -3,6 +3,7 @@ import PackageDescription
 
 let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let deque = Target.Dependency.product(name: "DequeModule", package: "swift-collections")
 let strict: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
 
 let package = Package(
@@ -19,41 +20,57 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         // C libraries Swift cannot reach on its own.
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .target(name: "CKVM"),
-        // vmsplice, FIONREAD and an AVX2 XXH3 for the stream's hot paths.
+        // XXH3 built for AVX2, chosen at run time: the stream's checksums at memory speed.
         .target(name: "CStreamSupport"),
+        // Linux calls Glibc's Swift module hides: memfd_create, vmsplice, pipe sizes, SEEK_DATA.
+        .target(name: "CLinux"),
+
+        // The OS layer on swift-system: errors with their cause, EINTR retried in one place, descriptors, the
+        // little-endian codec, the zero test, clocks, threads, and guest memory files.
+        .target(name: "SystemSupport", dependencies: ["CLinux", system], swiftSettings: strict),
 
         // The vocabulary every layer shares: machine configuration, host spec, state chunks.
         .target(name: "MachineDescription", swiftSettings: strict),
         // Bytes on the wire: records, checksums, compression. Nothing about KVM.
-        .target(name: "VMStream", dependencies: ["MachineDescription", "CLZ4", "CXXHash", "CStreamSupport", system], swiftSettings: strict),
+        .target(name: "VMStream", dependencies: ["MachineDescription", "SystemSupport", "CLZ4", "CXXHash", "CStreamSupport", system], swiftSettings: strict),
         // /dev/kvm ioctls as typed Swift calls. Nothing about streams.
-        .target(name: "KVM", dependencies: ["CKVM", system], swiftSettings: strict),
+        .target(name: "KVM", dependencies: ["CKVM", "SystemSupport", system], swiftSettings: strict),
         // The control socket protocol between vmrun and its clients.
-        .target(name: "VMControl", dependencies: ["MachineDescription", system], swiftSettings: strict),
-        // A machine: memory, vCPU threads, devices, the bundled guest, the control server.
-        .target(name: "VMM", dependencies: ["KVM", "CKVM", "VMControl", "MachineDescription", system], swiftSettings: strict),
+        .target(name: "VMControl", dependencies: ["MachineDescription", "SystemSupport", system], swiftSettings: strict),
+        // Emulated devices and what they plug into: the I/O bus, interrupt lines, guest memory, their state.
+        // Nothing about KVM.
+        .target(name: "Devices", dependencies: ["MachineDescription", "SystemSupport", deque, system], swiftSettings: strict),
+        // A machine on KVM: memory, vCPU threads, the device catalog, the state registry, the bundled guest, the
+        // control server.
+        .target(name: "VMM", dependencies: ["KVM", "CKVM", "Devices", "VMControl", "MachineDescription", "SystemSupport", system],
+                swiftSettings: strict),
         // Rounds, convergence, switch-over. Talks to a VM through a protocol, never to KVM.
-        .target(name: "Migration", dependencies: ["VMStream", "VMControl", "MachineDescription", system], swiftSettings: strict),
+        .target(name: "Migration", dependencies: ["VMStream", "MachineDescription", "SystemSupport", system], swiftSettings: strict),
+        // The engine's machines when they are vmrun processes: a source reached through its control socket, an
+        // incoming vmrun started for a receive, guest memory mapped from the memory file vmrun lends.
+        .target(name: "VMRunBackend", dependencies: ["Migration", "VMControl", "MachineDescription", "SystemSupport", system],
+                swiftSettings: strict),
 
         // Exit statuses, stderr lines: what every executable does the same way.
-        .target(name: "ToolSupport", dependencies: [argumentParser], swiftSettings: strict),
+        .target(name: "ToolSupport", dependencies: ["SystemSupport", argumentParser, system], swiftSettings: strict),
 
-        .executableTarget(name: "vmrun", dependencies: ["VMM", "VMControl", "ToolSupport", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmctl", dependencies: ["VMControl", "ToolSupport", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmsend", dependencies: ["Migration", "ToolSupport", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmrecv", dependencies: ["Migration", "ToolSupport", argumentParser], swiftSettings: strict),
+        .executableTarget(name: "vmrun", dependencies: ["VMM", "VMControl", "ToolSupport", "SystemSupport", "CLinux", argumentParser, system], swiftSettings: strict),
+        .executableTarget(name: "vmctl", dependencies: ["VMControl", "ToolSupport", "SystemSupport", argumentParser, system], swiftSettings: strict),
+        .executableTarget(name: "vmsend", dependencies: ["Migration", "VMRunBackend", "ToolSupport", argumentParser], swiftSettings: strict),
+        .executableTarget(name: "vmrecv", dependencies: ["Migration", "VMRunBackend", "ToolSupport", argumentParser], swiftSettings: strict),
         .executableTarget(name: "vmstream", dependencies: ["VMStream", "ToolSupport", argumentParser], swiftSettings: strict),
 
-        .testTarget(name: "VMStreamTests", dependencies: ["VMStream"], resources: [.copy("Resources")]),
+        .testTarget(name: "VMStreamTests", dependencies: ["VMStream", "SystemSupport"], resources: [.copy("Resources")]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "VMM"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "VMControl"]),
-        .testTarget(name: "MigrationTests", dependencies: ["Migration", "VMStream"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "VMControl", "SystemSupport"]),
+        .testTarget(name: "MigrationTests", dependencies: ["Migration", "VMStream", "SystemSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMControl", "VMStream"]),
     ],
     swiftLanguageModes: [.v6]

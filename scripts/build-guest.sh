@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Assembles guest/guest.asm with nasm into Sources/VMM/Guest/GuestImage.swift, so vmrun needs no extra file.
+# Assembles guest/guest.asm with nasm into Sources/VMM/BundledGuest/GuestImage.swift, so vmrun needs no extra file.
 # Reproducible: a flat binary (nasm -f bin) has no timestamps; the source's sha256 is recorded next to the bytes.
-# Usage: scripts/build-guest.sh [OUTPUT.swift]   (default: Sources/VMM/Guest/GuestImage.swift)
+# Usage: scripts/build-guest.sh [OUTPUT.swift]   (default: Sources/VMM/BundledGuest/GuestImage.swift)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-Sources/VMM/Guest/GuestImage.swift}"
+out="${1:-Sources/VMM/BundledGuest/GuestImage.swift}"
 command -v nasm >/dev/null || { echo "build-guest.sh: nasm is not installed (apt-get install nasm)" >&2; exit 1; }
 tmp="$(mktemp)"
 trap 'rm -f "$tmp"' EXIT

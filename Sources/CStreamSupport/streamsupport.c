@@ -1,18 +1,6 @@
-#define _GNU_SOURCE
-#include <fcntl.h>
-#include <sys/ioctl.h>
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 #include "cstreamsupport.h"
-
-ssize_t css_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags) {
-    return vmsplice(fd, vectors, count, flags);
-}
-
-int css_pipe_unread(int fd) {
-    int count = 0;
-    return ioctl(fd, FIONREAD, &count) == 0 ? count : -1;
-}
 
 /* Defined in xxh3_avx2.c, compiled for AVX2. */
 void css_xxh3_update_avx2(XXH3_state_t *state, const void *data, size_t length);

@@ -2,6 +2,7 @@ import CKVM
 import Glibc
 import Synchronization
 import SystemPackage
+import SystemSupport
 
 /// A failed KVM call: the ioctl's name and the errno, e.g. `KVM_SET_SREGS: Invalid argument`.
 public struct KVMError: Error, CustomStringConvertible, Sendable {
@@ -28,13 +29,9 @@ public struct KVMError: Error, CustomStringConvertible, Sendable {
 /// Runs a system call that returns -1 and sets errno on failure; retries EINTR unless told not to.
 @discardableResult
 func kvmCall(_ name: String, retryOnInterrupt: Bool = true, _ body: () -> Int32) throws(KVMError) -> Int32 {
-    while true {
-        let result = body()
-        if result >= 0 { return result }
-        let error = Errno(rawValue: Glibc.errno)
-        if error == .interrupted && retryOnInterrupt { continue }
-        throw KVMError(call: name, errno: error)
-    }
+    let result = retryOnInterrupt ? retryingInterrupts(body) : body()
+    if result >= 0 { return result }
+    throw KVMError(call: name, errno: Errno(rawValue: Glibc.errno))
 }
 
 /// A file descriptor closed exactly once, by `close()` or at deinit.

@@ -74,7 +74,7 @@ public final class KVMSystem: Sendable {
 }
 
 /// The variable-length `struct kvm_cpuid2` (nent, padding, entries[]) as Swift arrays.
-enum CPUIDList {
+public enum CPUIDList {
     static let headerSize = 8
     static let entrySize = MemoryLayout<kvm_cpuid_entry2>.size
 
@@ -97,7 +97,7 @@ enum CPUIDList {
     }
 
     /// The kernel struct bytes for `entries`.
-    static func encode(_ entries: [kvm_cpuid_entry2]) -> [UInt8] {
+    public static func encode(_ entries: [kvm_cpuid_entry2]) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: headerSize + entries.count * entrySize)
         bytes.withUnsafeMutableBytes { raw in
             raw.storeBytes(of: UInt32(entries.count), as: UInt32.self)
@@ -109,7 +109,7 @@ enum CPUIDList {
     }
 
     /// Parses kernel struct bytes; nil when the length does not match the entry count.
-    static func decode(_ bytes: [UInt8]) -> [kvm_cpuid_entry2]? {
+    public static func decode(_ bytes: [UInt8]) -> [kvm_cpuid_entry2]? {
         guard bytes.count >= headerSize else { return nil }
         return bytes.withUnsafeBytes { raw -> [kvm_cpuid_entry2]? in
             let count = Int(raw.loadUnaligned(as: UInt32.self))

@@ -37,7 +37,8 @@ public enum VCPUStateItem: String, CaseIterable, Sendable {
 public enum VCPUExit: Sendable, Equatable {
     /// Port I/O: `count` items of `size` bytes at `dataOffset` in the kvm_run mapping.
     case io(port: UInt16, isWrite: Bool, size: Int, count: Int, dataOffset: Int)
-    case mmio(address: UInt64)
+    /// Memory-mapped I/O outside guest RAM: `length` bytes at `address`, in `mmioData`.
+    case mmio(address: UInt64, isWrite: Bool, length: Int)
     case halt
     /// Triple fault: the guest crashed.
     case shutdown
@@ -103,7 +104,9 @@ public final class KVMVCPU: @unchecked Sendable {
             return .io(port: ckvm_run_io_port(run), isWrite: ckvm_run_io_direction(run) == UInt8(KVM_EXIT_IO_OUT),
                        size: Int(ckvm_run_io_size(run)), count: Int(ckvm_run_io_count(run)),
                        dataOffset: Int(ckvm_run_io_data_offset(run)))
-        case KVM_EXIT_MMIO: return .mmio(address: ckvm_run_mmio_address(run))
+        case KVM_EXIT_MMIO:
+            return .mmio(address: ckvm_run_mmio_address(run), isWrite: ckvm_run_mmio_is_write(run) != 0,
+                         length: Int(min(ckvm_run_mmio_length(run), 8)))
         case KVM_EXIT_HLT: return .halt
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_FAIL_ENTRY: return .failEntry(reason: ckvm_run_fail_entry_reason(run))
@@ -120,6 +123,11 @@ public final class KVMVCPU: @unchecked Sendable {
     public func ioData(offset: Int, count: Int) -> UnsafeMutableRawBufferPointer? {
         guard offset >= 0, count >= 0, offset + count <= mmapSize else { return nil }
         return UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(run) + offset, count: count)
+    }
+
+    /// The data bytes of the last MMIO exit: what the guest wrote, or where a read's answer goes before the next run.
+    public func mmioData(length: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: ckvm_run_mmio_data(run), count: min(max(length, 0), 8))
     }
 
     public func regs() throws(KVMError) -> kvm_regs { try get(CKVM_GET_REGS, "KVM_GET_REGS") }

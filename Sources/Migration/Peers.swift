@@ -1,13 +1,13 @@
 import MachineDescription
 
-/// The machine being sent, as the engine needs it. Today it is a vmrun reached through its control
-/// socket; a bhyve port would add another conformance; unit tests use an in-memory fake.
+/// The machine being sent, as the engine needs it. vmrun reached through its control socket is one conformance
+/// (`VMRunBackend`); a bhyve backend would be another target beside it; unit tests use an in-memory fake.
 public protocol MigrationSource: AnyObject {
     func describe() throws -> (config: MachineConfig, host: HostSpec)
     /// Whether the guest runs now; a paused one is sent as it is and left paused.
     func isRunning() throws -> Bool
-    /// Guest RAM mapped read-only.
-    func mapMemory(_ config: MachineConfig) throws -> GuestMemory
+    /// Guest RAM, for reading pages in place.
+    func memory(_ config: MachineConfig) throws -> any GuestMemory
     func pause() throws
     func resume() throws
     func saveState() throws -> MachineState
@@ -25,8 +25,8 @@ public protocol MigrationSource: AnyObject {
 
 /// A machine being received: created from the stream's BEGIN, not yet running.
 public protocol MigrationDestination: AnyObject {
-    /// Guest RAM mapped writable; pages land here straight from the stream.
-    var memory: GuestMemory { get }
+    /// Guest RAM; pages land here straight from the stream.
+    var memory: any GuestMemory { get }
     /// Hands over kernel and device state, after every page has arrived.
     func restore(_ state: MachineState) throws
     /// Starts the machine; it then runs on its own.

@@ -121,24 +121,24 @@ public final class Receiver {
 /// Lands pages straight in guest memory. Zero pages need nothing while memory is still fresh (round 0);
 /// in later rounds they overwrite an older copy and are discarded.
 final class GuestMemoryPageSink: PageSink {
-    let memory: GuestMemory
+    let memory: any GuestMemory
     var freshMemory = true
 
-    init(memory: GuestMemory) { self.memory = memory }
+    init(memory: any GuestMemory) { self.memory = memory }
 
-    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? {
-        guard segment < memory.segments.count, page < memory.pageCount(segment: segment) else { return nil }
-        return memory.address(segment: segment, page: page)
+    private func inside(_ segment: Int, _ page: UInt64, _ count: UInt64) -> Bool {
+        segment < memory.segments.count && page + count <= memory.pageCount(segment: segment)
     }
 
+    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? { nil }
+
     func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
-        guard segment < memory.segments.count, page + UInt64(count) <= memory.pageCount(segment: segment) else { return }
+        guard inside(segment, page, UInt64(count)) else { return }
         try memory.write(segment: segment, page: page, count: count, from: data)
     }
 
-    func zeroPage(segment: Int, page: UInt64) {
-        guard !freshMemory, segment < memory.segments.count, page < memory.pageCount(segment: segment) else { return }
-        memory.discard(segment: segment, pages: page..<(page + 1))
+    func zeroPage(segment: Int, page: UInt64) throws {
+        guard !freshMemory, inside(segment, page, 1) else { return }
+        try memory.discard(segment: segment, pages: page..<(page + 1))
     }
 }
-

@@ -4,6 +4,7 @@ import Glibc
 import MachineDescription
 import SystemPackage
 import Synchronization
+import SystemSupport
 import VMStream
 
 /// When a live send stops copying while the guest runs.
@@ -144,7 +145,7 @@ public final class Sender {
     public func run() throws -> SendReport {
         let started = ContinuousClock.now
         let (config, host) = try source.describe()
-        let memory = try source.mapMemory(config)
+        let memory = try source.memory(config)
         let writer = try StreamWriter(output: output, compression: options.compression)
         // Paused rounds lend guest pages to the pipe (vmsplice) rather than copying them. Safe because a
         // lent page cannot change before the reader has it: after END the source stays paused, or is resumed
@@ -227,7 +228,7 @@ public final class Sender {
     /// Rounds while the guest runs. Returns the pages dirtied by the last of them, still to be sent.
     /// With `manualClear`, each round clears its pages just before copying them (round 0 needs none: logging
     /// started just before it, clean); a fetch then reports each page written since its last clear.
-    private func liveRounds(memory: GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
+    private func liveRounds(memory: any GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
                             throttled: inout Bool, manualClear: Bool) throws -> DirtyPages {
         let convergence = options.convergence
         let target = Self.seconds(convergence.downtimeTarget)
@@ -243,7 +244,7 @@ public final class Sender {
             let switchOver = convergence.switchOverCost.map(Self.seconds) ?? 3 * Self.seconds(since: fetchStart)
             let sinceFetch = Self.seconds(since: lastFetch)
             lastFetch = .now
-            let dirtyBytes = Double(dirty.count * GuestMemory.pageSize)
+            let dirtyBytes = Double(dirty.count * UInt64(pageSize))
             let bandwidth = meter.lastRoundPageBandwidth
             let transfer = dirtyBytes == 0 ? 0 : bandwidth > 0 ? dirtyBytes / bandwidth : .infinity
             let expected = transfer + switchOver
@@ -270,14 +271,14 @@ public final class Sender {
         }
     }
 
-    private func fetchDirty(_ memory: GuestMemory) throws -> DirtyPages {
+    private func fetchDirty(_ memory: any GuestMemory) throws -> DirtyPages {
         var dirty = DirtyPages(pageCounts: memory.segments.indices.map { memory.pageCount(segment: $0) })
         for segment in memory.segments.indices { dirty.merge(segment: segment, try source.dirtyLogFetch(segment: segment)) }
         return dirty
     }
 
     /// Sends one round's pages; `clearing` (the same pages) clears each in the source's dirty log just before its copy.
-    private func sendRound(_ number: Int, pages: [PageRange], isFinal: Bool, memory: GuestMemory,
+    private func sendRound(_ number: Int, pages: [PageRange], isFinal: Bool, memory: any GuestMemory,
                            writer: StreamWriter, meter: inout RoundMeter, clearing: DirtyPages? = nil) throws {
         var clearer = clearing.map { DirtyLogClearer(pages: $0, pagesPerRequest: Self.pagesPerSlice) }
         let total = pages.reduce(UInt64(0)) { $0 + $1.count }
@@ -292,9 +293,9 @@ public final class Sender {
                     try source.dirtyLogClear(segment: range.segment, firstPage: clear.firstPage, bitmap: clear.bitmap)
                 }
                 try writer.writePages(segment: range.segment, firstPage: page, count: count,
-                                      from: UnsafeRawPointer(memory.address(segment: range.segment, page: page)),
+                                      from: memory.pages(segment: range.segment, from: page, count: count),
                                       mayChange: !isFinal)
-                memory.release(segment: range.segment, pages: page..<(page + count))
+                memory.doneReading(segment: range.segment, pages: page..<(page + count))
                 page += count
                 meter.advance(pages: count, progressRequested: progressRequested.take(), to: onProgress)
             }
@@ -306,22 +307,22 @@ public final class Sender {
     /// Counts what a send would carry, reading memory while the machine runs.
     public func estimate() throws -> SendEstimate {
         let (config, _) = try source.describe()
-        let memory = try source.mapMemory(config)
+        let memory = try source.memory(config)
         var populated: UInt64 = 0
         var zero: UInt64 = 0
         for range in try Self.populatedRanges(memory) {
             populated += range.count
             for page in range.firstPage..<(range.firstPage + range.count)
-            where Self.isZero(memory.address(segment: range.segment, page: page)) {
+            where memory.isZero(segment: range.segment, page: page) {
                 zero += 1
             }
         }
         let framing = UInt64(64 << 10)
         return SendEstimate(machine: config.name, guestBytes: config.memorySize, populatedPages: populated,
-                            zeroPages: zero, estimatedStreamBytes: (populated - zero) * GuestMemory.pageSize + framing)
+                            zeroPages: zero, estimatedStreamBytes: (populated - zero) * UInt64(pageSize) + framing)
     }
 
-    static func populatedRanges(_ memory: GuestMemory) throws -> [PageRange] {
+    static func populatedRanges(_ memory: any GuestMemory) throws -> [PageRange] {
         var ranges: [PageRange] = []
         for segment in memory.segments.indices {
             for range in try memory.populatedPages(segment: segment) {
@@ -330,13 +331,6 @@ public final class Sender {
             }
         }
         return ranges
-    }
-
-    static func isZero(_ page: UnsafeRawPointer) -> Bool {
-        let words = page.assumingMemoryBound(to: UInt64.self)
-        var any: UInt64 = 0
-        for index in 0..<Int(GuestMemory.pageSize / 8) { any |= words[index] }
-        return any == 0
     }
 
     static func realtimeNanoseconds() -> UInt64 {

@@ -1,4 +1,6 @@
 import ArgumentParser
+import SystemPackage
+import SystemSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,20 +46,8 @@ public enum StandardStreams {
 
     /// Writes text to stderr as it is (progress bars redraw a line with `\r`).
     public static func errorText(_ text: String) {
-        var bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
-            if written < 0 { if errno == EINTR { continue }; return }
-            offset += written
-        }
-        bytes.removeAll()
+        try? FileDescriptor.standardError.writeFully(Array(text.utf8), what: "standard error")
     }
 
-    public static var outputIsRegularFile: Bool { isRegularFile(1) }
-
-    public static func isRegularFile(_ descriptor: Int32) -> Bool {
-        var info = stat()
-        return fstat(descriptor, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
-    }
+    public static var outputIsRegularFile: Bool { FileDescriptor.standardOutput.isRegularFile }
 }

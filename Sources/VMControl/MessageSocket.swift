@@ -5,6 +5,7 @@ import Foundation
 #endif
 import Glibc
 import SystemPackage
+import SystemSupport
 
 /// One message as it came off the socket, before its JSON is decoded.
 package struct ReceivedMessage {
@@ -28,9 +29,10 @@ package struct MessageSocket: Sendable {
         guard payload.count <= ControlProtocol.maximumPayloadLength else {
             throw ControlError("payload too large: \(payload.count) bytes (limit \(ControlProtocol.maximumPayloadLength))")
         }
-        var head: [UInt8] = []
-        appendLE(UInt32(json.count), to: &head)
-        appendLE(UInt32(payload.count), to: &head)
+        var header = ByteWriter(capacity: ControlProtocol.headerLength)
+        header.u32(UInt32(json.count))
+        header.u32(UInt32(payload.count))
+        let head = header.bytes
         if let descriptor {
             try sendHeaderWithDescriptor(head, descriptor: descriptor)
         } else {
@@ -72,8 +74,8 @@ package struct MessageSocket: Sendable {
         }
         do {
             var reader = ByteReader(head)
-            let jsonLength = Int(reader.readLE(UInt32.self)!)
-            let payloadLength = Int(reader.readLE(UInt32.self)!)
+            let jsonLength = Int(reader.u32()!)
+            let payloadLength = Int(reader.u32()!)
             guard (1...ControlProtocol.maximumJSONLength).contains(jsonLength) else {
                 throw ControlError("bad message: JSON length \(jsonLength) (limit \(ControlProtocol.maximumJSONLength))")
             }
@@ -105,11 +107,10 @@ package struct MessageSocket: Sendable {
     private func sendAll(_ bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw ControlError.system("send", errno)
+            let count = retryingInterrupts {
+                bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
             }
+            if count < 0 { throw ControlError.system("send", errno) }
             sent += count
         }
     }
@@ -144,7 +145,7 @@ package struct MessageSocket: Sendable {
                     message.msg_control = controlBytes.baseAddress
                     message.msg_controllen = controlBytes.count
                     var result: Int
-                    repeat { result = call(&message) } while result < 0 && errno == EINTR
+                    result = retryingInterrupts { call(&message) }
                     return result
                 }
             }
@@ -179,11 +180,10 @@ package struct MessageSocket: Sendable {
         var bytes = [UInt8](repeating: 0, count: length)
         var received = 0
         while received < length {
-            let count = bytes.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + received, length - received, 0) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw ControlError.receiving(errno)
+            let count = retryingInterrupts {
+                bytes.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + received, length - received, 0) }
             }
+            if count < 0 { throw ControlError.receiving(errno) }
             if count == 0 { throw ControlError("connection closed in the middle of a message") }
             received += count
         }

@@ -1,4 +1,5 @@
 import MachineDescription
+import SystemSupport
 
 /// The binary form of a `MachineState` on the control socket. All integers little-endian:
 ///
@@ -12,10 +13,9 @@ public enum StateEncoding {
     public static let maximumNameLength = 255
 
     public static func encode(_ state: MachineState) throws -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity((state.kernel + state.devices).reduce(8) { $0 + 11 + $1.name.utf8.count + $1.data.count })
+        var bytes = ByteWriter(capacity: (state.kernel + state.devices).reduce(8) { $0 + 11 + $1.name.utf8.count + $1.data.count })
         for chunks in [state.kernel, state.devices] {
-            appendLE(UInt32(chunks.count), to: &bytes)
+            bytes.u32(UInt32(chunks.count))
             for chunk in chunks {
                 let name = Array(chunk.name.utf8)
                 guard (1...maximumNameLength).contains(name.count) else {
@@ -24,32 +24,32 @@ public enum StateEncoding {
                 guard chunk.data.count <= Int(UInt32.max) else {
                     throw ControlError("state chunk '\(chunk.name)' is too large (\(chunk.data.count) bytes)")
                 }
-                appendLE(UInt16(name.count), to: &bytes)
-                bytes += name
-                appendLE(chunk.version, to: &bytes)
-                appendLE(UInt32(chunk.data.count), to: &bytes)
-                bytes += chunk.data
+                bytes.u16(UInt16(name.count))
+                bytes.raw(name)
+                bytes.u32(chunk.version)
+                bytes.u32(UInt32(chunk.data.count))
+                bytes.raw(chunk.data)
             }
         }
-        return bytes
+        return bytes.bytes
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> MachineState {
         var reader = ByteReader(bytes)
         var lists: [[StateChunk]] = []
         for part in ["kernel", "device"] {
-            guard let count = reader.readLE(UInt32.self) else { throw truncated(part + " chunk count") }
+            guard let count = reader.u32() else { throw truncated(part + " chunk count") }
             var chunks: [StateChunk] = []
             for index in 0..<Int(count) {
                 let what = "\(part) chunk \(index)"
-                guard let nameLength = reader.readLE(UInt16.self) else { throw truncated(what) }
+                guard let nameLength = reader.u16() else { throw truncated(what) }
                 guard (1...maximumNameLength).contains(Int(nameLength)) else {
                     throw ControlError("bad state: \(what) has a name of \(nameLength) bytes")
                 }
-                guard let nameBytes = reader.read(count: Int(nameLength)),
-                      let version = reader.readLE(UInt32.self),
-                      let dataLength = reader.readLE(UInt32.self),
-                      let data = reader.read(count: Int(dataLength))
+                guard let nameBytes = reader.raw(Int(nameLength)),
+                      let version = reader.u32(),
+                      let dataLength = reader.u32(),
+                      let data = reader.raw(Int(dataLength))
                 else { throw truncated(what) }
                 guard let name = String(validating: nameBytes, as: UTF8.self) else {
                     throw ControlError("bad state: \(what) has a name that is not UTF-8")
@@ -72,10 +72,9 @@ public enum StateEncoding {
 /// Dirty bitmaps travel as little-endian u64 words.
 package enum BitmapEncoding {
     package static func encode(_ words: [UInt64]) -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(words.count * 8)
-        for word in words { appendLE(word, to: &bytes) }
-        return bytes
+        var bytes = ByteWriter(capacity: words.count * 8)
+        for word in words { bytes.u64(word) }
+        return bytes.bytes
     }
 
     package static func decode(_ bytes: [UInt8]) throws -> [UInt64] {
@@ -85,36 +84,7 @@ package enum BitmapEncoding {
         var reader = ByteReader(bytes)
         var words: [UInt64] = []
         words.reserveCapacity(bytes.count / 8)
-        while let word = reader.readLE(UInt64.self) { words.append(word) }
+        while let word = reader.u64() { words.append(word) }
         return words
-    }
-}
-
-func appendLE<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
-    withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
-}
-
-/// Reads fields from a byte array; a read past the end returns nil instead of trapping.
-struct ByteReader {
-    private let bytes: [UInt8]
-    private var offset = 0
-
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-
-    var remaining: Int { bytes.count - offset }
-
-    mutating func read(count: Int) -> [UInt8]? {
-        guard count >= 0, count <= remaining else { return nil }
-        defer { offset += count }
-        return Array(bytes[offset..<offset + count])
-    }
-
-    mutating func readLE<T: FixedWidthInteger>(_: T.Type) -> T? {
-        let size = MemoryLayout<T>.size
-        guard size <= remaining else { return nil }
-        var value: T = 0
-        for index in 0..<size { value |= T(bytes[offset + index]) << (8 * index) }
-        offset += size
-        return value
     }
 }

@@ -1,5 +1,6 @@
 import CStreamSupport
 import CXXHash
+import SystemSupport
 
 /// XXH3-64 helpers: every checksum in the format is XXH3-64 (man/vmstream.5, CHECKSUMS).
 enum Checksum {
@@ -13,7 +14,7 @@ enum Checksum {
 
     /// The record header checksum: XXH3-64 of the header's first eight bytes.
     static func header(type: UInt16, flags: UInt16, length: UInt32) -> UInt64 {
-        var fields = WireEncoder()
+        var fields = ByteWriter()
         fields.u16(type)
         fields.u16(flags)
         fields.u32(length)

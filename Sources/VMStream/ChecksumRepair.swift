@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// Rewrites every checksum of a stream so that a fuzzer's mutations reach the record parsers
 /// instead of stopping at the first checksum mismatch. For fuzzing and tests only.
 @_spi(Fuzzing)

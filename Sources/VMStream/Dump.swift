@@ -62,7 +62,7 @@ public struct StreamDumper {
             text += " round \(number) ranges \(ranges.count) pages \(pages)"
         case .pages(let batch):
             text += " segment \(batch.segment) pages \(batch.firstPage)-\(batch.firstPage + UInt64(batch.count) - 1)"
-            text += " zero \(batch.zeroPages) \(batch.compressed ? "lz4" : "raw")"
+            text += " zero \(batch.zeroPages) \(PageCodecs.name(of: batch.encoding))"
         case .kernelState(let chunk), .deviceState(let chunk):
             text += " name \(chunk.name) version \(chunk.version) size \(chunk.data.count)"
         case .end(let end):

@@ -46,7 +46,7 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
 
     public static let known: [RecordType] = [.begin, .round, .pages, .kernelState, .deviceState, .end]
 
-    public var isKnown: Bool { (1...6).contains(rawValue) }
+    public var isKnown: Bool { Self.known.contains(self) }
 
     public var description: String {
         switch self {
@@ -83,13 +83,6 @@ public enum MigrationMode: String, Sendable, CaseIterable {
         default: return nil
         }
     }
-}
-
-/// Whether PAGES batches are LZ4-compressed; readers detect it per batch.
-public enum Compression: Sendable, Equatable {
-    case none
-    /// LZ4 block compression; higher acceleration is faster and compresses less.
-    case lz4(acceleration: Int32 = 1)
 }
 
 /// The self-describing metadata a stream opens with: who wrote it, from where, and what machine.
@@ -153,7 +146,9 @@ public struct PageBatch: Sendable, Equatable {
     public var firstPage: UInt64
     public var count: Int
     public var zeroPages: Int
-    public var compressed: Bool
+    /// The PAGES encoding byte: raw or a codec's (`PageCodecs.name(of:)`).
+    public var encoding: UInt8
+    public var compressed: Bool { encoding != PageCodecs.rawEncoding }
 }
 
 /// The END record: the writer's totals and the closing running checksum.

@@ -1,4 +1,5 @@
 import MachineDescription
+import SystemSupport
 
 /// BEGIN is a list of tagged fields (tag u16, length u32, value), so later versions can add fields.
 enum BeginTag: UInt16, CaseIterable {
@@ -15,9 +16,9 @@ enum BeginTag: UInt16, CaseIterable {
 /// Payload encodings of each record type (man/vmstream.5, RECORD TYPES).
 enum Payload {
     static func encodeBegin(_ begin: StreamBegin) -> [UInt8] {
-        var out = WireEncoder()
-        func field(_ tag: BeginTag, _ fill: (inout WireEncoder) -> Void) {
-            var value = WireEncoder()
+        var out = ByteWriter()
+        func field(_ tag: BeginTag, _ fill: (inout ByteWriter) -> Void) {
+            var value = ByteWriter()
             fill(&value)
             out.u16(tag.rawValue)
             out.u32(UInt32(value.bytes.count))
@@ -119,7 +120,7 @@ enum Payload {
             let length = Int(try decoder.u32())
             guard length <= decoder.remaining else { throw fail("field \(rawTag) runs past the end of the record") }
             let valueRange = decoder.position..<decoder.position + length
-            decoder.position += length
+            try decoder.skip(length)
             guard let tag = BeginTag(rawValue: rawTag) else {
                 if rawTag & BeginTag.ignorableBit != 0 { continue }
                 throw fail("unknown required field \(rawTag)")
@@ -197,7 +198,7 @@ enum Payload {
     static let rangeSize = 20
 
     static func encodeRound(_ number: UInt32, _ ranges: ArraySlice<PageRange>) -> [UInt8] {
-        var out = WireEncoder()
+        var out = ByteWriter()
         out.u32(number)
         out.u32(UInt32(ranges.count))
         for range in ranges {
@@ -225,7 +226,7 @@ enum Payload {
     }
 
     static func encodeChunk(_ chunk: StateChunk) -> [UInt8] {
-        var out = WireEncoder()
+        var out = ByteWriter()
         out.u32(chunk.version)
         out.string16(chunk.name)
         out.raw(chunk.data)
@@ -253,7 +254,7 @@ enum Payload {
     static let endSize = 48
 
     static func encodeEnd(_ end: StreamEnd) -> [UInt8] {
-        var out = WireEncoder()
+        var out = ByteWriter()
         for value in [end.pages, end.zeroPages, end.bytes, end.records, end.sourcePauseTime, end.streamChecksum] { out.u64(value) }
         return out.bytes
     }
@@ -269,5 +270,4 @@ enum Payload {
     static let pagesPrefixSize = 16
     static func bitmapSize(_ count: Int) -> Int { (count + 7) / 8 }
 
-    enum Encoding: UInt8 { case raw = 0, lz4 = 1 }
 }

@@ -1,16 +1,16 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLZ4
 import MachineDescription
 import SystemPackage
+import SystemSupport
 
 /// Where received pages land, once their record's checksum has verified.
 public protocol PageSink {
     /// The 4 KiB a page's data is copied to, or nil to discard it; used by the default `store`.
     func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer?
     /// The page is all zeroes (no data was sent for it).
-    func zeroPage(segment: Int, page: UInt64)
+    func zeroPage(segment: Int, page: UInt64) throws
     /// Takes `count` consecutive data pages from `page` on; `data` is valid only during the call.
     func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws
 }
@@ -47,8 +47,8 @@ public final class StreamReader {
     /// One batch's data pages (read or decompressed), and skipped payload bytes.
     private let scratch = UnsafeMutableRawBufferPointer.allocate(
         byteCount: StreamFormat.maxPagesPerBatch * StreamFormat.pageSize, alignment: 64)
-    /// Compressed batches, allocated on first use.
-    private var packed: UnsafeMutableRawBufferPointer?
+    /// Coded batches, allocated on first use.
+    private var coded: UnsafeMutableRawBufferPointer?
 
     /// Called for each ignorable record of an unknown type that is skipped.
     public var warningHandler: (String) -> Void = { _ in }
@@ -80,7 +80,7 @@ public final class StreamReader {
 
     deinit {
         scratch.deallocate()
-        packed?.deallocate()
+        coded?.deallocate()
     }
 
     /// The first error; the stream is not read past it.
@@ -273,7 +273,7 @@ public final class StreamReader {
             let chunk = try Payload.decodeChunk(payload, fail: fail)
             try rule(place) { () throws(RuleViolation) in try rules.accept(chunk: chunk, device: type == .deviceState) }
             return type == .deviceState ? .deviceState(chunk) : .kernelState(chunk)
-        default:
+        case .end:
             try rule(place) { () throws(RuleViolation) in try rules.checkStarted(.end) }
             let end = try Payload.decodeEnd(payload, fail: fail)
             let (records, bytes, checksum) = (recordNumber - 1, start, running)
@@ -281,6 +281,9 @@ public final class StreamReader {
                 try rules.accept(end: end, records: records, bytes: bytes, running: checksum)
             }
             return .end(end)
+        default:
+            // `readRecord` skips ignorable unknown types before this; an unknown type never reads as END.
+            throw StreamError(.unknownRecord, "\(place) has an unknown type that is not ignorable")
         }
     }
 
@@ -309,7 +312,8 @@ public final class StreamReader {
         let reserved = try decoder.u8()
         let count = Int(try decoder.u32())
         let firstPage = try decoder.u64()
-        guard let encoding = Payload.Encoding(rawValue: encodingValue) else { try deferred(malformed("unknown encoding \(encodingValue)")) }
+        let codec = PageCodecs.codec(encoding: encodingValue)
+        guard encodingValue == PageCodecs.rawEncoding || codec != nil else { try deferred(malformed("unknown encoding \(encodingValue)")) }
         guard reserved == 0 else { try deferred(malformed("reserved byte is not zero")) }
         guard count >= 1, count <= StreamFormat.maxPagesPerBatch else {
             try deferred(malformed("batch of \(count) pages (1 to \(StreamFormat.maxPagesPerBatch) allowed)"))
@@ -325,13 +329,13 @@ public final class StreamReader {
         if count % 8 != 0, bitmap[bitmapSize - 1] >> UInt8(count % 8) != 0 { try deferred(malformed("bits set beyond the batch in the zero-page bitmap")) }
         let dataBytes = (count - zeroCount) * pageSize
         let wireBytes = framing.length - consumed
-        switch encoding {
-        case .raw:
-            guard wireBytes == dataBytes else { try deferred(malformed("\(wireBytes) data bytes for \(count - zeroCount) data pages")) }
-        case .lz4:
+        if let codec {
+            // A coded batch is smaller than its data, or the writer would have sent it raw.
             guard dataBytes > 0, wireBytes > 0, wireBytes < dataBytes else {
-                try deferred(malformed("\(wireBytes) compressed bytes for \(count - zeroCount) data pages"))
+                try deferred(malformed("\(wireBytes) \(codec.name) bytes for \(count - zeroCount) data pages"))
             }
+        } else {
+            guard wireBytes == dataBytes else { try deferred(malformed("\(wireBytes) data bytes for \(count - zeroCount) data pages")) }
         }
         do {
             try rules.accept(pages: segment, first: firstPage, count: count, zero: zeroCount)
@@ -339,24 +343,23 @@ public final class StreamReader {
             try deferred(StreamError(error.kind, "\(place): \(error.message)"))
         }
 
-        // Data pages end up back to back in scratch: read there, or decompressed there.
+        // Data pages end up back to back in scratch: read there, or decoded there.
         let checksum: UInt64
-        switch encoding {
-        case .raw:
+        if let codec {
+            if coded == nil { coded = .allocate(byteCount: StreamFormat.maxPayloadLength, alignment: 64) }
+            let wire = UnsafeMutableRawBufferPointer(rebasing: coded![0..<wireBytes])
+            try readExactly([wire])
+            hasher.update(UnsafeRawBufferPointer(wire))
+            checksum = try verify(framing)
+            let output = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<dataBytes])
+            guard codec.decode(UnsafeRawBufferPointer(wire), into: output) else {
+                throw malformed("\(codec.name) data does not decode to \(count - zeroCount) pages")
+            }
+        } else {
             let data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<dataBytes])
             try readExactly([data])
             hasher.update(UnsafeRawBufferPointer(data))
             checksum = try verify(framing)
-        case .lz4:
-            if packed == nil { packed = .allocate(byteCount: StreamFormat.maxPayloadLength, alignment: 64) }
-            let compressed = UnsafeMutableRawBufferPointer(rebasing: packed![0..<wireBytes])
-            try readExactly([compressed])
-            hasher.update(UnsafeRawBufferPointer(compressed))
-            checksum = try verify(framing)
-            let size = LZ4_decompress_safe(compressed.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                           scratch.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                           Int32(wireBytes), Int32(dataBytes))
-            guard Int(size) == dataBytes else { throw malformed("LZ4 data does not decompress to \(count - zeroCount) pages") }
         }
         // Runs of adjacent data pages go to the sink in one call each.
         var delivered = 0
@@ -371,14 +374,14 @@ public final class StreamReader {
             index = end
         }
         for index in 0..<count where isZero(index) {
-            sink.zeroPage(segment: segment, page: firstPage + UInt64(index))
+            try sink.zeroPage(segment: segment, page: firstPage + UInt64(index))
         }
         statistics.pages += UInt64(count)
         statistics.zeroPages += UInt64(zeroCount)
         statistics.pageDataBytes += UInt64(dataBytes)
         statistics.pageWireBytes += UInt64(wireBytes)
-        if encoding == .lz4 { statistics.compressedBatches += 1 } else { statistics.rawBatches += 1 }
-        let batch = PageBatch(segment: segment, firstPage: firstPage, count: count, zeroPages: zeroCount, compressed: encoding == .lz4)
+        if codec == nil { statistics.rawBatches += 1 } else { statistics.compressedBatches += 1 }
+        let batch = PageBatch(segment: segment, firstPage: firstPage, count: count, zeroPages: zeroCount, encoding: encodingValue)
         return (.pages(batch), checksum)
     }
 }

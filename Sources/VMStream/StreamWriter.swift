@@ -1,10 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLZ4
 import Dispatch
 import MachineDescription
 import SystemPackage
+import SystemSupport
 
 /// Writes a version 1 migration stream (man/vmstream.5) to a file descriptor.
 ///
@@ -21,9 +21,9 @@ public final class StreamWriter {
     private var roundNumber: UInt32 = 0
     private var roundList: [PageRange] = []
     private var roundWritten = 0
-    /// Per batch being prepared at once: a still copy of its data pages, and (LZ4) their compressed form.
+    /// Per batch being prepared at once: a still copy of its data pages, and their coded form.
     private var lanes: [BatchLane] = []
-    /// Batches prepared at once: LZ4 compresses them on every core; raw needs no more than one.
+    /// Batches prepared at once: a codec codes them on every core; raw needs no more than one.
     private let lanesWanted: Int
 
     public private(set) var statistics = StreamStatistics()
@@ -46,7 +46,7 @@ public final class StreamWriter {
         self.sink = sink
         self.compression = compression
         // 8 batches (8 MiB of guest pages) per core's turn keep two cores busy despite uneven batches.
-        if case .lz4 = compression { lanesWanted = 8 } else { lanesWanted = 1 }
+        lanesWanted = compression.codec == nil ? 1 : 8
     }
 
     /// Returns once the reader has taken every byte written so far, or has gone; at once for a file.
@@ -59,7 +59,7 @@ public final class StreamWriter {
         guard payload.count <= StreamFormat.maxPayloadLength else {
             throw StreamError(.misuse, "BEGIN has \(payload.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)")
         }
-        var header = WireEncoder()
+        var header = ByteWriter()
         header.raw(StreamFormat.magic)
         header.u32(StreamFormat.version)
         header.u32(0)  // must-understand features
@@ -102,7 +102,7 @@ public final class StreamWriter {
     /// `mayChange` says a running guest may write the pages meanwhile (a live round): each batch is then
     /// copied once before it is checksummed, so the checksum matches the bytes sent. Pages of a paused
     /// guest are written straight from its memory (lent to a pipe with `lendsStablePages`).
-    /// With LZ4, up to 8 batches are compressed at once on all cores, then written in order.
+    /// With a codec, up to 8 batches are coded at once on all cores, then written in order.
     public func writePages(segment: Int, firstPage: UInt64, count: UInt64, from pages: UnsafeRawPointer,
                            mayChange: Bool = false) throws {
         try checkUsable()
@@ -118,13 +118,13 @@ public final class StreamWriter {
             let perBatch = UInt64(StreamFormat.maxPagesPerBatch)
             let span = min(next.left, count - done, perBatch * UInt64(lanesWanted))
             let batches = Int((span + perBatch - 1) / perBatch)
-            while lanes.count < batches { lanes.append(BatchLane(compressed: compression != .none)) }
+            while lanes.count < batches { lanes.append(BatchLane(codec: compression.codec)) }
             // An address, not a pointer, crosses threads: each lane reads only its own batch of it.
             let source = UInt(bitPattern: pages + Int(done) * StreamFormat.pageSize)
             let prepare = { @Sendable [lanes, compression] (index: Int) in
                 let first = UInt64(index) * perBatch
                 lanes[index].prepare(from: UnsafeRawPointer(bitPattern: source)! + Int(first) * StreamFormat.pageSize,
-                                     count: Int(min(perBatch, span - first)), copy: mayChange, compression: compression)
+                                     count: Int(min(perBatch, span - first)), copy: mayChange, codec: compression.codec)
             }
             if batches > 1 {
                 DispatchQueue.concurrentPerform(iterations: batches, execute: prepare)
@@ -143,9 +143,9 @@ public final class StreamWriter {
         try guarded { () throws(RuleViolation) in
             try self.rules.accept(pages: segment, first: firstPage, count: batch.count, zero: batch.count - batch.dataPages)
         }
-        var prefix = WireEncoder()
+        var prefix = ByteWriter()
         prefix.u16(UInt16(segment))
-        prefix.u8(batch.encoding.rawValue)
+        prefix.u8(batch.encoding)
         prefix.u8(0)
         prefix.u32(UInt32(batch.count))
         prefix.u64(firstPage)
@@ -157,7 +157,7 @@ public final class StreamWriter {
         statistics.zeroPages += UInt64(batch.count - batch.dataPages)
         statistics.pageDataBytes += UInt64(batch.dataPages * StreamFormat.pageSize)
         statistics.pageWireBytes += UInt64(wireData)
-        if batch.encoding == .lz4 { statistics.compressedBatches += 1 } else { statistics.rawBatches += 1 }
+        if batch.encoding == PageCodecs.rawEncoding { statistics.rawBatches += 1 } else { statistics.compressedBatches += 1 }
     }
 
     /// Writes one per-vCPU or per-VM hypervisor state chunk; names must not repeat.
@@ -209,7 +209,7 @@ public final class StreamWriter {
     private func writeRecord(_ type: RecordType, prefix: [UInt8], data: [UnsafeRawBufferPointer], lend: Bool = false) throws {
         let length = prefix.count + data.reduce(0) { $0 + $1.count }
         let headerChecksum = Checksum.header(type: type.rawValue, flags: 0, length: UInt32(length))
-        var header = WireEncoder()
+        var header = ByteWriter()
         header.u16(type.rawValue)
         header.u16(0)
         header.u32(UInt32(length))
@@ -217,7 +217,7 @@ public final class StreamWriter {
         hasher.reset(seed: headerChecksum)
         prefix.withUnsafeBytes { hasher.update($0) }
         for buffer in data { hasher.update(buffer) }
-        var trailer = WireEncoder()
+        var trailer = ByteWriter()
         let checksum = hasher.digest
         trailer.u64(checksum)
         try header.bytes.withUnsafeBytes { head in
@@ -264,31 +264,31 @@ public final class StreamWriter {
 /// Lanes are prepared in parallel, each by one thread, and written in order by the writer's thread.
 private final class BatchLane: @unchecked Sendable {
     private static let batchBytes = StreamFormat.maxPagesPerBatch * StreamFormat.pageSize
-    /// Data pages back to back: a still copy of a live round's pages, or LZ4's input.
+    /// Data pages back to back: a still copy of a live round's pages, or the codec's input.
     private let gather = UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes, alignment: 4096)
-    private let packed: UnsafeMutableRawBufferPointer?
+    private let coded: UnsafeMutableRawBufferPointer?
 
     private(set) var count = 0
     private(set) var dataPages = 0
     private(set) var bitmap: [UInt8] = []
-    private(set) var encoding = Payload.Encoding.raw
-    /// The payload after the bitmap: runs of data pages, or one compressed block.
+    private(set) var encoding = PageCodecs.rawEncoding
+    /// The payload after the bitmap: runs of data pages, or one coded block.
     private(set) var data: [UnsafeRawBufferPointer] = []
     /// `data` points into the caller's pages (not a copy here), so it may be lent to a pipe.
     private(set) var dataInGuestMemory = false
 
-    init(compressed: Bool) {
-        packed = compressed ? .allocate(byteCount: Int(LZ4_compressBound(Int32(Self.batchBytes))), alignment: 64) : nil
+    init(codec: (any PageCodec)?) {
+        coded = codec.map { .allocate(byteCount: $0.maximumEncodedSize(Self.batchBytes), alignment: 64) }
     }
 
     deinit {
         gather.deallocate()
-        packed?.deallocate()
+        coded?.deallocate()
     }
 
-    /// Finds the zero pages of `count` pages at `pages`, copies the rest when `copy` (or to compress them
-    /// together), and compresses them when that makes them smaller.
-    func prepare(from pages: UnsafeRawPointer, count: Int, copy: Bool, compression: Compression) {
+    /// Finds the zero pages of `count` pages at `pages`, copies the rest when `copy` (or to code them
+    /// together), and codes them when that makes them smaller.
+    func prepare(from pages: UnsafeRawPointer, count: Int, copy: Bool, codec: (any PageCodec)?) {
         let pageSize = StreamFormat.pageSize
         self.count = count
         bitmap = [UInt8](repeating: 0, count: Payload.bitmapSize(count))
@@ -302,7 +302,7 @@ private final class BatchLane: @unchecked Sendable {
         dataPages = 0
         var runStart: Int?
         for index in 0...count {
-            let isZero = index < count && Self.isZero(source + index * pageSize)
+            let isZero = index < count && isZeroPage(source + index * pageSize)
             if index < count && !isZero {
                 if runStart == nil { runStart = index }
                 dataPages += 1
@@ -315,11 +315,11 @@ private final class BatchLane: @unchecked Sendable {
             }
         }
         dataInGuestMemory = !copy
-        encoding = .raw
-        guard case .lz4(let acceleration) = compression, dataPages > 0, let packed else { return }
+        encoding = PageCodecs.rawEncoding
+        guard let codec, dataPages > 0, let coded else { return }
         var input = source
         if data.count > 1 || data[0].baseAddress != source {
-            // Compressed as one block: gather the runs. A copy's runs move down over zero pages, in order.
+            // Coded as one block: gather the runs. A copy's runs move down over zero pages, in order.
             var position = 0
             for run in data {
                 (gather.baseAddress! + position).copyMemory(from: run.baseAddress!, byteCount: run.count)
@@ -327,26 +327,10 @@ private final class BatchLane: @unchecked Sendable {
             }
             input = UnsafeRawPointer(gather.baseAddress!)
         }
-        let dataBytes = dataPages * pageSize
-        let size = LZ4_compress_fast(input.assumingMemoryBound(to: CChar.self),
-                                     packed.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                     Int32(dataBytes), Int32(packed.count), acceleration)
-        if size > 0 && Int(size) < dataBytes {
-            encoding = .lz4
-            data = [UnsafeRawBufferPointer(start: packed.baseAddress!, count: Int(size))]
+        if let size = codec.encode(UnsafeRawBufferPointer(start: input, count: dataPages * pageSize), into: coded) {
+            encoding = codec.encoding
+            data = [UnsafeRawBufferPointer(start: coded.baseAddress!, count: size)]
             dataInGuestMemory = false
         }
-    }
-
-    /// Whether a page is all zeroes: 64 bytes at a time, stopping at the first non-zero word.
-    private static func isZero(_ page: UnsafeRawPointer) -> Bool {
-        let words = page.assumingMemoryBound(to: UInt64.self)
-        var index = 0
-        while index < StreamFormat.pageSize / 8 {
-            if words[index] | words[index + 1] | words[index + 2] | words[index + 3]
-                | words[index + 4] | words[index + 5] | words[index + 6] | words[index + 7] != 0 { return false }
-            index += 8
-        }
-        return true
     }
 }

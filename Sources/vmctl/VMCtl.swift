@@ -1,6 +1,8 @@
 import ArgumentParser
 import Glibc
 import MachineDescription
+import SystemPackage
+import SystemSupport
 import VMControl
 
 /// `vmctl`: look at and manage the VMs that vmrun runs.
@@ -123,7 +125,7 @@ struct Console: ParsableCommand {
         let client = try global.connect(name)
         defer { client.close() }
         if let input {
-            let bytes = input == "-" ? try readAll(0, limit: Self.maximumInput) : Array(input.utf8)
+            let bytes = input == "-" ? try FileDescriptor.standardInput.readToEnd(limit: Self.maximumInput, what: "standard input") : Array(input.utf8)
             for start in stride(from: 0, to: bytes.count, by: 4096) {
                 try client.consoleInput(Array(bytes[start..<min(start + 4096, bytes.count)]))
             }
@@ -135,10 +137,9 @@ struct Console: ParsableCommand {
         defer { close(fd) }
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
+            let count = retryingInterrupts { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
             if count > 0 {
-                writeOut(chunk[..<count])
+                try FileDescriptor.standardOutput.writeFully(chunk[..<count], what: "standard output")
                 continue
             }
             guard follow, processIsAlive(client.pid) else { return }
@@ -150,36 +151,10 @@ struct Console: ParsableCommand {
 /// True while `pid` runs; a zombie waiting to be reaped counts as gone.
 func processIsAlive(_ pid: Int32) -> Bool {
     guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-    guard let stat = try? readAll(open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC), limit: 4096, closing: true) else { return true }
+    guard let stat = try? FileDescriptor.readFile("/proc/\(pid)/stat", limit: 4096) else { return true }
     let text = String(decoding: stat, as: UTF8.self)
     guard let paren = text.lastIndex(of: ")") else { return true }
     return !text[paren...].hasPrefix(") Z")
-}
-
-func readAll(_ fd: Int32, limit: Int, closing: Bool = false) throws -> [UInt8] {
-    guard fd >= 0 else { throw ControlError("cannot open: \(String(cString: strerror(errno)))") }
-    defer { if closing { close(fd) } }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0 && errno == EINTR { continue }
-        if count < 0 { throw ControlError("read: \(String(cString: strerror(errno)))") }
-        if count == 0 { return bytes }
-        guard bytes.count + count <= limit else { throw ControlError("input is larger than \(ByteSize.format(UInt64(limit)))") }
-        bytes += chunk[..<count]
-    }
-}
-
-func writeOut(_ bytes: ArraySlice<UInt8>) {
-    var written = 0
-    let array = Array(bytes)
-    while written < array.count {
-        let count = array.withUnsafeBytes { write(1, $0.baseAddress! + written, $0.count - written) }
-        if count < 0 && errno == EINTR { continue }
-        if count <= 0 { return }
-        written += count
-    }
 }
 
 func printTable(_ rows: [[String]]) {

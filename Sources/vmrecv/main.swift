@@ -1,5 +1,6 @@
 import ArgumentParser
 import Migration
+import VMRunBackend
 import ToolSupport
 import SystemPackage
 import VMControl

@@ -1,4 +1,7 @@
+import CLinux
 import Glibc
+import SystemPackage
+import SystemSupport
 import VMControl
 
 /// Starts the VM process in the background and waits until its socket listens.
@@ -9,8 +12,6 @@ struct BackgroundLauncher {
     let plan: MachinePlan
     let command: VMRun
 
-    /// glibc's POSIX_SPAWN_SETSID, which Swift's Glibc module hides behind _GNU_SOURCE.
-    static let spawnSetSID: Int16 = 0x80
     /// How long the VM process may take to create the machine (a large --memory-image takes a while).
     static let readyTimeoutSeconds: Int32 = 300
 
@@ -46,7 +47,7 @@ struct BackgroundLauncher {
         posix_spawnattr_setsigmask(&attributes, &signals)
         for number in [SIGTERM, SIGINT, SIGPIPE, SIGHUP] { sigaddset(&signals, number) }
         posix_spawnattr_setsigdefault(&attributes, &signals)
-        posix_spawnattr_setflags(&attributes, Self.spawnSetSID | Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        posix_spawnattr_setflags(&attributes, CLINUX_POSIX_SPAWN_SETSID | Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
 
         let arguments = [executable] + childArguments()
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
@@ -61,7 +62,8 @@ struct BackgroundLauncher {
             throw ControlError("cannot start the VM process: \(String(cString: strerror(spawned)))")
         }
         if command.incoming {
-            writeAll(plan.incomingJSON, to: input[1])
+            // The child reads all of it before it answers; an early exit shows in its answer, not here.
+            try? FileDescriptor(rawValue: input[1]).writeFully(plan.incomingJSON, what: "the VM process's standard input")
             close(input[1])
         }
         let answer = readReadiness(ready[0])
@@ -98,14 +100,9 @@ struct BackgroundLauncher {
         var chunk = [UInt8](repeating: 0, count: 4096)
         let deadline = ContinuousClock.now + .seconds(Int(Self.readyTimeoutSeconds))
         while bytes.count < 65536 {
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let left = ContinuousClock.now.duration(to: deadline)
-            if left <= .zero { return nil }
-            let ready = poll(&poller, 1, Int32(left.components.seconds * 1000 + 1))
-            if ready < 0 && errno == EINTR { continue }
-            if ready == 0 { return nil }
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
+            var poller = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            if pollDescriptors(&poller, timeout: ContinuousClock.now.duration(to: deadline)) == 0 { return nil }
+            let count = retryingInterrupts { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
             if count <= 0 { break }
             bytes += chunk[..<count]
         }
@@ -117,16 +114,6 @@ struct BackgroundLauncher {
         let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         guard length > 0 else { throw systemError("readlink /proc/self/exe") }
         return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    private func writeAll(_ bytes: [UInt8], to fd: Int32) {
-        var written = 0
-        while written < bytes.count {
-            let count = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
-            if count < 0 && errno == EINTR { continue }
-            if count <= 0 { return }
-            written += count
-        }
     }
 
     private func systemError(_ what: String) -> ControlError {

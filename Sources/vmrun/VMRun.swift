@@ -2,6 +2,8 @@ import ArgumentParser
 import Glibc
 import MachineDescription
 import VMControl
+import SystemPackage
+import SystemSupport
 import VMM
 
 /// `vmrun [options] NAME`: runs one VM and serves its control socket.
@@ -130,7 +132,7 @@ struct MachinePlan {
 
     /// MemTotal from /proc/meminfo, in bytes.
     static func hostMemorySize() -> UInt64? {
-        guard let text = try? readFile("/proc/meminfo", limit: 1 << 16) else { return nil }
+        guard let text = try? FileDescriptor.readFile("/proc/meminfo", limit: 1 << 16) else { return nil }
         for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix("MemTotal:") {
             let fields = line.split(separator: " ")
             if fields.count >= 2, let kilobytes = UInt64(fields[1]) { return kilobytes * 1024 }
@@ -141,27 +143,5 @@ struct MachinePlan {
 
 /// Reads standard input to its end, refusing more than `limit` bytes.
 func readStandardInput(limit: Int) throws -> [UInt8] {
-    try readDescriptor(0, limit: limit, what: "standard input")
-}
-
-func readFile(_ path: String, limit: Int) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw ControlError("cannot open \(path): \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    return try readDescriptor(fd, limit: limit, what: path)
-}
-
-func readDescriptor(_ fd: Int32, limit: Int, what: String) throws -> [UInt8] {
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0 {
-            if errno == EINTR { continue }
-            throw ControlError("cannot read \(what): \(String(cString: strerror(errno)))")
-        }
-        if count == 0 { return bytes }
-        guard bytes.count + count <= limit else { throw ControlError("\(what) is larger than \(ByteSize.format(UInt64(limit)))") }
-        bytes += chunk[..<count]
-    }
+    try FileDescriptor.standardInput.readToEnd(limit: limit, what: "standard input")
 }

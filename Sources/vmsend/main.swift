@@ -1,6 +1,7 @@
 import ArgumentParser
 import MachineDescription
 import Migration
+import VMRunBackend
 import SystemPackage
 import ToolSupport
 import VMControl

@@ -5,7 +5,7 @@ import MachineDescription
 import Migration
 import SystemPackage
 
-/// A sparse anonymous file in /dev/shm, as vmrun's memfd: unlinked at once, so nothing is left behind.
+/// A stream file in /dev/shm, unlinked at once, so nothing is left behind.
 func makeMemoryFile(size: UInt64) throws -> FileDescriptor {
     var template = Array("/dev/shm/vmsend-test-XXXXXX".utf8CString)
     let fd = mkstemp(&template)
@@ -13,6 +13,61 @@ func makeMemoryFile(size: UInt64) throws -> FileDescriptor {
     unlink(template)
     guard ftruncate(fd, off_t(size)) == 0 else { throw MigrationError("ftruncate", errno: errno) }
     return FileDescriptor(rawValue: fd)
+}
+
+/// Guest memory that is not a file: anonymous memory, as a hypervisor that maps guest-physical ranges (bhyve's
+/// vm_map_gpa) would lend it. What is populated is what was written, tracked page by page.
+final class AnonymousGuestMemory: GuestMemory {
+    let segments: [MemorySegment]
+    private let bases: [UnsafeMutableRawPointer]
+    private var written: [Set<UInt64>]
+
+    init(segments: [MemorySegment]) {
+        self.segments = segments
+        bases = segments.map { segment in
+            mmap(nil, Int(segment.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
+        }
+        written = segments.map { _ in [] }
+    }
+
+    deinit { for (base, segment) in zip(bases, segments) { munmap(base, Int(segment.size)) } }
+
+    func pages(segment: Int, from page: UInt64, count: UInt64) -> UnsafeRawPointer {
+        UnsafeRawPointer(bases[segment] + Int(page) * 4096)
+    }
+
+    func populatedPages(segment: Int) throws -> [Range<UInt64>] {
+        var ranges: [Range<UInt64>] = []
+        for page in written[segment].sorted() {
+            if let last = ranges.last, last.upperBound == page {
+                ranges[ranges.count - 1] = last.lowerBound..<(page + 1)
+            } else {
+                ranges.append(page..<(page + 1))
+            }
+        }
+        return ranges
+    }
+
+    func doneReading(segment: Int, pages: Range<UInt64>) {}
+
+    func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
+        (bases[segment] + Int(page) * 4096).copyMemory(from: data, byteCount: count * 4096)
+        written[segment].formUnion(page..<(page + UInt64(count)))
+    }
+
+    func discard(segment: Int, pages: Range<UInt64>) throws {
+        (bases[segment] + Int(pages.lowerBound) * 4096).initializeMemory(as: UInt8.self, repeating: 0, count: pages.count * 4096)
+        written[segment].subtract(pages)
+    }
+
+    /// Page `page` of the segment holding guest-physical page `page` of a single-segment test machine.
+    func bytes(segment: Int = 0, page: UInt64) -> [UInt8] {
+        Array(UnsafeRawBufferPointer(start: pages(segment: segment, from: page, count: 1), count: 4096))
+    }
+
+    func fill(segment: Int, page: UInt64, with bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write(segment: segment, page: page, count: 1, from: $0.baseAddress!) }
+    }
 }
 
 let testHost = HostSpec(architecture: Compatibility.local().architecture, cpuVendor: "TestVendor", cpuModel: "Test CPU",
@@ -29,10 +84,10 @@ let testState = MachineState(
              StateChunk(name: "vm/pit", version: 1, data: [9, 9, 9])],
     devices: [StateChunk(name: "uart0", version: 1, data: Array("hello".utf8))])
 
-/// A machine in a memfd: some pages written with a pattern, some written with zeroes, the rest holes.
+/// A machine in anonymous memory: some pages written with a pattern, some written with zeroes, the rest never touched.
 final class FakeSource: MigrationSource, @unchecked Sendable {
     let config: MachineConfig
-    let file: FileDescriptor
+    let guestMemory: AnonymousGuestMemory
     var pauses = 0
     var resumes = 0
     var paused = false
@@ -41,24 +96,18 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
 
     init(config: MachineConfig = testConfig(), writtenPages: [UInt64], zeroedPages: [UInt64] = []) throws {
         self.config = config
-        file = try makeMemoryFile(size: config.memorySize)
+        guestMemory = AnonymousGuestMemory(segments: config.segments)
         for page in writtenPages {
             var bytes = [UInt8](repeating: 0, count: 4096)
             for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: Int(page) &* 31 &+ index &* 7 &+ 1) }
-            _ = try file.writeAll(toAbsoluteOffset: Int64(page * 4096), bytes)
+            try guestMemory.fill(segment: 0, page: page, with: bytes)
         }
-        for page in zeroedPages {
-            _ = try file.writeAll(toAbsoluteOffset: Int64(page * 4096), [UInt8](repeating: 0, count: 4096))
-        }
+        for page in zeroedPages { try guestMemory.fill(segment: 0, page: page, with: [UInt8](repeating: 0, count: 4096)) }
     }
-
-    deinit { try? file.close() }
 
     func describe() throws -> (config: MachineConfig, host: HostSpec) { (config, testHost) }
     func isRunning() throws -> Bool { !paused }
-    func mapMemory(_ config: MachineConfig) throws -> GuestMemory {
-        try GuestMemory(file: FileDescriptor(rawValue: dup(file.rawValue)), segments: config.segments, writable: false)
-    }
+    func memory(_ config: MachineConfig) throws -> any GuestMemory { guestMemory }
     func pause() throws { pauses += 1; paused = true }
     func resume() throws { resumes += 1; paused = false }
     func saveState() throws -> MachineState {
@@ -128,50 +177,36 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     /// The guest writes a fresh value to a page, and the dirty log notes it.
     func write(segment: Int, page: UInt64) throws {
         let value = UInt8.random(in: 1...255, using: &generator)
-        _ = try file.writeAll(toAbsoluteOffset: Int64(segmentOffset(segment) + page * 4096), [UInt8](repeating: value, count: 4096))
+        try guestMemory.fill(segment: segment, page: page, with: [UInt8](repeating: value, count: 4096))
         if dirtyLogging { dirtyBits[segment].insert(page) }
     }
 
     func dirtyLogStop() throws { dirtyLogging = false }
 
-    private func segmentOffset(_ segment: Int) -> UInt64 {
-        MemorySegment.fileOffsets(config.segments)[segment]
-    }
     func setThrottle(percent: Int) throws { throttles.append(percent) }
 
-    func bytes(page: UInt64) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: 4096)
-        _ = try bytes.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(page * 4096), into: $0) }
-        return bytes
-    }
+    func bytes(page: UInt64) throws -> [UInt8] { guestMemory.bytes(page: page) }
 }
 
-/// A received machine in a memfd of its own.
+/// A received machine in anonymous memory of its own.
 final class FakeDestination: MigrationDestination, @unchecked Sendable {
-    let memory: GuestMemory
-    let file: FileDescriptor
+    let guestMemory: AnonymousGuestMemory
+    var memory: any GuestMemory { guestMemory }
     var restored: MachineState?
     var resumed = false
     var abandoned = false
 
     init(config: MachineConfig) throws {
-        file = try makeMemoryFile(size: config.memorySize)
-        memory = try GuestMemory(file: FileDescriptor(rawValue: dup(file.rawValue)), segments: config.segments, writable: true)
+        guestMemory = AnonymousGuestMemory(segments: config.segments)
     }
-
-    deinit { try? file.close() }
 
     func restore(_ state: MachineState) throws { restored = state }
     func resume() throws { resumed = true }
     func abandon() { abandoned = true }
 
-    func bytes(page: UInt64) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: 4096)
-        _ = try bytes.withUnsafeMutableBytes { try file.read(fromAbsoluteOffset: Int64(page * 4096), into: $0) }
-        return bytes
-    }
+    func bytes(page: UInt64) throws -> [UInt8] { guestMemory.bytes(page: page) }
 
-    /// Pages holding data in the memory file (SEEK_DATA), to prove zero pages were not populated.
+    /// Pages that were ever written, to prove zero pages were not populated.
     func populatedPageCount() throws -> UInt64 {
         try memory.populatedPages(segment: 0).reduce(0) { $0 + UInt64($1.count) }
     }

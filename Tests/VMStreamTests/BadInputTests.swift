@@ -1,4 +1,5 @@
 import MachineDescription
+import SystemSupport
 import Testing
 @testable import VMStream
 
@@ -46,7 +47,7 @@ import Testing
     @Test func roundRangeCountThatOverflowsThePayload() {
         var builder = Fixture.Builder()
         builder.begin()
-        var payload = WireEncoder()
+        var payload = ByteWriter()
         payload.u32(1)
         payload.u32(UInt32.max)
         builder.record(RecordType.round.rawValue, payload.bytes)
@@ -174,7 +175,7 @@ import Testing
 
     @Test func malformedBeginFields() {
         var builder = Fixture.Builder()
-        var payload = WireEncoder()
+        var payload = ByteWriter()
         payload.u16(BeginTag.tool.rawValue)
         payload.u32(3)
         payload.raw([0xff, 0xfe, 0xfd])

@@ -1,4 +1,5 @@
 import MachineDescription
+import SystemSupport
 @testable import VMStream
 
 /// A guest memory in a test: pages land here, and can be compared with what was sent.
@@ -62,7 +63,7 @@ enum Fixture {
         var records: UInt64 = 0
 
         init(version: UInt32 = 1, features: UInt32 = 0, flags: UInt32 = 0) {
-            var header = WireEncoder()
+            var header = ByteWriter()
             header.raw(StreamFormat.magic)
             header.u32(version)
             header.u32(features)
@@ -76,7 +77,7 @@ enum Fixture {
         mutating func record(_ type: UInt16, flags: UInt16 = 0, _ payload: [UInt8], length: UInt32? = nil) {
             let declared = length ?? UInt32(payload.count)
             let headerChecksum = Checksum.header(type: type, flags: flags, length: declared)
-            var out = WireEncoder()
+            var out = ByteWriter()
             out.u16(type)
             out.u16(flags)
             out.u32(declared)
@@ -99,7 +100,7 @@ enum Fixture {
 
         /// A raw PAGES record; `data` nil means every page is zero.
         mutating func pages(segment: UInt16, first: UInt64, count: UInt32, dataPages: Int = 0) {
-            var out = WireEncoder()
+            var out = ByteWriter()
             out.u16(segment)
             out.u8(0)
             out.u8(0)

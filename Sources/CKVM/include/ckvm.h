@@ -82,6 +82,10 @@ static inline uint16_t ckvm_run_io_port(const struct kvm_run *run) { return run-
 static inline uint32_t ckvm_run_io_count(const struct kvm_run *run) { return run->io.count; }
 static inline uint64_t ckvm_run_io_data_offset(const struct kvm_run *run) { return run->io.data_offset; }
 static inline uint64_t ckvm_run_mmio_address(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint32_t ckvm_run_mmio_length(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t ckvm_run_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+/// The 8 data bytes of an MMIO exit: what the guest wrote, or where a read's answer goes.
+static inline uint8_t *ckvm_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
 static inline uint32_t ckvm_run_internal_suberror(const struct kvm_run *run) { return run->internal.suberror; }
 static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *run) {
     return run->fail_entry.hardware_entry_failure_reason;

@@ -2,13 +2,6 @@
 #define CSTREAMSUPPORT_H
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
-#include <sys/uio.h>
-
-/// vmsplice(2), which Glibc's Swift module leaves out.
-ssize_t css_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags);
-/// Bytes written into a pipe that its reader has not taken yet (FIONREAD), or -1.
-int css_pipe_unread(int fd);
 
 /// XXH3-64 over data arriving in pieces, with AVX2 chosen at run time where the CPU has it:
 /// the same values as libxxhash (whose Debian build is SSE2 only: 7 GB/s against 21 GB/s measured).

@@ -1,134 +1,18 @@
 import Glibc
 import MachineDescription
 import Synchronization
+import SystemSupport
 import VMControl
 
-/// The control socket a vmrun holds for its machine's name. Claiming it is what makes the name
-/// taken: a second claim fails while the first process lives; a socket left by a dead process
-/// is removed and taken over.
-public final class ControlSocket: Sendable {
-    public let name: String
-    public let path: String
-    let listeningDescriptor: Int32
-    private let released = Atomic<Bool>(false)
-
-    private init(name: String, path: String, descriptor: Int32) {
-        self.name = name
-        self.path = path
-        self.listeningDescriptor = descriptor
-    }
-
-    /// Binds `<run dir>/NAME.sock` (creating the run directory), or says who holds the name.
-    public static func claim(name: String, runDirectory: RunDirectory) throws -> ControlSocket {
-        try MachineName.validate(name)
-        try runDirectory.create()
-        let path = runDirectory.socketPath(for: name)
-        for _ in 0..<3 {
-            do {
-                return ControlSocket(name: name, path: path, descriptor: try UnixSocket.listen(path: path))
-            } catch let error as ControlError where error.code == .addressInUse {
-                try refuseIfAnswering(name: name, path: path)
-                // Nobody answers: the vmrun that made this socket is gone.
-                unlink(path)
-            }
-        }
-        throw ControlError("cannot claim \(path): it keeps reappearing; is another vmrun starting with the name '\(name)'?")
-    }
-
-    /// Closes the socket and removes it from the run directory. Idempotent.
-    public func release() {
-        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        unlink(path)
-        close(listeningDescriptor)
-    }
-
-    deinit { release() }
-
-    private static func refuseIfAnswering(name: String, path: String) throws {
-        let probe: MessageSocket
-        do {
-            probe = try UnixSocket.connect(path: path)
-        } catch let error as ControlError where error.code == .connectionRefused || error.code == .noSuchFileOrDirectory {
-            return
-        }
-        probe.setReceiveTimeout(seconds: 5)
-        let owner = try? ControlClient.handshake(socket: probe, ownIncoming: false)
-        let who = owner.map { "pid \($0.pid)" } ?? "its socket at \(path) answers"
-        owner?.close()
-        throw ControlError("a VM named '\(name)' is already running (\(who))")
-    }
-}
-
-/// Serves the control protocol (see `ControlProtocol`) for one machine on one thread, so the
-/// machine sees every call from that thread. Returns when the machine is gone.
-public final class ControlServer: Sendable {
-    /// Why `serve` returned. In every case the machine has been destroyed and the socket removed.
-    public enum Outcome: Sendable, Equatable {
-        case destroyed
-        /// `stop()` was called (vmrun: SIGTERM or SIGINT).
-        case stopped
-        /// The owner of the incoming machine disconnected before resuming it.
-        case ownerLeft
-        /// Nobody claimed the incoming machine in time.
-        case ownerNeverCame
-    }
-
-    /// How long a client may take to send the rest of a message or read a reply.
-    static let stallSeconds = 3
-
-    private let socket: ControlSocket
-    private let machine: any ControlledMachine
-    private let ownerTimeout: Duration
-    private let wakeRead: Int32
-    /// Writing a byte here ends `serve`; safe to do from a signal handler.
-    public let stopDescriptor: Int32
-
-    public init(socket: ControlSocket, machine: any ControlledMachine, ownerTimeout: Duration = .seconds(30)) throws {
-        var pipeEnds: [Int32] = [0, 0]
-        guard pipe(&pipeEnds) == 0 else {
-            throw ControlError("cannot create a pipe: \(String(cString: strerror(errno)))")
-        }
-        for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        _ = fcntl(pipeEnds[1], F_SETFL, O_NONBLOCK)
-        self.socket = socket
-        self.machine = machine
-        self.ownerTimeout = ownerTimeout
-        self.wakeRead = pipeEnds[0]
-        self.stopDescriptor = pipeEnds[1]
-    }
-
-    deinit {
-        close(wakeRead)
-        close(stopDescriptor)
-    }
-
-    /// Makes `serve` return `.stopped` soon.
-    public func stop() {
-        var byte: UInt8 = 1
-        _ = write(stopDescriptor, &byte, 1)
-    }
-
-    /// Serves until the machine is destroyed, stopped or abandoned; then destroys it and
-    /// removes the socket.
-    public func serve() -> Outcome {
-        var session = Session(machine: machine, name: socket.name, ownerDeadline: .now + ownerTimeout)
-        let outcome = session.run(listening: socket.listeningDescriptor, wake: wakeRead, releaseSocket: socket.release)
-        session.closeAll()
-        machine.destroy()
-        socket.release()
-        return outcome
-    }
-}
-
 /// One client connection and what it has said so far.
-private struct Connection {
+struct Connection {
     let id: Int
     let socket: MessageSocket
     var greeted = false
 }
 
 /// The loop state of one `serve` call; lives on the serving thread only.
-private struct Session {
+struct Session {
     let machine: any ControlledMachine
     let name: String
     let ownerDeadline: ContinuousClock.Instant
@@ -156,17 +40,14 @@ private struct Session {
         while true {
             var fds = [pollfd(fd: wake, events: Int16(POLLIN), revents: 0), pollfd(fd: listening, events: Int16(POLLIN), revents: 0)]
             fds += connections.map { pollfd(fd: $0.socket.fd, events: Int16(POLLIN), revents: 0) }
-            var timeout: Int32 = -1
+            var timeout: Duration?
             if incomingPending && owner == nil {
                 let left = ContinuousClock.now.duration(to: ownerDeadline)
                 if left <= .zero { return .ownerNeverCame }
-                timeout = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+                timeout = left
             }
-            let ready = poll(&fds, nfds_t(fds.count), timeout)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                return .stopped
-            }
+            let ready = pollDescriptors(&fds, timeout: timeout)
+            if ready < 0 { return .stopped }
             if fds[0].revents != 0 { return .stopped }
             if fds[1].revents & Int16(POLLIN) != 0 { accept(listening) }
             let readyIDs = fds.dropFirst(2).enumerated().filter { $0.element.revents != 0 }.map { connections[$0.offset].id }
@@ -375,7 +256,7 @@ private struct Session {
 }
 
 /// The single key of a request object, to name an unknown request in the error.
-private struct FirstKey: Decodable {
+struct FirstKey: Decodable {
     let key: String
 
     struct AnyKey: CodingKey {

@@ -3,6 +3,9 @@ import Glibc
 #endif
 import Foundation
 import MachineDescription
+import Migration
+import SystemPackage
+import SystemSupport
 
 /// Runs a helper program to completion: `input` on its stdin, stdout discarded, stderr captured.
 enum ChildProcess {
@@ -39,27 +42,20 @@ enum ChildProcess {
             close(stderrPipe[0])
             throw MigrationError("cannot start \(path)", errno: spawned)
         }
-        // The child reads all of stdin before it writes much to stderr, so writing first cannot deadlock.
-        input.withUnsafeBytes { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let written = write(stdinPipe[1], bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 { if errno == EINTR { continue }; break }
-                offset += written
-            }
-        }
+        // The child reads all of stdin before it writes much to stderr, so writing first cannot deadlock; a child
+        // that exits early says why on stderr.
+        try? FileDescriptor(rawValue: stdinPipe[1]).writeFully(input, what: "\(path)'s standard input")
         close(stdinPipe[1])
         var captured: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let count = read(stderrPipe[0], &chunk, chunk.count)
-            if count < 0 && errno == EINTR { continue }
+            let count = retryingInterrupts { read(stderrPipe[0], &chunk, chunk.count) }
             if count <= 0 { break }
             if captured.count < 64 << 10 { captured += chunk[0..<count] }
         }
         close(stderrPipe[0])
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = retryingInterrupts { waitpid(pid, &status, 0) }
         let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         return Result(status: exitStatus, standardError: String(decoding: captured, as: UTF8.self))
     }

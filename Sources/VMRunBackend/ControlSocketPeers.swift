@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MachineDescription
+import Migration
 import SystemPackage
 import VMControl
 
@@ -18,8 +19,8 @@ public final class ControlSocketSource: MigrationSource {
 
     public func describe() throws -> (config: MachineConfig, host: HostSpec) { try client.describe() }
     public func isRunning() throws -> Bool { try client.status().state == .running }
-    public func mapMemory(_ config: MachineConfig) throws -> GuestMemory {
-        try GuestMemory(file: try client.memoryFile(), segments: config.segments, writable: false)
+    public func memory(_ config: MachineConfig) throws -> any GuestMemory {
+        try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: false)
     }
     public func pause() throws { try client.pause() }
     public func resume() throws { try client.resume() }
@@ -36,7 +37,7 @@ public final class ControlSocketSource: MigrationSource {
 /// A machine created by `vmrun --incoming` for a stream being received. This connection owns it:
 /// should vmrecv die before `resume`, vmrun sees the connection close and destroys the machine.
 public final class IncomingMachine: MigrationDestination {
-    public let memory: GuestMemory
+    public let memory: any GuestMemory
     private let client: ControlClient
 
     /// Starts `vmrun --incoming NAME` with `config` and connects to it as its owner.
@@ -50,7 +51,7 @@ public final class IncomingMachine: MigrationDestination {
         }
         let client = try ControlClient.connect(name: config.name, runDirectory: runDirectory, ownIncoming: true)
         do {
-            memory = try GuestMemory(file: try client.memoryFile(), segments: config.segments, writable: true)
+            memory = try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: true)
         } catch {
             try? client.destroy()
             client.close()

@@ -47,7 +47,7 @@ enum GuestLayout {
     ]
 
     /// Writes the GDT, identity page tables (2 MiB pages, user-accessible) up to `topOfRAM`, and the code.
-    static func writeBootArea(into memory: GuestMemory, topOfRAM: UInt64) throws {
+    static func writeBootArea(into memory: GuestRAM, topOfRAM: UInt64) throws {
         guard let low = memory.pointer(guestPhysical: 0, length: Int(reservedEnd)) else {
             throw MachineError("guest RAM below \(reservedEnd >> 20) MiB is missing")
         }

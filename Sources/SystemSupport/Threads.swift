@@ -1,12 +1,12 @@
 import Glibc
 
-/// A mutex with a condition variable (CLOCK_MONOTONIC), for parking vCPU threads.
-/// `Synchronization.Mutex` has no condition variable; this wraps pthreads.
-final class Gate: @unchecked Sendable {
+/// A mutex with a condition variable on CLOCK_MONOTONIC, for threads that park and wake (vCPUs, device
+/// workers). `Synchronization.Mutex` has no condition variable; this wraps pthreads.
+public final class Gate: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
-    init() {
+    public init() {
         pthread_mutex_init(mutex, nil)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
@@ -22,29 +22,32 @@ final class Gate: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
+    public func lock() { pthread_mutex_lock(mutex) }
+    public func unlock() { pthread_mutex_unlock(mutex) }
     /// Waits with the lock held; returns after a broadcast or a spurious wake-up.
-    func wait() { pthread_cond_wait(condition, mutex) }
-    func broadcast() { pthread_cond_broadcast(condition) }
+    public func wait() { pthread_cond_wait(condition, mutex) }
+    public func broadcast() { pthread_cond_broadcast(condition) }
 
     /// Waits with the lock held for at most `nanoseconds`.
-    func wait(nanoseconds: UInt64) {
-        let deadline = monotonicNanoseconds() + nanoseconds
+    public func wait(nanoseconds: UInt64) {
+        let deadline = HostClock.monotonicNanoseconds() + nanoseconds
         var until = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
         pthread_cond_timedwait(condition, mutex, &until)
     }
 
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
         lock()
         defer { unlock() }
         return try body()
     }
 }
 
-/// Starts a joinable pthread running `body`.
-func startThread(_ body: @escaping @Sendable () -> Void) throws -> pthread_t {
-    final class Body { let run: @Sendable () -> Void; init(_ run: @escaping @Sendable () -> Void) { self.run = run } }
+/// Starts a joinable pthread running `body`; `what` names it in the error.
+public func startThread(_ what: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> pthread_t {
+    final class Body {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
     let context = Unmanaged.passRetained(Body(body)).toOpaque()
     var thread = pthread_t()
     let result = pthread_create(&thread, nil, { context in
@@ -53,7 +56,7 @@ func startThread(_ body: @escaping @Sendable () -> Void) throws -> pthread_t {
     }, context)
     guard result == 0 else {
         Unmanaged<Body>.fromOpaque(context).release()
-        throw MachineError("cannot start a vCPU thread: \(String(cString: strerror(result)))")
+        throw SystemError("cannot start \(what)", errno: .init(rawValue: result))
     }
     return thread
 }

@@ -1,0 +1,28 @@
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include "clinux.h"
+
+int clinux_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+ssize_t clinux_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags) {
+    return vmsplice(fd, vectors, count, flags);
+}
+
+int clinux_pipe_unread(int fd) {
+    int count = 0;
+    return ioctl(fd, FIONREAD, &count) == 0 ? count : -1;
+}
+
+int clinux_set_pipe_size(int fd, int size) { return fcntl(fd, F_SETPIPE_SZ, size); }
+int clinux_pipe_size(int fd) { return fcntl(fd, F_GETPIPE_SZ); }
+
+const int CLINUX_SEEK_DATA = SEEK_DATA;
+const int CLINUX_SEEK_HOLE = SEEK_HOLE;
+const int CLINUX_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+const short CLINUX_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
+
+int clinux_fallocate(int fd, int mode, off_t offset, off_t length) { return fallocate(fd, mode, offset, length); }

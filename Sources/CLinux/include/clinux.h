@@ -1,0 +1,27 @@
+#ifndef CLINUX_H
+#define CLINUX_H
+/// Linux calls and constants that Glibc's Swift module hides (they need _GNU_SOURCE or live in linux/ headers).
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/// memfd_create(name, MFD_CLOEXEC).
+int clinux_memfd_create(const char *name);
+/// vmsplice(2): lends the pages of `vectors` to a pipe.
+ssize_t clinux_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags);
+/// Bytes written into a pipe that its reader has not taken yet (FIONREAD), or -1.
+int clinux_pipe_unread(int fd);
+/// Grows a pipe (F_SETPIPE_SZ); returns the new size or -1.
+int clinux_set_pipe_size(int fd, int size);
+/// The pipe's capacity (F_GETPIPE_SZ), or -1.
+int clinux_pipe_size(int fd);
+
+extern const int CLINUX_SEEK_DATA;
+extern const int CLINUX_SEEK_HOLE;
+extern const int CLINUX_FALLOC_PUNCH_HOLE;
+extern const short CLINUX_POSIX_SPAWN_SETSID;
+
+/// fallocate(2).
+int clinux_fallocate(int fd, int mode, off_t offset, off_t length);
+#endif

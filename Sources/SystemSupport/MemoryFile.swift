@@ -1,0 +1,138 @@
+import CLinux
+import Glibc
+import SystemPackage
+
+/// Guest RAM as one file holding every segment back to back (a memfd), mapped shared into this process.
+///
+/// The VMM creates it and hands its descriptor to clients, which map the same file: the sender reads pages
+/// straight from it, the receiver lands pages in it. Nothing is populated up front: pages cost memory only once
+/// written. `@unchecked Sendable`: the mapping is fixed for the object's life; the bytes are the guest's to race on.
+public final class MemoryFile: @unchecked Sendable {
+    public let descriptor: FileDescriptor
+    public let base: UnsafeMutableRawPointer
+    public let length: Int
+    /// Bytes of each segment, in file order.
+    public let segmentSizes: [UInt64]
+    /// Where each segment starts in the file.
+    public let segmentOffsets: [UInt64]
+    private var released = false
+
+    /// A new anonymous memory file (memfd) of the segments' total size, mapped read-write.
+    public static func create(name: String, segmentSizes: [UInt64]) throws(SystemError) -> MemoryFile {
+        let fd = try systemCall("memfd_create") { clinux_memfd_create("vm-" + name) }
+        let file = FileDescriptor(rawValue: fd)
+        let total = segmentSizes.reduce(0, +)
+        do {
+            try systemCall("cannot size guest memory to \(total) bytes") { ftruncate(fd, off_t(total)) }
+            return try MemoryFile(adopting: file, segmentSizes: segmentSizes, writable: true)
+        } catch {
+            try? file.close()
+            throw error
+        }
+    }
+
+    /// Maps `descriptor` and takes it over: it is closed with the mapping, or at once if mapping fails.
+    public init(adopting descriptor: FileDescriptor, segmentSizes: [UInt64], writable: Bool) throws(SystemError) {
+        let total = segmentSizes.reduce(0, +)
+        var info = Glibc.stat()
+        guard fstat(descriptor.rawValue, &info) == 0, UInt64(info.st_size) >= total,
+              total > 0, segmentSizes.allSatisfy({ $0 % UInt64(pageSize) == 0 })
+        else {
+            let error = SystemError("guest memory file of \(info.st_size) bytes does not hold a page-aligned layout of \(total) bytes",
+                                    errno: .invalidArgument)
+            try? descriptor.close()
+            throw error
+        }
+        let protection = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
+        guard let mapping = mmap(nil, Int(total), protection, MAP_SHARED | MAP_NORESERVE, descriptor.rawValue, 0),
+              mapping != MAP_FAILED
+        else {
+            let error = SystemError.last("cannot map \(total) bytes of guest memory")
+            try? descriptor.close()
+            throw error
+        }
+        self.descriptor = descriptor
+        base = mapping
+        length = Int(total)
+        self.segmentSizes = segmentSizes
+        var next: UInt64 = 0
+        segmentOffsets = segmentSizes.map { size in
+            defer { next += size }
+            return next
+        }
+    }
+
+    deinit { release() }
+
+    /// Unmaps and closes; only once nothing can touch the memory any more. Idempotent.
+    public func release() {
+        guard !released else { return }
+        released = true
+        munmap(base, length)
+        try? descriptor.close()
+    }
+
+    public func pageCount(segment: Int) -> UInt64 { segmentSizes[segment] / UInt64(pageSize) }
+
+    /// Address of page `page` of `segment`; the caller has checked the bounds.
+    public func address(segment: Int, page: UInt64) -> UnsafeMutableRawPointer {
+        base + Int(segmentOffsets[segment] + page * UInt64(pageSize))
+    }
+
+    /// Page ranges of a segment that hold data, found with SEEK_DATA/SEEK_HOLE: holes nobody wrote are
+    /// skipped without being read (and without being populated by the read).
+    public func populatedPages(segment: Int) throws(SystemError) -> [Range<UInt64>] {
+        let start = Int(segmentOffsets[segment])
+        let end = start + Int(segmentSizes[segment])
+        var ranges: [Range<UInt64>] = []
+        var position = start
+        while position < end {
+            let dataStart = lseek(descriptor.rawValue, off_t(position), CLINUX_SEEK_DATA)
+            if dataStart < 0 {
+                if errno == ENXIO { break }  // no data after position
+                throw SystemError.last("lseek(SEEK_DATA) on guest memory")
+            }
+            if dataStart >= end { break }
+            let holeStart = lseek(descriptor.rawValue, dataStart, CLINUX_SEEK_HOLE)
+            if holeStart < 0 { throw SystemError.last("lseek(SEEK_HOLE) on guest memory") }
+            let dataEnd = min(Int(holeStart), end)
+            let first = UInt64((Int(dataStart) - start) / pageSize)
+            let last = UInt64((dataEnd - start + pageSize - 1) / pageSize)
+            if let previous = ranges.last, previous.upperBound >= first {
+                ranges[ranges.count - 1] = previous.lowerBound..<max(last, previous.upperBound)
+            } else {
+                ranges.append(first..<last)
+            }
+            position = dataEnd
+        }
+        return ranges
+    }
+
+    /// Stores `count` pages at `page` with pwrite: the file's pages are allocated without being zeroed first and
+    /// never mapped here, which a copy through the mapping would do fault by fault (1 GiB: 0.30 s against
+    /// 0.6-1.3 s measured), and this process's RSS does not grow.
+    public func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws(SystemError) {
+        let offset = Int64(segmentOffsets[segment] + page * UInt64(pageSize))
+        let bytes = UnsafeRawBufferPointer(start: data, count: count * pageSize)
+        do {
+            _ = try descriptor.writeAll(toAbsoluteOffset: offset, bytes)
+        } catch {
+            throw SystemError("pwrite of guest memory", errno: error as? Errno ?? .ioError)
+        }
+    }
+
+    /// Returns pages to the all-zero state without leaving them populated.
+    public func discard(segment: Int, pages: Range<UInt64>) {
+        let start = address(segment: segment, page: pages.lowerBound)
+        let bytes = Int(UInt64(pages.count) * UInt64(pageSize))
+        if madvise(start, bytes, MADV_REMOVE) != 0 {
+            memset(start, 0, bytes)
+        }
+    }
+
+    /// Drops this process's mapping of pages already read: the data stays in the file (the mapping is shared), so
+    /// the RSS of a reader stays at a slice however large the guest.
+    public func dropMapping(segment: Int, pages: Range<UInt64>) {
+        _ = madvise(address(segment: segment, page: pages.lowerBound), Int(UInt64(pages.count) * UInt64(pageSize)), MADV_DONTNEED)
+    }
+}

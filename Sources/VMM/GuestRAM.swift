@@ -1,0 +1,66 @@
+import Devices
+import Glibc
+import KVM
+import MachineDescription
+import SystemPackage
+import SystemSupport
+
+/// Guest RAM: one memory file holding every segment back to back, registered with KVM slot by slot and reached by
+/// guest-physical address. The file's descriptor is what vmrun lends its migration clients.
+final class GuestRAM: GuestMemoryAccess, @unchecked Sendable {
+    let segments: [MemorySegment]
+    let file: MemoryFile
+
+    init(name: String, segments: [MemorySegment]) throws {
+        self.segments = segments
+        file = try MemoryFile.create(name: name, segmentSizes: segments.map(\.size))
+    }
+
+    /// Unmaps and closes; only once no vCPU can touch the memory any more.
+    func release() { file.release() }
+
+    var descriptor: Int32 { file.descriptor.rawValue }
+
+    func pointer(guestPhysical address: UInt64, length: Int) -> UnsafeMutableRawPointer? {
+        for (index, segment) in segments.enumerated()
+        where address >= segment.guestPhysicalBase && address - segment.guestPhysicalBase + UInt64(length) <= segment.size {
+            return file.base + Int(file.segmentOffsets[index] + address - segment.guestPhysicalBase)
+        }
+        return nil
+    }
+
+    /// Registers every segment as a KVM memory slot (slot n = segment n), with or without dirty logging.
+    func register(with vm: KVMVirtualMachine, logDirtyPages: Bool) throws(KVMError) {
+        for (slot, segment) in segments.enumerated() {
+            try vm.setMemoryRegion(slot: UInt32(slot), guestPhysical: segment.guestPhysicalBase, size: segment.size,
+                                   userAddress: file.base + Int(file.segmentOffsets[slot]), logDirtyPages: logDirtyPages)
+        }
+    }
+
+    /// Reads an image file into RAM (segments back to back), skipping all-zero pages so holes stay holes.
+    func load(imagePath path: String) throws {
+        let image: FileDescriptor
+        do { image = try FileDescriptor.open(path, .readOnly) } catch {
+            throw MachineError("--memory-image \(path): \(error)")
+        }
+        defer { try? image.close() }
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: pageSize)
+        defer { chunk.deallocate() }
+        var offset = 0
+        while true {
+            let count: Int
+            do { count = try image.read(into: chunk) } catch {
+                throw MachineError("--memory-image \(path): \(error)")
+            }
+            if count == 0 { return }
+            guard offset + count <= file.length else {
+                throw MachineError("--memory-image \(path) is larger than guest memory (\(file.length) bytes)")
+            }
+            for page in stride(from: 0, to: count, by: pageSize) {
+                let piece = UnsafeRawBufferPointer(rebasing: chunk[page..<min(page + pageSize, count)])
+                if !isAllZero(piece) { (file.base + offset + page).copyMemory(from: piece.baseAddress!, byteCount: piece.count) }
+            }
+            offset += count
+        }
+    }
+}

@@ -1,0 +1,25 @@
+/// How `vmrun` wants a machine set up, beyond its `MachineConfig`.
+public struct MachineOptions: Sendable {
+    /// File whose bytes preload guest RAM (segments back to back), for benchmarks.
+    /// With `startPaused`, RAM holds exactly the image until the first `resume` writes the guest's boot area
+    /// (GDT, page tables, code: the first 4 MiB); without it, the boot area is written at once.
+    public var memoryImage: String?
+    /// Create the machine but do not run its vCPUs (as `qemu -S`).
+    public var startPaused: Bool
+    /// Where the UART's output is appended.
+    public var consoleLog: String
+    /// Bytes of guest RAM the bundled guest works over, split between its vCPUs. (An incoming machine takes
+    /// this and the rate from its received configuration instead.)
+    public var guestWorkingSet: UInt64
+    /// Bytes per second the guest dirties in all; 0 means as fast as it can.
+    public var guestDirtyRate: UInt64
+
+    public init(memoryImage: String? = nil, startPaused: Bool = false, consoleLog: String,
+                guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0) {
+        self.memoryImage = memoryImage
+        self.startPaused = startPaused
+        self.consoleLog = consoleLog
+        self.guestWorkingSet = guestWorkingSet
+        self.guestDirtyRate = guestDirtyRate
+    }
+}

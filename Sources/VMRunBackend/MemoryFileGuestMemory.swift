@@ -1,0 +1,32 @@
+import MachineDescription
+import Migration
+import SystemPackage
+import SystemSupport
+
+/// A vmrun's guest RAM, mapped from the memory file it lends over the control socket.
+///
+/// The sender maps it read-only and reads pages straight from it; the receiver lands pages with pwrite, which
+/// allocates the file's pages without mapping them here. Holes are found with SEEK_DATA, never read.
+final class MemoryFileGuestMemory: GuestMemory {
+    let segments: [MemorySegment]
+    private let file: MemoryFile
+
+    /// Maps `descriptor` and takes it over.
+    init(descriptor: FileDescriptor, segments: [MemorySegment], writable: Bool) throws {
+        self.segments = segments
+        file = try MemoryFile(adopting: descriptor, segmentSizes: segments.map(\.size), writable: writable)
+    }
+
+    func pages(segment: Int, from page: UInt64, count: UInt64) -> UnsafeRawPointer {
+        UnsafeRawPointer(file.address(segment: segment, page: page))
+    }
+
+    func populatedPages(segment: Int) throws -> [Range<UInt64>] { try file.populatedPages(segment: segment) }
+    func doneReading(segment: Int, pages: Range<UInt64>) { file.dropMapping(segment: segment, pages: pages) }
+
+    func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
+        try file.write(segment: segment, page: page, count: count, from: data)
+    }
+
+    func discard(segment: Int, pages: Range<UInt64>) { file.discard(segment: segment, pages: pages) }
+}
