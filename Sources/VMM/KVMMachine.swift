@@ -21,6 +21,8 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     private let console: ConsoleLog
     private let runner: VCPURunner
     private let devices: [any Device]
+    /// Where the vCPUs' port and MMIO accesses go.
+    let bus: IOBus
     private let registry: StateRegistry
     private let dirtyLog: DirtyLog
     private let startTime = HostClock.monotonicNanoseconds()
@@ -40,12 +42,15 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     public var failure: String? { runner.failure }
 
     /// Creates and starts (unless `options.startPaused`) a new machine running the bundled guest.
-    public static func boot(name: String, vcpus: UInt32, memorySize: UInt64, options: MachineOptions) throws -> KVMMachine {
+    /// `extraDevices` join the standard ones; `catalog` must know their kinds.
+    public static func boot(name: String, vcpus: UInt32, memorySize: UInt64, options: MachineOptions,
+                            extraDevices: [DeviceConfig] = [], catalog: DeviceCatalog = .standard) throws -> KVMMachine {
         try BundledGuestBoot.checkFits(vcpus: vcpus, memorySize: memorySize, workingSet: options.guestWorkingSet)
         let settings = GuestStatusDevice.Settings(workingSet: options.guestWorkingSet, dirtyRate: options.guestDirtyRate, vcpus: vcpus)
         let config = MachineConfig(name: name, vcpuCount: vcpus, segments: MemorySegment.standardLayout(memorySize: memorySize),
-                                   devices: standardDevices(settings), cpuid: [])
-        let machine = try KVMMachine(config: config, options: options, incoming: false)
+                                   devices: standardDevices(settings) + extraDevices, cpuid: [])
+        try catalog.check(config.devices)
+        let machine = try KVMMachine(config: config, options: options, catalog: catalog, incoming: false)
         do {
             let pending = try BundledGuestBoot.prepare(vcpus: machine.vcpus, ram: machine.ram, config: config,
                                                        settings: settings, options: options)
@@ -60,7 +65,8 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 
     /// Creates a machine from a received configuration, in the incoming state: memory, vCPUs and devices exist,
     /// nothing runs until `restoreState` and `resume`. Refuses what it cannot build before creating anything.
-    public static func incoming(config: MachineConfig, options: MachineOptions) throws -> KVMMachine {
+    public static func incoming(config: MachineConfig, options: MachineOptions,
+                                catalog: DeviceCatalog = .standard) throws -> KVMMachine {
         guard (1...GuestLayout.maxVCPUs).contains(config.vcpuCount) else {
             throw MachineError("incoming machine: \(config.vcpuCount) vCPUs; between 1 and \(GuestLayout.maxVCPUs) are supported")
         }
@@ -68,8 +74,8 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
               config.memorySize % 4096 == 0, config.memorySize >= GuestLayout.reservedEnd else {
             throw MachineError("incoming machine: memory layout \(config.segments.map { "\($0.name)@\($0.guestPhysicalBase)+\($0.size)" }) is not the standard layout")
         }
-        try DeviceCatalog.check(config.devices)
-        return try KVMMachine(config: config, options: options, incoming: true)
+        try catalog.check(config.devices)
+        return try KVMMachine(config: config, options: options, catalog: catalog, incoming: true)
     }
 
     /// The devices of a machine running the bundled guest: COM1 and the guest's status device.
@@ -77,7 +83,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         [UART16550.com1(), GuestStatusDevice.configuration(settings)]
     }
 
-    private init(config: MachineConfig, options: MachineOptions, incoming: Bool) throws {
+    private init(config: MachineConfig, options: MachineOptions, catalog: DeviceCatalog, incoming: Bool) throws {
         let physical = HostProbe.physicalMemory
         guard config.memorySize <= physical else {
             throw MachineError("--memory \(config.memorySize): more than this host's \(physical) bytes of RAM")
@@ -113,11 +119,12 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
                     return KVMInterruptLine(vm: vm, irq: irq)
                 },
                 pacer: runner)
-            devices = try DeviceCatalog.build(config.devices, context: context)
+            devices = try catalog.build(config.devices, context: context)
             dirtyLog = DirtyLog(vm: vm, ram: ram)
             registry = StateRegistry(sections: vcpus.enumerated().map { VCPUStateSection(vcpu: $1, index: $0, migratedMSRs: migratedMSRs) }
                                      + [VMStateSection(vm: vm)] + devices.map { DeviceStateSection(device: $0) })
-            try runner.start(bus: IOBus(devices: devices) { console.note($0) })
+            bus = try IOBus(devices: devices) { console.note($0) }
+            try runner.start(bus: bus)
         } catch {
             ram.release()
             throw error
