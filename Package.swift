@@ -4,7 +4,6 @@ import PackageDescription
 let system = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 let deque = Target.Dependency.product(name: "DequeModule", package: "swift-collections")
-let strict: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
 
 let package = Package(
     name: "vmsend",
@@ -34,38 +33,39 @@ let package = Package(
 
         // The OS layer on swift-system: errors with their cause, EINTR retried in one place, descriptors, the
         // little-endian codec, the zero test, clocks, threads, and guest memory files.
-        .target(name: "SystemSupport", dependencies: ["CLinux", system], swiftSettings: strict),
+        .target(name: "SystemSupport", dependencies: ["CLinux", system]),
 
         // The vocabulary every layer shares: machine configuration, host spec, state chunks.
-        .target(name: "MachineDescription", swiftSettings: strict),
+        .target(name: "MachineDescription"),
         // Bytes on the wire: records, checksums, compression. Nothing about KVM.
-        .target(name: "VMStream", dependencies: ["MachineDescription", "SystemSupport", "CLZ4", "CXXHash", "CStreamSupport", system], swiftSettings: strict),
+        .target(
+            name: "VMStream", dependencies: ["MachineDescription", "SystemSupport", "CLZ4", "CXXHash", "CStreamSupport", system]),
         // /dev/kvm ioctls as typed Swift calls. Nothing about streams.
-        .target(name: "KVM", dependencies: ["CKVM", "SystemSupport", system], swiftSettings: strict),
+        .target(name: "KVM", dependencies: ["CKVM", "SystemSupport", system]),
         // The control socket protocol between vmrun and its clients.
-        .target(name: "VMControl", dependencies: ["MachineDescription", "SystemSupport", system], swiftSettings: strict),
+        .target(name: "VMControl", dependencies: ["MachineDescription", "SystemSupport", system]),
         // Emulated devices and what they plug into: the I/O bus, interrupt lines, guest memory, their state.
         // Nothing about KVM.
-        .target(name: "Devices", dependencies: ["MachineDescription", "SystemSupport", deque, system], swiftSettings: strict),
+        .target(name: "Devices", dependencies: ["MachineDescription", "SystemSupport", deque, system]),
         // A machine on KVM: memory, vCPU threads, the device catalog, the state registry, the bundled guest, the
         // control server.
-        .target(name: "VMM", dependencies: ["KVM", "CKVM", "Devices", "VMControl", "MachineDescription", "SystemSupport", system],
-                swiftSettings: strict),
+        .target(
+            name: "VMM", dependencies: ["KVM", "CKVM", "Devices", "VMControl", "MachineDescription", "SystemSupport", system]),
         // Rounds, convergence, switch-over. Talks to a VM through a protocol, never to KVM.
-        .target(name: "Migration", dependencies: ["VMStream", "MachineDescription", "SystemSupport", system], swiftSettings: strict),
+        .target(name: "Migration", dependencies: ["VMStream", "MachineDescription", "SystemSupport", system]),
         // The engine's machines when they are vmrun processes: a source reached through its control socket, an
         // incoming vmrun started for a receive, guest memory mapped from the memory file vmrun lends.
-        .target(name: "VMRunBackend", dependencies: ["Migration", "VMControl", "MachineDescription", "SystemSupport", system],
-                swiftSettings: strict),
+        .target(name: "VMRunBackend", dependencies: ["Migration", "VMControl", "MachineDescription", "SystemSupport", system]),
 
         // Exit statuses, stderr lines: what every executable does the same way.
-        .target(name: "ToolSupport", dependencies: ["SystemSupport", argumentParser, system], swiftSettings: strict),
+        .target(name: "ToolSupport", dependencies: ["SystemSupport", argumentParser, system]),
 
-        .executableTarget(name: "vmrun", dependencies: ["VMM", "VMControl", "ToolSupport", "SystemSupport", "CLinux", argumentParser, system], swiftSettings: strict),
-        .executableTarget(name: "vmctl", dependencies: ["VMControl", "ToolSupport", "SystemSupport", argumentParser, system], swiftSettings: strict),
-        .executableTarget(name: "vmsend", dependencies: ["Migration", "VMRunBackend", "ToolSupport", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmrecv", dependencies: ["Migration", "VMRunBackend", "ToolSupport", argumentParser], swiftSettings: strict),
-        .executableTarget(name: "vmstream", dependencies: ["VMStream", "ToolSupport", argumentParser], swiftSettings: strict),
+        .executableTarget(
+            name: "vmrun", dependencies: ["VMM", "VMControl", "ToolSupport", "SystemSupport", "CLinux", argumentParser, system]),
+        .executableTarget(name: "vmctl", dependencies: ["VMControl", "ToolSupport", "SystemSupport", argumentParser, system]),
+        .executableTarget(name: "vmsend", dependencies: ["Migration", "VMRunBackend", "ToolSupport", argumentParser]),
+        .executableTarget(name: "vmrecv", dependencies: ["Migration", "VMRunBackend", "ToolSupport", argumentParser]),
+        .executableTarget(name: "vmstream", dependencies: ["VMStream", "ToolSupport", argumentParser]),
 
         .testTarget(name: "VMStreamTests", dependencies: ["VMStream", "SystemSupport"], resources: [.copy("Resources")]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "VMM"]),

@@ -57,8 +57,10 @@ public struct DeviceContext: Sendable {
     /// Sleeps a vCPU thread, ending early when the machine pauses.
     public var pacer: any Pacer
 
-    public init(memory: any GuestMemoryAccess, vcpuCount: Int, console: ConsoleLog,
-                interruptLine: @escaping @Sendable (UInt32) throws -> any InterruptLine, pacer: any Pacer) {
+    public init(
+        memory: any GuestMemoryAccess, vcpuCount: Int, console: ConsoleLog,
+        interruptLine: @escaping @Sendable (UInt32) throws -> any InterruptLine, pacer: any Pacer
+    ) {
         self.memory = memory
         self.vcpuCount = vcpuCount
         self.console = console

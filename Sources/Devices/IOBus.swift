@@ -63,7 +63,9 @@ public final class IOBus: Sendable {
         for device in devices {
             for (index, region) in device.regions.enumerated() {
                 if let other = claims.first(where: { $0.region.overlaps(region) }) {
-                    throw DeviceError(device.name, "\(region.space) range 0x\(String(region.base, radix: 16)) overlaps device \(other.device.name)")
+                    throw DeviceError(
+                        device.name,
+                        "\(region.space) range 0x\(String(region.base, radix: 16)) overlaps device \(other.device.name)")
                 }
                 claims.append(Claim(region: region, index: index, device: device))
             }

@@ -135,7 +135,8 @@ public final class UART16550: Device {
     }
 
     private func updateLine(_ r: inout Registers) {
-        let high = (r.interruptEnable & 0x01 != 0 && !r.receive.isEmpty)
+        let high =
+            (r.interruptEnable & 0x01 != 0 && !r.receive.isEmpty)
             || (r.interruptEnable & 0x02 != 0 && r.transmitInterruptPending)
         if high != r.lineHigh {
             r.lineHigh = high
@@ -166,9 +167,10 @@ public final class UART16550: Device {
     private func decode(_ bytes: [UInt8]) throws -> SavedState {
         var reader = ByteReader(bytes)
         guard let head = reader.raw(7), let transmitPending = reader.bool(), reader.bool() != nil, let count = reader.u32(),
-              count <= Self.receiveCapacity, let receive = reader.raw(Int(count)), reader.atEnd
+            count <= Self.receiveCapacity, let receive = reader.raw(Int(count)), reader.atEnd
         else {
-            throw DeviceError(name, "malformed state (\(bytes.count) bytes; expected 13 plus at most \(Self.receiveCapacity) unread bytes)")
+            throw DeviceError(
+                name, "malformed state (\(bytes.count) bytes; expected 13 plus at most \(Self.receiveCapacity) unread bytes)")
         }
         return SavedState(head: head, transmitPending: transmitPending, receive: receive)
     }

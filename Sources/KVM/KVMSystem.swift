@@ -13,7 +13,8 @@ public final class KVMSystem: Sendable {
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
         if fd < 0 {
             let error = Errno(rawValue: Glibc.errno)
-            let hint = error == .noSuchFileOrDirectory
+            let hint =
+                error == .noSuchFileOrDirectory
                 ? "KVM is not available on this host (is the kvm module loaded?)"
                 : "cannot open the KVM device"
             throw KVMError(call: path, errno: error, detail: hint)
@@ -57,7 +58,10 @@ public final class KVMSystem: Sendable {
             let result = buffer.withUnsafeMutableBytes { ckvm_ioctl(fd, CKVM_GET_MSR_INDEX_LIST, $0.baseAddress) }
             if result < 0 {
                 let error = Errno(rawValue: Glibc.errno)
-                if error == .argListTooLong, capacity < 16384 { capacity *= 4; continue }
+                if error == .argListTooLong, capacity < 16384 {
+                    capacity *= 4
+                    continue
+                }
                 throw KVMError(call: "KVM_GET_MSR_INDEX_LIST", errno: error)
             }
             let count = min(Int(buffer[0]), capacity)
@@ -88,7 +92,10 @@ public enum CPUIDList {
             buffer.storeBytes(of: UInt32(capacity), as: UInt32.self)
             if call(buffer) < 0 {
                 let error = Errno(rawValue: Glibc.errno)
-                if error == .argListTooLong, capacity < 4096 { capacity *= 2; continue }
+                if error == .argListTooLong, capacity < 4096 {
+                    capacity *= 2
+                    continue
+                }
                 throw KVMError(call: name, errno: error)
             }
             let count = min(Int(buffer.load(as: UInt32.self)), capacity)

@@ -4,7 +4,8 @@ import SystemPackage
 
 /// The fixed-size per-vCPU state KVM gets and sets as one kernel struct each (kvm-state.md).
 public enum VCPUStateItem: String, CaseIterable, Sendable {
-    case mpState = "mpstate", regs, sregs, xsave, xcrs, debugregs, lapic, events
+    case mpState = "mpstate"
+    case regs, sregs, xsave, xcrs, debugregs, lapic, events
 
     var getRequest: (UInt, String) {
         switch self {
@@ -66,7 +67,8 @@ public final class KVMVCPU: @unchecked Sendable {
         self.mmapSize = mmapSize
         self.xsaveSize = xsaveSize
         guard let mapping = mmap(nil, mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor.value, 0),
-              mapping != MAP_FAILED else {
+            mapping != MAP_FAILED
+        else {
             throw KVMError(call: "mmap(kvm_run)", errno: Errno(rawValue: Glibc.errno))
         }
         run = mapping.bindMemory(to: kvm_run.self, capacity: 1)
@@ -101,12 +103,14 @@ public final class KVMVCPU: @unchecked Sendable {
         let reason = ckvm_run_exit_reason(run)
         switch Int32(reason) {
         case KVM_EXIT_IO:
-            return .io(port: ckvm_run_io_port(run), isWrite: ckvm_run_io_direction(run) == UInt8(KVM_EXIT_IO_OUT),
-                       size: Int(ckvm_run_io_size(run)), count: Int(ckvm_run_io_count(run)),
-                       dataOffset: Int(ckvm_run_io_data_offset(run)))
+            return .io(
+                port: ckvm_run_io_port(run), isWrite: ckvm_run_io_direction(run) == UInt8(KVM_EXIT_IO_OUT),
+                size: Int(ckvm_run_io_size(run)), count: Int(ckvm_run_io_count(run)),
+                dataOffset: Int(ckvm_run_io_data_offset(run)))
         case KVM_EXIT_MMIO:
-            return .mmio(address: ckvm_run_mmio_address(run), isWrite: ckvm_run_mmio_is_write(run) != 0,
-                         length: Int(min(ckvm_run_mmio_length(run), 8)))
+            return .mmio(
+                address: ckvm_run_mmio_address(run), isWrite: ckvm_run_mmio_is_write(run) != 0,
+                length: Int(min(ckvm_run_mmio_length(run), 8)))
         case KVM_EXIT_HLT: return .halt
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_FAIL_ENTRY: return .failEntry(reason: ckvm_run_fail_entry_reason(run))
@@ -137,7 +141,8 @@ public final class KVMVCPU: @unchecked Sendable {
 
     /// One state item as the kernel struct's bytes.
     public func state(_ item: VCPUStateItem) throws(KVMError) -> [UInt8] {
-        let (request, name) = item == .xsave && xsaveSize <= MemoryLayout<kvm_xsave>.size
+        let (request, name) =
+            item == .xsave && xsaveSize <= MemoryLayout<kvm_xsave>.size
             ? (CKVM_GET_XSAVE, "KVM_GET_XSAVE") : item.getRequest
         let fd = descriptor.value
         var bytes = [UInt8](repeating: 0, count: size(of: item))
@@ -283,8 +288,9 @@ public enum MSRList {
             let count = Int(raw.loadUnaligned(as: UInt32.self))
             guard count <= 65536, bytes.count == headerSize + count * entrySize else { return nil }
             return (0..<count).map {
-                MSREntry(index: raw.loadUnaligned(fromByteOffset: headerSize + $0 * entrySize, as: UInt32.self),
-                         value: raw.loadUnaligned(fromByteOffset: headerSize + $0 * entrySize + 8, as: UInt64.self))
+                MSREntry(
+                    index: raw.loadUnaligned(fromByteOffset: headerSize + $0 * entrySize, as: UInt32.self),
+                    value: raw.loadUnaligned(fromByteOffset: headerSize + $0 * entrySize + 8, as: UInt64.self))
             }
         }
     }
@@ -292,10 +298,12 @@ public enum MSRList {
     /// The MSRs a migration carries (kvm-state.md); never MCG_CTL.
     public static func isMigrated(_ index: UInt32) -> Bool {
         switch index {
-        case 0x10, 0x1b, 0x3b, 0x48, 0x174, 0x175, 0x176, 0x1a0: true   // TSC, APIC_BASE, TSC_ADJUST, SPEC_CTRL, SYSENTER_*, MISC_ENABLE
-        case 0x200...0x2ff, 0x6e0, 0x800...0xbff: true                   // MTRRs and PAT, TSC_DEADLINE, x2APIC
-        case 0x4b56_4d00...0x4b56_4d06: true                             // KVM paravirtual MSRs
-        case 0xc000_0080...0xc000_0084, 0xc000_0100...0xc000_0103: true  // EFER, STAR, LSTAR, CSTAR, SFMASK, FS/GS/KERNEL_GS_BASE, TSC_AUX
+        // TSC, APIC_BASE, TSC_ADJUST, SPEC_CTRL, SYSENTER_*, MISC_ENABLE
+        case 0x10, 0x1b, 0x3b, 0x48, 0x174, 0x175, 0x176, 0x1a0: true
+        case 0x200...0x2ff, 0x6e0, 0x800...0xbff: true  // MTRRs and PAT, TSC_DEADLINE, x2APIC
+        case 0x4b56_4d00...0x4b56_4d06: true  // KVM paravirtual MSRs
+        // EFER, STAR, LSTAR, CSTAR, SFMASK, FS/GS/KERNEL_GS_BASE, TSC_AUX
+        case 0xc000_0080...0xc000_0084, 0xc000_0100...0xc000_0103: true
         default: false
         }
     }

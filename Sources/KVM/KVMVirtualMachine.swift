@@ -65,8 +65,10 @@ public final class KVMVirtualMachine: Sendable {
     }
 
     /// KVM_SET_USER_MEMORY_REGION: maps `size` bytes at `userAddress` to guest-physical `guestPhysical`.
-    public func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64, userAddress: UnsafeMutableRawPointer,
-                                logDirtyPages: Bool) throws(KVMError) {
+    public func setMemoryRegion(
+        slot: UInt32, guestPhysical: UInt64, size: UInt64, userAddress: UnsafeMutableRawPointer,
+        logDirtyPages: Bool
+    ) throws(KVMError) {
         let fd = descriptor.value
         var region = kvm_userspace_memory_region()
         region.slot = slot
@@ -83,7 +85,9 @@ public final class KVMVirtualMachine: Sendable {
     public func dirtyLog(slot: UInt32, pageCount: UInt64) throws(KVMError) -> [UInt64] {
         let fd = descriptor.value
         var bitmap = [UInt64](repeating: 0, count: Int((pageCount + 63) / 64))
-        try kvmCall("KVM_GET_DIRTY_LOG") { bitmap.withUnsafeMutableBufferPointer { ckvm_get_dirty_log(fd, slot, $0.baseAddress) } }
+        try kvmCall("KVM_GET_DIRTY_LOG") {
+            bitmap.withUnsafeMutableBufferPointer { ckvm_get_dirty_log(fd, slot, $0.baseAddress) }
+        }
         return bitmap
     }
 
@@ -101,7 +105,9 @@ public final class KVMVirtualMachine: Sendable {
     /// clears its dirty bit. `firstPage` must be a multiple of 64, `pageCount` too unless it reaches the slot's end.
     public func clearDirtyLog(slot: UInt32, firstPage: UInt64, pageCount: UInt64, bitmap: [UInt64]) throws(KVMError) {
         guard bitmap.count * 64 >= pageCount, pageCount <= UInt64(UInt32.max) else {
-            throw KVMError(call: "KVM_CLEAR_DIRTY_LOG", detail: "\(pageCount) pages need \((pageCount + 63) / 64) bitmap words, got \(bitmap.count)")
+            throw KVMError(
+                call: "KVM_CLEAR_DIRTY_LOG",
+                detail: "\(pageCount) pages need \((pageCount + 63) / 64) bitmap words, got \(bitmap.count)")
         }
         let fd = descriptor.value
         var words = bitmap

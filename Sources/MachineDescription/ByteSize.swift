@@ -21,8 +21,10 @@ public enum ByteSize {
         let whole = parts[0]
         let fraction = parts.count > 1 ? parts[1] : ""
         guard !whole.isEmpty, whole.allSatisfy(\.isASCIIDigit), fraction.allSatisfy(\.isASCIIDigit),
-              parts.count == 1 || !fraction.isEmpty, fraction.count <= 9
-        else { throw SizeError("invalid size '\(text)': expected a number with an optional unit K, M, G or T, e.g. 512M or 4.5G") }
+            parts.count == 1 || !fraction.isEmpty, fraction.count <= 9
+        else {
+            throw SizeError("invalid size '\(text)': expected a number with an optional unit K, M, G or T, e.g. 512M or 4.5G")
+        }
         guard let wholeValue = UInt64(whole) else { throw tooLarge(text) }
         let (wholeBytes, overflow) = wholeValue.multipliedReportingOverflow(by: unit)
         guard !overflow else { throw tooLarge(text) }

@@ -16,8 +16,10 @@ public struct HostSpec: Codable, Sendable, Equatable {
     /// Hypervisor version, e.g. `api 12 (linux 6.18.44)`.
     public var hypervisorVersion: String
 
-    public init(architecture: String, cpuVendor: String, cpuModel: String, pageSize: UInt32,
-                hypervisor: String, hypervisorVersion: String) {
+    public init(
+        architecture: String, cpuVendor: String, cpuModel: String, pageSize: UInt32,
+        hypervisor: String, hypervisorVersion: String
+    ) {
         self.architecture = architecture
         self.cpuVendor = cpuVendor
         self.cpuModel = cpuModel

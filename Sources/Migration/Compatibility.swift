@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
 import VMStream
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The checks a receiver makes on BEGIN before it creates anything. Each refusal is one line that
 /// says what differs. CPU features and device kinds are checked by the hypervisor side (`vmrun
@@ -18,8 +19,9 @@ public struct Compatibility: Sendable {
         var names = utsname()
         uname(&names)
         let machine = withUnsafeBytes(of: &names.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        return Compatibility(architecture: machine, pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))),
-                             hypervisor: hypervisor, availableMemory: Self.memAvailable())
+        return Compatibility(
+            architecture: machine, pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))),
+            hypervisor: hypervisor, availableMemory: Self.memAvailable())
     }
 
     public init(architecture: String, pageSize: UInt32, hypervisor: String, availableMemory: UInt64) {
@@ -35,14 +37,17 @@ public struct Compatibility: Sendable {
             throw MigrationError("incompatible host: the stream is for \(source.architecture), this host is \(architecture)")
         }
         guard source.pageSize == pageSize else {
-            throw MigrationError("incompatible host: the stream has \(source.pageSize)-byte pages, this host \(pageSize)-byte pages")
+            throw MigrationError(
+                "incompatible host: the stream has \(source.pageSize)-byte pages, this host \(pageSize)-byte pages")
         }
         guard source.hypervisor == hypervisor else {
             throw MigrationError("incompatible host: the stream comes from \(source.hypervisor), this host runs \(hypervisor)")
         }
         let needed = begin.machine.memorySize
         guard needed <= availableMemory else {
-            throw MigrationError("not enough memory: the VM has \(ByteSize.format(needed)), this host has \(ByteSize.format(availableMemory)) available")
+            throw MigrationError(
+                "not enough memory: the VM has \(ByteSize.format(needed)), this host has \(ByteSize.format(availableMemory)) available"
+            )
         }
     }
 

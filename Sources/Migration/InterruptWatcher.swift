@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Where a send stands, as seen from the thread that handles interrupts.
 public enum SendPhase: Sendable {
@@ -26,8 +27,10 @@ public final class InterruptWatcher: Sendable {
     private let progressRequest: ProgressRequest
 
     /// Blocks the signals now; call before any other thread starts.
-    public init(machineName: String, progressRequest: ProgressRequest,
-                reconnect: @escaping @Sendable () throws -> MigrationSource) {
+    public init(
+        machineName: String, progressRequest: ProgressRequest,
+        reconnect: @escaping @Sendable () throws -> MigrationSource
+    ) {
         self.machineName = machineName
         self.progressRequest = progressRequest
         self.reconnect = reconnect
@@ -35,11 +38,13 @@ public final class InterruptWatcher: Sendable {
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         var thread = pthread_t()
         let box = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { argument in
-            let watcher = Unmanaged<InterruptWatcher>.fromOpaque(argument!).takeRetainedValue()
-            watcher.watch()
-            return nil
-        }, box)
+        pthread_create(
+            &thread, nil,
+            { argument in
+                let watcher = Unmanaged<InterruptWatcher>.fromOpaque(argument!).takeRetainedValue()
+                watcher.watch()
+                return nil
+            }, box)
         pthread_detach(thread)
     }
 

@@ -1,9 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
 import SystemPackage
+import SystemSupport
 import VMStream
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// How `vmrecv` receives.
 public struct ReceiveOptions: Sendable {
@@ -43,9 +45,11 @@ public final class Receiver {
     /// Called for each record type the reader skipped as ignorable.
     public var warn: (String) -> Void = { _ in }
 
-    public init(input: FileDescriptor, options: ReceiveOptions,
-                checkCompatibility: @escaping (StreamBegin) throws -> Void,
-                makeDestination: @escaping (MachineConfig) throws -> MigrationDestination) {
+    public init(
+        input: FileDescriptor, options: ReceiveOptions,
+        checkCompatibility: @escaping (StreamBegin) throws -> Void,
+        makeDestination: @escaping (MachineConfig) throws -> MigrationDestination
+    ) {
         self.input = input
         self.options = options
         self.checkCompatibility = checkCompatibility
@@ -100,9 +104,10 @@ public final class Receiver {
                     downtime = Self.downtime(since: end.sourcePauseTime)
                 }
             }
-            return ReceiveReport(begin: begin, end: end, name: options.name, rounds: rounds,
-                                 streamBytes: reader.statistics.bytes, seconds: Sender.seconds(since: started),
-                                 downtimeSeconds: downtime)
+            return ReceiveReport(
+                begin: begin, end: end, name: options.name, rounds: rounds,
+                streamBytes: reader.statistics.bytes, seconds: HostClock.seconds(since: started),
+                downtimeSeconds: downtime)
         } catch {
             destination?.abandon()
             throw error
@@ -113,7 +118,7 @@ public final class Receiver {
     /// paused or the figure is absurd (the stream's word, or clocks of hosts far apart).
     static func downtime(since sourcePauseTime: UInt64) -> Double? {
         guard sourcePauseTime != 0 else { return nil }
-        let seconds = (Double(Sender.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
+        let seconds = (Double(HostClock.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
         return (-3600...86400).contains(seconds) ? seconds : nil
     }
 }

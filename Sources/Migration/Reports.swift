@@ -19,7 +19,8 @@ extension ReceiveReport {
     public func summary(dryRun: Bool) -> String {
         let guest = begin.machine.memorySize
         let rate = seconds > 0 ? Double(guest) / seconds : 0
-        var line = "\(dryRun ? "verified" : "received") \(ByteSize.format(guest)) VM '\(begin.machine.name)'"
+        var line =
+            "\(dryRun ? "verified" : "received") \(ByteSize.format(guest)) VM '\(begin.machine.name)'"
             + (name == begin.machine.name ? "" : " as '\(name)'")
             + " (\(rounds) round\(rounds == 1 ? "" : "s"), \(ByteSize.format(streamBytes)) stream) in "
             + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s)"
@@ -50,10 +51,12 @@ extension RoundProgress {
             return "\(name): \(pagesSent)/\(pagesInRound) pages (\(percent)%), \(ByteSize.format(streamBytes)) in "
                 + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(bandwidth)))/s)"
         }
-        var text = "\(name): \(pagesSent) pages, \(ByteSize.format(streamBytes)) in \(ByteSize.twoDecimals(seconds)) s "
+        var text =
+            "\(name): \(pagesSent) pages, \(ByteSize.format(streamBytes)) in \(ByteSize.twoDecimals(seconds)) s "
             + "(\(ByteSize.format(UInt64(bandwidth)))/s)"
         if !isFinal {
-            text += "; \(dirtyPagesFound) dirty pages found (\(ByteSize.format(UInt64(dirtyRate)))/s); expected downtime "
+            text +=
+                "; \(dirtyPagesFound) dirty pages found (\(ByteSize.format(UInt64(dirtyRate)))/s); expected downtime "
                 + (expectedDowntime.isFinite ? "\(Int((expectedDowntime * 1000).rounded())) ms" : "unknown")
             if throttlePercent > 0 { text += "; vCPUs throttled \(throttlePercent)%" }
         }
@@ -63,9 +66,11 @@ extension RoundProgress {
     /// The `-P` line: tab-separated fields, documented in vmsend(8).
     public var parsable: String {
         let downtime = expectedDowntime.isFinite ? String(Int((expectedDowntime * 1e6).rounded())) : "-"
-        return [inProgress ? "progress" : (isFinal ? "final" : "round"), "\(round)", "\(pagesSent)", "\(pagesInRound)",
-                "\(streamBytes)", "\(Int((seconds * 1e6).rounded()))", "\(UInt64(bandwidth))", "\(dirtyPagesFound)",
-                "\(UInt64(dirtyRate))", downtime, "\(throttlePercent)"].joined(separator: "\t")
+        return [
+            inProgress ? "progress" : (isFinal ? "final" : "round"), "\(round)", "\(pagesSent)", "\(pagesInRound)",
+            "\(streamBytes)", "\(Int((seconds * 1e6).rounded()))", "\(UInt64(bandwidth))", "\(dirtyPagesFound)",
+            "\(UInt64(dirtyRate))", downtime, "\(throttlePercent)",
+        ].joined(separator: "\t")
     }
 
     /// One terminal line redrawn in place: `round 0 [#########           ] 45% 1.20 GiB/s`.

@@ -1,117 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
-import SystemPackage
 import Synchronization
+import SystemPackage
 import SystemSupport
 import VMStream
 
-/// When a live send stops copying while the guest runs.
-public struct Convergence: Sendable {
-    /// Switch over once the pages still dirty can be sent in this time at the measured bandwidth.
-    public var downtimeTarget: Duration
-    /// Switch over after this many rounds whatever is left (round 0 included; at least 2).
-    public var maxRounds: Int
-    /// Slow the guest's vCPUs step by step when rounds stop shrinking.
-    public var autoConverge: Bool
-    /// The pause's fixed cost besides sending pages; nil measures it from the source's answers.
-    public var switchOverCost: Duration?
-
-    public static let defaultDowntimeTarget: Duration = .milliseconds(50)
-    public static let defaultMaxRounds = 30
-
-    public init(downtimeTarget: Duration = Convergence.defaultDowntimeTarget,
-                maxRounds: Int = Convergence.defaultMaxRounds, autoConverge: Bool = true,
-                switchOverCost: Duration? = nil) {
-        self.downtimeTarget = downtimeTarget
-        self.maxRounds = max(2, maxRounds)
-        self.autoConverge = autoConverge
-        self.switchOverCost = switchOverCost
-    }
-
-    /// Throttle steps as QEMU's auto-converge takes them: 20 %, then +10 % a step, up to 99 %.
-    static func nextThrottle(after percent: Int) -> Int {
-        percent == 0 ? 20 : min(99, percent + 10)
-    }
-}
-
-/// Deliberate faults, for tests that must prove they can fail. Never set in normal use.
-public enum SendFault: String, Sendable {
-    /// Live: the final round sends none of the pages dirtied since the last round, so the copy is stale.
-    case dropFinalDirtyPages = "drop-final-dirty-pages"
-}
-
-/// How `vmsend` sends.
-public struct SendOptions: Sendable {
-    public var mode: MigrationMode
-    public var compression: Compression
-    /// Resume the source after a successful send (a consistent snapshot, like `bhyvectl --checkpoint`).
-    public var keepRunning: Bool
-    public var convergence: Convergence
-    public var tool: String
-    public var toolVersion: String
-    public var fault: SendFault?
-
-    public init(mode: MigrationMode, compression: Compression, keepRunning: Bool,
-                convergence: Convergence = Convergence(), fault: SendFault? = nil,
-                tool: String = "vmsend", toolVersion: String = MigrationVersion.current) {
-        self.fault = fault
-        self.mode = mode
-        self.compression = compression
-        self.keepRunning = keepRunning
-        self.convergence = convergence
-        self.tool = tool
-        self.toolVersion = toolVersion
-    }
-}
-
-/// One round as it went (or, mid-round, as it goes), for progress output.
-public struct RoundProgress: Sendable {
-    public var round: Int
-    /// The round that sends the rest with the guest paused.
-    public var isFinal: Bool
-    /// A progress line in the middle of a round rather than its summary.
-    public var inProgress: Bool
-    /// Asked for (SIGUSR1) rather than due.
-    public var onDemand: Bool
-    public var pagesSent: UInt64
-    public var pagesInRound: UInt64
-    public var streamBytes: UInt64
-    public var seconds: Double
-    /// Stream bytes per second over all rounds so far: what stdout really accepts.
-    public var bandwidth: Double
-    /// Pages the guest dirtied while this round was sent (0 until the round ends).
-    public var dirtyPagesFound: UInt64
-    public var dirtyRate: Double
-    /// The pause the rest would take: its pages at the guest bytes per second sent so far, plus the
-    /// switch-over's fixed cost (three requests to the source, timed by the last bitmap fetch).
-    public var expectedDowntime: Double
-    public var throttlePercent: Int
-}
-
-/// What a send did, for `vmsend -v`.
-public struct SendReport: Sendable {
-    public var machine: String
-    public var guestBytes: UInt64
-    public var statistics: StreamStatistics
-    public var rounds: Int
-    public var seconds: Double
-    /// Time from the pause to END written.
-    public var pausedSeconds: Double
-    /// False when the source was already paused before the send; it is then left paused.
-    public var sourceWasRunning: Bool
-}
-
-/// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.
-public struct SendEstimate: Sendable {
-    public var machine: String
-    public var guestBytes: UInt64
-    public var populatedPages: UInt64
-    public var zeroPages: UInt64
-    /// Stream bytes without compression: every non-zero page, plus framing and state.
-    public var estimatedStreamBytes: UInt64
-}
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Drives one send: BEGIN, memory in rounds, kernel and device state, END.
 ///
@@ -134,8 +29,10 @@ public final class Sender {
     /// Pages per `writePages` call: small enough for a progress line a second, large enough to batch well.
     static let pagesPerSlice: UInt64 = 2048
 
-    public init(source: MigrationSource, output: FileDescriptor, options: SendOptions,
-                progressRequest: ProgressRequest = ProgressRequest()) {
+    public init(
+        source: MigrationSource, output: FileDescriptor, options: SendOptions,
+        progressRequest: ProgressRequest = ProgressRequest()
+    ) {
         self.source = source
         self.output = output
         self.options = options
@@ -170,25 +67,30 @@ public final class Sender {
                 }
                 paused = true
                 pausedAt = .now
-                return Self.realtimeNanoseconds()
+                return HostClock.realtimeNanoseconds()
             }
             var pauseTime: UInt64 = 0
-            let begin = StreamBegin(tool: options.tool, toolVersion: options.toolVersion, uuid: StreamBegin.randomUUID(),
-                                    creationTime: Self.realtimeNanoseconds(), mode: options.mode, host: host, machine: config)
+            let begin = StreamBegin(
+                tool: options.tool, toolVersion: options.toolVersion, uuid: StreamBegin.randomUUID(),
+                creationTime: HostClock.realtimeNanoseconds(), mode: options.mode, host: host, machine: config)
             if options.mode == .live {
                 try writer.writeBegin(begin)
                 let manualClear = try source.dirtyLogStart()
-                var rest = try liveRounds(memory: memory, writer: writer, meter: &meter, throttled: &throttled,
-                                          manualClear: manualClear)
+                var rest = try liveRounds(
+                    memory: memory, writer: writer, meter: &meter, throttled: &throttled,
+                    manualClear: manualClear)
                 pauseTime = try pause()
                 rest.merge(try fetchDirty(memory))
                 try source.dirtyLogStop()
-                if options.fault == .dropFinalDirtyPages { rest = DirtyPages(pageCounts: rest.pageCounts) }
+                #if DEBUG
+                    if options.fault == .dropFinalDirtyPages { rest = DirtyPages(pageCounts: rest.pageCounts) }
+                #endif
                 try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
             } else {
                 pauseTime = try pause()
                 try writer.writeBegin(begin)
-                try sendRound(0, pages: try Self.populatedRanges(memory), isFinal: true, memory: memory, writer: writer, meter: &meter)
+                try sendRound(
+                    0, pages: try Self.populatedRanges(memory), isFinal: true, memory: memory, writer: writer, meter: &meter)
             }
             let state = try source.saveState()
             for chunk in state.kernel { try writer.writeKernelState(chunk) }
@@ -215,23 +117,26 @@ public final class Sender {
         // A source resumed later (vmctl resume, --keep-running) runs at full speed again. The stream is
         // complete, so a failure here must not fail the send: vmrun lifts the throttle when we disconnect.
         if throttled { try? source.setThrottle(percent: 0) }
-        let pausedSeconds = Self.seconds(since: pausedAt)
+        let pausedSeconds = HostClock.seconds(since: pausedAt)
         // Lent pages must reach the reader before the guest may write them again (after --keep-running,
         // or a `vmctl resume` once we have exited).
         writer.waitUntilConsumed()
         if options.keepRunning && paused { try source.resume() }
-        return SendReport(machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
-                          rounds: meter.nextRound, seconds: Self.seconds(since: started), pausedSeconds: pausedSeconds,
-                          sourceWasRunning: wasRunning)
+        return SendReport(
+            machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
+            rounds: meter.nextRound, seconds: HostClock.seconds(since: started), pausedSeconds: pausedSeconds,
+            sourceWasRunning: wasRunning)
     }
 
     /// Rounds while the guest runs. Returns the pages dirtied by the last of them, still to be sent.
     /// With `manualClear`, each round clears its pages just before copying them (round 0 needs none: logging
     /// started just before it, clean); a fetch then reports each page written since its last clear.
-    private func liveRounds(memory: any GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
-                            throttled: inout Bool, manualClear: Bool) throws -> DirtyPages {
+    private func liveRounds(
+        memory: any GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
+        throttled: inout Bool, manualClear: Bool
+    ) throws -> DirtyPages {
         let convergence = options.convergence
-        let target = Self.seconds(convergence.downtimeTarget)
+        let target = HostClock.seconds(convergence.downtimeTarget)
         var throttle = 0
         var roundsOutrun = 0
         var lastFetch = ContinuousClock.now
@@ -241,21 +146,23 @@ public final class Sender {
             let dirty = try fetchDirty(memory)
             // The switch-over asks the source three things answered like a fetch (pause, the last bitmaps,
             // the saved state): its fixed cost, on top of sending the pages.
-            let switchOver = convergence.switchOverCost.map(Self.seconds) ?? 3 * Self.seconds(since: fetchStart)
-            let sinceFetch = Self.seconds(since: lastFetch)
+            let switchOver = convergence.switchOverCost.map(HostClock.seconds) ?? 3 * HostClock.seconds(since: fetchStart)
+            let sinceFetch = HostClock.seconds(since: lastFetch)
             lastFetch = .now
             let dirtyBytes = Double(dirty.count * UInt64(pageSize))
             let bandwidth = meter.lastRoundPageBandwidth
             let transfer = dirtyBytes == 0 ? 0 : bandwidth > 0 ? dirtyBytes / bandwidth : .infinity
             let expected = transfer + switchOver
-            meter.reportRoundEnd(dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
-                                 expectedDowntime: expected, throttle: throttle, to: onProgress)
+            meter.reportRoundEnd(
+                dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
+                expectedDowntime: expected, throttle: throttle, to: onProgress)
             // Switch over within the target, or once sending the pages is a small part of the pause that more
             // rounds cannot shorten, or at the round cap. Not on round 0's figure alone: it read populated memory
             // in order, while the final round sends scattered dirty pages, measured here at about two thirds of its rate.
             let measuredDirtyRound = meter.nextRound > 1
             if (expected <= target && (measuredDirtyRound || dirty.count == 0)) || transfer <= switchOver / 4
-                || meter.nextRound + 1 >= convergence.maxRounds {
+                || meter.nextRound + 1 >= convergence.maxRounds
+            {
                 return dirty
             }
             // The guest outruns the stream when it dirties at least half as many pages as a round sends
@@ -266,8 +173,9 @@ public final class Sender {
                 try source.setThrottle(percent: throttle)
                 throttled = true
             }
-            try sendRound(meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter,
-                          clearing: manualClear ? dirty : nil)
+            try sendRound(
+                meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter,
+                clearing: manualClear ? dirty : nil)
         }
     }
 
@@ -278,8 +186,10 @@ public final class Sender {
     }
 
     /// Sends one round's pages; `clearing` (the same pages) clears each in the source's dirty log just before its copy.
-    private func sendRound(_ number: Int, pages: [PageRange], isFinal: Bool, memory: any GuestMemory,
-                           writer: StreamWriter, meter: inout RoundMeter, clearing: DirtyPages? = nil) throws {
+    private func sendRound(
+        _ number: Int, pages: [PageRange], isFinal: Bool, memory: any GuestMemory,
+        writer: StreamWriter, meter: inout RoundMeter, clearing: DirtyPages? = nil
+    ) throws {
         var clearer = clearing.map { DirtyLogClearer(pages: $0, pagesPerRequest: Self.pagesPerSlice) }
         let total = pages.reduce(UInt64(0)) { $0 + $1.count }
         meter.startRound(number, pages: total, isFinal: isFinal)
@@ -292,9 +202,10 @@ public final class Sender {
                 if let clear = clearer?.request(segment: range.segment, firstPage: page, count: count) {
                     try source.dirtyLogClear(segment: range.segment, firstPage: clear.firstPage, bitmap: clear.bitmap)
                 }
-                try writer.writePages(segment: range.segment, firstPage: page, count: count,
-                                      from: memory.pages(segment: range.segment, from: page, count: count),
-                                      mayChange: !isFinal)
+                try writer.writePages(
+                    segment: range.segment, firstPage: page, count: count,
+                    from: memory.pages(segment: range.segment, from: page, count: count),
+                    mayChange: !isFinal)
                 memory.doneReading(segment: range.segment, pages: page..<(page + count))
                 page += count
                 meter.advance(pages: count, progressRequested: progressRequested.take(), to: onProgress)
@@ -318,124 +229,21 @@ public final class Sender {
             }
         }
         let framing = UInt64(64 << 10)
-        return SendEstimate(machine: config.name, guestBytes: config.memorySize, populatedPages: populated,
-                            zeroPages: zero, estimatedStreamBytes: (populated - zero) * UInt64(pageSize) + framing)
+        return SendEstimate(
+            machine: config.name, guestBytes: config.memorySize, populatedPages: populated,
+            zeroPages: zero, estimatedStreamBytes: (populated - zero) * UInt64(pageSize) + framing)
     }
 
     static func populatedRanges(_ memory: any GuestMemory) throws -> [PageRange] {
         var ranges: [PageRange] = []
         for segment in memory.segments.indices {
             for range in try memory.populatedPages(segment: segment) {
-                ranges.append(PageRange(segment: segment, firstPage: range.lowerBound,
-                                        count: range.upperBound - range.lowerBound))
+                ranges.append(
+                    PageRange(
+                        segment: segment, firstPage: range.lowerBound,
+                        count: range.upperBound - range.lowerBound))
             }
         }
         return ranges
     }
-
-    static func realtimeNanoseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-    }
-
-    static func seconds(since start: ContinuousClock.Instant) -> Double {
-        seconds(ContinuousClock.now - start)
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-    }
-}
-
-/// Measures rounds: stream bytes and time per round, bandwidth over all rounds, progress lines.
-struct RoundMeter {
-    let writer: StreamWriter
-    private(set) var nextRound = 0
-    private var round = RoundProgress(round: 0, isFinal: false, inProgress: false, onDemand: false, pagesSent: 0, pagesInRound: 0,
-                                      streamBytes: 0, seconds: 0, bandwidth: 0, dirtyPagesFound: 0, dirtyRate: 0,
-                                      expectedDowntime: 0, throttlePercent: 0)
-    private var roundStart = ContinuousClock.now
-    private var roundStartBytes: UInt64 = 0
-    private var lastLine = ContinuousClock.now
-    private var sendingSeconds = 0.0
-    private var sentBytes: UInt64 = 0
-    private var roundStartDataBytes: UInt64 = 0
-
-    init(writer: StreamWriter) { self.writer = writer }
-
-    /// Pages the last finished round sent.
-    var lastRoundPages: UInt64 { round.pagesSent }
-
-    /// Stream bytes per second while sending; 0 before anything was measured.
-    var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
-
-    /// Bytes of non-zero guest pages per second in the last round: what the downtime estimate needs,
-    /// compressed or not, for rounds like the next one. Zero pages cost a scan, not a transfer.
-    private(set) var lastRoundPageBandwidth = 0.0
-
-    mutating func startRound(_ number: Int, pages: UInt64, isFinal: Bool) {
-        nextRound = number + 1
-        round.round = number
-        round.isFinal = isFinal
-        round.pagesInRound = pages
-        round.pagesSent = 0
-        roundStart = .now
-        lastLine = roundStart
-        roundStartBytes = writer.statistics.bytes
-        roundStartDataBytes = writer.statistics.pageDataBytes
-    }
-
-    mutating func advance(pages: UInt64, progressRequested: Bool, to sink: ((RoundProgress) -> Void)?) {
-        round.pagesSent += pages
-        guard let sink, progressRequested || ContinuousClock.now - lastLine >= .seconds(1) else { return }
-        lastLine = .now
-        var line = current
-        line.inProgress = true
-        line.onDemand = progressRequested
-        sink(line)
-    }
-
-    mutating func finishRound() {
-        let seconds = Sender.seconds(since: roundStart)
-        let bytes = writer.statistics.bytes - roundStartBytes
-        sendingSeconds += seconds
-        sentBytes += bytes
-        let dataBytes = writer.statistics.pageDataBytes - roundStartDataBytes
-        lastRoundPageBandwidth = seconds > 0 ? Double(dataBytes) / seconds : 0
-        round.seconds = seconds
-        round.streamBytes = bytes
-        round.bandwidth = bandwidth
-    }
-
-    func reportRoundEnd(dirtyPages: UInt64, dirtyRate: Double, expectedDowntime: Double, throttle: Int,
-                        to sink: ((RoundProgress) -> Void)?) {
-        var line = round
-        line.dirtyPagesFound = dirtyPages
-        line.dirtyRate = dirtyRate
-        line.expectedDowntime = expectedDowntime
-        line.throttlePercent = throttle
-        sink?(line)
-    }
-
-    private var current: RoundProgress {
-        var line = round
-        line.seconds = Sender.seconds(since: roundStart)
-        line.streamBytes = writer.statistics.bytes - roundStartBytes
-        line.bandwidth = line.seconds > 0 ? Double(line.streamBytes) / line.seconds : bandwidth
-        return line
-    }
-}
-
-/// A flag another thread raises (on SIGUSR1) and the send loop takes.
-public final class ProgressRequest: Sendable {
-    private let raised = Atomic<Bool>(false)
-    public init() {}
-    public func raise() { raised.store(true, ordering: .relaxed) }
-    func take() -> Bool { raised.exchange(false, ordering: .relaxed) }
-}
-
-/// The version the tools report and write into BEGIN.
-public enum MigrationVersion {
-    public static let current = "0.1.0"
 }

@@ -21,7 +21,8 @@ extension FileDescriptor {
     /// reader then meet once per MiB instead of 16 times. A refusal leaves it as it was.
     public func growPipe() {
         guard isPipe else { return }
-        let limit = (try? FileDescriptor.readFile("/proc/sys/fs/pipe-max-size", limit: 64))
+        let limit =
+            (try? FileDescriptor.readFile("/proc/sys/fs/pipe-max-size", limit: 64))
             .flatMap { Int32(String(decoding: $0, as: UTF8.self).filter(\.isNumber)) } ?? 1 << 20
         let size = min(limit, 16 << 20)
         if clinux_pipe_size(rawValue) < size { _ = clinux_set_pipe_size(rawValue, size) }
@@ -67,8 +68,10 @@ extension FileDescriptor {
 
 /// Moves whole iovec lists through a vectored call (readv, writev, vmsplice), retrying EINTR and picking up after
 /// short counts. With `stopAtZero` a call that moves nothing (end of input) ends the transfer early.
-public func transferAll(_ buffers: [UnsafeMutableRawBufferPointer], stopAtZero: Bool,
-                        _ call: (UnsafePointer<iovec>, Int32) -> Int) throws(Errno) -> Int {
+public func transferAll(
+    _ buffers: [UnsafeMutableRawBufferPointer], stopAtZero: Bool,
+    _ call: (UnsafePointer<iovec>, Int32) -> Int
+) throws(Errno) -> Int {
     var vectors = buffers.filter { $0.count > 0 }.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
     var first = 0
     var total = 0

@@ -36,16 +36,17 @@ public final class MemoryFile: @unchecked Sendable {
         let total = segmentSizes.reduce(0, +)
         var info = Glibc.stat()
         guard fstat(descriptor.rawValue, &info) == 0, UInt64(info.st_size) >= total,
-              total > 0, segmentSizes.allSatisfy({ $0 % UInt64(pageSize) == 0 })
+            total > 0, segmentSizes.allSatisfy({ $0 % UInt64(pageSize) == 0 })
         else {
-            let error = SystemError("guest memory file of \(info.st_size) bytes does not hold a page-aligned layout of \(total) bytes",
-                                    errno: .invalidArgument)
+            let error = SystemError(
+                "guest memory file of \(info.st_size) bytes does not hold a page-aligned layout of \(total) bytes",
+                errno: .invalidArgument)
             try? descriptor.close()
             throw error
         }
         let protection = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
         guard let mapping = mmap(nil, Int(total), protection, MAP_SHARED | MAP_NORESERVE, descriptor.rawValue, 0),
-              mapping != MAP_FAILED
+            mapping != MAP_FAILED
         else {
             let error = SystemError.last("cannot map \(total) bytes of guest memory")
             try? descriptor.close()

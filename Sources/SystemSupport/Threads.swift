@@ -50,10 +50,12 @@ public func startThread(_ what: String, _ body: @escaping @Sendable () -> Void) 
     }
     let context = Unmanaged.passRetained(Body(body)).toOpaque()
     var thread = pthread_t()
-    let result = pthread_create(&thread, nil, { context in
-        Unmanaged<Body>.fromOpaque(context!).takeRetainedValue().run()
-        return nil
-    }, context)
+    let result = pthread_create(
+        &thread, nil,
+        { context in
+            Unmanaged<Body>.fromOpaque(context!).takeRetainedValue().run()
+            return nil
+        }, context)
     guard result == 0 else {
         Unmanaged<Body>.fromOpaque(context).release()
         throw SystemError("cannot start \(what)", errno: .init(rawValue: result))

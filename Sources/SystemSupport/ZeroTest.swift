@@ -6,11 +6,13 @@ public func isAllZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
     let count = bytes.count
     var index = 0
     while index + 64 <= count {
-        let a = base.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+        let a =
+            base.loadUnaligned(fromByteOffset: index, as: UInt64.self)
             | base.loadUnaligned(fromByteOffset: index + 8, as: UInt64.self)
             | base.loadUnaligned(fromByteOffset: index + 16, as: UInt64.self)
             | base.loadUnaligned(fromByteOffset: index + 24, as: UInt64.self)
-        let b = base.loadUnaligned(fromByteOffset: index + 32, as: UInt64.self)
+        let b =
+            base.loadUnaligned(fromByteOffset: index + 32, as: UInt64.self)
             | base.loadUnaligned(fromByteOffset: index + 40, as: UInt64.self)
             | base.loadUnaligned(fromByteOffset: index + 48, as: UInt64.self)
             | base.loadUnaligned(fromByteOffset: index + 56, as: UInt64.self)

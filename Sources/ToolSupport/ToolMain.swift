@@ -1,8 +1,9 @@
 import ArgumentParser
 import SystemPackage
 import SystemSupport
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The one place where the tools turn outcomes into exit statuses, as zfs does:

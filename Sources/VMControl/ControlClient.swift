@@ -37,7 +37,8 @@ public final class ControlClient: Sendable {
         } catch let error as ControlError {
             switch error.code {
             case .noSuchFileOrDirectory?: throw ControlError("no VM named '\(name)' (no socket at \(path))", code: error.code)
-            case .connectionRefused?: throw ControlError("no VM named '\(name)' (its vmrun is gone; stale socket at \(path))", code: error.code)
+            case .connectionRefused?:
+                throw ControlError("no VM named '\(name)' (its vmrun is gone; stale socket at \(path))", code: error.code)
             default: throw error
             }
         }
@@ -52,7 +53,8 @@ public final class ControlClient: Sendable {
                 throw ControlError("unexpected reply to hello")
             }
             guard version == ControlProtocol.version else {
-                throw ControlError("protocol version mismatch: vmrun speaks \(version), this client speaks \(ControlProtocol.version)")
+                throw ControlError(
+                    "protocol version mismatch: vmrun speaks \(version), this client speaks \(ControlProtocol.version)")
             }
             return ControlClient(socket: socket, name: name, pid: pid, state: state)
         } catch {
@@ -90,7 +92,7 @@ public final class ControlClient: Sendable {
     public func dirtyLogStart(manualClear: Bool) throws -> Bool {
         switch try request(.dirtyLogStart(manualClear: manualClear)).result {
         case .dirtyLogStarted(let manual): return manual
-        case .done: return false   // a vmrun from before manual clearing: fetches clear
+        case .done: return false  // a vmrun from before manual clearing: fetches clear
         default: throw unexpected("dirtyLogStart")
         }
     }
@@ -98,7 +100,9 @@ public final class ControlClient: Sendable {
     /// One bit per page of the segment; cleared in the VM as fetched unless clearing is manual.
     public func dirtyLogFetch(segment: Int) throws -> [UInt64] {
         let reply = try request(.dirtyLogFetch(segment: segment))
-        guard case .dirtyLog(let words) = reply.result, words * 8 == reply.payload.count else { throw unexpected("dirtyLogFetch") }
+        guard case .dirtyLog(let words) = reply.result, words * 8 == reply.payload.count else {
+            throw unexpected("dirtyLogFetch")
+        }
         return try BitmapEncoding.decode(reply.payload)
     }
 
@@ -134,7 +138,9 @@ public final class ControlClient: Sendable {
     }
 
     @discardableResult
-    private func request(_ request: ControlRequest, payload: [UInt8] = []) throws
+    private func request(
+        _ request: ControlRequest, payload: [UInt8] = []
+    ) throws
         -> (result: ControlResult, payload: [UInt8], descriptor: Int32?)
     {
         try socket.withLock { socket in
@@ -143,7 +149,9 @@ public final class ControlClient: Sendable {
         }
     }
 
-    private static func exchange(_ socket: MessageSocket, _ request: ControlRequest, payload: [UInt8] = []) throws
+    private static func exchange(
+        _ socket: MessageSocket, _ request: ControlRequest, payload: [UInt8] = []
+    ) throws
         -> (result: ControlResult, payload: [UInt8], descriptor: Int32?)
     {
         try socket.send(request, payload: payload)

@@ -1,11 +1,12 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import SystemPackage
 import SystemSupport
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// One message as it came off the socket, before its JSON is decoded.
 package struct ReceivedMessage {
@@ -54,7 +55,8 @@ package struct MessageSocket: Sendable {
         var descriptor: Int32?
         var received = 0
         while received < head.count {
-            let count: Int, fdReceived: Int32?
+            let count: Int
+            let fdReceived: Int32?
             do {
                 (count, fdReceived) = try receiveWithDescriptor(into: &head, at: received)
             } catch {
@@ -133,8 +135,10 @@ package struct MessageSocket: Sendable {
     }
 
     /// Runs `call` (sendmsg or recvmsg) on a msghdr over `bytes[offset...]` and `control`, retrying EINTR.
-    private static func withMessage(_ bytes: inout [UInt8], at offset: Int, control: inout [UInt8],
-                                    _ call: (inout msghdr) -> Int) -> Int {
+    private static func withMessage(
+        _ bytes: inout [UInt8], at offset: Int, control: inout [UInt8],
+        _ call: (inout msghdr) -> Int
+    ) -> Int {
         bytes.withUnsafeMutableBytes { data in
             control.withUnsafeMutableBytes { controlBytes in
                 var vector = iovec(iov_base: data.baseAddress! + offset, iov_len: data.count - offset)
@@ -165,8 +169,9 @@ package struct MessageSocket: Sendable {
         control.withUnsafeBytes { buffer in
             let header = buffer.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
             guard header.pointee.cmsg_len >= controlLength,
-                  header.pointee.cmsg_level == SOL_SOCKET,
-                  header.pointee.cmsg_type == Int32(SCM_RIGHTS) else { return }
+                header.pointee.cmsg_level == SOL_SOCKET,
+                header.pointee.cmsg_type == Int32(SCM_RIGHTS)
+            else { return }
             descriptor = buffer.load(fromByteOffset: cmsgHeaderSize, as: Int32.self)
         }
         if flags & Int32(MSG_CTRUNC) != 0 {
@@ -247,7 +252,8 @@ package enum UnixSocket {
         let bytes = Array(path.utf8)
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
         guard bytes.count < capacity else {
-            throw ControlError("socket path is too long (\(bytes.count) bytes, limit \(capacity - 1)): \(path); use a shorter --run-dir")
+            throw ControlError(
+                "socket path is too long (\(bytes.count) bytes, limit \(capacity - 1)): \(path); use a shorter --run-dir")
         }
         withUnsafeMutableBytes(of: &address.sun_path) { buffer in
             buffer.copyBytes(from: bytes)

@@ -13,7 +13,8 @@ public enum StateEncoding {
     public static let maximumNameLength = 255
 
     public static func encode(_ state: MachineState) throws -> [UInt8] {
-        var bytes = ByteWriter(capacity: (state.kernel + state.devices).reduce(8) { $0 + 11 + $1.name.utf8.count + $1.data.count })
+        var bytes = ByteWriter(
+            capacity: (state.kernel + state.devices).reduce(8) { $0 + 11 + $1.name.utf8.count + $1.data.count })
         for chunks in [state.kernel, state.devices] {
             bytes.u32(UInt32(chunks.count))
             for chunk in chunks {
@@ -47,9 +48,9 @@ public enum StateEncoding {
                     throw ControlError("bad state: \(what) has a name of \(nameLength) bytes")
                 }
                 guard let nameBytes = reader.raw(Int(nameLength)),
-                      let version = reader.u32(),
-                      let dataLength = reader.u32(),
-                      let data = reader.raw(Int(dataLength))
+                    let version = reader.u32(),
+                    let dataLength = reader.u32(),
+                    let data = reader.raw(Int(dataLength))
                 else { throw truncated(what) }
                 guard let name = String(validating: nameBytes, as: UTF8.self) else {
                     throw ControlError("bad state: \(what) has a name that is not UTF-8")

@@ -81,7 +81,9 @@ public enum MachineName {
     /// Throws a one-line error for a name that cannot be used.
     public static func validate(_ name: String) throws {
         guard isValid(name) else {
-            throw ControlError("invalid VM name '\(name)': use 1 to \(maximumLength) letters, digits, '.', '_' or '-', not starting with '.' or '-'")
+            throw ControlError(
+                "invalid VM name '\(name)': use 1 to \(maximumLength) letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+            )
         }
     }
 }

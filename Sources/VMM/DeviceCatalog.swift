@@ -21,7 +21,9 @@ public struct DeviceCatalog: Sendable {
             guard names.insert(config.name).inserted else { throw MachineError("device \(config.name) listed twice") }
             let model = try self.model(config)
             guard config.version == model.stateVersion else {
-                throw MachineError("device \(config.name): \(config.kind) version \(config.version), this vmrun understands \(model.stateVersion)")
+                throw MachineError(
+                    "device \(config.name): \(config.kind) version \(config.version), this vmrun understands \(model.stateVersion)"
+                )
             }
         }
     }

@@ -47,11 +47,14 @@ final class DirtyLog: Sendable {
         }
         let pages = try pageCount(segment)
         guard firstPage % 64 == 0, firstPage < pages else {
-            throw MachineError("dirty log clear: first page \(firstPage) is not a multiple of 64 inside segment \(segment) (\(pages) pages)")
+            throw MachineError(
+                "dirty log clear: first page \(firstPage) is not a multiple of 64 inside segment \(segment) (\(pages) pages)")
         }
         let count = min(UInt64(bitmap.count) * 64, pages - firstPage)
         guard !bitmap.isEmpty, UInt64(bitmap.count) == (count + 63) / 64 else {
-            throw MachineError("dirty log clear: \(bitmap.count) bitmap words from page \(firstPage) do not fit segment \(segment) (\(pages) pages)")
+            throw MachineError(
+                "dirty log clear: \(bitmap.count) bitmap words from page \(firstPage) do not fit segment \(segment) (\(pages) pages)"
+            )
         }
         if count % 64 != 0, bitmap[bitmap.count - 1] >> (count % 64) != 0 {
             throw MachineError("dirty log clear: bits set beyond the end of segment \(segment) (\(pages) pages)")

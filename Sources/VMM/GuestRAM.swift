@@ -32,8 +32,9 @@ final class GuestRAM: GuestMemoryAccess, @unchecked Sendable {
     /// Registers every segment as a KVM memory slot (slot n = segment n), with or without dirty logging.
     func register(with vm: KVMVirtualMachine, logDirtyPages: Bool) throws(KVMError) {
         for (slot, segment) in segments.enumerated() {
-            try vm.setMemoryRegion(slot: UInt32(slot), guestPhysical: segment.guestPhysicalBase, size: segment.size,
-                                   userAddress: file.base + Int(file.segmentOffsets[slot]), logDirtyPages: logDirtyPages)
+            try vm.setMemoryRegion(
+                slot: UInt32(slot), guestPhysical: segment.guestPhysicalBase, size: segment.size,
+                userAddress: file.base + Int(file.segmentOffsets[slot]), logDirtyPages: logDirtyPages)
         }
     }
 

@@ -43,17 +43,22 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 
     /// Creates and starts (unless `options.startPaused`) a new machine running the bundled guest.
     /// `extraDevices` join the standard ones; `catalog` must know their kinds.
-    public static func boot(name: String, vcpus: UInt32, memorySize: UInt64, options: MachineOptions,
-                            extraDevices: [DeviceConfig] = [], catalog: DeviceCatalog = .standard) throws -> KVMMachine {
+    public static func boot(
+        name: String, vcpus: UInt32, memorySize: UInt64, options: MachineOptions,
+        extraDevices: [DeviceConfig] = [], catalog: DeviceCatalog = .standard
+    ) throws -> KVMMachine {
         try BundledGuestBoot.checkFits(vcpus: vcpus, memorySize: memorySize, workingSet: options.guestWorkingSet)
-        let settings = GuestStatusDevice.Settings(workingSet: options.guestWorkingSet, dirtyRate: options.guestDirtyRate, vcpus: vcpus)
-        let config = MachineConfig(name: name, vcpuCount: vcpus, segments: MemorySegment.standardLayout(memorySize: memorySize),
-                                   devices: standardDevices(settings) + extraDevices, cpuid: [])
+        let settings = GuestStatusDevice.Settings(
+            workingSet: options.guestWorkingSet, dirtyRate: options.guestDirtyRate, vcpus: vcpus)
+        let config = MachineConfig(
+            name: name, vcpuCount: vcpus, segments: MemorySegment.standardLayout(memorySize: memorySize),
+            devices: standardDevices(settings) + extraDevices, cpuid: [])
         try catalog.check(config.devices)
         let machine = try KVMMachine(config: config, options: options, catalog: catalog, incoming: false)
         do {
-            let pending = try BundledGuestBoot.prepare(vcpus: machine.vcpus, ram: machine.ram, config: config,
-                                                       settings: settings, options: options)
+            let pending = try BundledGuestBoot.prepare(
+                vcpus: machine.vcpus, ram: machine.ram, config: config,
+                settings: settings, options: options)
             machine.lifecycle.withLock { $0.beforeFirstRun = pending }
             if !options.startPaused { try machine.resume() }
         } catch {
@@ -65,14 +70,19 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 
     /// Creates a machine from a received configuration, in the incoming state: memory, vCPUs and devices exist,
     /// nothing runs until `restoreState` and `resume`. Refuses what it cannot build before creating anything.
-    public static func incoming(config: MachineConfig, options: MachineOptions,
-                                catalog: DeviceCatalog = .standard) throws -> KVMMachine {
+    public static func incoming(
+        config: MachineConfig, options: MachineOptions,
+        catalog: DeviceCatalog = .standard
+    ) throws -> KVMMachine {
         guard (1...GuestLayout.maxVCPUs).contains(config.vcpuCount) else {
             throw MachineError("incoming machine: \(config.vcpuCount) vCPUs; between 1 and \(GuestLayout.maxVCPUs) are supported")
         }
         guard config.segments == MemorySegment.standardLayout(memorySize: config.memorySize),
-              config.memorySize % 4096 == 0, config.memorySize >= GuestLayout.reservedEnd else {
-            throw MachineError("incoming machine: memory layout \(config.segments.map { "\($0.name)@\($0.guestPhysicalBase)+\($0.size)" }) is not the standard layout")
+            config.memorySize % 4096 == 0, config.memorySize >= GuestLayout.reservedEnd
+        else {
+            throw MachineError(
+                "incoming machine: memory layout \(config.segments.map { "\($0.name)@\($0.guestPhysicalBase)+\($0.size)" }) is not the standard layout"
+            )
         }
         try catalog.check(config.devices)
         return try KVMMachine(config: config, options: options, catalog: catalog, incoming: true)
@@ -90,7 +100,8 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         }
         let topOfRAM = config.segments.map { $0.guestPhysicalBase + $0.size }.max() ?? 0
         guard topOfRAM <= GuestLayout.maxAddressableBytes else {
-            throw MachineError("--memory \(config.memorySize): more than the guest can address (\(GuestLayout.maxAddressableBytes >> 30) GiB)")
+            throw MachineError(
+                "--memory \(config.memorySize): more than the guest can address (\(GuestLayout.maxAddressableBytes >> 30) GiB)")
         }
         system = try KVMSystem()
         vm = try system.createVirtualMachine()
@@ -115,14 +126,17 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             let context = DeviceContext(
                 memory: ram, vcpuCount: Int(config.vcpuCount), console: console,
                 interruptLine: { irq in
-                    guard KVMInterruptLine.lines.contains(irq) else { throw MachineError("interrupt line \(irq) does not exist (0 to 23)") }
+                    guard KVMInterruptLine.lines.contains(irq) else {
+                        throw MachineError("interrupt line \(irq) does not exist (0 to 23)")
+                    }
                     return KVMInterruptLine(vm: vm, irq: irq)
                 },
                 pacer: runner)
             devices = try catalog.build(config.devices, context: context)
             dirtyLog = DirtyLog(vm: vm, ram: ram)
-            registry = StateRegistry(sections: vcpus.enumerated().map { VCPUStateSection(vcpu: $1, index: $0, migratedMSRs: migratedMSRs) }
-                                     + [VMStateSection(vm: vm)] + devices.map { DeviceStateSection(device: $0) })
+            registry = StateRegistry(
+                sections: vcpus.enumerated().map { VCPUStateSection(vcpu: $1, index: $0, migratedMSRs: migratedMSRs) }
+                    + [VMStateSection(vm: vm)] + devices.map { DeviceStateSection(device: $0) })
             bus = try IOBus(devices: devices) { console.note($0) }
             try runner.start(bus: bus)
         } catch {
@@ -160,8 +174,9 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     public func status() -> MachineStatus {
         let state = lifecycle.withLock { $0.state }
         let reports = devices.lazy.compactMap { $0 as? GuestStatusDevice }.first?.statuses ?? []
-        return MachineStatus(name: config.name, state: state, memorySize: config.memorySize, vcpus: reports,
-                             uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid())
+        return MachineStatus(
+            name: config.name, state: state, memorySize: config.memorySize, vcpus: reports,
+            uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid())
     }
 
     public func pause() throws {
@@ -177,7 +192,9 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     public func resume() throws {
         try lifecycle.withLock { (life: inout Lifecycle) throws -> Void in
             try Self.checkAlive(life)
-            if life.state == .incoming { throw MachineError("the incoming machine has no state yet: restore its state before resuming") }
+            if life.state == .incoming {
+                throw MachineError("the incoming machine has no state yet: restore its state before resuming")
+            }
             guard life.state != .running else { return }
             if let work = life.beforeFirstRun {
                 try work()

@@ -14,8 +14,10 @@ public struct MachineOptions: Sendable {
     /// Bytes per second the guest dirties in all; 0 means as fast as it can.
     public var guestDirtyRate: UInt64
 
-    public init(memoryImage: String? = nil, startPaused: Bool = false, consoleLog: String,
-                guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0) {
+    public init(
+        memoryImage: String? = nil, startPaused: Bool = false, consoleLog: String,
+        guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0
+    ) {
         self.memoryImage = memoryImage
         self.startPaused = startPaused
         self.consoleLog = consoleLog

@@ -154,8 +154,10 @@ final class VCPURunner: Pacer, @unchecked Sendable {
         switch exit {
         case .interrupted, .halt:
             return nil
-        case let .io(port, isWrite, size, count, dataOffset):
-            guard let data = vcpu.ioData(offset: dataOffset, count: size * count) else { return "KVM_EXIT_IO with data outside kvm_run" }
+        case .io(let port, let isWrite, let size, let count, let dataOffset):
+            guard let data = vcpu.ioData(offset: dataOffset, count: size * count) else {
+                return "KVM_EXIT_IO with data outside kvm_run"
+            }
             for item in 0..<count {
                 let element = UnsafeMutableRawBufferPointer(rebasing: data[item * size..<(item + 1) * size])
                 if isWrite {
@@ -165,7 +167,7 @@ final class VCPURunner: Pacer, @unchecked Sendable {
                 }
             }
             return nil
-        case let .mmio(address, isWrite, length):
+        case .mmio(let address, let isWrite, let length):
             let data = vcpu.mmioData(length: length)
             if isWrite {
                 bus.write(.mmio, address: address, vcpu: index, from: UnsafeRawBufferPointer(data))
@@ -175,11 +177,11 @@ final class VCPURunner: Pacer, @unchecked Sendable {
             return nil
         case .shutdown:
             return "the guest crashed (triple fault: KVM_EXIT_SHUTDOWN)"
-        case let .failEntry(reason):
+        case .failEntry(let reason):
             return "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, reason 0x\(String(reason, radix: 16)))"
-        case let .internalError(suberror):
+        case .internalError(let suberror):
             return "KVM internal error (suberror \(suberror))"
-        case let .other(reason):
+        case .other(let reason):
             return "unexpected exit reason \(reason)"
         }
     }

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import MachineDescription
 import Migration
 import SystemPackage
 import SystemSupport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Runs a helper program to completion: `input` on its stdin, stdout discarded, stderr captured.
 enum ChildProcess {
@@ -30,9 +31,10 @@ enum ChildProcess {
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
+        defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
-        let spawned = path.contains("/")
+        let spawned =
+            path.contains("/")
             ? posix_spawn(&pid, path, &actions, nil, argv, environ)
             : posix_spawnp(&pid, path, &actions, nil, argv, environ)
         close(stdinPipe[0])

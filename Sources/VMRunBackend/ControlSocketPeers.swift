@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
 import Migration
 import SystemPackage
 import VMControl
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A running vmrun, sent through its control socket. Pages are read from its memfd, mapped here;
 /// bitmaps and state come over the socket because KVM answers VM ioctls only in vmrun's process.
@@ -43,8 +44,9 @@ public final class IncomingMachine: MigrationDestination {
     /// Starts `vmrun --incoming NAME` with `config` and connects to it as its owner.
     public init(config: MachineConfig, runDirectory: RunDirectory, vmrun: String) throws {
         let json = try MachineConfigJSON.encode(config)
-        let result = try ChildProcess.run(vmrun, arguments: ["--incoming", "--run-dir", runDirectory.path, config.name],
-                                          input: json)
+        let result = try ChildProcess.run(
+            vmrun, arguments: ["--incoming", "--run-dir", runDirectory.path, config.name],
+            input: json)
         guard result.status == 0 else {
             let reason = result.lastErrorLine ?? "vmrun exited with status \(result.status)"
             throw MigrationError(reason)

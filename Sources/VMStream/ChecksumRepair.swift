@@ -19,7 +19,8 @@ public enum ChecksumRepair {
                 storeLE(buffer, offset + 8, headerChecksum)
                 let payload = offset + StreamFormat.recordHeaderSize
                 guard Int(length) <= StreamFormat.maxPayloadLength,
-                      payload + Int(length) + StreamFormat.recordTrailerSize <= buffer.count else { return }
+                    payload + Int(length) + StreamFormat.recordTrailerSize <= buffer.count
+                else { return }
                 let end = payload + Int(length)
                 if type == RecordType.end.rawValue && Int(length) == Payload.endSize { storeLE(buffer, payload + 40, running) }
                 let checksum = Checksum.hash(UnsafeRawBufferPointer(rebasing: buffer[payload..<end]), seed: headerChecksum)

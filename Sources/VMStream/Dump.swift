@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `vmstream dump`: the BEGIN fields, optionally one line per record, and a summary (as `zstream dump`).
 public struct StreamDumper {
@@ -41,7 +42,9 @@ public struct StreamDumper {
         let machine = begin.machine
         output("\tmachine = \(machine.name), \(machine.vcpuCount) vCPUs, \(machine.memorySize) bytes")
         for (index, segment) in machine.segments.enumerated() {
-            output("\tsegment \(index) = \(segment.name) at 0x\(String(segment.guestPhysicalBase, radix: 16)), \(segment.size) bytes (\(segment.size / UInt64(StreamFormat.pageSize)) pages)")
+            output(
+                "\tsegment \(index) = \(segment.name) at 0x\(String(segment.guestPhysicalBase, radix: 16)), \(segment.size) bytes (\(segment.size / UInt64(StreamFormat.pageSize)) pages)"
+            )
         }
         for device in machine.devices {
             let settings = device.configuration.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
@@ -49,7 +52,9 @@ public struct StreamDumper {
         }
         for leaf in machine.cpuid {
             let words = [leaf.eax, leaf.ebx, leaf.ecx, leaf.edx].map { String($0, radix: 16).leftPadded(to: 8) }
-            output("\tcpuid 0x\(String(leaf.function, radix: 16)).\(leaf.index) flags \(leaf.flags) = \(words.joined(separator: " "))")
+            output(
+                "\tcpuid 0x\(String(leaf.function, radix: 16)).\(leaf.index) flags \(leaf.flags) = \(words.joined(separator: " "))"
+            )
         }
     }
 
@@ -66,11 +71,13 @@ public struct StreamDumper {
         case .kernelState(let chunk), .deviceState(let chunk):
             text += " name \(chunk.name) version \(chunk.version) size \(chunk.data.count)"
         case .end(let end):
-            text += " pages \(end.pages) zero \(end.zeroPages) records \(end.records) bytes \(end.bytes) pause time \(end.sourcePauseTime)"
+            text +=
+                " pages \(end.pages) zero \(end.zeroPages) records \(end.records) bytes \(end.bytes) pause time \(end.sourcePauseTime)"
             text += " stream checksum \(hex(end.streamChecksum))"
         }
         if verbosity >= 2 {
-            text += " header checksum \(hex(info.headerChecksum)) checksum \(hex(info.checksum)) running \(hex(info.runningChecksum))"
+            text +=
+                " header checksum \(hex(info.headerChecksum)) checksum \(hex(info.checksum)) running \(hex(info.runningChecksum))"
         }
         return text
     }
@@ -84,7 +91,9 @@ public struct StreamDumper {
         output("\tTotal records = \(statistics.records)")
         output("\tPages = \(statistics.pages) (zero pages elided = \(statistics.zeroPages))")
         let ratio = (statistics.compressionRatio * 100).rounded() / 100
-        output("\tPage data = \(statistics.pageDataBytes) bytes, \(statistics.pageWireBytes) on the wire (compression ratio \(ratio); \(statistics.compressedBatches) of \(statistics.compressedBatches + statistics.rawBatches) batches compressed)")
+        output(
+            "\tPage data = \(statistics.pageDataBytes) bytes, \(statistics.pageWireBytes) on the wire (compression ratio \(ratio); \(statistics.compressedBatches) of \(statistics.compressedBatches + statistics.rawBatches) batches compressed)"
+        )
         output("\tTotal stream length = \(statistics.bytes) bytes")
     }
 
@@ -94,6 +103,7 @@ public struct StreamDumper {
         var parts = tm()
         guard gmtime_r(&seconds, &parts) != nil else { return "?" }
         func two(_ value: Int32) -> String { String(value).leftPadded(to: 2) }
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+        return
+            "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }

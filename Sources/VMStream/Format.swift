@@ -98,8 +98,10 @@ public struct StreamBegin: Sendable, Equatable {
     public var host: HostSpec
     public var machine: MachineConfig
 
-    public init(formatVersion: UInt32 = StreamFormat.version, tool: String, toolVersion: String, uuid: [UInt8],
-                creationTime: UInt64, mode: MigrationMode, host: HostSpec, machine: MachineConfig) {
+    public init(
+        formatVersion: UInt32 = StreamFormat.version, tool: String, toolVersion: String, uuid: [UInt8],
+        creationTime: UInt64, mode: MigrationMode, host: HostSpec, machine: MachineConfig
+    ) {
         self.formatVersion = formatVersion
         self.tool = tool
         self.toolVersion = toolVersion

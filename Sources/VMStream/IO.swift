@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import SystemPackage
 import SystemSupport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Where a writer's bytes go: a file descriptor, or memory in tests.
 protocol ByteSink: AnyObject {

@@ -42,16 +42,18 @@ public struct LZ4Codec: PageCodec {
     public func maximumEncodedSize(_ inputBytes: Int) -> Int { Int(LZ4_compressBound(Int32(inputBytes))) }
 
     public func encode(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int? {
-        let size = LZ4_compress_fast(input.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                     output.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                     Int32(input.count), Int32(output.count), acceleration)
+        let size = LZ4_compress_fast(
+            input.baseAddress!.assumingMemoryBound(to: CChar.self),
+            output.baseAddress!.assumingMemoryBound(to: CChar.self),
+            Int32(input.count), Int32(output.count), acceleration)
         return size > 0 && Int(size) < input.count ? Int(size) : nil
     }
 
     public func decode(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Bool {
-        let size = LZ4_decompress_safe(input.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                       output.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                       Int32(input.count), Int32(output.count))
+        let size = LZ4_decompress_safe(
+            input.baseAddress!.assumingMemoryBound(to: CChar.self),
+            output.baseAddress!.assumingMemoryBound(to: CChar.self),
+            Int32(input.count), Int32(output.count))
         return Int(size) == output.count
     }
 }

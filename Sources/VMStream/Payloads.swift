@@ -3,9 +3,23 @@ import SystemSupport
 
 /// BEGIN is a list of tagged fields (tag u16, length u32, value), so later versions can add fields.
 enum BeginTag: UInt16, CaseIterable {
-    case formatVersion = 1, tool = 2, toolVersion = 3, uuid = 4, creationTime = 5, mode = 6
-    case architecture = 16, cpuVendor = 17, cpuModel = 18, pageSize = 19, hypervisor = 20, hypervisorVersion = 21
-    case machineName = 32, vcpuCount = 33, segment = 34, device = 35, cpuidLeaf = 36
+    case formatVersion = 1
+    case tool = 2
+    case toolVersion = 3
+    case uuid = 4
+    case creationTime = 5
+    case mode = 6
+    case architecture = 16
+    case cpuVendor = 17
+    case cpuModel = 18
+    case pageSize = 19
+    case hypervisor = 20
+    case hypervisorVersion = 21
+    case machineName = 32
+    case vcpuCount = 33
+    case segment = 34
+    case device = 35
+    case cpuidLeaf = 36
 
     /// Tags at or above this value may be skipped by a reader that does not know them.
     static let ignorableBit: UInt16 = 0x8000
@@ -69,7 +83,9 @@ enum Payload {
 
     /// Problems a writer must refuse so that it never writes what a reader rejects.
     static func beginProblem(_ begin: StreamBegin) -> String? {
-        if begin.formatVersion != StreamFormat.version { return "format version \(begin.formatVersion) is not \(StreamFormat.version)" }
+        if begin.formatVersion != StreamFormat.version {
+            return "format version \(begin.formatVersion) is not \(StreamFormat.version)"
+        }
         if begin.uuid.count != 16 { return "uuid has \(begin.uuid.count) bytes, not 16" }
         if begin.machine.name.isEmpty { return "machine name is empty" }
         if begin.machine.vcpuCount == 0 { return "vCPU count is 0" }
@@ -90,14 +106,19 @@ enum Payload {
         }
         if total > StreamFormat.maxMemoryBytes { return "the segments hold more than 2^48 bytes of memory" }
         let ordered = segments.sorted { $0.guestPhysicalBase < $1.guestPhysicalBase }
-        for (lower, upper) in zip(ordered, ordered.dropFirst()) where lower.guestPhysicalBase + lower.size > upper.guestPhysicalBase {
+        for (lower, upper) in zip(ordered, ordered.dropFirst())
+        where lower.guestPhysicalBase + lower.size > upper.guestPhysicalBase {
             return "segments \(lower.name) and \(upper.name) overlap"
         }
         if begin.machine.devices.count > StreamFormat.maxDevices { return "more than \(StreamFormat.maxDevices) devices" }
-        if begin.machine.cpuid.count > StreamFormat.maxCPUIDLeaves { return "more than \(StreamFormat.maxCPUIDLeaves) CPUID leaves" }
+        if begin.machine.cpuid.count > StreamFormat.maxCPUIDLeaves {
+            return "more than \(StreamFormat.maxCPUIDLeaves) CPUID leaves"
+        }
         var names = Set<String>()
         for device in begin.machine.devices {
-            if device.name.isEmpty || !names.insert(device.name).inserted { return "device name \"\(device.name)\" is empty or repeated" }
+            if device.name.isEmpty || !names.insert(device.name).inserted {
+                return "device name \"\(device.name)\" is empty or repeated"
+            }
             for string in [device.name, device.kind] + device.configuration.keys + device.configuration.values
             where string.utf8.count > Int(UInt16.max) {
                 return "device \(device.name) has a string longer than 65535 bytes"
@@ -110,10 +131,23 @@ enum Payload {
     static func decodeBegin(_ bytes: [UInt8], fail: @escaping @Sendable (String) -> StreamError) throws -> StreamBegin {
         var decoder = WireDecoder(bytes, fail: fail)
         var seen = Set<UInt16>()
-        var formatVersion: UInt32?, tool: String?, toolVersion: String?, uuid: [UInt8]?, creationTime: UInt64?
-        var mode: MigrationMode?, architecture: String?, cpuVendor: String?, cpuModel: String?, pageSize: UInt32?
-        var hypervisor: String?, hypervisorVersion: String?, machineName: String?, vcpuCount: UInt32?
-        var segments: [MemorySegment] = [], devices: [DeviceConfig] = [], cpuid: [CPUIDLeaf] = []
+        var formatVersion: UInt32?
+        var tool: String?
+        var toolVersion: String?
+        var uuid: [UInt8]?
+        var creationTime: UInt64?
+        var mode: MigrationMode?
+        var architecture: String?
+        var cpuVendor: String?
+        var cpuModel: String?
+        var pageSize: UInt32?
+        var hypervisor: String?
+        var hypervisorVersion: String?
+        var machineName: String?
+        var vcpuCount: UInt32?
+        var segments: [MemorySegment] = []
+        var devices: [DeviceConfig] = []
+        var cpuid: [CPUIDLeaf] = []
 
         while !decoder.atEnd {
             let rawTag = try decoder.u16()
@@ -134,11 +168,17 @@ enum Payload {
             }
             func text() throws -> String { try value.text(length, what: "field \(tag)") }
             switch tag {
-            case .formatVersion: try exact(4); formatVersion = try value.u32()
+            case .formatVersion:
+                try exact(4)
+                formatVersion = try value.u32()
             case .tool: tool = try text()
             case .toolVersion: toolVersion = try text()
-            case .uuid: try exact(16); uuid = try value.raw(16)
-            case .creationTime: try exact(8); creationTime = try value.u64()
+            case .uuid:
+                try exact(16)
+                uuid = try value.raw(16)
+            case .creationTime:
+                try exact(8)
+                creationTime = try value.u64()
             case .mode:
                 try exact(1)
                 let wire = try value.u8()
@@ -147,13 +187,19 @@ enum Payload {
             case .architecture: architecture = try text()
             case .cpuVendor: cpuVendor = try text()
             case .cpuModel: cpuModel = try text()
-            case .pageSize: try exact(4); pageSize = try value.u32()
+            case .pageSize:
+                try exact(4)
+                pageSize = try value.u32()
             case .hypervisor: hypervisor = try text()
             case .hypervisorVersion: hypervisorVersion = try text()
             case .machineName: machineName = try text()
-            case .vcpuCount: try exact(4); vcpuCount = try value.u32()
+            case .vcpuCount:
+                try exact(4)
+                vcpuCount = try value.u32()
             case .segment:
-                guard segments.count < StreamFormat.maxSegments else { throw fail("more than \(StreamFormat.maxSegments) segments") }
+                guard segments.count < StreamFormat.maxSegments else {
+                    throw fail("more than \(StreamFormat.maxSegments) segments")
+                }
                 let base = try value.u64()
                 let size = try value.u64()
                 let name = try value.text(value.remaining, what: "segment name")
@@ -175,11 +221,15 @@ enum Payload {
                 guard value.atEnd else { throw fail("device \(name) has trailing bytes") }
                 devices.append(DeviceConfig(name: name, kind: kind, version: version, configuration: configuration))
             case .cpuidLeaf:
-                guard cpuid.count < StreamFormat.maxCPUIDLeaves else { throw fail("more than \(StreamFormat.maxCPUIDLeaves) CPUID leaves") }
+                guard cpuid.count < StreamFormat.maxCPUIDLeaves else {
+                    throw fail("more than \(StreamFormat.maxCPUIDLeaves) CPUID leaves")
+                }
                 try exact(28)
                 let words = try (0..<7).map { _ in try value.u32() }
-                cpuid.append(CPUIDLeaf(function: words[0], index: words[1], flags: words[2],
-                                       eax: words[3], ebx: words[4], ecx: words[5], edx: words[6]))
+                cpuid.append(
+                    CPUIDLeaf(
+                        function: words[0], index: words[1], flags: words[2],
+                        eax: words[3], ebx: words[4], ecx: words[5], edx: words[6]))
             }
         }
         for tag in BeginTag.allCases where !tag.repeats && !seen.contains(tag.rawValue) {
@@ -188,8 +238,9 @@ enum Payload {
         let begin = StreamBegin(
             formatVersion: formatVersion!, tool: tool!, toolVersion: toolVersion!, uuid: uuid!,
             creationTime: creationTime!, mode: mode!,
-            host: HostSpec(architecture: architecture!, cpuVendor: cpuVendor!, cpuModel: cpuModel!, pageSize: pageSize!,
-                           hypervisor: hypervisor!, hypervisorVersion: hypervisorVersion!),
+            host: HostSpec(
+                architecture: architecture!, cpuVendor: cpuVendor!, cpuModel: cpuModel!, pageSize: pageSize!,
+                hypervisor: hypervisor!, hypervisorVersion: hypervisorVersion!),
             machine: MachineConfig(name: machineName!, vcpuCount: vcpuCount!, segments: segments, devices: devices, cpuid: cpuid))
         if let problem = beginProblem(begin) { throw fail(problem) }
         return begin
@@ -255,15 +306,18 @@ enum Payload {
 
     static func encodeEnd(_ end: StreamEnd) -> [UInt8] {
         var out = ByteWriter()
-        for value in [end.pages, end.zeroPages, end.bytes, end.records, end.sourcePauseTime, end.streamChecksum] { out.u64(value) }
+        for value in [end.pages, end.zeroPages, end.bytes, end.records, end.sourcePauseTime, end.streamChecksum] {
+            out.u64(value)
+        }
         return out.bytes
     }
 
     static func decodeEnd(_ bytes: [UInt8], fail: @escaping @Sendable (String) -> StreamError) throws -> StreamEnd {
         guard bytes.count == endSize else { throw fail("payload has \(bytes.count) bytes, not \(endSize)") }
         var decoder = WireDecoder(bytes, fail: fail)
-        return StreamEnd(pages: try decoder.u64(), zeroPages: try decoder.u64(), bytes: try decoder.u64(),
-                         records: try decoder.u64(), sourcePauseTime: try decoder.u64(), streamChecksum: try decoder.u64())
+        return StreamEnd(
+            pages: try decoder.u64(), zeroPages: try decoder.u64(), bytes: try decoder.u64(),
+            records: try decoder.u64(), sourcePauseTime: try decoder.u64(), streamChecksum: try decoder.u64())
     }
 
     /// PAGES: segment u16, encoding u8, reserved u8, count u32, first page u64, then the zero bitmap.

@@ -72,7 +72,10 @@ struct StreamRules {
         }
         let (end, overflow) = first.addingReportingOverflow(count)
         guard !overflow, end <= segmentPages[segment] else {
-            throw RuleViolation(.malformed, "pages \(first) to \(first &+ count &- 1) lie outside segment \(segment) (\(segmentName(segment)), \(segmentPages[segment]) pages)")
+            throw RuleViolation(
+                .malformed,
+                "pages \(first) to \(first &+ count &- 1) lie outside segment \(segment) (\(segmentName(segment)), \(segmentPages[segment]) pages)"
+            )
         }
     }
 
@@ -83,14 +86,17 @@ struct StreamRules {
         }
         if let lastRound, number < lastRound { throw RuleViolation("round \(number) follows round \(lastRound)") }
         guard newRanges.count <= StreamFormat.maxRangesPerRound else {
-            throw RuleViolation(.malformed, "\(newRanges.count) ranges (at most \(StreamFormat.maxRangesPerRound) per ROUND record)")
+            throw RuleViolation(
+                .malformed, "\(newRanges.count) ranges (at most \(StreamFormat.maxRangesPerRound) per ROUND record)")
         }
         var previous: PageRange?
         for range in newRanges {
             guard range.count > 0 else { throw RuleViolation(.malformed, "empty page range") }
             try checkInside(segment: range.segment, first: range.firstPage, count: range.count)
-            if let previous, range.segment < previous.segment
-                || (range.segment == previous.segment && range.firstPage < previous.firstPage + previous.count) {
+            if let previous,
+                range.segment < previous.segment
+                    || (range.segment == previous.segment && range.firstPage < previous.firstPage + previous.count)
+            {
                 throw RuleViolation(.malformed, "page ranges are not in ascending order without overlap")
             }
             previous = range
@@ -109,7 +115,8 @@ struct StreamRules {
         try checkInside(segment: segment, first: first, count: UInt64(count))
         guard let next = nextPage else { throw RuleViolation("PAGES outside a round: no listed pages are pending") }
         guard next.segment == segment, next.page == first else {
-            throw RuleViolation("page \(first) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
+            throw RuleViolation(
+                "page \(first) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
         }
         guard UInt64(count) <= next.left else {
             throw RuleViolation("batch of \(count) pages from page \(first) runs past its listed range")
@@ -134,10 +141,16 @@ struct StreamRules {
             guard deviceNames.contains(chunk.name) else {
                 throw RuleViolation(.malformed, "device state for \(chunk.name), a device BEGIN does not list")
             }
-            guard deviceChunks.insert(chunk.name).inserted else { throw RuleViolation("device state chunk \(chunk.name) repeated") }
+            guard deviceChunks.insert(chunk.name).inserted else {
+                throw RuleViolation("device state chunk \(chunk.name) repeated")
+            }
         } else {
-            guard kernelChunks.count < StreamFormat.maxStateChunks else { throw RuleViolation(.malformed, "too many kernel state chunks") }
-            guard kernelChunks.insert(chunk.name).inserted else { throw RuleViolation("kernel state chunk \(chunk.name) repeated") }
+            guard kernelChunks.count < StreamFormat.maxStateChunks else {
+                throw RuleViolation(.malformed, "too many kernel state chunks")
+            }
+            guard kernelChunks.insert(chunk.name).inserted else {
+                throw RuleViolation("kernel state chunk \(chunk.name) repeated")
+            }
         }
     }
 
@@ -151,7 +164,8 @@ struct StreamRules {
         if end.bytes != bytes { wrong.append("bytes \(end.bytes) (counted \(bytes))") }
         if !wrong.isEmpty { throw RuleViolation(.malformed, "END totals disagree: " + wrong.joined(separator: ", ")) }
         if end.streamChecksum != running {
-            throw RuleViolation(.checksumMismatch, "stream checksum mismatch: END says \(hex(end.streamChecksum)), records give \(hex(running))")
+            throw RuleViolation(
+                .checksumMismatch, "stream checksum mismatch: END says \(hex(end.streamChecksum)), records give \(hex(running))")
         }
         ended = true
     }

@@ -22,10 +22,12 @@ public enum SampleStream {
 
     /// A BEGIN for a sample stream; fixed uuid and time give byte-identical streams.
     public static func begin(memorySize: UInt64, uuid: [UInt8], creationTime: UInt64) -> StreamBegin {
-        StreamBegin(tool: "vmstream", toolVersion: "0.1", uuid: uuid, creationTime: creationTime, mode: .cold,
-                    host: HostSpec(architecture: "x86_64", cpuVendor: "GenuineIntel", cpuModel: "Sample CPU @ 2.00GHz",
-                                   pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "api 12"),
-                    machine: machine(memorySize: memorySize))
+        StreamBegin(
+            tool: "vmstream", toolVersion: "0.1", uuid: uuid, creationTime: creationTime, mode: .cold,
+            host: HostSpec(
+                architecture: "x86_64", cpuVendor: "GenuineIntel", cpuModel: "Sample CPU @ 2.00GHz",
+                pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "api 12"),
+            machine: machine(memorySize: memorySize))
     }
 
     /// Fills one 4 KiB page with the sample content of page `index`.
@@ -36,8 +38,10 @@ public enum SampleStream {
             page.initializeMemory(as: UInt8.self, repeating: 0, count: StreamFormat.pageSize)
         case 2:
             // Text-like: words from a small vocabulary, as code and text compress.
-            let vocabulary = ["migrate ", "page ", "round ", "vcpu ", "dirty ", "stream ", "memory ", "return ",
-                              "if (x) ", "{\n", "}\n", "0x1000 ", "mov rax, ", "struct ", "kvm ", "let "]
+            let vocabulary = [
+                "migrate ", "page ", "round ", "vcpu ", "dirty ", "stream ", "memory ", "return ",
+                "if (x) ", "{\n", "}\n", "0x1000 ", "mov rax, ", "struct ", "kvm ", "let ",
+            ]
             var position = 0
             while position < StreamFormat.pageSize {
                 state = mix(state)
@@ -63,12 +67,15 @@ public enum SampleStream {
     }
 
     /// Gives pages [first, first+count) of a segment: fills `buffer` and returns it, or returns a pointer into a mapping.
-    public typealias PageSource = (_ segment: Int, _ first: UInt64, _ count: Int, _ buffer: UnsafeMutableRawPointer) -> UnsafeRawPointer
+    public typealias PageSource = (_ segment: Int, _ first: UInt64, _ count: Int, _ buffer: UnsafeMutableRawPointer) ->
+        UnsafeRawPointer
 
     /// Writes a whole sample stream: BEGIN, a full first round, a second round of a few pages, state, END.
     /// Memory is bounded by one batch buffer; `pages` supplies content (default: `fill`).
-    public static func write(to writer: StreamWriter, begin: StreamBegin, seed: UInt64, sourcePauseTime: UInt64,
-                             pages: PageSource? = nil) throws {
+    public static func write(
+        to writer: StreamWriter, begin: StreamBegin, seed: UInt64, sourcePauseTime: UInt64,
+        pages: PageSource? = nil
+    ) throws {
         let batchPages = StreamFormat.maxPagesPerBatch
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: batchPages * StreamFormat.pageSize, alignment: 4096)
         defer { buffer.deallocate() }
@@ -77,19 +84,21 @@ public enum SampleStream {
             defer { base += segment.size / UInt64(StreamFormat.pageSize) }
             return base
         }
-        let supply: PageSource = pages ?? { segment, first, count, buffer in
-            for index in 0..<count {
-                fill(buffer + index * StreamFormat.pageSize, index: segmentBases[segment] + first + UInt64(index), seed: seed)
+        let supply: PageSource =
+            pages ?? { segment, first, count, buffer in
+                for index in 0..<count {
+                    fill(buffer + index * StreamFormat.pageSize, index: segmentBases[segment] + first + UInt64(index), seed: seed)
+                }
+                return UnsafeRawPointer(buffer)
             }
-            return UnsafeRawPointer(buffer)
-        }
         func send(_ ranges: [PageRange]) throws {
             for range in ranges {
                 var done: UInt64 = 0
                 while done < range.count {
                     let count = Int(min(UInt64(batchPages), range.count - done))
                     let pages = supply(range.segment, range.firstPage + done, count, buffer)
-                    try writer.writePages(segment: range.segment, firstPage: range.firstPage + done, count: UInt64(count), from: pages)
+                    try writer.writePages(
+                        segment: range.segment, firstPage: range.firstPage + done, count: UInt64(count), from: pages)
                     done += UInt64(count)
                 }
             }
@@ -108,7 +117,8 @@ public enum SampleStream {
         try writer.writeRound(2, pages: dirty)
         try send(dirty)
         for vcpu in 0..<Int(begin.machine.vcpuCount) {
-            try writer.writeKernelState(StateChunk(name: "vcpu\(vcpu)/regs", version: 1, data: (0..<144).map { UInt8(($0 + vcpu) & 0xff) }))
+            try writer.writeKernelState(
+                StateChunk(name: "vcpu\(vcpu)/regs", version: 1, data: (0..<144).map { UInt8(($0 + vcpu) & 0xff) }))
         }
         try writer.writeKernelState(StateChunk(name: "vm/pit", version: 1, data: [UInt8](repeating: 7, count: 112)))
         for device in begin.machine.devices {

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
 import SystemPackage
 import SystemSupport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Where received pages land, once their record's checksum has verified.
 public protocol PageSink {
@@ -132,11 +133,16 @@ public final class StreamReader {
             throw StreamError(.checksumMismatch, "checksum mismatch in the stream header at byte 0")
         }
         guard version == StreamFormat.version else {
-            throw StreamError(.unsupportedVersion, "unsupported stream version \(version) (this reader understands version \(StreamFormat.version))")
+            throw StreamError(
+                .unsupportedVersion,
+                "unsupported stream version \(version) (this reader understands version \(StreamFormat.version))")
         }
         let unknown = features & ~StreamFormat.knownFeatures
         guard unknown == 0 else {
-            throw StreamError(.unsupportedFeature, "stream has unsupported feature, feature flags = \(String(features, radix: 16)) (unknown flags = \(String(unknown, radix: 16)))")
+            throw StreamError(
+                .unsupportedFeature,
+                "stream has unsupported feature, feature flags = \(String(features, radix: 16)) (unknown flags = \(String(unknown, radix: 16)))"
+            )
         }
         guard reserved == 0 else { throw StreamError(.malformed, "stream header has a non-zero reserved field") }
         headerFlags = flags
@@ -210,14 +216,16 @@ public final class StreamReader {
         guard Checksum.header(type: rawType, flags: flags, length: length) == headerChecksum else {
             throw StreamError.checksum(record: recordNumber, what: "header", offset: start)
         }
-        let framing = Framing(start: start, type: RecordType(rawValue: rawType), flags: flags, length: Int(length),
-                              headerChecksum: headerChecksum)
+        let framing = Framing(
+            start: start, type: RecordType(rawValue: rawType), flags: flags, length: Int(length),
+            headerChecksum: headerChecksum)
         let place = "record \(recordNumber) (\(framing.type)) at byte \(start)"
         guard flags & ~StreamFormat.ignorableFlag == 0 else {
             throw StreamError(.malformed, "\(place) has unknown flags 0x\(String(flags, radix: 16))")
         }
         guard framing.length <= StreamFormat.maxPayloadLength else {
-            throw StreamError(.lengthTooLarge, "\(place) has payload length \(length), above the limit of \(StreamFormat.maxPayloadLength)")
+            throw StreamError(
+                .lengthTooLarge, "\(place) has payload length \(length), above the limit of \(StreamFormat.maxPayloadLength)")
         }
         hasher.reset(seed: headerChecksum)
         let record: StreamRecord?
@@ -242,9 +250,10 @@ public final class StreamReader {
         let before = running
         running = Checksum.chain(running, checksum)
         statistics.count(framing.type, bytes: Int(offset - start))
-        lastRecord = RecordInfo(number: recordNumber, offset: start, type: framing.type, flags: flags,
-                                payloadLength: framing.length, headerChecksum: headerChecksum, checksum: checksum,
-                                runningChecksum: framing.type == .end ? before : running)
+        lastRecord = RecordInfo(
+            number: recordNumber, offset: start, type: framing.type, flags: flags,
+            payloadLength: framing.length, headerChecksum: headerChecksum, checksum: checksum,
+            runningChecksum: framing.type == .end ? before : running)
         return record
     }
 
@@ -313,20 +322,26 @@ public final class StreamReader {
         let count = Int(try decoder.u32())
         let firstPage = try decoder.u64()
         let codec = PageCodecs.codec(encoding: encodingValue)
-        guard encodingValue == PageCodecs.rawEncoding || codec != nil else { try deferred(malformed("unknown encoding \(encodingValue)")) }
+        guard encodingValue == PageCodecs.rawEncoding || codec != nil else {
+            try deferred(malformed("unknown encoding \(encodingValue)"))
+        }
         guard reserved == 0 else { try deferred(malformed("reserved byte is not zero")) }
         guard count >= 1, count <= StreamFormat.maxPagesPerBatch else {
             try deferred(malformed("batch of \(count) pages (1 to \(StreamFormat.maxPagesPerBatch) allowed)"))
         }
         let bitmapSize = Payload.bitmapSize(count)
-        guard framing.length >= prefixSize + bitmapSize else { try deferred(malformed("payload too short for its zero-page bitmap")) }
+        guard framing.length >= prefixSize + bitmapSize else {
+            try deferred(malformed("payload too short for its zero-page bitmap"))
+        }
         var bitmap = [UInt8](repeating: 0, count: bitmapSize)
         try bitmap.withUnsafeMutableBytes { try readExactly([$0]) }
         bitmap.withUnsafeBytes { hasher.update($0) }
         consumed += bitmapSize
         let isZero = { (index: Int) in bitmap[index / 8] & (1 << UInt8(index % 8)) != 0 }
         let zeroCount = bitmap.reduce(0) { $0 + $1.nonzeroBitCount }
-        if count % 8 != 0, bitmap[bitmapSize - 1] >> UInt8(count % 8) != 0 { try deferred(malformed("bits set beyond the batch in the zero-page bitmap")) }
+        if count % 8 != 0, bitmap[bitmapSize - 1] >> UInt8(count % 8) != 0 {
+            try deferred(malformed("bits set beyond the batch in the zero-page bitmap"))
+        }
         let dataBytes = (count - zeroCount) * pageSize
         let wireBytes = framing.length - consumed
         if let codec {
@@ -335,7 +350,9 @@ public final class StreamReader {
                 try deferred(malformed("\(wireBytes) \(codec.name) bytes for \(count - zeroCount) data pages"))
             }
         } else {
-            guard wireBytes == dataBytes else { try deferred(malformed("\(wireBytes) data bytes for \(count - zeroCount) data pages")) }
+            guard wireBytes == dataBytes else {
+                try deferred(malformed("\(wireBytes) data bytes for \(count - zeroCount) data pages"))
+            }
         }
         do {
             try rules.accept(pages: segment, first: firstPage, count: count, zero: zeroCount)
@@ -365,11 +382,15 @@ public final class StreamReader {
         var delivered = 0
         var index = 0
         while index < count {
-            if isZero(index) { index += 1; continue }
+            if isZero(index) {
+                index += 1
+                continue
+            }
             var end = index + 1
             while end < count && !isZero(end) { end += 1 }
-            try sink.store(segment: segment, page: firstPage + UInt64(index), count: end - index,
-                           from: scratch.baseAddress! + delivered * pageSize)
+            try sink.store(
+                segment: segment, page: firstPage + UInt64(index), count: end - index,
+                from: scratch.baseAddress! + delivered * pageSize)
             delivered += end - index
             index = end
         }

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Dispatch
 import MachineDescription
 import SystemPackage
 import SystemSupport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Writes a version 1 migration stream (man/vmstream.5) to a file descriptor.
 ///
@@ -57,7 +58,8 @@ public final class StreamWriter {
         try guarded { () throws(RuleViolation) in try self.rules.accept(begin: begin) }
         let payload = Payload.encodeBegin(begin)
         guard payload.count <= StreamFormat.maxPayloadLength else {
-            throw StreamError(.misuse, "BEGIN has \(payload.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)")
+            throw StreamError(
+                .misuse, "BEGIN has \(payload.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)")
         }
         var header = ByteWriter()
         header.raw(StreamFormat.magic)
@@ -103,17 +105,24 @@ public final class StreamWriter {
     /// copied once before it is checksummed, so the checksum matches the bytes sent. Pages of a paused
     /// guest are written straight from its memory (lent to a pipe with `lendsStablePages`).
     /// With a codec, up to 8 batches are coded at once on all cores, then written in order.
-    public func writePages(segment: Int, firstPage: UInt64, count: UInt64, from pages: UnsafeRawPointer,
-                           mayChange: Bool = false) throws {
+    public func writePages(
+        segment: Int, firstPage: UInt64, count: UInt64, from pages: UnsafeRawPointer,
+        mayChange: Bool = false
+    ) throws {
         try checkUsable()
         var done: UInt64 = 0
         while done < count {
             if !rules.roundPending && roundWritten < roundList.count { try writeRoundPart() }
             guard let next = rules.nextPage else {
-                throw StreamError(.misuse, "pages \(firstPage + done) to \(firstPage + count - 1) of segment \(segment) were not listed in a ROUND")
+                throw StreamError(
+                    .misuse,
+                    "pages \(firstPage + done) to \(firstPage + count - 1) of segment \(segment) were not listed in a ROUND")
             }
             guard next.segment == segment, next.page == firstPage + done else {
-                throw StreamError(.misuse, "page \(firstPage + done) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
+                throw StreamError(
+                    .misuse,
+                    "page \(firstPage + done) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))"
+                )
             }
             let perBatch = UInt64(StreamFormat.maxPagesPerBatch)
             let span = min(next.left, count - done, perBatch * UInt64(lanesWanted))
@@ -123,8 +132,9 @@ public final class StreamWriter {
             let source = UInt(bitPattern: pages + Int(done) * StreamFormat.pageSize)
             let prepare = { @Sendable [lanes, compression] (index: Int) in
                 let first = UInt64(index) * perBatch
-                lanes[index].prepare(from: UnsafeRawPointer(bitPattern: source)! + Int(first) * StreamFormat.pageSize,
-                                     count: Int(min(perBatch, span - first)), copy: mayChange, codec: compression.codec)
+                lanes[index].prepare(
+                    from: UnsafeRawPointer(bitPattern: source)! + Int(first) * StreamFormat.pageSize,
+                    count: Int(min(perBatch, span - first)), copy: mayChange, codec: compression.codec)
             }
             if batches > 1 {
                 DispatchQueue.concurrentPerform(iterations: batches, execute: prepare)
@@ -132,8 +142,9 @@ public final class StreamWriter {
                 prepare(0)
             }
             for index in 0..<batches {
-                try writeBatch(segment: segment, firstPage: firstPage + done + UInt64(index) * perBatch, lanes[index],
-                               lend: lendsStablePages && !mayChange)
+                try writeBatch(
+                    segment: segment, firstPage: firstPage + done + UInt64(index) * perBatch, lanes[index],
+                    lend: lendsStablePages && !mayChange)
             }
             done += span
         }
@@ -176,7 +187,10 @@ public final class StreamWriter {
         if let problem = Payload.chunkProblem(chunk) { throw StreamError(.misuse, "state chunk: \(problem)") }
         let payload = Payload.encodeChunk(chunk)
         guard payload.count <= StreamFormat.maxPayloadLength else {
-            throw StreamError(.misuse, "state chunk \(chunk.name) has \(chunk.data.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)")
+            throw StreamError(
+                .misuse,
+                "state chunk \(chunk.name) has \(chunk.data.count) bytes, above the record limit of \(StreamFormat.maxPayloadLength)"
+            )
         }
         try guarded { () throws(RuleViolation) in try self.rules.accept(chunk: chunk, device: type == .deviceState) }
         try writeRecord(type, payload: payload)
@@ -185,8 +199,9 @@ public final class StreamWriter {
     /// Writes END with the totals and closing checksum; `sourcePauseTime` is ns since the epoch, 0 if never paused.
     public func writeEnd(sourcePauseTime: UInt64) throws {
         try checkRoundComplete(.end)
-        let end = StreamEnd(pages: rules.pages, zeroPages: rules.zeroPages, bytes: statistics.bytes,
-                            records: statistics.records, sourcePauseTime: sourcePauseTime, streamChecksum: running)
+        let end = StreamEnd(
+            pages: rules.pages, zeroPages: rules.zeroPages, bytes: statistics.bytes,
+            records: statistics.records, sourcePauseTime: sourcePauseTime, streamChecksum: running)
         let (records, bytes, checksum) = (statistics.records, statistics.bytes, running)
         try guarded { () throws(RuleViolation) in
             try self.rules.accept(end: end, records: records, bytes: bytes, running: checksum)

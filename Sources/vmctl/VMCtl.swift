@@ -43,8 +43,11 @@ struct List: ParsableCommand {
             print(try encodeJSON(statuses))
             return
         }
-        let rows = [["NAME", "STATE", "VCPUS", "MEMORY", "PID"]]
-            + statuses.map { [$0.name, $0.state.rawValue, String($0.vcpus.count), ByteSize.format($0.memorySize), String($0.pid)] }
+        let rows =
+            [["NAME", "STATE", "VCPUS", "MEMORY", "PID"]]
+            + statuses.map {
+                [$0.name, $0.state.rawValue, String($0.vcpus.count), ByteSize.format($0.memorySize), String($0.pid)]
+            }
         printTable(rows)
     }
 }
@@ -63,8 +66,10 @@ struct Status: ParsableCommand {
             print(try encodeJSON(status))
             return
         }
-        var rows = [["name:", status.name], ["state:", status.state.rawValue], ["pid:", String(status.pid)],
-                    ["memory:", ByteSize.format(status.memorySize)], ["uptime:", formatSeconds(status.uptimeSeconds)]]
+        var rows = [
+            ["name:", status.name], ["state:", status.state.rawValue], ["pid:", String(status.pid)],
+            ["memory:", ByteSize.format(status.memorySize)], ["uptime:", formatSeconds(status.uptimeSeconds)],
+        ]
         for (index, vcpu) in status.vcpus.enumerated() {
             rows.append(["vcpu\(index):", "tick \(vcpu.tick), checks \(vcpu.checksPassed) ok, \(vcpu.checksFailed) failed"])
         }
@@ -125,7 +130,9 @@ struct Console: ParsableCommand {
         let client = try global.connect(name)
         defer { client.close() }
         if let input {
-            let bytes = input == "-" ? try FileDescriptor.standardInput.readToEnd(limit: Self.maximumInput, what: "standard input") : Array(input.utf8)
+            let bytes =
+                input == "-"
+                ? try FileDescriptor.standardInput.readToEnd(limit: Self.maximumInput, what: "standard input") : Array(input.utf8)
             for start in stride(from: 0, to: bytes.count, by: 4096) {
                 try client.consoleInput(Array(bytes[start..<min(start + 4096, bytes.count)]))
             }

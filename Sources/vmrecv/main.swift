@@ -1,11 +1,12 @@
 import ArgumentParser
 import Migration
-import VMRunBackend
-import ToolSupport
 import SystemPackage
+import ToolSupport
 import VMControl
+import VMRunBackend
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct VMRecv: ParsableCommand {

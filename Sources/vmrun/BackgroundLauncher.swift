@@ -84,10 +84,12 @@ struct BackgroundLauncher {
 
     /// The options the VM process needs, spelled out so it never depends on this one's cwd.
     private func childArguments() -> [String] {
-        var arguments = [plan.name, "--cpus", String(plan.cpus), "--memory", command.memory,
-                         "--guest-working-set", String(plan.options.guestWorkingSet),
-                         "--guest-dirty-rate", String(plan.options.guestDirtyRate),
-                         "--run-dir", plan.runDirectory.path, "--ready-fd", "3"]
+        var arguments = [
+            plan.name, "--cpus", String(plan.cpus), "--memory", command.memory,
+            "--guest-working-set", String(plan.options.guestWorkingSet),
+            "--guest-dirty-rate", String(plan.options.guestDirtyRate),
+            "--run-dir", plan.runDirectory.path, "--ready-fd", "3",
+        ]
         if let image = plan.options.memoryImage { arguments += ["--memory-image", image] }
         if command.paused { arguments.append("--paused") }
         if command.incoming { arguments.append("--incoming") }

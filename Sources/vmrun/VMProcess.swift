@@ -17,7 +17,9 @@ struct VMProcess {
             let server = try start()
             report("ready")
             if readyFd == nil {
-                StandardStreams.error("vmrun: '\(plan.name)' is \(plan.incomingConfig == nil ? "running" : "waiting for its state") (pid \(getpid())); console: \(plan.runDirectory.consoleLogPath(for: plan.name))")
+                StandardStreams.error(
+                    "vmrun: '\(plan.name)' is \(plan.incomingConfig == nil ? "running" : "waiting for its state") (pid \(getpid())); console: \(plan.runDirectory.consoleLogPath(for: plan.name))"
+                )
             }
             return finish(server.serve())
         } catch {
@@ -31,7 +33,10 @@ struct VMProcess {
             // A daemon holds no directory and no terminal.
             _ = chdir("/")
             let null = open("/dev/null", O_RDWR)
-            if null >= 0 { dup2(null, 0); close(null) }
+            if null >= 0 {
+                dup2(null, 0)
+                close(null)
+            }
         }
         signal(SIGPIPE, SIG_IGN)
         try checkKVMDevice()
@@ -41,7 +46,8 @@ struct VMProcess {
             if let config = plan.incomingConfig {
                 machine = try KVMMachine.incoming(config: config, options: plan.options)
             } else {
-                machine = try KVMMachine.boot(name: plan.name, vcpus: plan.cpus, memorySize: plan.memorySize, options: plan.options)
+                machine = try KVMMachine.boot(
+                    name: plan.name, vcpus: plan.cpus, memorySize: plan.memorySize, options: plan.options)
             }
         } catch {
             socket.release()
@@ -68,7 +74,8 @@ struct VMProcess {
     private func checkKVMDevice() throws {
         let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         guard fd >= 0 else {
-            throw ControlError("cannot open /dev/kvm: \(String(cString: strerror(errno))); this host cannot run VMs (is the kvm module loaded?)")
+            throw ControlError(
+                "cannot open /dev/kvm: \(String(cString: strerror(errno))); this host cannot run VMs (is the kvm module loaded?)")
         }
         close(fd)
     }

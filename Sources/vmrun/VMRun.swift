@@ -1,9 +1,9 @@
 import ArgumentParser
 import Glibc
 import MachineDescription
-import VMControl
 import SystemPackage
 import SystemSupport
+import VMControl
 import VMM
 
 /// `vmrun [options] NAME`: runs one VM and serves its control socket.
@@ -95,7 +95,9 @@ struct MachinePlan {
         let rate = try ByteSize.parseRate(command.guestDirtyRate)
         var image = command.memoryImage
         if let path = image {
-            guard access(path, R_OK) == 0 else { throw ControlError("cannot read memory image \(path): \(String(cString: strerror(errno)))") }
+            guard access(path, R_OK) == 0 else {
+                throw ControlError("cannot read memory image \(path): \(String(cString: strerror(errno)))")
+            }
             image = RunDirectory.absolute(path)
         }
         if command.incoming {
@@ -112,13 +114,17 @@ struct MachinePlan {
             incomingConfig = nil
             incomingJSON = []
         }
-        try Self.checkMemorySize(memorySize, flag: command.incoming ? "the incoming machine's memory" : "--memory \(command.memory)")
+        try Self.checkMemorySize(
+            memorySize, flag: command.incoming ? "the incoming machine's memory" : "--memory \(command.memory)")
         let workingSet = try command.guestWorkingSet.map(ByteSize.parse) ?? min(64 << 20, memorySize / 2)
         guard workingSet <= memorySize else {
-            throw ControlError("--guest-working-set \(command.guestWorkingSet ?? "") is larger than the guest's memory (\(ByteSize.format(memorySize)))")
+            throw ControlError(
+                "--guest-working-set \(command.guestWorkingSet ?? "") is larger than the guest's memory (\(ByteSize.format(memorySize)))"
+            )
         }
-        options = MachineOptions(memoryImage: image, startPaused: command.paused, consoleLog: runDirectory.consoleLogPath(for: command.name),
-                                 guestWorkingSet: workingSet, guestDirtyRate: rate)
+        options = MachineOptions(
+            memoryImage: image, startPaused: command.paused, consoleLog: runDirectory.consoleLogPath(for: command.name),
+            guestWorkingSet: workingSet, guestDirtyRate: rate)
     }
 
     /// Refuses sizes that are not whole pages, too small to hold the guest, or more than the host has.

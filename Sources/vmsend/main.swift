@@ -1,13 +1,14 @@
 import ArgumentParser
 import MachineDescription
 import Migration
-import VMRunBackend
 import SystemPackage
 import ToolSupport
 import VMControl
+import VMRunBackend
 import VMStream
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct VMSend: ParsableCommand {
@@ -23,8 +24,9 @@ struct VMSend: ParsableCommand {
     var compression: CompressionChoice = .none
 
     @Option(name: .long, help: "Live: the pause to aim for, in milliseconds.")
-    var downtime: Int = Int(Convergence.defaultDowntimeTarget.components.seconds * 1000
-        + Convergence.defaultDowntimeTarget.components.attoseconds / 1_000_000_000_000_000)
+    var downtime: Int = Int(
+        Convergence.defaultDowntimeTarget.components.seconds * 1000
+            + Convergence.defaultDowntimeTarget.components.attoseconds / 1_000_000_000_000_000)
 
     @Option(name: .long, help: "Live: switch over after this many rounds at most.")
     var maxRounds: Int = Convergence.defaultMaxRounds
@@ -66,19 +68,22 @@ struct VMSend: ParsableCommand {
         let source = try ControlSocketSource(name: name, runDirectory: runDirectory)
         let mode: MigrationMode = warm ? (StandardStreams.outputIsRegularFile ? .cold : .warm) : .live
         let convergence = Convergence(downtimeTarget: .milliseconds(downtime), maxRounds: maxRounds, autoConverge: !noThrottle)
-        let fault = try getenv("VMSEND_TEST_FAULT").map { name in
-            try SendFault(rawValue: String(cString: name)) ?? { throw ValidationError("unknown VMSEND_TEST_FAULT '\(String(cString: name))'") }()
-        }
-        let sender = Sender(source: source, output: .standardOutput,
-                            options: SendOptions(mode: mode, compression: compression.value, keepRunning: keepRunning,
-                                                 convergence: convergence, fault: fault),
-                            progressRequest: progressRequest)
+        var options = SendOptions(mode: mode, compression: compression.value, keepRunning: keepRunning, convergence: convergence)
+        #if DEBUG
+            // Tests prove a check can fail by breaking a send on purpose; release builds have no such switch.
+            options.fault = try getenv("VMSEND_TEST_FAULT").map { name in
+                try SendFault(rawValue: String(cString: name))
+                    ?? { throw ValidationError("unknown VMSEND_TEST_FAULT '\(String(cString: name))'") }()
+            }
+        #endif
+        let sender = Sender(source: source, output: .standardOutput, options: options, progressRequest: progressRequest)
         if dryRun {
             let estimate = try sender.estimate()
             if verbose {
-                StandardStreams.error("would send VM '\(estimate.machine)' (\(ByteSize.format(estimate.guestBytes))): "
-                    + "\(estimate.populatedPages) populated pages, \(estimate.zeroPages) of them zero; "
-                    + "estimated stream size \(ByteSize.format(estimate.estimatedStreamBytes)) before compression")
+                StandardStreams.error(
+                    "would send VM '\(estimate.machine)' (\(ByteSize.format(estimate.guestBytes))): "
+                        + "\(estimate.populatedPages) populated pages, \(estimate.zeroPages) of them zero; "
+                        + "estimated stream size \(ByteSize.format(estimate.estimatedStreamBytes)) before compression")
             }
             return
         }
@@ -92,8 +97,10 @@ struct VMSend: ParsableCommand {
             StandardStreams.error("vmsend: VM '\(name)' was resumed (--keep-running); the stream is a snapshot of it")
         } else {
             let flag = runDir.map { " --run-dir \($0)" } ?? ""
-            StandardStreams.error("vmsend: VM '\(name)' stays paused here and must not run alongside its copy: "
-                + "'vmctl\(flag) destroy \(name)' removes it; 'vmctl\(flag) resume \(name)' resumes it if the copy never started")
+            StandardStreams.error(
+                "vmsend: VM '\(name)' stays paused here and must not run alongside its copy: "
+                    + "'vmctl\(flag) destroy \(name)' removes it; 'vmctl\(flag) resume \(name)' resumes it if the copy never started"
+            )
         }
     }
 

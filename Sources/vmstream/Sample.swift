@@ -1,11 +1,12 @@
 import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
 import SystemPackage
 import ToolSupport
 import VMStream
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,15 +40,20 @@ struct Sample: ParsableCommand {
         let writer = try StreamWriter(output: .standardOutput, compression: lz4 ? .lz4() : .none)
         let now = UInt64(Self.now())
         guard let image else {
-            let begin = SampleStream.begin(memorySize: try ByteSize.parse(size), uuid: StreamBegin.randomUUID(), creationTime: now)
+            let begin = SampleStream.begin(
+                memorySize: try ByteSize.parse(size), uuid: StreamBegin.randomUUID(), creationTime: now)
             try SampleStream.write(to: writer, begin: begin, seed: seed, sourcePauseTime: now)
             return
         }
         let fd = try FileDescriptor.open(image, .readOnly)
         try fd.closeAfter {
             let length = try fd.seek(offset: 0, from: .end)
-            guard length > 0, length % 4096 == 0 else { throw ToolError("\(image): size \(length) is not a positive multiple of 4096") }
-            guard let mapping = mmap(nil, Int(length), PROT_READ, MAP_SHARED | MAP_POPULATE, fd.rawValue, 0), mapping != MAP_FAILED else {
+            guard length > 0, length % 4096 == 0 else {
+                throw ToolError("\(image): size \(length) is not a positive multiple of 4096")
+            }
+            guard let mapping = mmap(nil, Int(length), PROT_READ, MAP_SHARED | MAP_POPULATE, fd.rawValue, 0),
+                mapping != MAP_FAILED
+            else {
                 throw ToolError("\(image): cannot map: \(Errno(rawValue: errno))")
             }
             defer { munmap(mapping, Int(length)) }

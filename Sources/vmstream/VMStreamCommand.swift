@@ -1,10 +1,11 @@
 import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
 import SystemPackage
 import ToolSupport
 import VMStream
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `vmstream`: look inside migration streams, and write sample ones.
 struct VMStreamCommand: ParsableCommand {

@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ToolSupport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 signal(SIGPIPE, SIG_IGN)
 ToolMain.run(VMStreamCommand.self)

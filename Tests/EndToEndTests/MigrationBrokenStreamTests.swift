@@ -1,14 +1,15 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import MachineDescription
 import SystemPackage
 import Testing
 import VMControl
 import VMStream
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 extension MigrationEndToEndTests {
     /// Issue 4: streams that are cut, corrupted or incompatible leave nothing behind; a cut send resumes its source.
@@ -22,8 +23,10 @@ extension MigrationEndToEndTests {
         }
 
         /// `vmrecv b < file` must fail with one line naming the problem, and leave no VM b behind.
-        func expectRefused(_ fixture: VMFixture, stream: String, saying words: [String], owner: Int32,
-                           sourceLocation: SourceLocation = #_sourceLocation) throws {
+        func expectRefused(
+            _ fixture: VMFixture, stream: String, saying words: [String], owner: Int32,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) throws {
             let result = try runShell("\(fixture.command("vmrecv", ["b"])) < \(shellQuoted(fixture.file(stream)))")
             fixture.expectOneLineFailure(result, tool: "vmrecv", saying: words, sourceLocation: sourceLocation)
             try? waitUntil("the new VM's vmrun is gone", timeout: .seconds(10)) { fixture.processesInRunDirectory() == [owner] }
@@ -52,8 +55,10 @@ extension MigrationEndToEndTests {
             let flips: [(String, Int, [String])] = [
                 ("header.vms", 9, ["checksum mismatch in the stream header"]),
                 ("begin.vms", StreamFormat.headerSize + 5, ["checksum mismatch", "record 1"]),
-                ("page.vms", Int(batch.offset) + StreamFormat.recordHeaderSize + batch.payloadLength / 2,
-                 ["checksum mismatch", "record \(batch.number)"]),
+                (
+                    "page.vms", Int(batch.offset) + StreamFormat.recordHeaderSize + batch.payloadLength / 2,
+                    ["checksum mismatch", "record \(batch.number)"]
+                ),
             ]
             for (name, offset, words) in flips {
                 var corrupted = stream
@@ -116,13 +121,18 @@ extension MigrationEndToEndTests {
             defer { fixture.cleanUp() }
             try fixture.startGuest("a", workingSet: "32M")
             let statusFile = shellQuoted(fixture.file("vmsend.status"))
-            let result = try runShell("( \(fixture.command("vmsend", mode + ["a"])); echo $? > \(statusFile) ) | head -c 100000 > /dev/null")
+            let result = try runShell(
+                "( \(fixture.command("vmsend", mode + ["a"])); echo $? > \(statusFile) ) | head -c 100000 > /dev/null")
             let status = try String(decoding: fixture.contents(of: "vmsend.status"), as: UTF8.self)
             #expect(status == "1\n", "vmsend exited \(status): \(result.standardError)")
             // Live, the cut may come before the pause: then "keeps running" is the news, and it must be told too.
-            #expect(result.standardError.contains("'a'") && (result.standardError.contains("resumed")
-                || result.standardError.contains("running")), "vmsend does not say what became of 'a': \(result.standardError)")
-            #expect(result.standardError.split(separator: "\n").allSatisfy { $0.hasPrefix("vmsend: ") }, "\(result.standardError)")
+            #expect(
+                result.standardError.contains("'a'")
+                    && (result.standardError.contains("resumed")
+                        || result.standardError.contains("running")),
+                "vmsend does not say what became of 'a': \(result.standardError)")
+            #expect(
+                result.standardError.split(separator: "\n").allSatisfy { $0.hasPrefix("vmsend: ") }, "\(result.standardError)")
             let after = try fixture.status("a")
             #expect(after.state == .running)
             try fixture.waitForNewChecks("a", after: after)
@@ -176,6 +186,8 @@ enum StreamEditor {
 
         func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? { slot(page) }
 
-        func zeroPage(segment: Int, page: UInt64) { slot(page).initializeMemory(as: UInt8.self, repeating: 0, count: StreamFormat.pageSize) }
+        func zeroPage(segment: Int, page: UInt64) {
+            slot(page).initializeMemory(as: UInt8.self, repeating: 0, count: StreamFormat.pageSize)
+        }
     }
 }

@@ -1,12 +1,13 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import MachineDescription
 import Testing
 import VMControl
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// vmsend and vmrecv as a user runs them: real processes, real pipes, files and sockets (issues 4 and 5).
 ///
@@ -22,8 +23,10 @@ let slowPipe = "sh -c 'while n=$(head -c 131072 | tee /dev/fd/3 | wc -c) && [ \"
 extension VMFixture {
     /// Starts a background VM and waits until every vCPU has ticked and passed a check.
     @discardableResult
-    func startGuest(_ name: String, cpus: Int = 2, memory: String = "256M", workingSet: String = "32M",
-                    extra: [String] = []) throws -> MachineStatus {
+    func startGuest(
+        _ name: String, cpus: Int = 2, memory: String = "256M", workingSet: String = "32M",
+        extra: [String] = []
+    ) throws -> MachineStatus {
         let started = try vmrun(["--cpus", "\(cpus)", "--memory", memory, "--guest-working-set", workingSet] + extra + [name])
         guard started.status == 0 else { throw ControlError("vmrun \(name) failed: \(started.standardError)") }
         var status = try self.status(name)
@@ -36,14 +39,17 @@ extension VMFixture {
 
     /// Checks that `copy` continues where `source` stopped: ticks not from 0, two new passes on every vCPU, no failure.
     @discardableResult
-    func expectContinues(_ copy: String, from source: MachineStatus,
-                         sourceLocation: SourceLocation = #_sourceLocation) throws -> MachineStatus {
+    func expectContinues(
+        _ copy: String, from source: MachineStatus,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> MachineStatus {
         let first = try status(copy)
         #expect(first.state == .running, sourceLocation: sourceLocation)
         #expect(first.vcpus.count == source.vcpus.count, sourceLocation: sourceLocation)
         for (restored, original) in zip(first.vcpus, source.vcpus) {
-            #expect(restored.tick >= original.tick, "ticks restarted: \(restored.tick) < \(original.tick)",
-                    sourceLocation: sourceLocation)
+            #expect(
+                restored.tick >= original.tick, "ticks restarted: \(restored.tick) < \(original.tick)",
+                sourceLocation: sourceLocation)
         }
         let later = try waitForNewChecks(copy, after: source)
         #expect(later.vcpus.allSatisfy { $0.checksFailed == 0 }, "\(later.vcpus)", sourceLocation: sourceLocation)
@@ -51,15 +57,18 @@ extension VMFixture {
     }
 
     /// The one-line error of a tool that exited 1.
-    func expectOneLineFailure(_ result: ProcessResult, tool: String, saying words: [String],
-                              sourceLocation: SourceLocation = #_sourceLocation) {
+    func expectOneLineFailure(
+        _ result: ProcessResult, tool: String, saying words: [String],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         #expect(result.status == 1, "\(tool) exited \(result.status): \(result.standardError)", sourceLocation: sourceLocation)
         let lines = result.standardError.split(separator: "\n")
         #expect(lines.count == 1, "expected one line, got: \(result.standardError)", sourceLocation: sourceLocation)
         #expect(result.standardError.hasPrefix("\(tool): "), "\(result.standardError)", sourceLocation: sourceLocation)
         for word in words {
-            #expect(result.standardError.contains(word), "'\(word)' missing in: \(result.standardError)",
-                    sourceLocation: sourceLocation)
+            #expect(
+                result.standardError.contains(word), "'\(word)' missing in: \(result.standardError)",
+                sourceLocation: sourceLocation)
         }
     }
 

@@ -1,12 +1,13 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import MachineDescription
 import Testing
 import VMControl
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 extension MigrationEndToEndTests {
     /// Issue 5: live migration of guests that keep writing memory while they are sent.
@@ -14,10 +15,12 @@ extension MigrationEndToEndTests {
         /// Live-migrates `source` to `copy` with a shell `pipeline` built from the send and receive commands,
         /// then checks the copy continues with every check OK and the source stays paused. Returns vmsend's stderr.
         @discardableResult
-        func migrateLive(_ fixture: VMFixture, from source: String, to copy: String, options: [String] = [],
-                         environment: String = "", expectChecksOK: Bool = true,
-                         pipeline: (_ send: String, _ receive: String) -> String = { "\($0) | \($1)" },
-                         sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+        func migrateLive(
+            _ fixture: VMFixture, from source: String, to copy: String, options: [String] = [],
+            environment: String = "", expectChecksOK: Bool = true,
+            pipeline: (_ send: String, _ receive: String) -> String = { "\($0) | \($1)" },
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) throws -> String {
             let send = environment + fixture.command("vmsend", options + [source])
             let receive = fixture.command("vmrecv", [copy])
             let result = try runShell(pipeline(send, receive))
@@ -44,7 +47,8 @@ extension MigrationEndToEndTests {
                 rounds.append(stderr.split(separator: "\n").filter { $0.hasPrefix("round\t") || $0.hasPrefix("final\t") }.count)
                 #expect(try fixture.vmctl(["destroy", "vm\(index - 1)"]).status == 0)
             }
-            print("20 live migrations of a guest dirtying flat out: \(ContinuousClock.now - start), rounds per migration \(rounds)")
+            print(
+                "20 live migrations of a guest dirtying flat out: \(ContinuousClock.now - start), rounds per migration \(rounds)")
             #expect(fixture.sockets() == ["vm20.sock"])
             try fixture.destroyAllAndExpectNothingLeft()
         }
@@ -57,8 +61,9 @@ extension MigrationEndToEndTests {
             try fixture.startGuest("a", memory: "128M", workingSet: "16M", extra: ["--guest-dirty-rate", "0"])
             // No throttle and a round cap: the guest keeps dirtying up to the switch-over, so the final round always has
             // pages to drop (a guest throttled to 99 % on a loaded machine can dirty none in a round).
-            try migrateLive(fixture, from: "a", to: "b", options: ["--no-throttle", "--max-rounds", "3"],
-                            environment: "VMSEND_TEST_FAULT=drop-final-dirty-pages ", expectChecksOK: false)
+            try migrateLive(
+                fixture, from: "a", to: "b", options: ["--no-throttle", "--max-rounds", "3"],
+                environment: "VMSEND_TEST_FAULT=drop-final-dirty-pages ", expectChecksOK: false)
             try waitUntil("the copy reports a failed check", timeout: .seconds(30)) {
                 try fixture.status("b").vcpus.contains { $0.checksFailed > 0 }
             }
@@ -76,7 +81,8 @@ extension MigrationEndToEndTests {
             let rounds = lines.filter { $0.first == "round" }
             let finals = lines.filter { $0.first == "final" }
             #expect(finals.count == 1, "\(stderr)")
-            #expect(lines.filter { ["round", "final", "progress"].contains($0.first) }.allSatisfy { $0.count == 11 }, "\(stderr)")
+            #expect(
+                lines.filter { ["round", "final", "progress"].contains($0.first) }.allSatisfy { $0.count == 11 }, "\(stderr)")
             #expect((1...4).contains(rounds.count), "converged after \(rounds.count) rounds:\n\(stderr)")
             #expect(rounds.allSatisfy { $0.last == "0" }, "a slow guest is never throttled:\n\(stderr)")
             // Rounds are numbered 0, 1, ... and the final round comes last.
@@ -100,7 +106,9 @@ extension MigrationEndToEndTests {
             #expect(stderr.contains("final round 4"), "\(stderr)")
             // The copy is not left frozen by the throttle its source had.
             let before = try fixture.status("b")
-            try waitUntil("the copy ticks on") { zip(try fixture.status("b").vcpus, before.vcpus).allSatisfy { $0.tick > $1.tick } }
+            try waitUntil("the copy ticks on") {
+                zip(try fixture.status("b").vcpus, before.vcpus).allSatisfy { $0.tick > $1.tick }
+            }
             try fixture.destroyAllAndExpectNothingLeft()
         }
 

@@ -68,8 +68,9 @@ extension MigrationEndToEndTests {
             try #require(started.status == 0, "\(started.standardError)")
 
             let time = { (side: String) in "/usr/bin/time -f %M -o \(shellQuoted(fixture.file("rss-" + side)))" }
-            let sent = try runShell("\(time("send")) \(fixture.command("vmsend", ["--warm", "a"])) | "
-                + "\(time("recv")) \(fixture.command("vmrecv", ["--paused", "b"]))")
+            let sent = try runShell(
+                "\(time("send")) \(fixture.command("vmsend", ["--warm", "a"])) | "
+                    + "\(time("recv")) \(fixture.command("vmrecv", ["--paused", "b"]))")
             #expect(sent.status == 0, "\(sent.standardError)")
             for side in ["send", "recv"] {
                 let text = String(decoding: try fixture.contents(of: "rss-" + side), as: UTF8.self)

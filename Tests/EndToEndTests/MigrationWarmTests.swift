@@ -1,13 +1,14 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import MachineDescription
 import Testing
 import VMControl
 import VMStream
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 extension MigrationEndToEndTests {
     /// Issue 4: warm and cold migration through a pipe and a file.
@@ -18,8 +19,10 @@ extension MigrationEndToEndTests {
         /// Pauses A, leaves a console line for it unread, sends it warm to B; checks B continues and A stays paused.
         /// Returns the size of the stream when it went through a file.
         @discardableResult
-        func migrateWarm(_ fixture: VMFixture, from source: String, to copy: String, via transport: Transport,
-                         options: [String] = [], sourceLocation: SourceLocation = #_sourceLocation) throws -> UInt64 {
+        func migrateWarm(
+            _ fixture: VMFixture, from source: String, to copy: String, via transport: Transport,
+            options: [String] = [], sourceLocation: SourceLocation = #_sourceLocation
+        ) throws -> UInt64 {
             #expect(try fixture.vmctl(["pause", source]).status == 0, sourceLocation: sourceLocation)
             #expect(try fixture.vmctl(["console", "--input", "hello\n", source]).status == 0, sourceLocation: sourceLocation)
             let paused = try fixture.status(source)
@@ -39,8 +42,9 @@ extension MigrationEndToEndTests {
             #expect(result.status == 0, "\(result.standardError)", sourceLocation: sourceLocation)
             if transport == .pipe {
                 // A was paused before the send (to leave its input unread), so vmsend leaves it paused as it was.
-                #expect(result.standardError.contains("vmsend: VM '\(source)' was paused before the send and stays paused"),
-                        "\(result.standardError)", sourceLocation: sourceLocation)
+                #expect(
+                    result.standardError.contains("vmsend: VM '\(source)' was paused before the send and stays paused"),
+                    "\(result.standardError)", sourceLocation: sourceLocation)
             }
 
             let after = try fixture.status(source)
@@ -119,7 +123,9 @@ extension MigrationEndToEndTests {
             try fixture.expectContinues("b", from: paused)
 
             let size = fixture.size(of: "big.vms")
-            #expect(size >= workingSet && size < workingSet + (16 << 20), "stream of \(size) bytes for a \(workingSet)-byte working set")
+            #expect(
+                size >= workingSet && size < workingSet + (16 << 20),
+                "stream of \(size) bytes for a \(workingSet)-byte working set")
             // The working set is in highmem, the segment above 4 GiB.
             var pagesPerSegment: [Int: Int] = [:]
             let reader = StreamReader(bytes: try fixture.contents(of: "big.vms"))
@@ -130,10 +136,15 @@ extension MigrationEndToEndTests {
             #expect(pagesPerSegment[1, default: 0] * 4096 >= Int(workingSet), "data pages per segment: \(pagesPerSegment)")
 
             // Peak RSS counts the guest pages each tool mapped and touched (the working set), plus the tool itself.
-            let rss = { (name: String) in UInt64((try? String(contentsOfFile: fixture.file(name), encoding: .utf8))?
-                .split(separator: "\n").last.flatMap { UInt64($0) } ?? 0) << 10 }
+            let rss = { (name: String) in
+                UInt64(
+                    (try? String(contentsOfFile: fixture.file(name), encoding: .utf8))?
+                        .split(separator: "\n").last.flatMap { UInt64($0) } ?? 0) << 10
+            }
             let (sendRSS, receiveRSS) = (rss("send.rss"), rss("recv.rss"))
-            print("6 GiB guest, 32 MiB working set: stream \(size) bytes; peak RSS vmsend \(sendRSS >> 20) MiB, vmrecv \(receiveRSS >> 20) MiB")
+            print(
+                "6 GiB guest, 32 MiB working set: stream \(size) bytes; peak RSS vmsend \(sendRSS >> 20) MiB, vmrecv \(receiveRSS >> 20) MiB"
+            )
             #expect(sendRSS > 0 && sendRSS < workingSet + (64 << 20), "vmsend peak RSS \(sendRSS)")
             #expect(receiveRSS > 0 && receiveRSS < workingSet + (64 << 20), "vmrecv peak RSS \(receiveRSS)")
             try fixture.destroyAllAndExpectNothingLeft()
@@ -171,10 +182,12 @@ extension MigrationEndToEndTests {
             let fixture = VMFixture()
             defer { fixture.cleanUp() }
             try fixture.startGuest("a", memory: "64M", workingSet: "16M")
-            let result = try runShell("\(fixture.command("vmsend", ["--warm", "a"])) | \(slowPipe) | \(fixture.command("vmrecv", ["b"]))")
+            let result = try runShell(
+                "\(fixture.command("vmsend", ["--warm", "a"])) | \(slowPipe) | \(fixture.command("vmrecv", ["b"]))")
             #expect(result.status == 0, "\(result.standardError)")
             let lines = result.standardError.split(separator: "\n")
-            #expect(lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
+            #expect(
+                lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
@@ -185,13 +198,16 @@ extension MigrationEndToEndTests {
             defer { fixture.cleanUp() }
             try fixture.startGuest("a", memory: "64M", workingSet: "8M")
             // script(1) runs the command on a new pseudo-terminal; -e passes on its exit status.
-            let send = try runShell("/usr/bin/script -qec \(shellQuoted(fixture.command("vmsend", ["--warm", "a"]))) /dev/null < /dev/null")
+            let send = try runShell(
+                "/usr/bin/script -qec \(shellQuoted(fixture.command("vmsend", ["--warm", "a"]))) /dev/null < /dev/null")
             #expect(send.status == 1)
             #expect(send.standardOutput.contains("vmsend: stream can not be written to a terminal"), "\(send.standardOutput)")
             #expect(try fixture.status("a").state == .running, "a refused send leaves the VM running")
-            let receive = try runShell("/usr/bin/script -qec \(shellQuoted(fixture.command("vmrecv", ["b"]))) /dev/null < /dev/null")
+            let receive = try runShell(
+                "/usr/bin/script -qec \(shellQuoted(fixture.command("vmrecv", ["b"]))) /dev/null < /dev/null")
             #expect(receive.status == 1)
-            #expect(receive.standardOutput.contains("vmrecv: stream can not be read from a terminal"), "\(receive.standardOutput)")
+            #expect(
+                receive.standardOutput.contains("vmrecv: stream can not be read from a terminal"), "\(receive.standardOutput)")
             #expect(fixture.sockets() == ["a.sock"])
             try fixture.destroyAllAndExpectNothingLeft()
         }

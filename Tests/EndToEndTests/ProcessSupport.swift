@@ -1,12 +1,13 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import MachineDescription
 import Testing
 import VMControl
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// What a finished process said.
 struct ProcessResult {
@@ -29,8 +30,12 @@ enum Products {
 }
 
 /// Runs an executable to completion with optional input; kills it after `timeout`.
-func runProcess(_ executable: String, _ arguments: [String], input: [UInt8] = [], timeout: Duration = .seconds(60)) throws -> ProcessResult {
-    var output: [Int32] = [0, 0], errors: [Int32] = [0, 0], stdinPipe: [Int32] = [0, 0]
+func runProcess(
+    _ executable: String, _ arguments: [String], input: [UInt8] = [], timeout: Duration = .seconds(60)
+) throws -> ProcessResult {
+    var output: [Int32] = [0, 0]
+    var errors: [Int32] = [0, 0]
+    var stdinPipe: [Int32] = [0, 0]
     guard pipe(&output) == 0, pipe(&errors) == 0, pipe(&stdinPipe) == 0 else { throw ControlError("pipe failed") }
     for fd in output + errors + stdinPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
     var actions = posix_spawn_file_actions_t()
@@ -84,8 +89,9 @@ func runProcess(_ executable: String, _ arguments: [String], input: [UInt8] = []
     var status: Int32 = 0
     waitpid(pid, &status, 0)
     let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    return ProcessResult(status: exitStatus, standardOutput: String(decoding: collected[0], as: UTF8.self),
-                         standardError: String(decoding: collected[1], as: UTF8.self))
+    return ProcessResult(
+        status: exitStatus, standardOutput: String(decoding: collected[0], as: UTF8.self),
+        standardError: String(decoding: collected[1], as: UTF8.self))
 }
 
 /// A temporary run directory and the VMs started in it, all removed by `cleanUp`, even after a failure.
@@ -163,7 +169,8 @@ final class VMFixture {
             return nil
         }
         if result.standardError.contains("MachineNotBuilt") {
-            return "KVMMachine is not built yet (the KVM branch is not merged); vmrun said: \(result.standardError.split(separator: "\n").first ?? "")"
+            return
+                "KVMMachine is not built yet (the KVM branch is not merged); vmrun said: \(result.standardError.split(separator: "\n").first ?? "")"
         }
         return nil
     }()
@@ -218,7 +225,9 @@ extension VMFixture {
             let count = read(fd, &buffer, buffer.count)
             close(fd)
             let line = buffer[..<max(count, 0)]
-            if line.count >= needle.count && (0...(line.count - needle.count)).contains(where: { line[$0..<$0 + needle.count].elementsEqual(needle) }) {
+            if line.count >= needle.count
+                && (0...(line.count - needle.count)).contains(where: { line[$0..<$0 + needle.count].elementsEqual(needle) })
+            {
                 found.append(pid)
             }
         }
@@ -251,8 +260,10 @@ extension VMFixture {
     /// Waits until every vCPU of `name` has passed `passes` more checks than in `before` (or since it started).
     /// Checks are held while dirty logging is on, so new passes are what prove the memory they read is right.
     @discardableResult
-    func waitForNewChecks(_ name: String, after before: MachineStatus? = nil, passes: UInt64 = 2,
-                          timeout: Duration = .seconds(60)) throws -> MachineStatus {
+    func waitForNewChecks(
+        _ name: String, after before: MachineStatus? = nil, passes: UInt64 = 2,
+        timeout: Duration = .seconds(60)
+    ) throws -> MachineStatus {
         let baseline = before?.vcpus.map(\.checksPassed)
         var last = try status(name)
         try waitUntil("\(passes) new checks pass on every vCPU of '\(name)'", timeout: timeout) {

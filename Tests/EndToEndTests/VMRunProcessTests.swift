@@ -1,12 +1,13 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Glibc
 import MachineDescription
 import Testing
 import VMControl
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// vmrun and vmctl as a user runs them: real processes, a temporary run directory.
 @Suite struct VMRunProcessTests {
@@ -36,7 +37,10 @@ import VMControl
         let fixture = VMFixture()
         defer { fixture.cleanUp() }
         let cases: [([String], String)] = [
-            (["--memory", "12Q", "x"], "vmrun: invalid size '12Q': expected a number with an optional unit K, M, G or T, e.g. 512M or 4.5G\n"),
+            (
+                ["--memory", "12Q", "x"],
+                "vmrun: invalid size '12Q': expected a number with an optional unit K, M, G or T, e.g. 512M or 4.5G\n"
+            ),
             (["--memory", "1000T", "x"], "is more than this host has"),
             (["--memory", "1K", "x"], "vmrun: --memory 1K is too small: the guest needs at least 4M\n"),
             (["--guest-dirty-rate", "fast", "x"], "vmrun: invalid rate 'fast'"),
@@ -165,7 +169,8 @@ import VMControl
         #expect(try fixture.status("copy").state == .incoming)
         #expect(try fixture.status("copy").memorySize == config.memorySize)
 
-        let owner = try ControlClient.connect(name: "copy", runDirectory: RunDirectory(path: fixture.directory), ownIncoming: true)
+        let owner = try ControlClient.connect(
+            name: "copy", runDirectory: RunDirectory(path: fixture.directory), ownIncoming: true)
         owner.close()
         try waitUntil("vmrun destroys the abandoned incoming VM") { !fixture.isAlive(pid) }
         #expect(!fixture.exists("copy.sock"))

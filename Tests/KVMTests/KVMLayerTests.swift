@@ -1,6 +1,7 @@
 import CKVM
 import Glibc
 import Testing
+
 @testable import KVM
 
 let kvmUnavailable: String? = access("/dev/kvm", R_OK | W_OK) == 0 ? nil : "/dev/kvm is missing or not accessible"
@@ -9,7 +10,8 @@ let kvmUnavailable: String? = access("/dev/kvm", R_OK | W_OK) == 0 ? nil : "/dev
     @Test func aMissingDeviceIsAClearError() {
         #expect { try KVMSystem(path: "/nonexistent/kvm") } throws: { error in
             let text = "\(error)"
-            return text.hasPrefix("/nonexistent/kvm: KVM is not available on this host") && text.contains("No such file or directory")
+            return text.hasPrefix("/nonexistent/kvm: KVM is not available on this host")
+                && text.contains("No such file or directory")
         }
     }
 
@@ -26,7 +28,7 @@ let kvmUnavailable: String? = access("/dev/kvm", R_OK | W_OK) == 0 ? nil : "/dev
         #expect(MSRList.decode(Array(bytes.dropLast())) == nil)
         #expect(MSRList.decode([1, 0]) == nil)
         #expect(MSRList.isMigrated(0x10) && MSRList.isMigrated(0xc000_0080) && MSRList.isMigrated(0x4b56_4d01))
-        #expect(!MSRList.isMigrated(0x17b))    // MCG_CTL never
+        #expect(!MSRList.isMigrated(0x17b))  // MCG_CTL never
     }
 
     @Test(.enabled(if: kvmUnavailable == nil, "needs /dev/kvm"))
@@ -39,7 +41,7 @@ let kvmUnavailable: String? = access("/dev/kvm", R_OK | W_OK) == 0 ? nil : "/dev
         #expect(cpuid.contains { $0.function == 0 })
         #expect(cpuid.contains { $0.function == 1 })
         let msrs = try system.msrIndexList()
-        #expect(msrs.contains(0x10))           // TSC
+        #expect(msrs.contains(0x10))  // TSC
     }
 
     @Test(.enabled(if: kvmUnavailable == nil, "needs /dev/kvm"))
@@ -67,7 +69,7 @@ let kvmUnavailable: String? = access("/dev/kvm", R_OK | W_OK) == 0 ? nil : "/dev
         #expect(throws: KVMError.self) { try vcpu.setState(.regs, [0, 1, 2]) }
 
         var sregs = try vcpu.sregs()
-        sregs.cr0 = 0x8000_0000             // paging without protection: KVM refuses
+        sregs.cr0 = 0x8000_0000  // paging without protection: KVM refuses
         #expect { try vcpu.setSregs(sregs) } throws: { "\($0)" == "KVM_SET_SREGS: Invalid argument" }
 
         let msrs = vcpu.readableMSRs(try system.msrIndexList().filter(MSRList.isMigrated))

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
 import Migration
 import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// A stream file in /dev/shm, unlinked at once, so nothing is left behind.
 func makeMemoryFile(size: UInt64) throws -> FileDescriptor {
@@ -70,18 +71,22 @@ final class AnonymousGuestMemory: GuestMemory {
     }
 }
 
-let testHost = HostSpec(architecture: Compatibility.local().architecture, cpuVendor: "TestVendor", cpuModel: "Test CPU",
-                        pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "test")
+let testHost = HostSpec(
+    architecture: Compatibility.local().architecture, cpuVendor: "TestVendor", cpuModel: "Test CPU",
+    pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "test")
 
 func testConfig(name: String = "fake", memory: UInt64 = 8 << 20) -> MachineConfig {
-    MachineConfig(name: name, vcpuCount: 2, segments: MemorySegment.standardLayout(memorySize: memory),
-                  devices: [DeviceConfig(name: "uart0", kind: "uart16550", version: 1, configuration: ["port": "0x3f8"])],
-                  cpuid: [CPUIDLeaf(function: 1, index: 0, flags: 0, eax: 1, ebx: 2, ecx: 3, edx: 4)])
+    MachineConfig(
+        name: name, vcpuCount: 2, segments: MemorySegment.standardLayout(memorySize: memory),
+        devices: [DeviceConfig(name: "uart0", kind: "uart16550", version: 1, configuration: ["port": "0x3f8"])],
+        cpuid: [CPUIDLeaf(function: 1, index: 0, flags: 0, eax: 1, ebx: 2, ecx: 3, edx: 4)])
 }
 
 let testState = MachineState(
-    kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: Array(0..<144)),
-             StateChunk(name: "vm/pit", version: 1, data: [9, 9, 9])],
+    kernel: [
+        StateChunk(name: "vcpu0/regs", version: 1, data: Array(0..<144)),
+        StateChunk(name: "vm/pit", version: 1, data: [9, 9, 9]),
+    ],
     devices: [StateChunk(name: "uart0", version: 1, data: Array("hello".utf8))])
 
 /// A machine in anonymous memory: some pages written with a pattern, some written with zeroes, the rest never touched.
@@ -108,8 +113,14 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     func describe() throws -> (config: MachineConfig, host: HostSpec) { (config, testHost) }
     func isRunning() throws -> Bool { !paused }
     func memory(_ config: MachineConfig) throws -> any GuestMemory { guestMemory }
-    func pause() throws { pauses += 1; paused = true }
-    func resume() throws { resumes += 1; paused = false }
+    func pause() throws {
+        pauses += 1
+        paused = true
+    }
+    func resume() throws {
+        resumes += 1
+        paused = false
+    }
     func saveState() throws -> MachineState {
         if failSaveState { throw MigrationError("saving state failed on purpose") }
         return testState
@@ -155,7 +166,8 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
         guard dirtyLogging, manualClear else { throw MigrationError("dirty log clearing is not manual") }
         let pageCount = config.segments[segment].size / 4096
         guard firstPage % 64 == 0, firstPage + UInt64(bitmap.count) * 64 <= (pageCount + 63) / 64 * 64 else {
-            throw MigrationError("dirty log clear from page \(firstPage) with \(bitmap.count) words: misaligned or beyond the segment")
+            throw MigrationError(
+                "dirty log clear from page \(firstPage) with \(bitmap.count) words: misaligned or beyond the segment")
         }
         var pages: [UInt64] = []
         for (index, word) in bitmap.enumerated() {

@@ -1,18 +1,21 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
-@testable import Migration
 import SystemPackage
 import Testing
 import VMStream
+
+@testable import Migration
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Live rounds over a fake guest that keeps writing pages: whatever it wrote before the pause must arrive.
 @Suite struct LiveMigrationTests {
     func liveSend(_ source: FakeSource, convergence: Convergence) throws -> (FileDescriptor, [RoundProgress]) {
         let stream = try makeMemoryFile(size: 0)
-        let sender = Sender(source: source, output: stream,
-                            options: SendOptions(mode: .live, compression: .none, keepRunning: false, convergence: convergence))
+        let sender = Sender(
+            source: source, output: stream,
+            options: SendOptions(mode: .live, compression: .none, keepRunning: false, convergence: convergence))
         var rounds: [RoundProgress] = []
         sender.onProgress = { if !$0.inProgress { rounds.append($0) } }
         _ = try sender.run()
@@ -22,12 +25,13 @@ import VMStream
 
     func receiveAndCompare(_ stream: FileDescriptor, with source: FakeSource) throws {
         var made: [FakeDestination] = []
-        let receiver = Receiver(input: stream, options: ReceiveOptions(name: "copy"), checkCompatibility: { _ in },
-                                makeDestination: { config in
-                                    let destination = try FakeDestination(config: config)
-                                    made.append(destination)
-                                    return destination
-                                })
+        let receiver = Receiver(
+            input: stream, options: ReceiveOptions(name: "copy"), checkCompatibility: { _ in },
+            makeDestination: { config in
+                let destination = try FakeDestination(config: config)
+                made.append(destination)
+                return destination
+            })
         _ = try receiver.run()
         let destination = try #require(made.first)
         for page in 0..<(source.config.memorySize / 4096) {
@@ -38,7 +42,8 @@ import VMStream
     @Test func everyPageWrittenBeforeThePauseArrives() throws {
         let source = try FakeSource(config: testConfig(memory: 4 << 20), writtenPages: Array(0..<512))
         source.pagesDirtiedPerRound = { round, _ in max(0, 200 - round * 40) }
-        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 8, switchOverCost: .zero))
+        let (stream, rounds) = try liveSend(
+            source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 8, switchOverCost: .zero))
         defer { try? stream.close() }
         #expect(source.pauses == 1 && source.paused && !source.dirtyLogging)
         #expect(rounds.last?.isFinal == true)
@@ -58,7 +63,8 @@ import VMStream
     @Test func aGuestThatOutrunsTheStreamIsThrottledAndStillCompletes() throws {
         let source = try FakeSource(config: testConfig(memory: 4 << 20), writtenPages: Array(0..<256))
         source.pagesDirtiedPerRound = { _, throttle in 300 * (100 - throttle) / 100 }
-        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 6, switchOverCost: .zero))
+        let (stream, rounds) = try liveSend(
+            source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 6, switchOverCost: .zero))
         defer { try? stream.close() }
         #expect(rounds.count == 6, "the round cap switches over")
         #expect(Array(source.throttles.prefix(2)) == [20, 30], "auto-converge steps 20 %, then +10 %")
@@ -69,7 +75,8 @@ import VMStream
     @Test func withoutAutoConvergeNothingIsThrottled() throws {
         let source = try FakeSource(config: testConfig(memory: 4 << 20), writtenPages: Array(0..<256))
         source.pagesDirtiedPerRound = { _, _ in 300 }
-        let (stream, rounds) = try liveSend(source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 4, autoConverge: false, switchOverCost: .zero))
+        let (stream, rounds) = try liveSend(
+            source, convergence: Convergence(downtimeTarget: .zero, maxRounds: 4, autoConverge: false, switchOverCost: .zero))
         defer { try? stream.close() }
         #expect(rounds.count == 4 && source.throttles.isEmpty)
         try receiveAndCompare(stream, with: source)
@@ -80,8 +87,11 @@ import VMStream
         dirty.merge(segment: 0, [0b1110, ~0, 0b11])
         dirty.merge(segment: 1, [~0])
         #expect(dirty.count == 3 + 64 + 2 + 10)
-        #expect(dirty.ranges == [PageRange(segment: 0, firstPage: 1, count: 3), PageRange(segment: 0, firstPage: 64, count: 66),
-                                 PageRange(segment: 1, firstPage: 0, count: 10)])
+        #expect(
+            dirty.ranges == [
+                PageRange(segment: 0, firstPage: 1, count: 3), PageRange(segment: 0, firstPage: 64, count: 66),
+                PageRange(segment: 1, firstPage: 0, count: 10),
+            ])
     }
 }
 
@@ -93,8 +103,9 @@ import VMStream
         let stream = try makeMemoryFile(size: 0)
         defer { try? stream.close() }
         let convergence = Convergence(downtimeTarget: .milliseconds(1), maxRounds: 30, switchOverCost: .seconds(10))
-        let sender = Sender(source: source, output: stream,
-                            options: SendOptions(mode: .live, compression: .none, keepRunning: false, convergence: convergence))
+        let sender = Sender(
+            source: source, output: stream,
+            options: SendOptions(mode: .live, compression: .none, keepRunning: false, convergence: convergence))
         var rounds: [RoundProgress] = []
         sender.onProgress = { if !$0.inProgress { rounds.append($0) } }
         _ = try sender.run()
@@ -167,8 +178,9 @@ import VMStream
             #expect(clear.fetches >= 1 && clear.fetches < finalRound, "clear in round \(clear.fetches)")
             let ranges = sent[clear.fetches] ?? []
             for page in clear.pages {
-                #expect(ranges.contains { $0.segment == clear.segment && ($0.firstPage..<$0.firstPage + $0.count).contains(page) },
-                        "page \(page) cleared in round \(clear.fetches) but not sent in it")
+                #expect(
+                    ranges.contains { $0.segment == clear.segment && ($0.firstPage..<$0.firstPage + $0.count).contains(page) },
+                    "page \(page) cleared in round \(clear.fetches) but not sent in it")
                 #expect(clearedInRound[clear.fetches, default: []].insert(page).inserted, "page \(page) cleared twice in a round")
             }
         }
@@ -207,14 +219,17 @@ import VMStream
                     words += clear.bitmap
                     var overlap = cleared
                     overlap.merge(segment: range.segment, words)
-                    #expect(overlap.count == cleared.count + UInt64(clear.bitmap.reduce(0) { $0 + $1.nonzeroBitCount }),
-                            "no page is cleared twice")
+                    #expect(
+                        overlap.count == cleared.count + UInt64(clear.bitmap.reduce(0) { $0 + $1.nonzeroBitCount }),
+                        "no page is cleared twice")
                     cleared = overlap
                     requests.append((range.segment, clear.firstPage, clear.bitmap))
                 }
                 // The slice's pages are cleared before it is copied.
                 for page in page..<page + count {
-                    #expect(cleared.bitmaps[range.segment][Int(page / 64)] & (1 << (page % 64)) != 0, "page \(page) copied before its clear")
+                    #expect(
+                        cleared.bitmaps[range.segment][Int(page / 64)] & (1 << (page % 64)) != 0,
+                        "page \(page) copied before its clear")
                 }
                 page += count
             }

@@ -1,11 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MachineDescription
-@testable import Migration
 import SystemPackage
+import SystemSupport
 import Testing
 import VMStream
+
+@testable import Migration
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The engine over fakes: a stream goes through a real memory file, pages and state must arrive exactly.
 @Suite struct WarmMigrationTests {
@@ -13,26 +16,32 @@ import VMStream
     let zeroed: [UInt64] = [3, 4, 300]
 
     /// Sends `source` into a memfd and returns it, rewound, ready to read.
-    func send(_ source: FakeSource, compression: Compression = .none, keepRunning: Bool = false) throws -> (FileDescriptor, SendReport) {
+    func send(
+        _ source: FakeSource, compression: Compression = .none, keepRunning: Bool = false
+    ) throws -> (FileDescriptor, SendReport) {
         let stream = try makeMemoryFile(size: 0)
-        let sender = Sender(source: source, output: stream,
-                            options: SendOptions(mode: .warm, compression: compression, keepRunning: keepRunning))
+        let sender = Sender(
+            source: source, output: stream,
+            options: SendOptions(mode: .warm, compression: compression, keepRunning: keepRunning))
         let report = try sender.run()
         _ = try stream.seek(offset: 0, from: .start)
         return (stream, report)
     }
 
-    func receive(_ stream: FileDescriptor, name: String = "copy", destinations: inout [FakeDestination],
-                 compatibility: Compatibility = .local()) throws -> ReceiveReport {
+    func receive(
+        _ stream: FileDescriptor, name: String = "copy", destinations: inout [FakeDestination],
+        compatibility: Compatibility = .local()
+    ) throws -> ReceiveReport {
         var made: [FakeDestination] = []
         defer { destinations = made }
-        let receiver = Receiver(input: stream, options: ReceiveOptions(name: name),
-                                checkCompatibility: { try compatibility.check($0) },
-                                makeDestination: { config in
-                                    let destination = try FakeDestination(config: config)
-                                    made.append(destination)
-                                    return destination
-                                })
+        let receiver = Receiver(
+            input: stream, options: ReceiveOptions(name: name),
+            checkCompatibility: { try compatibility.check($0) },
+            makeDestination: { config in
+                let destination = try FakeDestination(config: config)
+                made.append(destination)
+                return destination
+            })
         return try receiver.run()
     }
 
@@ -68,7 +77,8 @@ import VMStream
         try pipe.readEnd.close()
         defer { try? pipe.writeEnd.close() }
         let source = try FakeSource(writtenPages: written)
-        let sender = Sender(source: source, output: pipe.writeEnd, options: SendOptions(mode: .warm, compression: .none, keepRunning: false))
+        let sender = Sender(
+            source: source, output: pipe.writeEnd, options: SendOptions(mode: .warm, compression: .none, keepRunning: false))
         #expect(throws: (any Error).self) { try sender.run() }
         #expect(source.pauses == 1 && source.resumes == 1, "a failed send gives the source back")
         do { _ = try sender.run() } catch { #expect("\(error)".contains("was resumed")) }
@@ -79,7 +89,8 @@ import VMStream
         source.failSaveState = true
         let stream = try makeMemoryFile(size: 0)
         defer { try? stream.close() }
-        let sender = Sender(source: source, output: stream, options: SendOptions(mode: .warm, compression: .none, keepRunning: false))
+        let sender = Sender(
+            source: source, output: stream, options: SendOptions(mode: .warm, compression: .none, keepRunning: false))
         #expect(throws: (any Error).self) { try sender.run() }
         #expect(!source.paused)
     }
@@ -116,7 +127,8 @@ import VMStream
         }
         #expect(destinations.isEmpty)
         _ = try stream.seek(offset: 0, from: .start)
-        let small = Compatibility(architecture: testHost.architecture, pageSize: 4096, hypervisor: "kvm", availableMemory: 1 << 20)
+        let small = Compatibility(
+            architecture: testHost.architecture, pageSize: 4096, hypervisor: "kvm", availableMemory: 1 << 20)
         #expect(throws: (any Error).self) { _ = try receive(stream, destinations: &destinations, compatibility: small) }
         #expect(destinations.isEmpty)
     }
@@ -129,7 +141,8 @@ import VMStream
         try source.pause()
         let stream = try makeMemoryFile(size: 0)
         defer { try? stream.close() }
-        let sender = Sender(source: source, output: stream, options: SendOptions(mode: mode, compression: .none, keepRunning: true))
+        let sender = Sender(
+            source: source, output: stream, options: SendOptions(mode: mode, compression: .none, keepRunning: true))
         let report = try sender.run()
         #expect(!report.sourceWasRunning)
         #expect(source.pauses == 1 && source.resumes == 0 && source.paused, "--keep-running leaves a paused source paused")
@@ -145,7 +158,7 @@ import VMStream
         #expect(Receiver.downtime(since: 0) == nil, "never paused")
         #expect(Receiver.downtime(since: UInt64.max) == nil, "absurd: 2^64 ns is in the 26th century")
         #expect(Receiver.downtime(since: 1 << 63) == nil)
-        let justNow = Receiver.downtime(since: Sender.realtimeNanoseconds() - 20_000_000)
+        let justNow = Receiver.downtime(since: HostClock.realtimeNanoseconds() - 20_000_000)
         #expect(justNow.map { $0 >= 0.02 && $0 < 60 } == true)
     }
 }

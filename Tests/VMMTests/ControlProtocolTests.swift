@@ -1,15 +1,19 @@
+import FoundationEssentials
 import MachineDescription
 import Testing
+
 @testable import VMControl
 
 /// Byte-exact forms of what travels on the control socket, and the parsing of sizes.
 @Suite struct ControlProtocolTests {
-    let state = MachineState(kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: [0xaa, 0xbb])],
-                             devices: [StateChunk(name: "uart0", version: 2, data: [])])
+    let state = MachineState(
+        kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: [0xaa, 0xbb])],
+        devices: [StateChunk(name: "uart0", version: 2, data: [])])
 
     @Test func stateChunksHaveTheDocumentedLayout() throws {
         let bytes = try StateEncoding.encode(state)
-        let expected: [UInt8] = [1, 0, 0, 0, 10, 0] + Array("vcpu0/regs".utf8) + [1, 0, 0, 0, 2, 0, 0, 0, 0xaa, 0xbb]
+        let expected: [UInt8] =
+            [1, 0, 0, 0, 10, 0] + Array("vcpu0/regs".utf8) + [1, 0, 0, 0, 2, 0, 0, 0, 0xaa, 0xbb]
             + [1, 0, 0, 0, 5, 0] + Array("uart0".utf8) + [2, 0, 0, 0, 0, 0, 0, 0]
         #expect(bytes == expected)
         #expect(try StateEncoding.decode(bytes) == state)
@@ -27,7 +31,8 @@ import Testing
         let unnamed: [UInt8] = [1, 0, 0, 0, 0, 0]
         #expect(throws: ControlError("bad state: kernel chunk 0 has a name of 0 bytes")) { try StateEncoding.decode(unnamed) }
         #expect(throws: ControlError.self) {
-            try StateEncoding.encode(MachineState(kernel: [StateChunk(name: String(repeating: "x", count: 256), version: 0, data: [])], devices: []))
+            try StateEncoding.encode(
+                MachineState(kernel: [StateChunk(name: String(repeating: "x", count: 256), version: 0, data: [])], devices: []))
         }
     }
 
@@ -43,7 +48,8 @@ import Testing
         #expect(hello == #"{"hello":{"ownIncoming":false,"version":1}}"#)
         let every: [ControlRequest] = [
             .hello(version: 1, ownIncoming: true), .status, .describe, .pause, .resume, .destroy, .memoryFile,
-            .dirtyLogStart(manualClear: true), .dirtyLogFetch(segment: 0), .dirtyLogClear(segment: 0, firstPage: 64), .dirtyLogStop, .throttle(percent: 20), .saveState,
+            .dirtyLogStart(manualClear: true), .dirtyLogFetch(segment: 0), .dirtyLogClear(segment: 0, firstPage: 64),
+            .dirtyLogStop, .throttle(percent: 20), .saveState,
             .restoreState, .consoleInput,
         ]
         #expect(Set(every.map(\.name)) == ControlRequest.allNames, "every request is known by its wire name")
@@ -51,10 +57,16 @@ import Testing
 
     /// Clients from before manual clearing send `{"dirtyLogStart":{}}` and know only `done`; old servers ignore the flag.
     @Test func dirtyLogStartStaysCompatible() throws {
-        #expect(try MessageSocket.decode(ControlRequest.self, from: Array(#"{"dirtyLogStart":{}}"#.utf8)) == .dirtyLogStart(manualClear: nil))
+        #expect(
+            try MessageSocket.decode(ControlRequest.self, from: Array(#"{"dirtyLogStart":{}}"#.utf8))
+                == .dirtyLogStart(manualClear: nil))
         #expect(try JSONEncoderBridge.encode(ControlRequest.dirtyLogStart(manualClear: nil)) == #"{"dirtyLogStart":{}}"#)
-        #expect(try JSONEncoderBridge.encode(ControlRequest.dirtyLogStart(manualClear: true)) == #"{"dirtyLogStart":{"manualClear":true}}"#)
-        #expect(try JSONEncoderBridge.encode(ControlRequest.dirtyLogClear(segment: 1, firstPage: 128)) == #"{"dirtyLogClear":{"firstPage":128,"segment":1}}"#)
+        #expect(
+            try JSONEncoderBridge.encode(ControlRequest.dirtyLogStart(manualClear: true))
+                == #"{"dirtyLogStart":{"manualClear":true}}"#)
+        #expect(
+            try JSONEncoderBridge.encode(ControlRequest.dirtyLogClear(segment: 1, firstPage: 128))
+                == #"{"dirtyLogClear":{"firstPage":128,"segment":1}}"#)
     }
 
     static let sizes: [(String, UInt64)] = [
@@ -85,11 +97,11 @@ import Testing
 
     @Test func machineNamesAreSafeFileNames() {
         for good in ["demo", "vm-1", "a.b_c"] { #expect(MachineName.isValid(good)) }
-        for bad in ["", ".hidden", "-flag", "a/b", "..", "sp ace", String(repeating: "x", count: 65)] { #expect(!MachineName.isValid(bad)) }
+        for bad in ["", ".hidden", "-flag", "a/b", "..", "sp ace", String(repeating: "x", count: 65)] {
+            #expect(!MachineName.isValid(bad))
+        }
     }
 }
-
-import FoundationEssentials
 
 private enum JSONEncoderBridge {
     static func encode<T: Encodable>(_ value: T) throws -> String {

@@ -2,6 +2,7 @@ import Glibc
 import MachineDescription
 import Testing
 import VMControl
+
 @testable import VMM
 
 /// The control server against a fake machine, over real sockets in a temporary run directory.
@@ -112,7 +113,9 @@ import VMControl
             try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory, ownIncoming: true)
         }
         let other = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
-        #expect(throws: ControlError("dirty logging on 'fake' is already in use by another connection")) { try other.dirtyLogStart(manualClear: true) }
+        #expect(throws: ControlError("dirty logging on 'fake' is already in use by another connection")) {
+            try other.dirtyLogStart(manualClear: true)
+        }
         client.close()
         // The connection that started dirty logging is gone, so logging stops and is free again.
         try other.dirtyLogStart(manualClear: true)
@@ -129,11 +132,15 @@ import VMControl
             try client.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
         }
         #expect(try client.dirtyLogStart(manualClear: false) == false)
-        #expect(throws: ControlError("dirtyLogClear failed: dirty logging was started without manual clearing: fetches clear the log")) {
+        #expect(
+            throws: ControlError("dirtyLogClear failed: dirty logging was started without manual clearing: fetches clear the log")
+        ) {
             try client.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
         }
         #expect(try client.dirtyLogStart(manualClear: true))
-        #expect(throws: ControlError("no memory segment 3: 'fake' has 1")) { try client.dirtyLogClear(segment: 3, firstPage: 0, bitmap: [1]) }
+        #expect(throws: ControlError("no memory segment 3: 'fake' has 1")) {
+            try client.dirtyLogClear(segment: 3, firstPage: 0, bitmap: [1])
+        }
         let other = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
         #expect(throws: ControlError("dirty logging is not started on this connection")) {
             try other.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
@@ -179,14 +186,18 @@ import VMControl
             try onlooker.memoryFile()
         }
         #expect(throws: ControlError("cannot resume 'fake': its state has not been restored yet")) { try owner.resume() }
-        #expect(throws: ControlError("cannot dirtyLogStart 'fake': it is incoming")) { try owner.dirtyLogStart(manualClear: true) }
+        #expect(throws: ControlError("cannot dirtyLogStart 'fake': it is incoming")) {
+            try owner.dirtyLogStart(manualClear: true)
+        }
         #expect(throws: ControlError("only the connection that owns the incoming machine 'fake' may restore it")) {
             try onlooker.restoreState(served.machine.saved)
         }
         try owner.memoryFile().close()
         try owner.restoreState(served.machine.saved)
         #expect(served.machine.record.withLock { $0.restored } == served.machine.saved)
-        #expect(throws: ControlError("cannot restoreState 'fake': it is not incoming")) { try owner.restoreState(served.machine.saved) }
+        #expect(throws: ControlError("cannot restoreState 'fake': it is not incoming")) {
+            try owner.restoreState(served.machine.saved)
+        }
         owner.close()
         // Restored whole, it is an ordinary paused machine: its owner leaving no longer matters.
         try onlooker.resume()
@@ -210,7 +221,8 @@ import VMControl
     @Test func anIncomingMachineNobodyClaimsIsDestroyed() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
-        let served = try ServerThread(directory: directory, machine: FakeMachine(state: .incoming), ownerTimeout: .milliseconds(300))
+        let served = try ServerThread(
+            directory: directory, machine: FakeMachine(state: .incoming), ownerTimeout: .milliseconds(300))
         // An onlooker does not count as an owner.
         let onlooker = try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
         defer { onlooker.close() }
@@ -236,7 +248,8 @@ import VMControl
         let path = directory.runDirectory.socketPath(for: "fake")
         let stale = try UnixSocket.listen(path: path)
         close(stale)
-        #expect(throws: ControlError("no VM named 'fake' (its vmrun is gone; stale socket at \(path))", code: .connectionRefused)) {
+        #expect(throws: ControlError("no VM named 'fake' (its vmrun is gone; stale socket at \(path))", code: .connectionRefused))
+        {
             try ControlClient.connect(name: "fake", runDirectory: directory.runDirectory)
         }
         let served = try ServerThread(directory: directory)

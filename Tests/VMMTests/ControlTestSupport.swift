@@ -2,6 +2,7 @@ import Glibc
 import MachineDescription
 import Synchronization
 import VMControl
+
 @testable import VMM
 
 /// A machine that only records what the control server asks of it.
@@ -19,11 +20,14 @@ final class FakeMachine: ControlledMachine {
     }
 
     let config: MachineConfig
-    let host = HostSpec(architecture: "x86_64", cpuVendor: "FakeVendor", cpuModel: "fake", pageSize: 4096,
-                        hypervisor: "fake", hypervisorVersion: "0")
+    let host = HostSpec(
+        architecture: "x86_64", cpuVendor: "FakeVendor", cpuModel: "fake", pageSize: 4096,
+        hypervisor: "fake", hypervisorVersion: "0")
     let memoryFile: Int32
     let saved = MachineState(
-        kernel: [StateChunk(name: "vcpu0/regs", version: 1, data: Array(0..<144)), StateChunk(name: "vm/clock", version: 2, data: [])],
+        kernel: [
+            StateChunk(name: "vcpu0/regs", version: 1, data: Array(0..<144)), StateChunk(name: "vm/clock", version: 2, data: []),
+        ],
         devices: [StateChunk(name: "uart0", version: 1, data: [0x3f, 0x8])])
     let record: Mutex<Record>
     /// Whether this machine's kernel could clear chosen pages (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
@@ -37,9 +41,10 @@ final class FakeMachine: ControlledMachine {
 
     init(state: RunState = .running, memorySize: UInt64 = 1 << 20, supportsManualClear: Bool = true) {
         self.supportsManualClear = supportsManualClear
-        config = MachineConfig(name: "fake", vcpuCount: 2, segments: MemorySegment.standardLayout(memorySize: memorySize),
-                               devices: [DeviceConfig(name: "uart0", kind: "uart16550", version: 1, configuration: ["port": "0x3f8"])],
-                               cpuid: [])
+        config = MachineConfig(
+            name: "fake", vcpuCount: 2, segments: MemorySegment.standardLayout(memorySize: memorySize),
+            devices: [DeviceConfig(name: "uart0", kind: "uart16550", version: 1, configuration: ["port": "0x3f8"])],
+            cpuid: [])
         var template = Array("/tmp/fake-memory-XXXXXX".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
@@ -52,8 +57,9 @@ final class FakeMachine: ControlledMachine {
 
     func status() -> MachineStatus {
         let state = record.withLock { $0.state }
-        return MachineStatus(name: config.name, state: state, memorySize: config.memorySize,
-                             vcpus: [VCPUStatus(tick: 7, checksPassed: 3, checksFailed: 0)], uptimeSeconds: 1.5, pid: getpid())
+        return MachineStatus(
+            name: config.name, state: state, memorySize: config.memorySize,
+            vcpus: [VCPUStatus(tick: 7, checksPassed: 3, checksFailed: 0)], uptimeSeconds: 1.5, pid: getpid())
     }
 
     func pause() throws { record.withLock { $0.state = .paused } }
@@ -69,7 +75,9 @@ final class FakeMachine: ControlledMachine {
     func dirtyLogFetch(segment: Int) throws -> [UInt64] { [0x8000_0000_0000_0001, UInt64(segment)] }
     func dirtyLogClear(segment: Int, firstPage: UInt64, bitmap: [UInt64]) throws {
         try record.withLock {
-            guard $0.manualClear else { throw MachineError("dirty logging was started without manual clearing: fetches clear the log") }
+            guard $0.manualClear else {
+                throw MachineError("dirty logging was started without manual clearing: fetches clear the log")
+            }
             $0.clears.append(DirtyLogClear(segment: segment, firstPage: firstPage, bitmap: bitmap))
         }
     }
@@ -117,26 +125,33 @@ final class ServerThread: Sendable {
     private let outcome = Mutex<ControlServer.Outcome?>(nil)
     private let thread = Mutex<pthread_t?>(nil)
 
-    init(name: String = "fake", directory: TemporaryDirectory, machine: FakeMachine = FakeMachine(),
-         ownerTimeout: Duration = .seconds(30)) throws {
+    init(
+        name: String = "fake", directory: TemporaryDirectory, machine: FakeMachine = FakeMachine(),
+        ownerTimeout: Duration = .seconds(30)
+    ) throws {
         let socket = try ControlSocket.claim(name: name, runDirectory: directory.runDirectory)
         self.server = try ControlServer(socket: socket, machine: machine, ownerTimeout: ownerTimeout)
         self.machine = machine
         let context = Unmanaged.passRetained(self).toOpaque()
         var handle = pthread_t()
-        pthread_create(&handle, nil, { context in
-            let me = Unmanaged<ServerThread>.fromOpaque(context!).takeRetainedValue()
-            let result = me.server.serve()
-            me.outcome.withLock { $0 = result }
-            return nil
-        }, context)
+        pthread_create(
+            &handle, nil,
+            { context in
+                let me = Unmanaged<ServerThread>.fromOpaque(context!).takeRetainedValue()
+                let result = me.server.serve()
+                me.outcome.withLock { $0 = result }
+                return nil
+            }, context)
         thread.withLock { $0 = handle }
     }
 
     /// Waits for `serve` to return, stopping it first unless it already ended on its own.
     func finish(stopping: Bool = true) -> ControlServer.Outcome? {
         if stopping { server.stop() }
-        if let handle = thread.withLock({ value -> pthread_t? in defer { value = nil }; return value }) {
+        if let handle = thread.withLock({ value -> pthread_t? in
+            defer { value = nil }
+            return value
+        }) {
             pthread_join(handle, nil)
         }
         return outcome.withLock { $0 }

@@ -5,6 +5,7 @@ import MachineDescription
 import Synchronization
 import SystemSupport
 import Testing
+
 @testable import VMM
 
 /// A device as small as a device gets: eight scratch bytes at a port, carried in its state chunk.
@@ -24,7 +25,9 @@ final class ScratchDevice: Device {
         DeviceConfig(name: "scratch0", kind: kind, version: stateVersion, configuration: ["port": "0x" + String(port, radix: 16)])
     }
 
-    func read(_ access: IOAccess, into data: UnsafeMutableRawBufferPointer) { data[0] = bytes.withLock { $0[Int(access.offset)] } }
+    func read(_ access: IOAccess, into data: UnsafeMutableRawBufferPointer) {
+        data[0] = bytes.withLock { $0[Int(access.offset)] }
+    }
     func write(_ access: IOAccess, from data: UnsafeRawBufferPointer) { bytes.withLock { $0[Int(access.offset)] = data[0] } }
     func saveState() -> [UInt8] { bytes.withLock { $0 } }
     func checkState(_ state: [UInt8]) throws {
@@ -55,8 +58,11 @@ struct DeviceBusTests {
         #expect(word == 0xffff_ffff)
         withUnsafeMutableBytes(of: &byte) { bus.read(.port, address: 0x520, vcpu: 0, into: $0) }
         #expect(byte == 0xff)
-        #expect(notes.withLock { $0 } == ["no device answers mmio read at 0xd0000000; treated as open bus",
-                                          "no device answers port read at 0x520; treated as open bus"])
+        #expect(
+            notes.withLock { $0 } == [
+                "no device answers mmio read at 0xd0000000; treated as open bus",
+                "no device answers port read at 0x520; treated as open bus",
+            ])
 
         let other = try ScratchDevice(config: ScratchDevice.configuration(port: 0x514), context: context)
         #expect { try IOBus(devices: [device, other]) { _ in } } throws: { "\($0)".contains("overlaps device scratch0") }
@@ -68,8 +74,9 @@ struct DeviceBusTests {
         }
         struct NoLine: InterruptLine { func set(_ high: Bool) {} }
         struct NoPacing: Pacer { func sleep(nanoseconds: UInt64) {} }
-        return DeviceContext(memory: NoMemory(), vcpuCount: 1, console: try ConsoleLog(path: scratch.file("console")),
-                             interruptLine: { _ in NoLine() }, pacer: NoPacing())
+        return DeviceContext(
+            memory: NoMemory(), vcpuCount: 1, console: try ConsoleLog(path: scratch.file("console")),
+            interruptLine: { _ in NoLine() }, pacer: NoPacing())
     }
 }
 
@@ -79,9 +86,10 @@ struct DeviceMachineTests {
     @Test func aDeviceAddedThroughTheBusMigratesItsState() throws {
         let scratch = Scratch()
         let catalog = DeviceCatalog.standard.adding(ScratchDevice.self)
-        let source = try KVMMachine.boot(name: "with-scratch", vcpus: 1, memorySize: 32 << 20,
-                                         options: MachineOptions(consoleLog: scratch.file("source"), guestWorkingSet: 4 << 20),
-                                         extraDevices: [ScratchDevice.configuration()], catalog: catalog)
+        let source = try KVMMachine.boot(
+            name: "with-scratch", vcpus: 1, memorySize: 32 << 20,
+            options: MachineOptions(consoleLog: scratch.file("source"), guestWorkingSet: 4 << 20),
+            extraDevices: [ScratchDevice.configuration()], catalog: catalog)
         defer { source.destroy() }
         for (offset, value) in [UInt8](arrayLiteral: 7, 9, 11).enumerated() {
             [value].withUnsafeBytes { source.bus.write(.port, address: 0x510 + UInt64(offset), vcpu: 0, from: $0) }
@@ -91,10 +99,12 @@ struct DeviceMachineTests {
         #expect(state.devices.map(\.name) == ["uart0", "status0", "scratch0"])
         #expect(state.devices.last?.data == [7, 9, 11, 0, 0, 0, 0, 0])
 
-        #expect { try KVMMachine.incoming(config: source.config, options: MachineOptions(consoleLog: scratch.file("refused"))) }
-            throws: { "\($0)".contains("unknown kind scratch") }
-        let target = try KVMMachine.incoming(config: source.config, options: MachineOptions(consoleLog: scratch.file("target")),
-                                             catalog: catalog)
+        #expect {
+            try KVMMachine.incoming(config: source.config, options: MachineOptions(consoleLog: scratch.file("refused")))
+        } throws: { "\($0)".contains("unknown kind scratch") }
+        let target = try KVMMachine.incoming(
+            config: source.config, options: MachineOptions(consoleLog: scratch.file("target")),
+            catalog: catalog)
         defer { target.destroy() }
         copyMemory(from: source, to: target)
         var broken = state
@@ -112,20 +122,28 @@ struct DeviceMachineTests {
     /// A guest that reads and writes an address no device claims keeps running: open bus, noted once.
     @Test func anUnclaimedMMIOAccessDoesNotKillTheGuest() throws {
         let scratch = Scratch()
-        let machine = try KVMMachine.boot(name: "mmio", vcpus: 1, memorySize: 32 << 20,
-                                          options: MachineOptions(startPaused: true, consoleLog: scratch.file("console"),
-                                                                  guestWorkingSet: 4 << 20))
+        let machine = try KVMMachine.boot(
+            name: "mmio", vcpus: 1, memorySize: 32 << 20,
+            options: MachineOptions(
+                startPaused: true, consoleLog: scratch.file("console"),
+                guestWorkingSet: 4 << 20))
         defer { machine.destroy() }
         // In place of the bundled guest: loop { rax = [0x30000000]; [0x30000008] = rax; [0x3f0000] = rax; [0x3f0008] += 1 }.
         // 0x30000000 is inside the guest's identity-mapped first GiB but beyond its 32 MiB of RAM: an MMIO exit.
-        let code: [UInt8] = [0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x00, 0x30,
-                             0x48, 0x89, 0x04, 0x25, 0x08, 0x00, 0x00, 0x30,
-                             0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x3f, 0x00,
-                             0x48, 0xff, 0x04, 0x25, 0x08, 0x00, 0x3f, 0x00,
-                             0xeb, 0xde]
-        #expect(code.withUnsafeBytes { pwrite(machine.memoryFile, $0.baseAddress, $0.count, off_t(GuestLayout.codeBase)) } == code.count)
+        let code: [UInt8] = [
+            0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x00, 0x30,
+            0x48, 0x89, 0x04, 0x25, 0x08, 0x00, 0x00, 0x30,
+            0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x3f, 0x00,
+            0x48, 0xff, 0x04, 0x25, 0x08, 0x00, 0x3f, 0x00,
+            0xeb, 0xde,
+        ]
+        #expect(
+            code.withUnsafeBytes { pwrite(machine.memoryFile, $0.baseAddress, $0.count, off_t(GuestLayout.codeBase)) }
+                == code.count)
         try machine.resume()
-        func loops() -> UInt64 { readMemory(machine, offset: 0x3f0008, length: 8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } }
+        func loops() -> UInt64 {
+            readMemory(machine, offset: 0x3f0008, length: 8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        }
         #expect(eventually { loops() > 1000 })
         #expect(machine.failure == nil)
         #expect(readMemory(machine, offset: 0x3f0000, length: 8) == [UInt8](repeating: 0xff, count: 8))

@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
-import Testing
 import MachineDescription
+import Testing
+
 @testable import VMM
 
 @Suite(.serialized, .enabled(if: kvmUnavailable == nil, "needs /dev/kvm"))
@@ -12,8 +13,9 @@ struct MachineMemoryTests {
         let scratch = Scratch()
         let memorySize: UInt64 = 160 << 20
         let workingSet: UInt64 = 128 << 20
-        let machine = try KVMMachine.boot(name: "dirty", vcpus: 2, memorySize: memorySize,
-                                          options: MachineOptions(consoleLog: scratch.file("console"), guestWorkingSet: workingSet))
+        let machine = try KVMMachine.boot(
+            name: "dirty", vcpus: 2, memorySize: memorySize,
+            options: MachineOptions(consoleLog: scratch.file("console"), guestWorkingSet: workingSet))
         defer { machine.destroy() }
         #expect(eventually { machine.ticks.allSatisfy { $0 > 10 } })
         let ticksBefore = machine.ticks.reduce(0, +)
@@ -27,17 +29,19 @@ struct MachineMemoryTests {
         let seconds = Date().timeIntervalSince(start)
         #expect(bitmap.count == Int(memorySize / 4096 / 64))
         let firstWorkingSetPage = Int((memorySize - workingSet) / 4096)
-        let inWorkingSet = (firstWorkingSetPage..<Int(memorySize / 4096)).filter { bitmap[$0 / 64] & (1 << UInt64($0 % 64)) != 0 }.count
+        let inWorkingSet = (firstWorkingSetPage..<Int(memorySize / 4096)).filter { bitmap[$0 / 64] & (1 << UInt64($0 % 64)) != 0 }
+            .count
         let elsewhere = Self.dirtyPages(bitmap) - inWorkingSet
         #expect(inWorkingSet > 100)
-        #expect(elsewhere <= 8)                       // status blocks, stacks, the UART lock: nothing else
-        print("flat out, 2 vCPUs: \(Int(flatOutTicks)) ticks/s of \(GuestStatusDevice.flatOutWritesPerTick) writes without dirty logging;",
-              "\(inWorkingSet) of \(workingSet / 4096) working-set pages dirtied in \(String(format: "%.2f", seconds)) s",
-              "(\(Int(Double(inWorkingSet * 4096) / seconds / 1e6)) MB/s under dirty logging)")
+        #expect(elsewhere <= 8)  // status blocks, stacks, the UART lock: nothing else
+        print(
+            "flat out, 2 vCPUs: \(Int(flatOutTicks)) ticks/s of \(GuestStatusDevice.flatOutWritesPerTick) writes without dirty logging;",
+            "\(inWorkingSet) of \(workingSet / 4096) working-set pages dirtied in \(String(format: "%.2f", seconds)) s",
+            "(\(Int(Double(inWorkingSet * 4096) / seconds / 1e6)) MB/s under dirty logging)")
 
         try machine.pause()
         _ = try machine.dirtyLogFetch(segment: 0)
-        #expect(Self.dirtyPages(try machine.dirtyLogFetch(segment: 0)) == 0)   // paused: nothing new
+        #expect(Self.dirtyPages(try machine.dirtyLogFetch(segment: 0)) == 0)  // paused: nothing new
         try machine.resume()
         #expect(eventually { Self.dirtyPages((try? machine.dirtyLogFetch(segment: 0)) ?? []) > 0 })
         try machine.dirtyLogStop()
@@ -49,8 +53,9 @@ struct MachineMemoryTests {
     @Test func manualClearingClearsOnlyTheNamedPages() throws {
         let scratch = Scratch()
         let memorySize: UInt64 = 64 << 20
-        let machine = try KVMMachine.boot(name: "manual", vcpus: 2, memorySize: memorySize,
-                                          options: MachineOptions(consoleLog: scratch.file("console"), guestWorkingSet: 32 << 20))
+        let machine = try KVMMachine.boot(
+            name: "manual", vcpus: 2, memorySize: memorySize,
+            options: MachineOptions(consoleLog: scratch.file("console"), guestWorkingSet: 32 << 20))
         defer { machine.destroy() }
         #expect(eventually { machine.ticks.allSatisfy { $0 > 10 } })
         try machine.pause()
@@ -79,12 +84,18 @@ struct MachineMemoryTests {
         #expect(throws: MachineError("dirty log clear: first page 3 is not a multiple of 64 inside segment 0 (\(pages) pages)")) {
             try machine.dirtyLogClear(segment: 0, firstPage: 3, bitmap: [1])
         }
-        #expect(throws: MachineError("dirty log clear: 2 bitmap words from page \(pages - 64) do not fit segment 0 (\(pages) pages)")) {
+        #expect(
+            throws: MachineError("dirty log clear: 2 bitmap words from page \(pages - 64) do not fit segment 0 (\(pages) pages)")
+        ) {
             try machine.dirtyLogClear(segment: 0, firstPage: pages - 64, bitmap: [1, 1])
         }
-        #expect(throws: MachineError("no memory segment 5 (the machine has 1)")) { try machine.dirtyLogClear(segment: 5, firstPage: 0, bitmap: [1]) }
+        #expect(throws: MachineError("no memory segment 5 (the machine has 1)")) {
+            try machine.dirtyLogClear(segment: 5, firstPage: 0, bitmap: [1])
+        }
         try machine.dirtyLogStop()
-        #expect(throws: MachineError("dirty logging is not started")) { try machine.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1]) }
+        #expect(throws: MachineError("dirty logging is not started")) {
+            try machine.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
+        }
         #expect(try machine.dirtyLogStart(manualClear: false) == false)
         #expect(throws: MachineError("dirty logging was started without manual clearing: fetches clear the log")) {
             try machine.dirtyLogClear(segment: 0, firstPage: 0, bitmap: [1])
@@ -95,9 +106,11 @@ struct MachineMemoryTests {
     @Test func pacingHoldsTheDirtyRate() throws {
         let scratch = Scratch()
         let rate: UInt64 = 8 << 20
-        let machine = try KVMMachine.boot(name: "paced", vcpus: 2, memorySize: 256 << 20,
-                                          options: MachineOptions(consoleLog: scratch.file("console"), guestWorkingSet: 192 << 20,
-                                                                  guestDirtyRate: rate))
+        let machine = try KVMMachine.boot(
+            name: "paced", vcpus: 2, memorySize: 256 << 20,
+            options: MachineOptions(
+                consoleLog: scratch.file("console"), guestWorkingSet: 192 << 20,
+                guestDirtyRate: rate))
         defer { machine.destroy() }
         #expect(machine.config.devices[1].configuration["dirty-rate"] == String(rate))
         #expect(eventually { machine.ticks.allSatisfy { $0 > 10 } })
@@ -111,8 +124,9 @@ struct MachineMemoryTests {
         let writesPerTick = try #require(machine.config.devices[1].configuration["writes-per-tick"].flatMap { UInt64($0) })
         // Each write counts as one page; the dirty log may report more (see the report on kvm_pvm), never fewer.
         let measured = Double(ticks * writesPerTick * 4096) / seconds
-        print("paced at \(rate) B/s: the guest wrote \(Int(measured)) B/s (\(ticks) ticks of \(writesPerTick) writes);",
-              "the dirty log reported \(Int(Double(pages * 4096) / seconds)) B/s")
+        print(
+            "paced at \(rate) B/s: the guest wrote \(Int(measured)) B/s (\(ticks) ticks of \(writesPerTick) writes);",
+            "the dirty log reported \(Int(Double(pages * 4096) / seconds)) B/s")
         #expect(Double(pages * 4096) / seconds >= measured * 0.8)
         // Loose bounds on purpose (other tests share the two cores): unpaced, this guest writes 60 MB/s or more,
         // several times the bound, so the test still fails if pacing does not work.
@@ -131,9 +145,11 @@ struct MachineMemoryTests {
         var image = [UInt8](repeating: 0, count: 8 << 20)
         for index in stride(from: 0, to: image.count, by: 8192) { image[index] = UInt8(truncatingIfNeeded: index >> 13) | 1 }
         _ = FileManager.default.createFile(atPath: imagePath, contents: Data(image))
-        let machine = try KVMMachine.boot(name: "image", vcpus: 1, memorySize: 32 << 20,
-                                          options: MachineOptions(memoryImage: imagePath, startPaused: true,
-                                                                  consoleLog: scratch.file("console"), guestWorkingSet: 4 << 20))
+        let machine = try KVMMachine.boot(
+            name: "image", vcpus: 1, memorySize: 32 << 20,
+            options: MachineOptions(
+                memoryImage: imagePath, startPaused: true,
+                consoleLog: scratch.file("console"), guestWorkingSet: 4 << 20))
         defer { machine.destroy() }
         #expect(readMemory(machine, offset: 0, length: image.count) == image)
         // Zero pages of the image stay holes: the memfd holds only the pages the image filled.
@@ -144,18 +160,23 @@ struct MachineMemoryTests {
         #expect(eventually { machine.status().vcpus[0].checksPassed > 0 })
         #expect(machine.status().vcpus[0].checksFailed == 0)
         #expect(throws: MachineError.self) {
-            try KVMMachine.boot(name: "image2", vcpus: 1, memorySize: 32 << 20,
-                                options: MachineOptions(memoryImage: scratch.file("missing"), consoleLog: scratch.file("console2"),
-                                                        guestWorkingSet: 4 << 20))
+            try KVMMachine.boot(
+                name: "image2", vcpus: 1, memorySize: 32 << 20,
+                options: MachineOptions(
+                    memoryImage: scratch.file("missing"), consoleLog: scratch.file("console2"),
+                    guestWorkingSet: 4 << 20))
         }
     }
 
     @Test func bundledGuestMatchesItsSource() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
         let source = root.appendingPathComponent("guest/guest.asm").path
         let sourceBytes = try #require(FileManager.default.contents(atPath: source))
         #expect(sha256(sourceBytes) == BundledGuest.sourceSHA256, "guest/guest.asm changed: run scripts/build-guest.sh")
-        guard let nasm = ["/usr/bin/nasm", "/usr/local/bin/nasm"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        guard
+            let nasm = ["/usr/bin/nasm", "/usr/local/bin/nasm"].first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else {
             print("skipped the nasm rebuild: nasm is not installed")
             return
         }
@@ -175,7 +196,8 @@ struct MachineMemoryTests {
 func sha256(_ data: Data) -> String? {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
-    let input = Pipe(), output = Pipe()
+    let input = Pipe()
+    let output = Pipe()
     process.standardInput = input
     process.standardOutput = output
     guard (try? process.run()) != nil else { return nil }

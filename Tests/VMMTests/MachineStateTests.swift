@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
-import Testing
 import MachineDescription
+import Testing
+
 @testable import VMM
 
 /// Save a running guest's state and continue it in a fresh machine in this process: migration without a stream.
@@ -12,11 +13,12 @@ struct MachineStateTests {
 
     /// Boots a source, lets it work, pauses it with console input pending, and saves its state.
     func pausedSource(_ scratch: Scratch) throws -> (KVMMachine, MachineState, MachineConfig) {
-        let source = try KVMMachine.boot(name: "source", vcpus: 2, memorySize: Self.memorySize,
-                                         options: MachineOptions(consoleLog: scratch.file("source"), guestWorkingSet: Self.workingSet))
+        let source = try KVMMachine.boot(
+            name: "source", vcpus: 2, memorySize: Self.memorySize,
+            options: MachineOptions(consoleLog: scratch.file("source"), guestWorkingSet: Self.workingSet))
         #expect(eventually { source.status().vcpus.allSatisfy { $0.checksPassed >= 1 && $0.tick > 1000 } })
         try source.pause()
-        try source.consoleInput(Array("hello\n".utf8))     // unread by the guest: must travel in the UART's state
+        try source.consoleInput(Array("hello\n".utf8))  // unread by the guest: must travel in the UART's state
         let state = try source.saveState()
         return (source, state, source.config)
     }
@@ -36,17 +38,20 @@ struct MachineStateTests {
         let target = try KVMMachine.incoming(config: config, options: MachineOptions(consoleLog: scratch.file("target")))
         defer { target.destroy() }
         #expect(target.status().state == .incoming)
-        #expect(throws: MachineError.self) { try target.resume() }   // no state yet
+        #expect(throws: MachineError.self) { try target.resume() }  // no state yet
         copyMemory(from: source, to: target)
         try target.restoreState(state)
         #expect(target.status().state == .paused)
-        #expect(target.status().vcpus == saved)                        // the status device's reports travelled
+        #expect(target.status().vcpus == saved)  // the status device's reports travelled
         try target.resume()
-        #expect(eventually {
-            zip(target.status().vcpus, saved).allSatisfy { now, before in now.tick > before.tick + 100 && now.checksPassed > before.checksPassed }
-        })
+        #expect(
+            eventually {
+                zip(target.status().vcpus, saved).allSatisfy { now, before in
+                    now.tick > before.tick + 100 && now.checksPassed > before.checksPassed
+                }
+            })
         let after = target.status().vcpus
-        #expect(zip(after, saved).allSatisfy { $0.tick - $1.tick < 10_000_000 })   // continued, not restarted
+        #expect(zip(after, saved).allSatisfy { $0.tick - $1.tick < 10_000_000 })  // continued, not restarted
         #expect(after.allSatisfy { $0.checksFailed == 0 })
         #expect(eventually { scratch.read("target").contains("rx: hello") })
         #expect(target.failure == nil)
@@ -64,11 +69,13 @@ struct MachineStateTests {
         copyMemory(from: source, to: target)
         // Zero the first page of vCPU 0's slice that the guest wrote (the working set is the top of RAM).
         let sliceStart = Int(Self.memorySize - Self.workingSet)
-        let page = try #require((0..<Int(Self.workingSet / 2) / 4096).first { index in
-            readMemory(target, offset: sliceStart + index * 4096, length: 4096).contains { $0 != 0 }
-        })
+        let page = try #require(
+            (0..<Int(Self.workingSet / 2) / 4096).first { index in
+                readMemory(target, offset: sliceStart + index * 4096, length: 4096).contains { $0 != 0 }
+            })
         let zeros = [UInt8](repeating: 0, count: 4096)
-        #expect(zeros.withUnsafeBytes { pwrite(target.memoryFile, $0.baseAddress, 4096, off_t(sliceStart + page * 4096)) } == 4096)
+        #expect(
+            zeros.withUnsafeBytes { pwrite(target.memoryFile, $0.baseAddress, 4096, off_t(sliceStart + page * 4096)) } == 4096)
         try target.restoreState(state)
         try target.resume()
         #expect(eventually { target.status().vcpus[0].checksFailed > 0 })
@@ -91,7 +98,7 @@ struct MachineStateTests {
         #expect(eventually { target.failure != nil })
         #expect(target.failure?.contains("KVM_EXIT_SHUTDOWN") == true)
         #expect(eventually { scratch.read("target").contains("vmrun: vcpu") })
-        try target.pause()                  // crashed vCPUs count as parked
+        try target.pause()  // crashed vCPUs count as parked
         #expect(target.status().state == .paused)
     }
 
@@ -99,8 +106,9 @@ struct MachineStateTests {
         let scratch = Scratch()
         let options = MachineOptions(consoleLog: scratch.file("console"))
         let settings = GuestStatusDevice.Settings(workingSet: 4 << 20, dirtyRate: 0, vcpus: 1)
-        let good = MachineConfig(name: "in", vcpuCount: 1, segments: MemorySegment.standardLayout(memorySize: 32 << 20),
-                                 devices: KVMMachine.standardDevices(settings), cpuid: [])
+        let good = MachineConfig(
+            name: "in", vcpuCount: 1, segments: MemorySegment.standardLayout(memorySize: 32 << 20),
+            devices: KVMMachine.standardDevices(settings), cpuid: [])
         var unknownKind = good
         unknownKind.devices[0].kind = "virtio-net"
         #expect { try KVMMachine.incoming(config: unknownKind, options: options) } throws: {
@@ -120,8 +128,9 @@ struct MachineStateTests {
 
         let machine = try KVMMachine.incoming(config: good, options: options)
         defer { machine.destroy() }
-        #expect { try machine.restoreState(MachineState(kernel: [StateChunk(name: "vcpu0/bogus", version: 1, data: [])], devices: [])) }
-            throws: { "\($0)".contains("vcpu0/bogus") }
+        #expect {
+            try machine.restoreState(MachineState(kernel: [StateChunk(name: "vcpu0/bogus", version: 1, data: [])], devices: []))
+        } throws: { "\($0)".contains("vcpu0/bogus") }
         #expect(machine.status().state == .incoming)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import MachineDescription
+
 @testable import VMM
 
 /// Why a KVM test cannot run here, or nil when /dev/kvm is usable.
@@ -38,7 +39,9 @@ func copyMemory(from source: KVMMachine, to destination: KVMMachine) {
     var buffer = [UInt8](repeating: 0, count: 1 << 20)
     var offset = 0
     while offset < size {
-        let count = buffer.withUnsafeMutableBytes { pread(source.memoryFile, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
+        let count = buffer.withUnsafeMutableBytes {
+            pread(source.memoryFile, $0.baseAddress, min($0.count, size - offset), off_t(offset))
+        }
         precondition(count > 0, "pread from the source memfd failed")
         var page = 0
         while page < count {

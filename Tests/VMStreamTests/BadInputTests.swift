@@ -1,6 +1,7 @@
 import MachineDescription
 import SystemSupport
 import Testing
+
 @testable import VMStream
 
 /// Each bad input the issue lists gives one clear error of the right kind.
@@ -21,13 +22,17 @@ import Testing
     @Test func unsupportedVersion() {
         var builder = Fixture.Builder(version: 2)
         builder.begin()
-        #expect(error(builder.bytes) == StreamError(.unsupportedVersion, "unsupported stream version 2 (this reader understands version 1)"))
+        #expect(
+            error(builder.bytes)
+                == StreamError(.unsupportedVersion, "unsupported stream version 2 (this reader understands version 1)"))
     }
 
     @Test func unknownRequiredFeatureIsNamed() {
         var builder = Fixture.Builder(features: 0x14)
         builder.begin()
-        #expect(error(builder.bytes) == StreamError(.unsupportedFeature, "stream has unsupported feature, feature flags = 14 (unknown flags = 14)"))
+        #expect(
+            error(builder.bytes)
+                == StreamError(.unsupportedFeature, "stream has unsupported feature, feature flags = 14 (unknown flags = 14)"))
     }
 
     @Test func unknownIgnorableHeaderFlagsAreAccepted() {
@@ -41,7 +46,12 @@ import Testing
         var builder = Fixture.Builder()
         builder.begin()
         builder.record(RecordType.kernelState.rawValue, [], length: UInt32.max)
-        #expect(error(builder.bytes) == StreamError(.lengthTooLarge, "record 2 (KERNEL STATE) at byte \(builder.bytes.count - 24) has payload length 4294967295, above the limit of 4194304"))
+        #expect(
+            error(builder.bytes)
+                == StreamError(
+                    .lengthTooLarge,
+                    "record 2 (KERNEL STATE) at byte \(builder.bytes.count - 24) has payload length 4294967295, above the limit of 4194304"
+                ))
     }
 
     @Test func roundRangeCountThatOverflowsThePayload() {
@@ -164,8 +174,12 @@ import Testing
         var warnings: [String] = []
         reader.warningHandler = { warnings.append($0) }
         #expect(throws: Never.self) { while try reader.next(into: DiscardingPageSink()) != nil {} }
-        let endRecord = 16 + Payload.endSize + 8, skippedRecord = 16 + 3 + 8
-        #expect(warnings == ["skipped record 2 (type 28672) at byte \(ignorable.bytes.count - endRecord - skippedRecord): unknown ignorable record type, 3 bytes"])
+        let endRecord = 16 + Payload.endSize + 8
+        let skippedRecord = 16 + 3 + 8
+        #expect(
+            warnings == [
+                "skipped record 2 (type 28672) at byte \(ignorable.bytes.count - endRecord - skippedRecord): unknown ignorable record type, 3 bytes"
+            ])
 
         var required = Fixture.Builder()
         required.begin()
@@ -189,13 +203,17 @@ import Testing
     /// Segment sizes that add up past 2^64 (each one fine) would trap a receiver summing them.
     @Test func segmentsThatOverflowOrOverlap() {
         var begin = SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
-        begin.machine.segments = [MemorySegment(name: "a", guestPhysicalBase: 0, size: 1 << 63),
-                                  MemorySegment(name: "b", guestPhysicalBase: 1 << 63, size: 1 << 63 - 4096)]
+        begin.machine.segments = [
+            MemorySegment(name: "a", guestPhysicalBase: 0, size: 1 << 63),
+            MemorySegment(name: "b", guestPhysicalBase: 1 << 63, size: 1 << 63 - 4096),
+        ]
         var huge = Fixture.Builder()
         huge.record(RecordType.begin.rawValue, Payload.encodeBegin(begin))
         #expect(error(huge.bytes)?.message.hasSuffix("the segments hold more than 2^48 bytes of memory") == true)
-        begin.machine.segments = [MemorySegment(name: "a", guestPhysicalBase: 0, size: 8192),
-                                  MemorySegment(name: "b", guestPhysicalBase: 4096, size: 4096)]
+        begin.machine.segments = [
+            MemorySegment(name: "a", guestPhysicalBase: 0, size: 8192),
+            MemorySegment(name: "b", guestPhysicalBase: 4096, size: 4096),
+        ]
         var overlapping = Fixture.Builder()
         overlapping.record(RecordType.begin.rawValue, Payload.encodeBegin(begin))
         #expect(error(overlapping.bytes)?.message.hasSuffix("segments a and b overlap") == true)
@@ -207,8 +225,11 @@ import Testing
         builder.begin()
         let big = [UInt8](repeating: 7, count: StreamFormat.maxPayloadLength - 4096)
         for index in 0...(StreamFormat.maxStateBytes / big.count) {
-            builder.record(RecordType.kernelState.rawValue, Payload.encodeChunk(StateChunk(name: "chunk\(index)", version: 1, data: big)))
+            builder.record(
+                RecordType.kernelState.rawValue, Payload.encodeChunk(StateChunk(name: "chunk\(index)", version: 1, data: big)))
         }
-        #expect(error(builder.bytes)?.message.hasSuffix("state chunks hold more than \(StreamFormat.maxStateBytes) bytes in all") == true)
+        #expect(
+            error(builder.bytes)?.message.hasSuffix("state chunks hold more than \(StreamFormat.maxStateBytes) bytes in all")
+                == true)
     }
 }

@@ -17,12 +17,17 @@ import Testing
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.arguments = arguments
-        let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
+        let stdin = Pipe()
+        let stdout = Pipe()
+        let stderr = Pipe()
         process.standardInput = stdin
         process.standardOutput = stdout
         process.standardError = stderr
         try process.run()
-        let writer = Thread { try? stdin.fileHandleForWriting.write(contentsOf: input); try? stdin.fileHandleForWriting.close() }
+        let writer = Thread {
+            try? stdin.fileHandleForWriting.write(contentsOf: input)
+            try? stdin.fileHandleForWriting.close()
+        }
         writer.start()
         let errorData = Mutex(Data())
         let errorDone = DispatchSemaphore(value: 0)
@@ -54,7 +59,8 @@ import Testing
 
     @Test(.enabled(if: available, "needs swift build first"))
     func dumpVerifiesAndReportsOneLine() throws {
-        let golden = try Data(contentsOf: SpecificationTests.root.appendingPathComponent("Tests/VMStreamTests/Resources/golden-v1.vms"))
+        let golden = try Data(
+            contentsOf: SpecificationTests.root.appendingPathComponent("Tests/VMStreamTests/Resources/golden-v1.vms"))
         let (status, output, _) = try run(["dump", "-v"], input: golden)
         #expect(status == 0)
         #expect(output.contains("record 16 END offset 53624"))

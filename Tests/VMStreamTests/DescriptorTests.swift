@@ -2,6 +2,7 @@ import Glibc
 import MachineDescription
 import SystemPackage
 import Testing
+
 @testable import VMStream
 
 /// Writer and reader over real descriptors: pipes, terminals, closed readers.
@@ -13,11 +14,13 @@ import Testing
         init(_ body: @escaping () -> Void) {
             self.body = body
             let box = Unmanaged.passRetained(self).toOpaque()
-            pthread_create(&thread, nil, { box in
-                let me = Unmanaged<Thread>.fromOpaque(box!).takeRetainedValue()
-                me.body()
-                return nil
-            }, box)
+            pthread_create(
+                &thread, nil,
+                { box in
+                    let me = Unmanaged<Thread>.fromOpaque(box!).takeRetainedValue()
+                    me.body()
+                    return nil
+                }, box)
         }
         func join() { pthread_join(thread, nil) }
     }
@@ -42,7 +45,10 @@ import Testing
         while let record = try reader.next(into: sink) { last = record }
         writer.join()
         #expect(writeError == nil)
-        guard case .end(let end) = last else { Issue.record("no END"); return }
+        guard case .end(let end) = last else {
+            Issue.record("no END")
+            return
+        }
         #expect(end.pages == reader.statistics.pages)
         let expected = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { expected.deallocate() }
@@ -83,12 +89,16 @@ import Testing
         let page = [UInt8](repeating: 1, count: 4096)
         #expect(throws: StreamError.self) { try writer.writeRound(1, pages: []) }
         try writer.writeBegin(SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: 1))
-        #expect(throws: StreamError.self) { try writer.writeBegin(SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: 1)) }
+        #expect(throws: StreamError.self) {
+            try writer.writeBegin(SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: 1))
+        }
         try writer.writeRound(1, pages: [])
         #expect(throws: StreamError.self) { try writer.writeRound(2, pages: [PageRange(segment: 0, firstPage: 255, count: 2)]) }
         try writer.writeRound(2, pages: [PageRange(segment: 0, firstPage: 0, count: 2)])
         try page.withUnsafeBytes { page in
-            #expect(throws: StreamError.self) { try writer.writePages(segment: 0, firstPage: 1, count: 1, from: page.baseAddress!) }
+            #expect(throws: StreamError.self) {
+                try writer.writePages(segment: 0, firstPage: 1, count: 1, from: page.baseAddress!)
+            }
             #expect(throws: StreamError.self) { try writer.writeEnd(sourcePauseTime: 0) }
             try writer.writePages(segment: 0, firstPage: 0, count: 1, from: page.baseAddress!)
             try writer.writePages(segment: 0, firstPage: 1, count: 1, from: page.baseAddress!)

@@ -1,6 +1,7 @@
 import Glibc
 import SystemPackage
 import Testing
+
 @testable import VMStream
 
 /// A stream written by version 1 of the format, frozen byte for byte.
@@ -28,12 +29,15 @@ import Testing
     @Test func writerReproducesTheGoldenStream() throws {
         let written = try Self.generate()
         if getenv("VMSTREAM_WRITE_GOLDEN") != nil {
-            let fd = try FileDescriptor.open(Self.path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            let fd = try FileDescriptor.open(
+                Self.path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
             try fd.closeAfter { _ = try fd.writeAll(written) }
         }
         let golden = try Self.readGolden()
         #expect(golden.count == written.count)
-        #expect(golden == written, "first difference at byte \(golden.indices.first { $0 < written.count && golden[$0] != written[$0] } ?? -1)")
+        #expect(
+            golden == written,
+            "first difference at byte \(golden.indices.first { $0 < written.count && golden[$0] != written[$0] } ?? -1)")
     }
 
     @Test func readerAcceptsTheGoldenStream() throws {

@@ -2,6 +2,7 @@ import Glibc
 import MachineDescription
 import SystemPackage
 import Testing
+
 @testable import VMStream
 
 /// The fast paths of issue 6 through a real pipe: pages lent with vmsplice, LZ4 batches compressed on
@@ -33,16 +34,18 @@ import Testing
         // Uneven calls, as a sender's slices cross batch and lane boundaries.
         var page = 0
         for size in [3, 1000, 2048, 45, pageCount - 3096] {
-            try writer.writePages(segment: 0, firstPage: UInt64(page), count: UInt64(size),
-                                  from: memory + page * StreamFormat.pageSize)
+            try writer.writePages(
+                segment: 0, firstPage: UInt64(page), count: UInt64(size),
+                from: memory + page * StreamFormat.pageSize)
             page += size
         }
         // The lent pages must stay until the reader has them.
         writer.waitUntilConsumed()
         fillGuest(memory, seed: 2)
         try writer.writeRound(1, pages: [resent])
-        try writer.writePages(segment: 0, firstPage: resent.firstPage, count: resent.count,
-                              from: memory + Int(resent.firstPage) * StreamFormat.pageSize, mayChange: true)
+        try writer.writePages(
+            segment: 0, firstPage: resent.firstPage, count: resent.count,
+            from: memory + Int(resent.firstPage) * StreamFormat.pageSize, mayChange: true)
         try writer.writeEnd(sourcePauseTime: 0)
         writer.waitUntilConsumed()
     }
@@ -123,11 +126,13 @@ final class WriterThread: @unchecked Sendable {
     init(_ body: @escaping () -> String?) {
         self.body = body
         let context = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { context in
-            let writer = Unmanaged<WriterThread>.fromOpaque(context!).takeRetainedValue()
-            writer.result = writer.body()
-            return nil
-        }, context)
+        pthread_create(
+            &thread, nil,
+            { context in
+                let writer = Unmanaged<WriterThread>.fromOpaque(context!).takeRetainedValue()
+                writer.result = writer.body()
+                return nil
+            }, context)
     }
 
     /// Waits for the writer; its error, or nil.

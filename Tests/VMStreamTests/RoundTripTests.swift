@@ -1,6 +1,7 @@
 import Glibc
 import MachineDescription
 import Testing
+
 @testable import VMStream
 
 @Suite struct RoundTripTests {
@@ -13,7 +14,10 @@ import Testing
         let (records, error) = Fixture.readAll(bytes, sink: sink)
         #expect(error == nil, "\(error?.description ?? "")")
 
-        guard case .begin(let readBegin) = records.first else { Issue.record("no BEGIN"); return }
+        guard case .begin(let readBegin) = records.first else {
+            Issue.record("no BEGIN")
+            return
+        }
         #expect(readBegin == begin)
         let rounds = records.compactMap { if case .round(let number, let ranges) = $0 { (number, ranges) } else { nil } }
         #expect(rounds.map(\.0) == [1, 2])
@@ -24,9 +28,15 @@ import Testing
         let kernel = records.compactMap { if case .kernelState(let chunk) = $0 { chunk.name } else { nil } }
         #expect(kernel == ["vcpu0/regs", "vcpu1/regs", "vm/pit"])
         let devices = records.compactMap { if case .deviceState(let chunk) = $0 { chunk } else { nil } }
-        #expect(devices == [StateChunk(name: "uart0", version: 1, data: Array("uart16550".utf8)),
-                            StateChunk(name: "status0", version: 1, data: Array("guest-status".utf8))])
-        guard case .end(let end) = records.last else { Issue.record("no END"); return }
+        #expect(
+            devices == [
+                StateChunk(name: "uart0", version: 1, data: Array("uart16550".utf8)),
+                StateChunk(name: "status0", version: 1, data: Array("guest-status".utf8)),
+            ])
+        guard case .end(let end) = records.last else {
+            Issue.record("no END")
+            return
+        }
         #expect(end.pages == 272)
         #expect(end.sourcePauseTime == Fixture.creationTime + 5_000_000)
 
@@ -54,8 +64,9 @@ import Testing
     @Test func writerAndReaderStatisticsAgree() throws {
         let sink = MemorySink()
         let writer = StreamWriter(sink: sink, compression: .lz4())
-        try SampleStream.write(to: writer, begin: SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: 1),
-                               seed: 1, sourcePauseTime: 0)
+        try SampleStream.write(
+            to: writer, begin: SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: 1),
+            seed: 1, sourcePauseTime: 0)
         let reader = StreamReader(bytes: sink.bytes)
         while try reader.next(into: DiscardingPageSink()) != nil {}
         #expect(reader.statistics == writer.statistics)

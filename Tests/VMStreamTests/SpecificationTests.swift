@@ -3,14 +3,16 @@ import Testing
 
 /// scripts/decode-stream.py was written from man/vmstream.5 alone; it must accept what the writer writes.
 @Suite struct SpecificationTests {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs /usr/bin/python3"))
     func independentDecoderAcceptsTheGoldenStream() throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = [Self.root.appendingPathComponent("scripts/decode-stream.py").path]
-        process.standardInput = try FileHandle(forReadingFrom: Self.root.appendingPathComponent("Tests/VMStreamTests/Resources/golden-v1.vms"))
+        process.standardInput = try FileHandle(
+            forReadingFrom: Self.root.appendingPathComponent("Tests/VMStreamTests/Resources/golden-v1.vms"))
         let output = Pipe()
         process.standardOutput = output
         try process.run()

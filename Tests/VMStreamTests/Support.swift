@@ -1,5 +1,6 @@
 import MachineDescription
 import SystemSupport
+
 @testable import VMStream
 
 /// A guest memory in a test: pages land here, and can be compared with what was sent.
@@ -15,7 +16,7 @@ final class MemoryPageSink: PageSink {
         }
     }
 
-    deinit { segments.forEach { $0.deallocate() } }
+    deinit { for segment in segments { segment.deallocate() } }
 
     func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? {
         segments[segment].baseAddress! + Int(page) * StreamFormat.pageSize
@@ -91,7 +92,9 @@ enum Fixture {
         }
 
         mutating func begin(memorySize: UInt64 = 1 << 20) {
-            record(RecordType.begin.rawValue, Payload.encodeBegin(SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime)))
+            record(
+                RecordType.begin.rawValue,
+                Payload.encodeBegin(SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime)))
         }
 
         mutating func round(_ number: UInt32, _ ranges: [PageRange]) {
@@ -118,8 +121,9 @@ enum Fixture {
         }
 
         mutating func end(pages: UInt64, zeroPages: UInt64) {
-            let end = StreamEnd(pages: pages, zeroPages: zeroPages, bytes: UInt64(bytes.count), records: records,
-                                sourcePauseTime: 0, streamChecksum: running)
+            let end = StreamEnd(
+                pages: pages, zeroPages: zeroPages, bytes: UInt64(bytes.count), records: records,
+                sourcePauseTime: 0, streamChecksum: running)
             record(RecordType.end.rawValue, Payload.encodeEnd(end))
         }
     }

@@ -1,4 +1,5 @@
 import Testing
+
 @_spi(Fuzzing) @testable import VMStream
 
 /// Every truncation and every single flipped byte is rejected, naming the right place.
@@ -79,14 +80,17 @@ import Testing
                 continue
             }
             if offset < UInt64(StreamFormat.headerSize) {
-                #expect(error == StreamError(.checksumMismatch, "checksum mismatch in the stream header at byte 0"), "flip at \(offset)")
+                #expect(
+                    error == StreamError(.checksumMismatch, "checksum mismatch in the stream header at byte 0"),
+                    "flip at \(offset)")
                 continue
             }
             let number = record(at: offset)
             let start = Self.recordStarts[number - 1]
             let what = offset < start + UInt64(StreamFormat.recordHeaderSize) ? "header" : typeName(number)
-            #expect(error == StreamError(.checksumMismatch, "checksum mismatch in record \(number) (\(what)) at byte \(start)"),
-                    "flip of \(mask) at \(offset): \(error?.description ?? "accepted")")
+            #expect(
+                error == StreamError(.checksumMismatch, "checksum mismatch in record \(number) (\(what)) at byte \(start)"),
+                "flip of \(mask) at \(offset): \(error?.description ?? "accepted")")
         }
     }
 

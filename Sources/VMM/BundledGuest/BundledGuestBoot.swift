@@ -7,8 +7,10 @@ import MachineDescription
 enum BundledGuestBoot {
     /// Writes the vCPUs' start state and the boot area. With a memory image in a machine that starts paused, the boot
     /// area waits for the first resume (so RAM holds exactly the image until then): the returned closure writes it.
-    static func prepare(vcpus: [KVMVCPU], ram: GuestRAM, config: MachineConfig, settings: GuestStatusDevice.Settings,
-                        options: MachineOptions) throws -> (@Sendable () throws -> Void)? {
+    static func prepare(
+        vcpus: [KVMVCPU], ram: GuestRAM, config: MachineConfig, settings: GuestStatusDevice.Settings,
+        options: MachineOptions
+    ) throws -> (@Sendable () throws -> Void)? {
         let top = config.segments[config.segments.count - 1]
         let workingSetBase = top.guestPhysicalBase + top.size - settings.workingSet
         let sliceSize = (settings.workingSet / UInt64(vcpus.count)) & ~4095
@@ -17,9 +19,11 @@ enum BundledGuestBoot {
             try vcpu.setState(.mpState, withUnsafeBytes(of: UInt32(KVM_MP_STATE_RUNNABLE)) { Array($0) })
             try vcpu.setSregs(GuestLayout.startSregs(from: try vcpu.sregs()))
             let seed = (UInt64(index) + 1) &* 0x9e37_79b9_7f4a_7c15 ^ 0x5dee_ce66_d
-            try vcpu.setRegs(GuestLayout.startRegs(index: UInt32(index),
-                                                   slice: (workingSetBase + UInt64(index) * sliceSize, sliceSize),
-                                                   seed: seed, writesPerTick: settings.writesPerTick))
+            try vcpu.setRegs(
+                GuestLayout.startRegs(
+                    index: UInt32(index),
+                    slice: (workingSetBase + UInt64(index) * sliceSize, sliceSize),
+                    seed: seed, writesPerTick: settings.writesPerTick))
         }
         let topOfRAM = config.segments.map { $0.guestPhysicalBase + $0.size }.max() ?? 0
         if let image = options.memoryImage { try ram.load(imagePath: image) }
@@ -39,13 +43,16 @@ enum BundledGuestBoot {
             throw MachineError("--guest-working-set \(workingSet): needs a multiple of 4 KiB, at least one page per vCPU")
         }
         guard memorySize >= GuestLayout.reservedEnd + workingSet else {
-            throw MachineError("--memory \(memorySize): too small for the guest (\(GuestLayout.reservedEnd >> 20) MiB plus the working set of \(workingSet) bytes)")
+            throw MachineError(
+                "--memory \(memorySize): too small for the guest (\(GuestLayout.reservedEnd >> 20) MiB plus the working set of \(workingSet) bytes)"
+            )
         }
         let segments = MemorySegment.standardLayout(memorySize: memorySize)
         let top = segments[segments.count - 1]
         let usable = top.size - (top.guestPhysicalBase == 0 ? GuestLayout.reservedEnd : 0)
         guard workingSet <= usable else {
-            throw MachineError("--guest-working-set \(workingSet): does not fit in the top memory segment (\(top.name), \(usable) bytes usable)")
+            throw MachineError(
+                "--guest-working-set \(workingSet): does not fit in the top memory segment (\(top.name), \(usable) bytes usable)")
         }
     }
 }

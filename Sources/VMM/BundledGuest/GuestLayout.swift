@@ -60,7 +60,7 @@ enum GuestLayout {
             low.storeBytes(of: descriptor.littleEndian, toByteOffset: Int(gdtBase) + index * 8, as: UInt64.self)
         }
         let gigabytes = Int((topOfRAM + (1 << 30) - 1) >> 30)
-        let present: UInt64 = 0x7                  // present, writable, user
+        let present: UInt64 = 0x7  // present, writable, user
         low.storeBytes(of: pdpt | present, toByteOffset: Int(pml4), as: UInt64.self)
         for gigabyte in 0..<gigabytes {
             let directory = pageDirectories + UInt64(gigabyte) * 0x1000
@@ -111,10 +111,10 @@ enum GuestLayout {
         sregs.gdt.limit = UInt16(gdt.count * 8 - 1)
         sregs.idt.base = 0
         sregs.idt.limit = 0
-        sregs.cr0 = 0x8005_0033      // PG, AM, WP, NE, ET, MP, PE
+        sregs.cr0 = 0x8005_0033  // PG, AM, WP, NE, ET, MP, PE
         sregs.cr3 = pml4
-        sregs.cr4 = 0x620            // OSXMMEXCPT, OSFXSR, PAE
-        sregs.efer = 0x500           // LMA, LME
+        sregs.cr4 = 0x620  // OSXMMEXCPT, OSFXSR, PAE
+        sregs.efer = 0x500  // LMA, LME
         return sregs
     }
 

@@ -46,8 +46,10 @@ final class GuestStatusDevice: Device {
         }
 
         var configuration: [String: String] {
-            ["port": "0x500", "working-set": String(workingSet), "dirty-rate": String(dirtyRate),
-             "writes-per-tick": String(writesPerTick)]
+            [
+                "port": "0x500", "working-set": String(workingSet), "dirty-rate": String(dirtyRate),
+                "writes-per-tick": String(writesPerTick),
+            ]
         }
     }
 
@@ -152,8 +154,9 @@ final class GuestStatusDevice: Device {
     private func readBlock(vcpu index: Int) -> VCPUStatus? {
         let address = GuestLayout.statusBlocks + UInt64(index) * GuestLayout.statusBlockSize
         guard let block = memory.pointer(guestPhysical: address, length: 24) else { return nil }
-        return VCPUStatus(tick: block.load(as: UInt64.self), checksPassed: block.load(fromByteOffset: 8, as: UInt64.self),
-                          checksFailed: block.load(fromByteOffset: 16, as: UInt64.self))
+        return VCPUStatus(
+            tick: block.load(as: UInt64.self), checksPassed: block.load(fromByteOffset: 8, as: UInt64.self),
+            checksFailed: block.load(fromByteOffset: 16, as: UInt64.self))
     }
 
     /// Version 1: vCPU count (u32), then tick, checks passed, checks failed (u64 each) per vCPU, little-endian.
@@ -173,7 +176,9 @@ final class GuestStatusDevice: Device {
         guard let count = reader.u32(), Int(count) == vcpuCount, bytes.count == 4 + vcpuCount * 24 else {
             throw DeviceError(name, "state is \(bytes.count) bytes, expected \(4 + vcpuCount * 24) for \(vcpuCount) vCPUs")
         }
-        return (0..<vcpuCount).map { _ in VCPUStatus(tick: reader.u64()!, checksPassed: reader.u64()!, checksFailed: reader.u64()!) }
+        return (0..<vcpuCount).map { _ in
+            VCPUStatus(tick: reader.u64()!, checksPassed: reader.u64()!, checksFailed: reader.u64()!)
+        }
     }
 
     func checkState(_ bytes: [UInt8]) throws { _ = try decode(bytes) }

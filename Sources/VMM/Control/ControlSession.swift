@@ -34,11 +34,16 @@ struct Session {
     }
 
     /// What to do with a connection after a request.
-    enum Next { case keep, drop, finish(ControlServer.Outcome) }
+    enum Next {
+        case keep, drop
+        case finish(ControlServer.Outcome)
+    }
 
     mutating func run(listening: Int32, wake: Int32, releaseSocket: () -> Void) -> ControlServer.Outcome {
         while true {
-            var fds = [pollfd(fd: wake, events: Int16(POLLIN), revents: 0), pollfd(fd: listening, events: Int16(POLLIN), revents: 0)]
+            var fds = [
+                pollfd(fd: wake, events: Int16(POLLIN), revents: 0), pollfd(fd: listening, events: Int16(POLLIN), revents: 0),
+            ]
             fds += connections.map { pollfd(fd: $0.socket.fd, events: Int16(POLLIN), revents: 0) }
             var timeout: Duration?
             if incomingPending && owner == nil {
@@ -118,7 +123,8 @@ struct Session {
         do {
             request = try MessageSocket.decode(ControlRequest.self, from: message.json)
         } catch {
-            return reply(connection, .error(message: Self.describeUndecodable(message.json)), then: connection.greeted ? .keep : .drop)
+            return reply(
+                connection, .error(message: Self.describeUndecodable(message.json)), then: connection.greeted ? .keep : .drop)
         }
         guard connection.greeted || isHello(request) else {
             return reply(connection, .error(message: "the first request must be hello, not \(request.name)"), then: .drop)
@@ -131,23 +137,33 @@ struct Session {
         return false
     }
 
-    private mutating func answer(_ request: ControlRequest, payload: [UInt8], from index: Int, releaseSocket: () -> Void) -> Next {
+    private mutating func answer(_ request: ControlRequest, payload: [UInt8], from index: Int, releaseSocket: () -> Void) -> Next
+    {
         let connection = connections[index]
         let isOwner = owner == connection.id
         do {
             switch request {
             case .hello(let version, let ownIncoming):
                 guard version == ControlProtocol.version else {
-                    return reply(connection, .error(message: "protocol version mismatch: vmrun speaks \(ControlProtocol.version), the client speaks \(version)"), then: .drop)
+                    return reply(
+                        connection,
+                        .error(
+                            message:
+                                "protocol version mismatch: vmrun speaks \(ControlProtocol.version), the client speaks \(version)"
+                        ), then: .drop)
                 }
                 if connection.greeted { throw ControlError("hello was already said on this connection") }
                 if ownIncoming {
                     guard incomingPending else { throw ControlError("'\(name)' is not an incoming machine") }
-                    if owner != nil { throw ControlError("the incoming machine '\(name)' is already owned by another connection") }
+                    if owner != nil {
+                        throw ControlError("the incoming machine '\(name)' is already owned by another connection")
+                    }
                     owner = connection.id
                 }
                 connections[index].greeted = true
-                return reply(connection, .ok(.hello(version: ControlProtocol.version, name: name, state: machine.status().state, pid: getpid())))
+                return reply(
+                    connection,
+                    .ok(.hello(version: ControlProtocol.version, name: name, state: machine.status().state, pid: getpid())))
             case .status:
                 return reply(connection, .ok(.status(machine.status())))
             case .describe:
@@ -166,25 +182,36 @@ struct Session {
                 if incomingPending && !isOwner {
                     throw ControlError("only the connection that owns the incoming machine '\(name)' may write its memory")
                 }
-                try connection.socket.send(ControlReply.ok(.memoryFile(size: machine.config.memorySize)), descriptor: machine.memoryFile)
+                try connection.socket.send(
+                    ControlReply.ok(.memoryFile(size: machine.config.memorySize)), descriptor: machine.memoryFile)
                 return .keep
             case .dirtyLogStart(let manualClear):
                 if incomingPending { throw wrongState("dirtyLogStart", "it is incoming") }
-                if let other = dirtyLogOwner, other != connection.id { throw ControlError("dirty logging on '\(name)' is already in use by another connection") }
+                if let other = dirtyLogOwner, other != connection.id {
+                    throw ControlError("dirty logging on '\(name)' is already in use by another connection")
+                }
                 let manual = try perform("dirtyLogStart") { try machine.dirtyLogStart(manualClear: manualClear ?? false) }
                 dirtyLogOwner = connection.id
                 // A client that did not say knows only `done`.
                 if manualClear != nil { return reply(connection, .ok(.dirtyLogStarted(manualClear: manual))) }
             case .dirtyLogFetch(let segment):
-                guard dirtyLogOwner == connection.id else { throw ControlError("dirty logging is not started on this connection") }
+                guard dirtyLogOwner == connection.id else {
+                    throw ControlError("dirty logging is not started on this connection")
+                }
                 let segments = machine.config.segments.count
-                guard (0..<segments).contains(segment) else { throw ControlError("no memory segment \(segment): '\(name)' has \(segments)") }
+                guard (0..<segments).contains(segment) else {
+                    throw ControlError("no memory segment \(segment): '\(name)' has \(segments)")
+                }
                 let words = try perform("dirtyLogFetch") { try machine.dirtyLogFetch(segment: segment) }
                 return reply(connection, .ok(.dirtyLog(words: words.count)), payload: BitmapEncoding.encode(words))
             case .dirtyLogClear(let segment, let firstPage):
-                guard dirtyLogOwner == connection.id else { throw ControlError("dirty logging is not started on this connection") }
+                guard dirtyLogOwner == connection.id else {
+                    throw ControlError("dirty logging is not started on this connection")
+                }
                 let segments = machine.config.segments.count
-                guard (0..<segments).contains(segment) else { throw ControlError("no memory segment \(segment): '\(name)' has \(segments)") }
+                guard (0..<segments).contains(segment) else {
+                    throw ControlError("no memory segment \(segment): '\(name)' has \(segments)")
+                }
                 let bitmap = try BitmapEncoding.decode(payload)
                 try perform("dirtyLogClear") { try machine.dirtyLogClear(segment: segment, firstPage: firstPage, bitmap: bitmap) }
             case .dirtyLogStop:
@@ -204,7 +231,9 @@ struct Session {
                 return reply(connection, .ok(.state), payload: try StateEncoding.encode(saved))
             case .restoreState:
                 guard incomingPending else { throw wrongState("restoreState", "it is not incoming") }
-                guard isOwner else { throw ControlError("only the connection that owns the incoming machine '\(name)' may restore it") }
+                guard isOwner else {
+                    throw ControlError("only the connection that owns the incoming machine '\(name)' may restore it")
+                }
                 let state = try StateEncoding.decode(payload)
                 try perform("restoreState") { try machine.restoreState(state) }
                 // Restored whole: from here on a paused machine like any other, kept if its owner leaves

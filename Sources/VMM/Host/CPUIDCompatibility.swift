@@ -5,9 +5,9 @@ import MachineDescription
 enum CPUIDCompatibility {
     /// Feature registers compared bit by bit: (leaf, subleaf, register name, bits KVM changes at run time).
     static let featureRegisters: [(UInt32, UInt32, String, UInt32)] = [
-        (1, 0, "ecx", 1 << 27),            // OSXSAVE mirrors CR4.OSXSAVE
+        (1, 0, "ecx", 1 << 27),  // OSXSAVE mirrors CR4.OSXSAVE
         (1, 0, "edx", 0),
-        (7, 0, "ebx", 0), (7, 0, "ecx", 1 << 22), (7, 0, "edx", 0),   // 7.ecx bit 22: OSPKE mirrors CR4.PKE
+        (7, 0, "ebx", 0), (7, 0, "ecx", 1 << 22), (7, 0, "edx", 0),  // 7.ecx bit 22: OSPKE mirrors CR4.PKE
         (0xd, 1, "eax", 0),
         (0x8000_0001, 0, "ecx", 0), (0x8000_0001, 0, "edx", 0),
     ]
@@ -16,7 +16,9 @@ enum CPUIDCompatibility {
     static func missingFeatures(guest: [CPUIDLeaf], host: [kvm_cpuid_entry2]) -> String? {
         for (function, index, register, dynamic) in featureRegisters {
             guard let wanted = guest.first(where: { $0.function == function && $0.index == index }) else { continue }
-            let offered = host.first { $0.function == function && ($0.index == index || $0.flags & UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX) == 0) }
+            let offered = host.first {
+                $0.function == function && ($0.index == index || $0.flags & UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX) == 0)
+            }
             let want = value(register, wanted.eax, wanted.ebx, wanted.ecx, wanted.edx) & ~dynamic
             let have = offered.map { value(register, $0.eax, $0.ebx, $0.ecx, $0.edx) } ?? 0
             let missing = want & ~have

@@ -11,7 +11,8 @@ enum HostProbe {
         uname(&name)
         let machine = withUnsafeBytes(of: name.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let cpuinfo = (try? FileDescriptor.readFile("/proc/cpuinfo", limit: 4 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let cpuinfo =
+            (try? FileDescriptor.readFile("/proc/cpuinfo", limit: 4 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
         func field(_ key: String) -> String {
             for line in cpuinfo.split(separator: "\n") where line.hasPrefix(key) {
                 if let colon = line.firstIndex(of: ":") {
@@ -20,9 +21,10 @@ enum HostProbe {
             }
             return "unknown"
         }
-        return HostSpec(architecture: machine, cpuVendor: field("vendor_id"), cpuModel: field("model name"),
-                        pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))), hypervisor: "kvm",
-                        hypervisorVersion: "api \(system.apiVersion) (linux \(release))")
+        return HostSpec(
+            architecture: machine, cpuVendor: field("vendor_id"), cpuModel: field("model name"),
+            pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))), hypervisor: "kvm",
+            hypervisorVersion: "api \(system.apiVersion) (linux \(release))")
     }
 
     /// Total physical RAM, the ceiling for a machine's memory.

@@ -28,7 +28,9 @@ struct VCPUStateSection: StateSection {
 
     func save() throws -> [StateChunk] {
         var chunks: [StateChunk] = []
-        func add(_ name: String, _ data: [UInt8]) { chunks.append(StateChunk(name: prefix + name, version: kernelStateVersion, data: data)) }
+        func add(_ name: String, _ data: [UInt8]) {
+            chunks.append(StateChunk(name: prefix + name, version: kernelStateVersion, data: data))
+        }
         for item in Self.structItems { add(item.rawValue, try vcpu.state(item)) }
         var khz = ByteWriter()
         khz.u32(try vcpu.tscKHz())
@@ -43,7 +45,8 @@ struct VCPUStateSection: StateSection {
         for item in Self.structItems + [.events] {
             let count = chunks.data(prefix + item.rawValue).count
             guard count == vcpu.size(of: item) else {
-                throw MachineError("state chunk \(prefix)\(item.rawValue): \(count) bytes, this host's KVM expects \(vcpu.size(of: item))")
+                throw MachineError(
+                    "state chunk \(prefix)\(item.rawValue): \(count) bytes, this host's KVM expects \(vcpu.size(of: item))")
             }
         }
         guard let khz = Self.tscKHz(chunks.data(prefix + "tsc-khz")) else {
@@ -97,8 +100,10 @@ struct VMStateSection: StateSection {
     }
 
     func save() throws -> [StateChunk] {
-        var chunks = [StateChunk(name: "vm/pit", version: kernelStateVersion, data: try vm.pitState()),
-                      StateChunk(name: "vm/clock", version: kernelStateVersion, data: try vm.clock())]
+        var chunks = [
+            StateChunk(name: "vm/pit", version: kernelStateVersion, data: try vm.pitState()),
+            StateChunk(name: "vm/clock", version: kernelStateVersion, data: try vm.clock()),
+        ]
         for chip in 0..<KVMVirtualMachine.irqchipCount {
             chunks.append(StateChunk(name: "vm/irqchip\(chip)", version: kernelStateVersion, data: try vm.irqchip(chip)))
         }
@@ -106,7 +111,8 @@ struct VMStateSection: StateSection {
     }
 
     func check(_ chunks: [String: StateChunk]) throws {
-        let sizes = [("vm/pit", KVMVirtualMachine.pitSize), ("vm/clock", KVMVirtualMachine.clockSize)]
+        let sizes =
+            [("vm/pit", KVMVirtualMachine.pitSize), ("vm/clock", KVMVirtualMachine.clockSize)]
             + Self.irqchips.map { ($0, KVMVirtualMachine.irqchipSize) }
         for (name, size) in sizes where chunks.data(name).count != size {
             throw MachineError("state chunk \(name): \(chunks.data(name).count) bytes, this host's KVM expects \(size)")
