@@ -2,7 +2,7 @@ import CKVM
 import Glibc
 import SystemPackage
 
-/// The fixed-size per-vCPU state KVM gets and sets as one kernel struct each (kvm-state.md).
+/// The fixed-size per-vCPU state KVM gets and sets as one kernel struct each (docs/kvm-state.md).
 public enum VCPUStateItem: String, CaseIterable, Sendable {
     case mpState = "mpstate"
     case regs, sregs, xsave, xcrs, debugregs, lapic, events
@@ -295,7 +295,7 @@ public enum MSRList {
         }
     }
 
-    /// The MSRs a migration carries (kvm-state.md); never MCG_CTL.
+    /// The MSRs a migration carries (docs/kvm-state.md); never MCG_CTL.
     public static func isMigrated(_ index: UInt32) -> Bool {
         switch index {
         // TSC, APIC_BASE, TSC_ADJUST, SPEC_CTRL, SYSENTER_*, MISC_ENABLE

@@ -12,7 +12,7 @@ import VMStream
 #endif
 
 extension MigrationEndToEndTests {
-    /// Issue 4: streams that are cut, corrupted or incompatible leave nothing behind; a cut send resumes its source.
+    /// Streams that are cut, corrupted or incompatible leave nothing behind; a cut send resumes its source.
     @Suite struct BrokenStreamTests {
         /// A small guest saved to `a.vms`; A stays paused. Returns A's vmrun pid.
         func savedGuest(_ fixture: VMFixture) throws -> Int32 {

@@ -10,7 +10,7 @@ import VMControl
 #endif
 
 extension MigrationEndToEndTests {
-    /// Issue 5: live migration of guests that keep writing memory while they are sent.
+    /// Live migration of guests that keep writing memory while they are sent.
     @Suite struct LiveTests {
         /// Live-migrates `source` to `copy` with a shell `pipeline` built from the send and receive commands,
         /// then checks the copy continues with every check OK and the source stays paused. Returns vmsend's stderr.

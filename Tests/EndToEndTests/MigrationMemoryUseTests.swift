@@ -5,7 +5,7 @@ import VMControl
 import VMStream
 
 extension MigrationEndToEndTests {
-    /// Issue 6: vmsend and vmrecv map the whole guest but keep only a slice of it resident, and the
+    /// vmsend and vmrecv map the whole guest but keep only a slice of it resident, and the
     /// fast paths (vmsplice, pwrite into the destination) still move every byte.
     @Suite struct MemoryUseTests {
         static let imageBytes = 96 << 20

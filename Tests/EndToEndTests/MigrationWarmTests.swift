@@ -11,7 +11,7 @@ import VMStream
 #endif
 
 extension MigrationEndToEndTests {
-    /// Issue 4: warm and cold migration through a pipe and a file.
+    /// Warm and cold migration through a pipe and a file.
     @Suite struct WarmTests {
         /// How the stream travels from vmsend to vmrecv.
         enum Transport { case pipe, file }

@@ -5,7 +5,7 @@ import Testing
 
 @testable import VMStream
 
-/// The fast paths of issue 6 through a real pipe: pages lent with vmsplice, LZ4 batches compressed on
+/// The send and receive fast paths through a real pipe: pages lent with vmsplice, LZ4 batches compressed on
 /// several threads, live batches copied; every page must arrive exact and in order.
 @Suite struct PipeTransferTests {
     /// 16 MiB: 16 batches, so LZ4 prepares two groups of 8 at once, with zero pages in most batches.

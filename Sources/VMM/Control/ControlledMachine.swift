@@ -29,7 +29,7 @@ public protocol ControlledMachine: AnyObject, Sendable {
     func setThrottle(percent: Int) throws
     /// Kernel and device state of a paused machine.
     func saveState() throws -> MachineState
-    /// Restores an incoming machine, in the order of kvm-state.md. Leaves it paused.
+    /// Restores an incoming machine, in the order of docs/kvm-state.md. Leaves it paused.
     func restoreState(_ state: MachineState) throws
     /// Bytes for the UART's receive FIFO.
     func consoleInput(_ bytes: [UInt8]) throws

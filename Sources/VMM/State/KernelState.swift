@@ -65,7 +65,7 @@ struct VCPUStateSection: StateSection {
         }
     }
 
-    /// In the order of the kvm-state rules: TSC frequency, CPUID, then the structs (LAPIC after SREGS, which carries
+    /// In the order of docs/kvm-state.md: TSC frequency, CPUID, then the structs (LAPIC after SREGS, which carries
     /// the APIC base), MSRs after the LAPIC with TSC_DEADLINE last and alone, events after REGS (which clears them).
     func restore(_ chunks: [String: StateChunk]) throws {
         // The TSC frequency only when it differs by more than 250 ppm from this host's.

@@ -14,7 +14,7 @@ protocol StateSection {
     func restore(_ chunks: [String: StateChunk]) throws
 }
 
-/// The machine's state sections in restore order (kvm-state order: vCPUs, the VM's own devices, emulated
+/// The machine's state sections in restore order (docs/kvm-state.md: vCPUs, the VM's own devices, emulated
 /// devices last), and the rules every restore follows: every chunk known, none missing, none twice, each of its
 /// section's version, each checked before anything is restored.
 struct StateRegistry {
