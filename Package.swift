@@ -69,6 +69,7 @@ let package = Package(
 
         .testTarget(name: "VMStreamTests", dependencies: ["VMStream", "SystemSupport"], resources: [.copy("Resources")]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "VMM"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "MachineDescription"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "VMControl", "SystemSupport"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "VMStream", "SystemSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMControl", "VMStream"]),

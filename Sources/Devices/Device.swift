@@ -26,6 +26,8 @@ public protocol Device: AnyObject, Sendable {
     func pause()
     /// The machine runs again.
     func resume()
+    /// The machine is destroyed: end the device's threads. Nothing is called afterwards.
+    func stop()
     /// Dirty logging (a live migration) starts or stops: a device that changes guest state behind KVM's back
     /// tracks what it changes while this is on.
     func setDirtyLogging(_ on: Bool)
@@ -41,6 +43,7 @@ public protocol Device: AnyObject, Sendable {
 extension Device {
     public func pause() {}
     public func resume() {}
+    public func stop() {}
     public func setDirtyLogging(_ on: Bool) { _ = on }
     public func checkState(_ bytes: [UInt8]) throws { _ = bytes }
 }
@@ -56,16 +59,20 @@ public struct DeviceContext: Sendable {
     public var interruptLine: @Sendable (UInt32) throws -> any InterruptLine
     /// Sleeps a vCPU thread, ending early when the machine pauses.
     public var pacer: any Pacer
+    /// The machine's disks by name, opened.
+    public var disks: [String: DiskImage]
 
     public init(
         memory: any GuestMemoryAccess, vcpuCount: Int, console: ConsoleLog,
-        interruptLine: @escaping @Sendable (UInt32) throws -> any InterruptLine, pacer: any Pacer
+        interruptLine: @escaping @Sendable (UInt32) throws -> any InterruptLine, pacer: any Pacer,
+        disks: [String: DiskImage] = [:]
     ) {
         self.memory = memory
         self.vcpuCount = vcpuCount
         self.console = console
         self.interruptLine = interruptLine
         self.pacer = pacer
+        self.disks = disks
     }
 }
 
@@ -73,6 +80,9 @@ public struct DeviceContext: Sendable {
 public protocol GuestMemoryAccess: Sendable {
     /// Host address of `length` bytes at guest-physical `address`, when they lie inside one RAM segment.
     func pointer(guestPhysical address: UInt64, length: Int) -> UnsafeMutableRawPointer?
+    /// A device wrote these bytes: KVM's dirty log cannot see writes made outside the guest, so a live
+    /// migration learns of them here.
+    func noteWritten(guestPhysical address: UInt64, length: Int)
 }
 
 /// A level-triggered interrupt line of the machine's interrupt controller.

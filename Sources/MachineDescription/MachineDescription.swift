@@ -108,6 +108,41 @@ public struct CPUIDLeaf: Codable, Sendable, Equatable {
     }
 }
 
+/// A disk the guest sees (a virtio-blk device names it), and how it travels with the machine.
+public struct DiskConfig: Codable, Sendable, Equatable {
+    /// Unique in a machine (`vda`, `vdb`); a virtio-blk device's `disk` setting and the stream's disk records use it.
+    public var name: String
+    /// Bytes; a multiple of 4 KiB, the unit disk data travels in.
+    public var size: UInt64
+    public var readOnly: Bool
+    /// What the guest reads as the disk's id (virtio-blk GET_ID, at most 20 bytes); the same after a migration.
+    public var serial: String
+    /// The raw image on this host. A stream carries it only with shared storage, where both hosts open that path.
+    public var path: String?
+    /// Both hosts reach the same image (NFS, a SAN): its data does not travel, only its identity.
+    public var sharedStorage: Bool
+
+    /// The unit disk data travels and is tracked in.
+    public static let blockSize: UInt64 = 4096
+    /// Longest serial virtio-blk can report.
+    public static let maximumSerialLength = 20
+
+    public init(
+        name: String, size: UInt64, readOnly: Bool = false, serial: String, path: String? = nil,
+        sharedStorage: Bool = false
+    ) {
+        self.name = name
+        self.size = size
+        self.readOnly = readOnly
+        self.serial = serial
+        self.path = path
+        self.sharedStorage = sharedStorage
+    }
+
+    /// 4 KiB blocks in the disk.
+    public var blockCount: UInt64 { size / Self.blockSize }
+}
+
 /// Everything a receiver needs to recreate a machine before its state arrives.
 public struct MachineConfig: Codable, Sendable, Equatable {
     public var name: String
@@ -116,13 +151,29 @@ public struct MachineConfig: Codable, Sendable, Equatable {
     public var devices: [DeviceConfig]
     /// The CPUID the guest sees, so a receiver can check its host offers every feature first.
     public var cpuid: [CPUIDLeaf]
+    /// Disks, in the order the stream numbers them.
+    public var disks: [DiskConfig]
 
-    public init(name: String, vcpuCount: UInt32, segments: [MemorySegment], devices: [DeviceConfig], cpuid: [CPUIDLeaf]) {
+    public init(
+        name: String, vcpuCount: UInt32, segments: [MemorySegment], devices: [DeviceConfig], cpuid: [CPUIDLeaf],
+        disks: [DiskConfig] = []
+    ) {
         self.name = name
         self.vcpuCount = vcpuCount
         self.segments = segments
         self.devices = devices
         self.cpuid = cpuid
+        self.disks = disks
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        vcpuCount = try container.decode(UInt32.self, forKey: .vcpuCount)
+        segments = try container.decode([MemorySegment].self, forKey: .segments)
+        devices = try container.decode([DeviceConfig].self, forKey: .devices)
+        cpuid = try container.decode([CPUIDLeaf].self, forKey: .cpuid)
+        disks = try container.decodeIfPresent([DiskConfig].self, forKey: .disks) ?? []
     }
 
     /// Total guest RAM in bytes.

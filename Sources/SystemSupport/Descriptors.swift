@@ -110,3 +110,46 @@ public func pollDescriptors(_ descriptors: inout [pollfd], timeout: Duration?) -
         if ready >= 0 || errno != EINTR { return ready }
     }
 }
+
+extension FileDescriptor {
+    /// Deallocates a byte range of a file, which then reads as zeroes (FALLOC_FL_PUNCH_HOLE, size kept).
+    public func punchHole(offset: UInt64, length: UInt64, what: String) throws(SystemError) {
+        try systemCall("cannot punch a hole in", path: what) {
+            clinux_fallocate(rawValue, CLINUX_FALLOC_PUNCH_HOLE, off_t(offset), off_t(length))
+        }
+    }
+
+    /// fdatasync(2): the file's data reaches stable storage.
+    public func dataSync(what: String) throws(SystemError) {
+        try systemCall("cannot sync", path: what) { fdatasync(rawValue) }
+    }
+
+    /// The file's size in bytes.
+    public func size(what: String) throws(SystemError) -> UInt64 {
+        var info = Glibc.stat()
+        try systemCall("cannot stat", path: what) { Glibc.fstat(rawValue, &info) }
+        return UInt64(info.st_size)
+    }
+
+    /// Reads exactly `buffer.count` bytes at `offset`; a file too short is an error.
+    public func readFully(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, what: String) throws(SystemError) {
+        var done = 0
+        while done < buffer.count {
+            let count = retryingInterrupts {
+                Glibc.pread(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            if count < 0 { throw SystemError.last("cannot read", path: what) }
+            if count == 0 { throw SystemError("cannot read", path: what, errno: .ioError) }
+            done += count
+        }
+    }
+
+    /// Writes all of `buffer` at `offset`.
+    public func writeFully(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, what: String) throws(SystemError) {
+        do {
+            _ = try writeAll(toAbsoluteOffset: Int64(offset), buffer)
+        } catch {
+            throw SystemError("cannot write", path: what, errno: error as? Errno ?? .ioError)
+        }
+    }
+}

@@ -22,6 +22,7 @@ final class DirtyLog: Sendable {
     /// Starts logging; returns whether clearing is manual (asked for, and this kernel can).
     func start(manualClear: Bool) throws -> Bool {
         let manual = manualClear && vm.manualDirtyProtect
+        ram.trackDeviceWrites(true)
         try ram.register(with: vm, logDirtyPages: true)
         mode.withLock { $0 = manual ? .manualClear : .clearOnFetch }
         return manual
@@ -29,15 +30,23 @@ final class DirtyLog: Sendable {
 
     func stop() throws {
         try ram.register(with: vm, logDirtyPages: false)
+        ram.trackDeviceWrites(false)
         mode.withLock { $0 = nil }
     }
 
-    /// One bit per page of `segment`; cleared as fetched unless clearing is manual.
+    /// One bit per page of `segment`: what the guest wrote (cleared as fetched unless clearing is manual) and what
+    /// devices wrote (always reported once: a device write after this fetch shows up in the next).
     func fetch(segment: Int) throws -> [UInt64] {
         let current = try runningMode()
         let pages = try pageCount(segment)
-        if current == .manualClear { return try vm.dirtyLog(slot: UInt32(segment), pageCount: pages) }
-        return try vm.fetchAndClearDirtyLog(slot: UInt32(segment), pageCount: pages)
+        var bitmap =
+            current == .manualClear
+            ? try vm.dirtyLog(slot: UInt32(segment), pageCount: pages)
+            : try vm.fetchAndClearDirtyLog(slot: UInt32(segment), pageCount: pages)
+        if let devices = ram.takeDeviceWritten(segment: segment) {
+            for index in bitmap.indices { bitmap[index] |= devices[index] }
+        }
+        return bitmap
     }
 
     /// Re-arms page `firstPage + i` of `segment` for each set bit i (`firstPage` a multiple of 64).

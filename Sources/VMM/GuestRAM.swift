@@ -2,6 +2,7 @@ import Devices
 import Glibc
 import KVM
 import MachineDescription
+import Synchronization
 import SystemPackage
 import SystemSupport
 
@@ -10,6 +11,8 @@ import SystemSupport
 final class GuestRAM: GuestMemoryAccess, @unchecked Sendable {
     let segments: [MemorySegment]
     let file: MemoryFile
+    /// Pages devices wrote while dirty logging is on, one bitmap per segment: KVM's log does not see them.
+    private let deviceWritten = Mutex<[[UInt64]]?>(nil)
 
     init(name: String, segments: [MemorySegment]) throws {
         self.segments = segments
@@ -27,6 +30,37 @@ final class GuestRAM: GuestMemoryAccess, @unchecked Sendable {
             return file.base + Int(file.segmentOffsets[index] + address - segment.guestPhysicalBase)
         }
         return nil
+    }
+
+    func noteWritten(guestPhysical address: UInt64, length: Int) {
+        guard length > 0 else { return }
+        deviceWritten.withLock { bitmaps in
+            guard bitmaps != nil else { return }
+            for (index, segment) in segments.enumerated()
+            where address < segment.guestPhysicalBase + segment.size && address + UInt64(length) > segment.guestPhysicalBase {
+                let first = (max(address, segment.guestPhysicalBase) - segment.guestPhysicalBase) / UInt64(pageSize)
+                let last =
+                    (min(address + UInt64(length), segment.guestPhysicalBase + segment.size) - 1 - segment.guestPhysicalBase)
+                    / UInt64(pageSize)
+                for page in first...last { bitmaps![index][Int(page / 64)] |= 1 << (page % 64) }
+            }
+        }
+    }
+
+    /// Starts (or stops) noting the pages devices write.
+    func trackDeviceWrites(_ on: Bool) {
+        deviceWritten.withLock { bitmaps in
+            bitmaps = on ? segments.map { [UInt64](repeating: 0, count: Int(($0.size / UInt64(pageSize) + 63) / 64)) } : nil
+        }
+    }
+
+    /// The pages devices wrote in `segment` since the last call; noting starts over.
+    func takeDeviceWritten(segment: Int) -> [UInt64]? {
+        deviceWritten.withLock { bitmaps in
+            guard let words = bitmaps?[segment] else { return nil }
+            bitmaps![segment] = [UInt64](repeating: 0, count: words.count)
+            return words
+        }
     }
 
     /// Registers every segment as a KVM memory slot (slot n = segment n), with or without dirty logging.

@@ -214,7 +214,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         }
         guard first else { return }
         runner.stop()
-        for device in devices { device.pause() }
+        for device in devices { device.stop() }
         for vcpu in vcpus { vcpu.close() }
         vm.close()
         system.close()

@@ -71,6 +71,7 @@ struct DeviceBusTests {
     private func testContext(_ scratch: Scratch) throws -> DeviceContext {
         struct NoMemory: GuestMemoryAccess {
             func pointer(guestPhysical address: UInt64, length: Int) -> UnsafeMutableRawPointer? { nil }
+            func noteWritten(guestPhysical address: UInt64, length: Int) {}
         }
         struct NoLine: InterruptLine { func set(_ high: Bool) {} }
         struct NoPacing: Pacer { func sleep(nanoseconds: UInt64) {} }
