@@ -7,12 +7,20 @@
 ; A stale or lost page changes the sum, so the check fails. Everything lives in registers and guest
 ; memory, so a migrated guest continues its counters instead of restarting.
 ;
-; Ports: STATUS_PORT (in, dword) reports a tick; the reply's bit 0 asks for a check.
+; With a disk (a virtio-blk device on virtio-mmio at VIRTIO_BASE), vCPU 0 also writes 4 KiB blocks to it, each
+; carrying its block number and a sequence number, keeps the sequence it last wrote to each block in a table in
+; guest memory, and reads one written block back after each burst of writes and checks it: a block lost or stale
+; after a migration fails the check, as a stale page does. It polls the used ring; interrupts stay off.
+;
+; Ports: STATUS_PORT (in, dword) reports a tick; the reply's bit 0 asks for a check, bits 8-15 the number of
+;        disk blocks to write now (vCPU 0).
 ;        CHECK_PORT (out, dword) reports a check: 0 OK, 1 FAIL.
 ;        COM1 (0x3f8) 16550 UART: one line per check, and vCPU 0 echoes received lines as "rx: ...".
 ; Guest memory (shared with the VMM, see GuestLayout.swift):
 ;        STATUS_BLOCKS + 64 * index: tick, checks passed, checks failed (u64 each).
+;        STATUS_BLOCKS + 24/32/40/48 (vCPU 0): disk writes, disk checks passed, failed, disk state (1 ready, 2 none).
 ;        UART_LOCK: spin lock so lines of two vCPUs do not interleave. RX_LEN/RX_BUF: vCPU 0's input line.
+;        DISK_AREA: the disk worker's state, queue, request, data buffer and sequence table (GuestLayout.diskArea).
 
 bits 64
 default abs
@@ -27,6 +35,26 @@ COM1          equ 0x3f8
 STATUS_PORT   equ 0x500
 CHECK_PORT    equ 0x501
 RX_POLL_MASK  equ 15           ; vCPU 0 polls the UART every 16 ticks
+
+VIRTIO_BASE   equ 0xd0000000    ; the first disk's virtio-mmio window (DiskPlacement.swift)
+DISK_STATE    equ STATUS_BLOCKS + 48
+DISK_WRITES   equ STATUS_BLOCKS + 24
+DISK_OK       equ STATUS_BLOCKS + 32
+DISK_FAILED   equ STATUS_BLOCKS + 40
+DISK_AREA     equ 0x80000
+DSK_BLOCKS    equ DISK_AREA         ; 4 KiB blocks the worker uses (at most TABLE_MAX)
+DSK_SEQ       equ DISK_AREA + 8     ; the last sequence number written
+DSK_CURSOR    equ DISK_AREA + 16    ; the next block to write
+QUEUE_DESC    equ DISK_AREA + 0x1000
+QUEUE_AVAIL   equ DISK_AREA + 0x1100
+QUEUE_USED    equ DISK_AREA + 0x1200
+QUEUE_SIZE    equ 8
+REQUEST       equ DISK_AREA + 0x2000
+REQ_STATUS    equ DISK_AREA + 0x2010
+DATA          equ DISK_AREA + 0x3000
+SEQ_TABLE     equ DISK_AREA + 0x4000
+TABLE_MAX     equ 4096
+POLL_LIMIT    equ 0x40000000    ; pause-spins before a request counts as failed
 
 org CODE_BASE
 
@@ -70,10 +98,17 @@ main_loop:
     inc qword [r15]             ; tick
     mov dx, STATUS_PORT
     in eax, dx                  ; report the tick; the VMM may sleep here (pacing)
+    mov r10d, eax               ; keep the reply: check and print leave r10 alone
     test eax, 1
     jz .no_check
     call check
 .no_check:
+    mov eax, r10d
+    shr eax, 8
+    and eax, 0xff
+    jz .no_disk
+    call disk_work
+.no_disk:
     test rdi, rdi
     jnz main_loop
     mov rax, [r15]
@@ -127,6 +162,183 @@ check:
     pop rsi
     call print_string
     call unlock_uart
+    ret
+
+; vCPU 0: writes eax blocks, then reads a written block back and checks it.
+disk_work:
+    mov r9, rax
+    cmp qword [DISK_STATE], 1
+    je .write
+    cmp qword [DISK_STATE], 0
+    jne .done                   ; no disk
+    call disk_init
+    cmp qword [DISK_STATE], 1
+    jne .done
+.write:
+    mov r8, [DSK_CURSOR]        ; r8 = block
+    lea rax, [r8 + 1]
+    cmp rax, [DSK_BLOCKS]
+    jb .next
+    xor eax, eax
+.next:
+    mov [DSK_CURSOR], rax
+    mov r11, [DSK_SEQ]          ; r11 = sequence
+    inc r11
+    mov [DSK_SEQ], r11
+    call fill_block
+    mov eax, 1                  ; VIRTIO_BLK_T_OUT
+    call disk_request
+    test eax, eax
+    jnz .failed
+    mov [SEQ_TABLE + r8*8], r11
+    inc qword [DISK_WRITES]
+    dec r9
+    jnz .write
+    mov rax, r14                ; a random block, read back if it was ever written
+    shr rax, 11
+    xor edx, edx
+    div qword [DSK_BLOCKS]
+    mov r8, rdx
+    mov r11, [SEQ_TABLE + r8*8]
+    test r11, r11
+    jz .done
+    xor eax, eax                ; VIRTIO_BLK_T_IN
+    call disk_request
+    test eax, eax
+    jnz .failed
+    call verify_block
+    jne .failed
+    inc qword [DISK_OK]
+.done:
+    ret
+.failed:
+    inc qword [DISK_FAILED]
+    mov rsi, disk_fail_text
+    jmp check.print
+
+; Finds the virtio-blk device and sets up its queue (virtio 1.x §3.1.1); DISK_STATE 1 when ready, 2 when not.
+disk_init:
+    mov qword [DISK_STATE], 2
+    mov rsi, VIRTIO_BASE
+    cmp dword [rsi], 0x74726976 ; "virt": an open bus reads all ones
+    jne .done
+    cmp dword [rsi + 4], 2
+    jne .done
+    cmp dword [rsi + 8], 2      ; a block device
+    jne .done
+    mov dword [rsi + 0x70], 0   ; reset
+    mov dword [rsi + 0x70], 1   ; ACKNOWLEDGE
+    mov dword [rsi + 0x70], 3   ; DRIVER
+    mov dword [rsi + 0x24], 1
+    mov dword [rsi + 0x20], 1   ; VIRTIO_F_VERSION_1 (bit 32), nothing else
+    mov dword [rsi + 0x24], 0
+    mov dword [rsi + 0x20], 0
+    mov dword [rsi + 0x70], 11  ; FEATURES_OK
+    test dword [rsi + 0x70], 8
+    jz .done
+    mov dword [rsi + 0x30], 0   ; queue 0
+    mov dword [rsi + 0x38], QUEUE_SIZE
+    mov dword [rsi + 0x80], QUEUE_DESC
+    mov dword [rsi + 0x84], 0
+    mov dword [rsi + 0x90], QUEUE_AVAIL
+    mov dword [rsi + 0x94], 0
+    mov dword [rsi + 0xa0], QUEUE_USED
+    mov dword [rsi + 0xa4], 0
+    mov dword [rsi + 0x44], 1   ; QueueReady
+    mov dword [rsi + 0x70], 15  ; DRIVER_OK
+    mov rax, [rsi + 0x100]      ; capacity in 512-byte sectors
+    shr rax, 3
+    cmp rax, TABLE_MAX
+    jbe .sized
+    mov eax, TABLE_MAX
+.sized:
+    test rax, rax
+    jz .done
+    mov [DSK_BLOCKS], rax
+    mov qword [DISK_STATE], 1
+.done:
+    ret
+
+; One request of type eax on block r8 through the data buffer: header, data, status; waits for it in the used
+; ring. Returns its status byte in eax (0 OK), or 0xff when the device never answered.
+disk_request:
+    mov [REQUEST], eax
+    mov dword [REQUEST + 4], 0
+    mov rdx, r8
+    shl rdx, 3
+    mov [REQUEST + 8], rdx      ; sector
+    mov byte [REQ_STATUS], 0xff
+    mov qword [QUEUE_DESC], REQUEST
+    mov dword [QUEUE_DESC + 8], 16
+    mov dword [QUEUE_DESC + 12], 0x00010001     ; NEXT, next 1
+    mov qword [QUEUE_DESC + 16], DATA
+    mov dword [QUEUE_DESC + 24], 4096
+    mov ecx, 0x00020001         ; NEXT, next 2
+    test eax, eax
+    jnz .out
+    mov ecx, 0x00020003         ; a read: the device writes the data
+.out:
+    mov [QUEUE_DESC + 28], ecx
+    mov qword [QUEUE_DESC + 32], REQ_STATUS
+    mov dword [QUEUE_DESC + 40], 1
+    mov dword [QUEUE_DESC + 44], 2                  ; WRITE
+    movzx ecx, word [QUEUE_AVAIL + 2]
+    mov edx, ecx
+    and edx, QUEUE_SIZE - 1
+    mov word [QUEUE_AVAIL + 4 + rdx*2], 0           ; chain head 0
+    inc ecx
+    mov [QUEUE_AVAIL + 2], cx   ; x86 keeps stores in order: the entry is visible before the index
+    mov rsi, VIRTIO_BASE
+    mov dword [rsi + 0x50], 0   ; QueueNotify
+    mov edx, POLL_LIMIT
+.poll:
+    cmp [QUEUE_USED + 2], cx
+    je .answered
+    pause
+    dec edx
+    jnz .poll
+    mov eax, 0xff
+    ret
+.answered:
+    mov eax, [rsi + 0x60]
+    mov [rsi + 0x64], eax       ; acknowledge the interrupt
+    movzx eax, byte [REQ_STATUS]
+    ret
+
+; Fills the data buffer with block r8's contents for sequence r11.
+fill_block:
+    call block_seed
+.loop:
+    mov [DATA + rcx*8], rax
+    add rax, rdx
+    inc ecx
+    cmp ecx, 512
+    jb .loop
+    ret
+
+; Compares the data buffer with block r8's contents for sequence r11; ZF set when equal.
+verify_block:
+    call block_seed
+.loop:
+    cmp [DATA + rcx*8], rax
+    jne .done
+    add rax, rdx
+    inc ecx
+    cmp ecx, 512
+    jb .loop
+    xor eax, eax                ; sets ZF
+.done:
+    ret
+
+; rax = the first word of block r8 at sequence r11, rdx = the step between words, ecx = 0.
+block_seed:
+    mov rax, r11
+    shl rax, 20
+    xor rax, r8
+    mov rdx, 0x9E3779B97F4A7C15
+    imul rax, rdx
+    mov rdx, 0xD6E8FEB86659FD93
+    xor ecx, ecx
     ret
 
 ; vCPU 0 only: reads every byte waiting in the UART; a newline (or a full buffer) prints "rx: LINE".
@@ -224,4 +436,5 @@ cpu_text:   db "cpu", 0
 tick_text:  db " tick ", 0
 ok_text:    db " check OK", 10, 0
 fail_text:  db " check FAIL", 10, 0
+disk_fail_text: db " disk check FAIL", 10, 0
 rx_text:    db "rx: ", 0

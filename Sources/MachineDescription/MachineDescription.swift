@@ -225,6 +225,19 @@ public struct VCPUStatus: Codable, Sendable, Equatable {
     }
 }
 
+/// What the bundled guest last reported of its disk: blocks written, and blocks read back and checked.
+public struct DiskCheckStatus: Codable, Sendable, Equatable {
+    public var writes: UInt64
+    public var checksPassed: UInt64
+    public var checksFailed: UInt64
+
+    public init(writes: UInt64, checksPassed: UInt64, checksFailed: UInt64) {
+        self.writes = writes
+        self.checksPassed = checksPassed
+        self.checksFailed = checksFailed
+    }
+}
+
 /// A machine's state as `vmctl status` shows it.
 public struct MachineStatus: Codable, Sendable, Equatable {
     public var name: String
@@ -234,13 +247,19 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public var uptimeSeconds: Double
     /// The vmrun process that owns the machine.
     public var pid: Int32
+    /// The bundled guest's disk checks, when it has a disk.
+    public var disk: DiskCheckStatus?
 
-    public init(name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32) {
+    public init(
+        name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32,
+        disk: DiskCheckStatus? = nil
+    ) {
         self.name = name
         self.state = state
         self.memorySize = memorySize
         self.vcpus = vcpus
         self.uptimeSeconds = uptimeSeconds
         self.pid = pid
+        self.disk = disk
     }
 }

@@ -128,6 +128,25 @@ public final class ControlClient: Sendable {
         try request(.consoleInput, payload: bytes)
     }
 
+    /// Disk `disk`'s image file, received over SCM_RIGHTS; the caller owns and closes it.
+    public func diskFile(_ disk: Int) throws -> FileDescriptor {
+        let reply = try request(.diskFile(disk: disk))
+        guard case .diskFile = reply.result, let descriptor = reply.descriptor else {
+            if let descriptor = reply.descriptor { Glibc.close(descriptor) }
+            throw unexpected("diskFile")
+        }
+        return FileDescriptor(rawValue: descriptor)
+    }
+
+    /// The disk's 4 KiB blocks written since the last fetch, one bit each.
+    public func diskWrittenFetch(_ disk: Int) throws -> [UInt64] {
+        let reply = try request(.diskWrittenFetch(disk: disk))
+        guard case .dirtyLog(let words) = reply.result, words * 8 == reply.payload.count else {
+            throw unexpected("diskWrittenFetch")
+        }
+        return try BitmapEncoding.decode(reply.payload)
+    }
+
     /// Closes the connection. For the owner of an incoming machine that was not resumed, this
     /// makes vmrun destroy the machine.
     public func close() {

@@ -20,6 +20,7 @@ import MachineDescription
 /// - `dirtyLogClear` request: the pages to clear, bit i of the LE u64 words = page `firstPage + i`.
 /// - `saveState` reply and `restoreState` request: a `MachineState` in the form of `StateEncoding`.
 /// - `consoleInput` request: the bytes for the UART's receive FIFO.
+/// - `diskWrittenFetch` reply: one bit per 4 KiB block of the disk, as LE u64 words.
 ///
 /// Conversation: the first request on a connection must be `hello` with the client's protocol
 /// version; a different version is answered with an error and the connection is closed. Every
@@ -79,6 +80,11 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     case restoreState
     /// Payload: bytes for the UART.
     case consoleInput
+    /// The reply carries disk `disk`'s image file (in `MachineConfig.disks` order), for reading blocks in place.
+    case diskFile(disk: Int)
+    /// Reply payload: the disk's 4 KiB blocks the guest wrote since the last fetch, one bit each; only on the
+    /// connection that started dirty logging, which tracks disk writes too.
+    case diskWrittenFetch(disk: Int)
 
     /// The request's name as it appears on the wire and in errors.
     public var name: String {
@@ -98,6 +104,8 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         case .saveState: "saveState"
         case .restoreState: "restoreState"
         case .consoleInput: "consoleInput"
+        case .diskFile: "diskFile"
+        case .diskWrittenFetch: "diskWrittenFetch"
         }
     }
 
@@ -105,6 +113,7 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     package static let allNames: Set<String> = [
         "hello", "status", "describe", "pause", "resume", "destroy", "memoryFile", "dirtyLogStart",
         "dirtyLogFetch", "dirtyLogClear", "dirtyLogStop", "throttle", "saveState", "restoreState", "consoleInput",
+        "diskFile", "diskWrittenFetch",
     ]
 }
 
@@ -126,6 +135,8 @@ public enum ControlResult: Codable, Sendable, Equatable {
     case describe(config: MachineConfig, host: HostSpec)
     /// The memfd rides on the message; `size` is its length in bytes.
     case memoryFile(size: UInt64)
+    /// A disk's image file rides on the message; `size` is the disk's size in bytes.
+    case diskFile(size: UInt64)
     /// The payload holds `words` LE u64 words.
     case dirtyLog(words: Int)
     /// The payload holds an encoded `MachineState`.

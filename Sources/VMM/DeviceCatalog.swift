@@ -6,7 +6,7 @@ public struct DeviceCatalog: Sendable {
     public let models: [any Device.Type]
 
     /// What vmrun builds.
-    public static let standard = DeviceCatalog(models: [UART16550.self, GuestStatusDevice.self])
+    public static let standard = DeviceCatalog(models: [UART16550.self, GuestStatusDevice.self, VirtioBlock.self])
 
     public init(models: [any Device.Type]) { self.models = models }
 

@@ -21,6 +21,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     private let console: ConsoleLog
     private let runner: VCPURunner
     private let devices: [any Device]
+    private let disks: [DiskImage]
     /// Where the vCPUs' port and MMIO accesses go.
     let bus: IOBus
     private let registry: StateRegistry
@@ -48,11 +49,17 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         extraDevices: [DeviceConfig] = [], catalog: DeviceCatalog = .standard
     ) throws -> KVMMachine {
         try BundledGuestBoot.checkFits(vcpus: vcpus, memorySize: memorySize, workingSet: options.guestWorkingSet)
+        guard options.disks.count <= DiskPlacement.maximumDisks else {
+            throw MachineError("\(options.disks.count) disks: a machine has at most \(DiskPlacement.maximumDisks)")
+        }
         let settings = GuestStatusDevice.Settings(
-            workingSet: options.guestWorkingSet, dirtyRate: options.guestDirtyRate, vcpus: vcpus)
+            workingSet: options.guestWorkingSet, dirtyRate: options.guestDirtyRate, vcpus: vcpus,
+            diskRate: options.disks.isEmpty
+                ? 0 : options.guestDiskRate == 0 ? GuestStatusDevice.defaultDiskRate : options.guestDiskRate)
+        let disks = options.disks.enumerated().map { DiskPlacement.device(for: $1, index: $0) }
         let config = MachineConfig(
             name: name, vcpuCount: vcpus, segments: MemorySegment.standardLayout(memorySize: memorySize),
-            devices: standardDevices(settings) + extraDevices, cpuid: [])
+            devices: standardDevices(settings) + disks + extraDevices, cpuid: [], disks: options.disks)
         try catalog.check(config.devices)
         let machine = try KVMMachine(config: config, options: options, catalog: catalog, incoming: false)
         do {
@@ -120,6 +127,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
                 described.cpuid = try Self.giveCPUID(vcpus, system: system)
             }
             let migratedMSRs = vcpus[0].readableMSRs(try system.msrIndexList().filter(MSRList.isMigrated))
+            disks = try config.disks.map { try DiskImage($0) }
             console = try ConsoleLog(path: options.consoleLog)
             let console = self.console
             runner = try VCPURunner(vcpus: vcpus) { console.note($0) }
@@ -131,7 +139,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
                     }
                     return KVMInterruptLine(vm: vm, irq: irq)
                 },
-                pacer: runner)
+                pacer: runner, disks: Dictionary(uniqueKeysWithValues: disks.map { ($0.config.name, $0) }))
             devices = try catalog.build(config.devices, context: context)
             dirtyLog = DirtyLog(vm: vm, ram: ram)
             registry = StateRegistry(
@@ -173,10 +181,10 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 
     public func status() -> MachineStatus {
         let state = lifecycle.withLock { $0.state }
-        let reports = devices.lazy.compactMap { $0 as? GuestStatusDevice }.first?.statuses ?? []
+        let guest = devices.lazy.compactMap { $0 as? GuestStatusDevice }.first
         return MachineStatus(
-            name: config.name, state: state, memorySize: config.memorySize, vcpus: reports,
-            uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid())
+            name: config.name, state: state, memorySize: config.memorySize, vcpus: guest?.statuses ?? [],
+            uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid(), disk: guest?.diskStatus)
     }
 
     public func pause() throws {
@@ -252,6 +260,22 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             throw MachineError("the machine has no serial port to type into")
         }
         try uart.receive(bytes)
+    }
+
+    public func diskFile(_ disk: Int) throws -> Int32 {
+        try lifecycle.withLock { try Self.checkAlive($0) }
+        return try checkedDisk(disk).file.rawValue
+    }
+
+    public func diskWrittenFetch(_ disk: Int) throws -> [UInt64] {
+        try lifecycle.withLock { try Self.checkAlive($0) }
+        guard dirtyLog.isOn else { throw MachineError("dirty logging is not started") }
+        return try checkedDisk(disk).fetchWritten()
+    }
+
+    private func checkedDisk(_ index: Int) throws -> DiskImage {
+        guard disks.indices.contains(index) else { throw MachineError("no disk \(index) (the machine has \(disks.count))") }
+        return disks[index]
     }
 
     /// Kernel and device state of a paused machine, section by section (see `StateRegistry`).

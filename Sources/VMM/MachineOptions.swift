@@ -1,3 +1,5 @@
+import MachineDescription
+
 /// How `vmrun` wants a machine set up, beyond its `MachineConfig`.
 public struct MachineOptions: Sendable {
     /// File whose bytes preload guest RAM (segments back to back), for benchmarks.
@@ -13,15 +15,21 @@ public struct MachineOptions: Sendable {
     public var guestWorkingSet: UInt64
     /// Bytes per second the guest dirties in all; 0 means as fast as it can.
     public var guestDirtyRate: UInt64
+    /// Disks, each a virtio-blk device; the bundled guest writes and checks the first.
+    public var disks: [DiskConfig]
+    /// Bytes per second the bundled guest writes to its disk; 0 is its default, 1 MiB/s.
+    public var guestDiskRate: UInt64
 
     public init(
         memoryImage: String? = nil, startPaused: Bool = false, consoleLog: String,
-        guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0
+        guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0, disks: [DiskConfig] = [], guestDiskRate: UInt64 = 0
     ) {
         self.memoryImage = memoryImage
         self.startPaused = startPaused
         self.consoleLog = consoleLog
         self.guestWorkingSet = guestWorkingSet
         self.guestDirtyRate = guestDirtyRate
+        self.disks = disks
+        self.guestDiskRate = guestDiskRate
     }
 }

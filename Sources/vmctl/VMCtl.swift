@@ -73,6 +73,9 @@ struct Status: ParsableCommand {
         for (index, vcpu) in status.vcpus.enumerated() {
             rows.append(["vcpu\(index):", "tick \(vcpu.tick), checks \(vcpu.checksPassed) ok, \(vcpu.checksFailed) failed"])
         }
+        if let disk = status.disk {
+            rows.append(["disk:", "\(disk.writes) blocks written, checks \(disk.checksPassed) ok, \(disk.checksFailed) failed"])
+        }
         printTable(rows)
     }
 }

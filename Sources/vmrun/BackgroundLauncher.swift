@@ -91,6 +91,8 @@ struct BackgroundLauncher {
             "--run-dir", plan.runDirectory.path, "--ready-fd", "3",
         ]
         if let image = plan.options.memoryImage { arguments += ["--memory-image", image] }
+        for disk in plan.options.disks { arguments += ["--disk", disk.path! + (disk.readOnly ? ",readonly" : "")] }
+        if plan.options.guestDiskRate > 0 { arguments += ["--guest-disk-rate", String(plan.options.guestDiskRate)] }
         if command.paused { arguments.append("--paused") }
         if command.incoming { arguments.append("--incoming") }
         return arguments

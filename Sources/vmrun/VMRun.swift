@@ -31,6 +31,16 @@ struct VMRun: ParsableCommand {
     @Option(help: "Preload guest RAM from this file (segments back to back).")
     var memoryImage: String?
 
+    @Option(
+        name: .customLong("disk"),
+        help:
+            "A raw image the guest sees as a virtio-blk disk (vda, vdb, ...): PATH[,readonly]. Repeatable; its size must be a multiple of 4K."
+    )
+    var disks: [String] = []
+
+    @Option(help: "Bytes per second the bundled guest writes to its first disk, e.g. 10M/s (default 1M/s).")
+    var guestDiskRate: String = "0"
+
     @Flag(help: "Create the VM without starting its vCPUs.")
     var paused = false
 
@@ -122,9 +132,43 @@ struct MachinePlan {
                 "--guest-working-set \(command.guestWorkingSet ?? "") is larger than the guest's memory (\(ByteSize.format(memorySize)))"
             )
         }
+        let disks = try command.disks.enumerated().map { try Self.disk($1, index: $0, machine: command.name) }
         options = MachineOptions(
             memoryImage: image, startPaused: command.paused, consoleLog: runDirectory.consoleLogPath(for: command.name),
-            guestWorkingSet: workingSet, guestDirtyRate: rate)
+            guestWorkingSet: workingSet, guestDirtyRate: rate, disks: disks,
+            guestDiskRate: try ByteSize.parseRate(command.guestDiskRate))
+    }
+
+    /// A `--disk PATH[,readonly]` as the machine's disk number `index`: vda, vdb, ...
+    static func disk(_ spec: String, index: Int, machine: String) throws -> DiskConfig {
+        var parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let path = parts.removeFirst()
+        guard !path.isEmpty, parts.allSatisfy({ $0 == "readonly" }) else {
+            throw ControlError("--disk \(spec): expected PATH or PATH,readonly")
+        }
+        guard index < DiskPlacement.maximumDisks else {
+            throw ControlError("--disk \(spec): a machine has at most \(DiskPlacement.maximumDisks) disks")
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw ControlError("--disk \(path): \(String(cString: strerror(errno)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw ControlError("--disk \(path): not a regular file (a raw image)") }
+        let size = UInt64(info.st_size)
+        guard size > 0, size % DiskConfig.blockSize == 0 else {
+            throw ControlError("--disk \(path): \(size) bytes is not a positive multiple of 4K (truncate -s to round it)")
+        }
+        let readOnly = !parts.isEmpty
+        guard access(path, readOnly ? R_OK : R_OK | W_OK) == 0 else {
+            throw ControlError(
+                "--disk \(path): \(readOnly ? "read" : "read and write") permission is needed: \(String(cString: strerror(errno)))"
+            )
+        }
+        let name = DiskPlacement.name(index)
+        return DiskConfig(
+            name: name, size: size, readOnly: readOnly,
+            serial: String("\(machine)-\(name)".prefix(DiskConfig.maximumSerialLength)),
+            path: RunDirectory.absolute(path))
     }
 
     /// Refuses sizes that are not whole pages, too small to hold the guest, or more than the host has.

@@ -91,6 +91,8 @@ final class FakeMachine: ControlledMachine {
         }
     }
     func consoleInput(_ bytes: [UInt8]) throws { record.withLock { $0.console += bytes } }
+    func diskFile(_ disk: Int) throws -> Int32 { throw MachineError("the fake machine has no disks") }
+    func diskWrittenFetch(_ disk: Int) throws -> [UInt64] { throw MachineError("the fake machine has no disks") }
 }
 
 /// A fresh directory under /tmp, removed with everything in it.

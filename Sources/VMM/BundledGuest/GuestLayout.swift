@@ -30,6 +30,12 @@ enum GuestLayout {
     /// KVM_SET_TSS_ADDR: three pages in the 3-4 GiB hole, where QEMU puts them.
     static let tssAddress: UInt64 = 0xfffb_d000
 
+    /// The disk worker's pages (vCPU 0): queue, request, data buffer, and the table of the sequence number each
+    /// block was last written with. Above the vCPU stacks, below the page tables.
+    static let diskArea: UInt64 = 0x80000
+    /// The status block's disk state word (vCPU 0's block + 48) once the guest found and set up its disk.
+    static let diskReady: UInt64 = 1
+
     static let statusPort: UInt16 = 0x500
     static let checkPort: UInt16 = 0x501
 
@@ -59,7 +65,8 @@ enum GuestLayout {
         for (index, descriptor) in gdt.enumerated() {
             low.storeBytes(of: descriptor.littleEndian, toByteOffset: Int(gdtBase) + index * 8, as: UInt64.self)
         }
-        let gigabytes = Int((topOfRAM + (1 << 30) - 1) >> 30)
+        // At least the first 4 GiB: the 3-4 GiB hole holds the devices' MMIO windows the guest reaches.
+        let gigabytes = max(Int((topOfRAM + (1 << 30) - 1) >> 30), 4)
         let present: UInt64 = 0x7  // present, writable, user
         low.storeBytes(of: pdpt | present, toByteOffset: Int(pml4), as: UInt64.self)
         for gigabyte in 0..<gigabytes {

@@ -10,6 +10,9 @@ import SystemSupport
 /// each report. Pacing: the vCPU is put to sleep in the tick report so the guest dirties `dirtyRate` bytes per
 /// second in all (each write counts as one 4 KiB page).
 ///
+/// With a disk, vCPU 0's tick reply also says how many disk blocks to write now (bits 8-15), paced to `diskRate`;
+/// the guest reads one written block back after them and checks it, and keeps its disk counters in its status block.
+///
 /// Checks are held back while dirty logging is on: under kvm_pvm's shadow paging a read fault on a page whose
 /// guest PTE is dirty maps it writable and logs it dirty, so a full-slice check would mark the whole working set
 /// dirty in every round and live migration would never converge. The destination checks after it resumes.
@@ -20,17 +23,24 @@ final class GuestStatusDevice: Device {
     static let checkInterval: UInt64 = 200_000_000
     /// Writes per tick when not paced: large enough that the tick exit is cheap next to the work.
     static let flatOutWritesPerTick: UInt64 = 4096
+    /// How fast the guest writes its disk unless told: 1 MiB/s.
+    static let defaultDiskRate: UInt64 = 1 << 20
+    /// Disk blocks vCPU 0 writes in one tick at most.
+    static let maximumDiskWritesPerTick: UInt64 = 64
 
     /// What migrates with the device, in its configuration.
     struct Settings: Equatable {
         var workingSet: UInt64
         var dirtyRate: UInt64
         var writesPerTick: UInt64
+        /// Bytes per second written to the disk; 0 without one.
+        var diskRate: UInt64
 
         /// Ticks of about 10 ms when paced: short enough for a smooth rate, long next to a tick's exit and sleep overhead.
-        init(workingSet: UInt64, dirtyRate: UInt64, vcpus: UInt32) {
+        init(workingSet: UInt64, dirtyRate: UInt64, vcpus: UInt32, diskRate: UInt64 = 0) {
             self.workingSet = workingSet
             self.dirtyRate = dirtyRate
+            self.diskRate = diskRate
             if dirtyRate == 0 {
                 writesPerTick = GuestStatusDevice.flatOutWritesPerTick
             } else {
@@ -43,12 +53,13 @@ final class GuestStatusDevice: Device {
             workingSet = try config.number("working-set")
             dirtyRate = try config.number("dirty-rate")
             writesPerTick = try config.number("writes-per-tick", in: 1...(1 << 20))
+            diskRate = config.configuration["disk-rate"] == nil ? 0 : try config.number("disk-rate")
         }
 
         var configuration: [String: String] {
             [
                 "port": "0x500", "working-set": String(workingSet), "dirty-rate": String(dirtyRate),
-                "writes-per-tick": String(writesPerTick),
+                "writes-per-tick": String(writesPerTick), "disk-rate": String(diskRate),
             ]
         }
     }
@@ -58,6 +69,9 @@ final class GuestStatusDevice: Device {
         var lastCheck: UInt64?
         var paceEpoch: UInt64?
         var ticksSinceEpoch: UInt64 = 0
+        /// vCPU 0: when disk pacing started, and the blocks asked for since.
+        var diskEpoch: UInt64?
+        var diskBlocksAsked: UInt64 = 0
     }
 
     let name: String
@@ -87,6 +101,17 @@ final class GuestStatusDevice: Device {
     }
 
     var statuses: [VCPUStatus] { reports.withLock { $0.map(\.status) } }
+
+    /// The guest's disk counters (vCPU 0's status block, after its own), once it has found its disk.
+    var diskStatus: DiskCheckStatus? {
+        guard settings.diskRate > 0,
+            let block = memory.pointer(guestPhysical: GuestLayout.statusBlocks + 24, length: 32),
+            block.load(fromByteOffset: 24, as: UInt64.self) == GuestLayout.diskReady
+        else { return nil }
+        return DiskCheckStatus(
+            writes: block.load(as: UInt64.self), checksPassed: block.load(fromByteOffset: 8, as: UInt64.self),
+            checksFailed: block.load(fromByteOffset: 16, as: UInt64.self))
+    }
 
     func read(_ access: IOAccess, into data: UnsafeMutableRawBufferPointer) {
         guard access.offset == 0, access.vcpu < vcpuCount else {
@@ -122,6 +147,7 @@ final class GuestStatusDevice: Device {
             } else {
                 all[index].lastCheck = now
             }
+            if index == 0 { reply |= UInt32(diskBlocksDue(&all[0], now: now)) << 8 }
             guard settings.dirtyRate > 0 else { return (reply, 0) }
             let ratePerVCPU = max(settings.dirtyRate / UInt64(vcpuCount), 1)
             guard let epoch = all[index].paceEpoch else {
@@ -141,12 +167,28 @@ final class GuestStatusDevice: Device {
         }
     }
 
+    /// Disk blocks vCPU 0 should write now to keep `diskRate`, at most `maximumDiskWritesPerTick`.
+    private func diskBlocksDue(_ report: inout VCPUReport, now: UInt64) -> UInt64 {
+        guard settings.diskRate > 0 else { return 0 }
+        guard let epoch = report.diskEpoch, now - epoch < 60_000_000_000 else {
+            report.diskEpoch = now
+            report.diskBlocksAsked = 0
+            return 1
+        }
+        let due = UInt64(Double(now - epoch) / 1e9 * Double(settings.diskRate) / 4096)
+        let blocks = min(due > report.diskBlocksAsked ? due - report.diskBlocksAsked : 0, Self.maximumDiskWritesPerTick)
+        report.diskBlocksAsked += blocks
+        if due > report.diskBlocksAsked + 1024 { report.diskBlocksAsked = due }  // fell far behind: no catch-up burst
+        return blocks
+    }
+
     /// Restarts pacing and check timing, e.g. after a pause, so no burst follows.
     private func resetTiming() {
         reports.withLock { all in
             for index in all.indices {
                 all[index].paceEpoch = nil
                 all[index].lastCheck = nil
+                all[index].diskEpoch = nil
             }
         }
     }

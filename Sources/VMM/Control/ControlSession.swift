@@ -241,6 +241,20 @@ struct Session {
                 incomingPending = false
             case .consoleInput:
                 try perform("consoleInput") { try machine.consoleInput(payload) }
+            case .diskFile(let disk):
+                let disks = machine.config.disks
+                guard disks.indices.contains(disk) else { throw ControlError("no disk \(disk): '\(name)' has \(disks.count)") }
+                let descriptor = try perform("diskFile") { try machine.diskFile(disk) }
+                try connection.socket.send(ControlReply.ok(.diskFile(size: disks[disk].size)), descriptor: descriptor)
+                return .keep
+            case .diskWrittenFetch(let disk):
+                guard dirtyLogOwner == connection.id else {
+                    throw ControlError("dirty logging is not started on this connection")
+                }
+                let disks = machine.config.disks
+                guard disks.indices.contains(disk) else { throw ControlError("no disk \(disk): '\(name)' has \(disks.count)") }
+                let words = try perform("diskWrittenFetch") { try machine.diskWrittenFetch(disk) }
+                return reply(connection, .ok(.dirtyLog(words: words.count)), payload: BitmapEncoding.encode(words))
             }
             return reply(connection, .ok(.done))
         } catch {

@@ -33,4 +33,8 @@ public protocol ControlledMachine: AnyObject, Sendable {
     func restoreState(_ state: MachineState) throws
     /// Bytes for the UART's receive FIFO.
     func consoleInput(_ bytes: [UInt8]) throws
+    /// The image file of disk `disk`, lent as the memory file is.
+    func diskFile(_ disk: Int) throws -> Int32
+    /// The disk's blocks written since the last fetch (one bit per 4 KiB block) while dirty logging is on.
+    func diskWrittenFetch(_ disk: Int) throws -> [UInt64]
 }
