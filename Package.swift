@@ -55,7 +55,9 @@ let package = Package(
         .target(name: "Migration", dependencies: ["VMStream", "MachineDescription", "SystemSupport", system]),
         // The engine's machines when they are vmrun processes: a source reached through its control socket, an
         // incoming vmrun started for a receive, guest memory mapped from the memory file vmrun lends.
-        .target(name: "VMRunBackend", dependencies: ["Migration", "VMControl", "MachineDescription", "SystemSupport", system]),
+        .target(
+            name: "VMRunBackend",
+            dependencies: ["Migration", "VMStream", "VMControl", "MachineDescription", "SystemSupport", system]),
 
         // Exit statuses, stderr lines: what every executable does the same way.
         .target(name: "ToolSupport", dependencies: ["SystemSupport", argumentParser, system]),

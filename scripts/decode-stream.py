@@ -15,7 +15,9 @@ xxhash.XXH3_64bits_withSeed.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes
 lz4 = ctypes.CDLL("liblz4.so.1")
 lz4.LZ4_decompress_safe.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
 
-NAMES = {1: "BEGIN", 2: "ROUND", 3: "PAGES", 4: "KERNEL STATE", 5: "DEVICE STATE", 6: "END"}
+NAMES = {1: "BEGIN", 2: "ROUND", 3: "PAGES", 4: "KERNEL STATE", 5: "DEVICE STATE", 6: "END",
+         7: "DISK EXTENTS", 8: "DISK BLOCKS"}
+DISKS = 1  # must-understand feature bit 0
 
 
 def xxh3(data, seed=0):
@@ -34,11 +36,11 @@ def main():
     version, features, _flags, reserved, checksum = struct.unpack_from("<IIIIQ", data, 8)
     if xxh3(data[:24]) != checksum:
         fail("header checksum mismatch")
-    if version != 1 or features != 0 or reserved != 0:
+    if version != 1 or features & ~DISKS or reserved != 0:
         fail("unsupported header")
     running, offset, number = checksum, 32, 0
-    pages = zero = 0
-    segments = []
+    pages = zero = blocks = zero_blocks = 0
+    segments, disks = [], []
     while True:
         if offset == len(data):
             fail("truncated before END")
@@ -64,13 +66,20 @@ def main():
                     base, seg_size = struct.unpack_from("<QQ", value)
                     segments.append(seg_size // 4096)
                     fields.append("segment %s base %#x size %d" % (value[16:].decode(), base, seg_size))
+                elif tag == 37:
+                    disk_size, allocated, disk_flags, name_length = struct.unpack_from("<QQBH", value)
+                    disks.append(disk_size // 4096)
+                    fields.append("disk %s size %d allocated %d flags %d" % (
+                        value[19:19 + name_length].decode(), disk_size, allocated, disk_flags))
                 elif tag in (2, 3, 16, 17, 18, 20, 21, 32):
                     fields.append(value.decode())
+            if bool(disks) != bool(features & DISKS):
+                fail("disks in BEGIN and the DISKS feature disagree")
             detail = ", ".join(fields)
-        elif rtype == 2:
+        elif rtype in (2, 7):
             round_number, count = struct.unpack_from("<II", payload)
             detail = "round %d, %d ranges" % (round_number, count)
-        elif rtype == 3:
+        elif rtype in (3, 8):
             segment, encoding, _reserved, count, first = struct.unpack_from("<HBBIQ", payload)
             bitmap = payload[16:16 + (count + 7) // 8]
             zeros = sum(bin(b).count("1") for b in bitmap)
@@ -82,17 +91,26 @@ def main():
                     fail("bad LZ4 data in record %d" % number)
             elif len(body) != data_bytes:
                 fail("bad raw length in record %d" % number)
-            if first + count > segments[segment]:
-                fail("pages outside segment in record %d" % number)
-            pages, zero = pages + count, zero + zeros
-            detail = "segment %d pages %d+%d zero %d %s" % (segment, first, count, zeros, "lz4" if encoding else "raw")
+            area = segments if rtype == 3 else disks
+            if first + count > area[segment]:
+                fail("pages or blocks outside their area in record %d" % number)
+            if rtype == 3:
+                pages, zero = pages + count, zero + zeros
+            else:
+                blocks, zero_blocks = blocks + count, zero_blocks + zeros
+            detail = "%s %d units %d+%d zero %d %s" % (
+                "segment" if rtype == 3 else "disk", segment, first, count, zeros, "lz4" if encoding else "raw")
         elif rtype in (4, 5):
             chunk_version, name_length = struct.unpack_from("<IH", payload)
             detail = "%s v%d, %d bytes" % (payload[6:6 + name_length].decode(), chunk_version, length - 6 - name_length)
         elif rtype == 6:
-            t_pages, t_zero, t_bytes, t_records, _pause, t_running = struct.unpack("<6Q", payload)
+            if len(payload) != (64 if features & DISKS else 48):
+                fail("END has the wrong length")
+            t_pages, t_zero, t_bytes, t_records, _pause, t_running = struct.unpack_from("<6Q", payload)
             if (t_pages, t_zero, t_bytes, t_records, t_running) != (pages, zero, offset, number - 1, running):
                 fail("END totals or running checksum disagree")
+            if features & DISKS and struct.unpack_from("<2Q", payload, 48) != (blocks, zero_blocks):
+                fail("END disk totals disagree")
         print("%d %s at %d: %s" % (number, name, offset, detail))
         running = xxh3(struct.pack("<Q", stored), running)
         offset += 24 + length
@@ -100,7 +118,8 @@ def main():
             break
     if offset != len(data):
         fail("data after END")
-    print("ok: %d records, %d pages (%d zero), running checksum verified" % (number, pages, zero))
+    extra = ", %d disk blocks (%d zero)" % (blocks, zero_blocks) if features & DISKS else ""
+    print("ok: %d records, %d pages (%d zero)%s, running checksum verified" % (number, pages, zero, extra))
 
 
 main()

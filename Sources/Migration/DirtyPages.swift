@@ -22,6 +22,11 @@ public struct DirtyPages: Sendable, Equatable {
         for segment in bitmaps.indices { merge(segment: segment, other.bitmaps[segment]) }
     }
 
+    /// Forgets every page of areas `from...`.
+    public mutating func clear(from area: Int) {
+        for index in bitmaps.indices where index >= area { bitmaps[index] = bitmaps[index].map { _ in 0 } }
+    }
+
     public var count: UInt64 {
         bitmaps.reduce(0) { total, words in words.reduce(total) { $0 + UInt64($1.nonzeroBitCount) } }
     }

@@ -8,6 +8,10 @@ public protocol MigrationSource: AnyObject {
     func isRunning() throws -> Bool
     /// Guest RAM, for reading pages in place.
     func memory(_ config: MachineConfig) throws -> any GuestMemory
+    /// Disk `index`'s image as a one-segment store of 4 KiB blocks, for reading them in place.
+    func disk(_ index: Int, _ config: DiskConfig) throws -> any GuestMemory
+    /// The disk's blocks the guest wrote since the last fetch (or since dirty logging started), one bit each.
+    func diskWrittenFetch(_ index: Int) throws -> [UInt64]
     func pause() throws
     func resume() throws
     func saveState() throws -> MachineState
@@ -25,7 +29,8 @@ public protocol MigrationSource: AnyObject {
 
 /// A machine being received: created from the stream's BEGIN, not yet running.
 public protocol MigrationDestination: AnyObject {
-    /// Guest RAM; pages land here straight from the stream.
+    /// Guest RAM and the disks whose data travels (`MachineAreas`); pages and blocks land here straight from the
+    /// stream.
     var memory: any GuestMemory { get }
     /// Hands over kernel and device state, after every page has arrived.
     func restore(_ state: MachineState) throws

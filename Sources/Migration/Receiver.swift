@@ -80,12 +80,12 @@ public final class Receiver {
                 switch record {
                 case .begin:
                     throw MigrationError("stream has a second BEGIN record")
-                case .round(let number, _):
-                    // A round with a long page list spans several ROUND records of the same number.
+                case .round(let number, _), .diskExtents(let number, _):
+                    // A round spans its ROUND records (several for a long list) and its DISK EXTENTS records.
                     if number != lastRound { rounds += 1 }
                     lastRound = number
                     memorySink?.freshMemory = rounds == 1
-                case .pages:
+                case .pages, .diskBlocks:
                     break
                 case .kernelState(let chunk):
                     kernel.append(chunk)

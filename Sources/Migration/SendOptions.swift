@@ -36,6 +36,8 @@ public struct Convergence: Sendable {
     public enum SendFault: String, Sendable {
         /// Live: the final round sends none of the pages dirtied since the last round, so the copy is stale.
         case dropFinalDirtyPages = "drop-final-dirty-pages"
+        /// Live: the final round sends none of the disk blocks written since the last round.
+        case dropFinalDirtyBlocks = "drop-final-dirty-blocks"
     }
 #endif
 
@@ -45,6 +47,8 @@ public struct SendOptions: Sendable {
     public var compression: Compression
     /// Resume the source after a successful send (a consistent snapshot, like `bhyvectl --checkpoint`).
     public var keepRunning: Bool
+    /// Both hosts reach the machine's disk images at the same paths: send their identity, not their data.
+    public var sharedStorage = false
     public var convergence: Convergence
     public var tool: String
     public var toolVersion: String

@@ -8,8 +8,10 @@ import VMStream
     import Glibc
 #endif
 
-/// Drives one send: BEGIN, memory in rounds, kernel and device state, END.
+/// Drives one send: BEGIN, memory and disks in rounds, kernel and device state, END.
 ///
+/// Disks travel like memory (`MachineAreas`): round 0 sends every allocated block, each next round the blocks the
+/// guest wrote meanwhile, the final round the rest; with shared storage only their identity travels.
 /// Warm: pause, send every populated page, state, END. Live: round 0 sends every populated page with dirty
 /// logging on while the guest runs; each next round sends what the guest dirtied meanwhile; once the rest fits
 /// the downtime target at the measured bandwidth (or the round cap is reached) the guest is paused and the
@@ -42,7 +44,7 @@ public final class Sender {
     public func run() throws -> SendReport {
         let started = ContinuousClock.now
         let (config, host) = try source.describe()
-        let memory = try source.memory(config)
+        let memory = try openAreas(config)
         let writer = try StreamWriter(output: output, compression: options.compression)
         // Paused rounds lend guest pages to the pipe (vmsplice) rather than copying them. Safe because a
         // lent page cannot change before the reader has it: after END the source stays paused, or is resumed
@@ -72,7 +74,10 @@ public final class Sender {
             var pauseTime: UInt64 = 0
             let begin = StreamBegin(
                 tool: options.tool, toolVersion: options.toolVersion, uuid: StreamBegin.randomUUID(),
-                creationTime: HostClock.realtimeNanoseconds(), mode: options.mode, host: host, machine: config)
+                creationTime: HostClock.realtimeNanoseconds(), mode: options.mode, host: host, machine: streamConfig(config),
+                diskAllocation: try (0..<config.disks.count).map { index in
+                    try memory.disk(index).map { try Self.populatedBytes($0) } ?? 0
+                })
             if options.mode == .live {
                 try writer.writeBegin(begin)
                 let manualClear = try source.dirtyLogStart()
@@ -83,7 +88,11 @@ public final class Sender {
                 rest.merge(try fetchDirty(memory))
                 try source.dirtyLogStop()
                 #if DEBUG
-                    if options.fault == .dropFinalDirtyPages { rest = DirtyPages(pageCounts: rest.pageCounts) }
+                    switch options.fault {
+                    case .dropFinalDirtyPages?: rest = DirtyPages(pageCounts: rest.pageCounts)
+                    case .dropFinalDirtyBlocks?: rest.clear(from: memory.memorySegments)
+                    case nil: break
+                    }
                 #endif
                 try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
             } else {
@@ -132,7 +141,7 @@ public final class Sender {
     /// With `manualClear`, each round clears its pages just before copying them (round 0 needs none: logging
     /// started just before it, clean); a fetch then reports each page written since its last clear.
     private func liveRounds(
-        memory: any GuestMemory, writer: StreamWriter, meter: inout RoundMeter,
+        memory: MachineAreas, writer: StreamWriter, meter: inout RoundMeter,
         throttled: inout Bool, manualClear: Bool
     ) throws -> DirtyPages {
         let convergence = options.convergence
@@ -179,15 +188,42 @@ public final class Sender {
         }
     }
 
-    private func fetchDirty(_ memory: any GuestMemory) throws -> DirtyPages {
+    /// What the guest dirtied since the last fetch: pages of each memory segment, blocks of each travelling disk.
+    private func fetchDirty(_ memory: MachineAreas) throws -> DirtyPages {
         var dirty = DirtyPages(pageCounts: memory.segments.indices.map { memory.pageCount(segment: $0) })
-        for segment in memory.segments.indices { dirty.merge(segment: segment, try source.dirtyLogFetch(segment: segment)) }
+        for segment in 0..<memory.memorySegments { dirty.merge(segment: segment, try source.dirtyLogFetch(segment: segment)) }
+        for disk in memory.segments.indices.dropFirst(memory.memorySegments).map({ $0 - memory.memorySegments })
+        where memory.disk(disk) != nil {
+            dirty.merge(segment: memory.memorySegments + disk, try source.diskWrittenFetch(disk))
+        }
         return dirty
+    }
+
+    /// Guest RAM and, unless storage is shared, each disk's image.
+    private func openAreas(_ config: MachineConfig) throws -> MachineAreas {
+        let stores: [(any GuestMemory)?] = try config.disks.enumerated().map { index, disk in
+            options.sharedStorage ? nil : try source.disk(index, disk)
+        }
+        return MachineAreas(memory: try source.memory(config), disks: config.disks, stores: stores)
+    }
+
+    /// The configuration BEGIN records: a disk names its image only when both hosts share it.
+    private func streamConfig(_ config: MachineConfig) -> MachineConfig {
+        var described = config
+        for index in described.disks.indices {
+            described.disks[index].sharedStorage = options.sharedStorage
+            if !options.sharedStorage { described.disks[index].path = nil }
+        }
+        return described
+    }
+
+    static func populatedBytes(_ store: any GuestMemory) throws -> UInt64 {
+        try store.populatedPages(segment: 0).reduce(0) { $0 + UInt64($1.count) } * UInt64(pageSize)
     }
 
     /// Sends one round's pages; `clearing` (the same pages) clears each in the source's dirty log just before its copy.
     private func sendRound(
-        _ number: Int, pages: [PageRange], isFinal: Bool, memory: any GuestMemory,
+        _ number: Int, pages: [PageRange], isFinal: Bool, memory: MachineAreas,
         writer: StreamWriter, meter: inout RoundMeter, clearing: DirtyPages? = nil
     ) throws {
         var clearer = clearing.map { DirtyLogClearer(pages: $0, pagesPerRequest: Self.pagesPerSlice) }
@@ -199,7 +235,10 @@ public final class Sender {
             let end = range.firstPage + range.count
             while page < end {
                 let count = min(Self.pagesPerSlice, end - page)
-                if let clear = clearer?.request(segment: range.segment, firstPage: page, count: count) {
+                // Disks have no log to clear: a fetch of their written blocks starts over by itself.
+                if range.segment < memory.memorySegments,
+                    let clear = clearer?.request(segment: range.segment, firstPage: page, count: count)
+                {
                     try source.dirtyLogClear(segment: range.segment, firstPage: clear.firstPage, bitmap: clear.bitmap)
                 }
                 try writer.writePages(
@@ -218,7 +257,7 @@ public final class Sender {
     /// Counts what a send would carry, reading memory while the machine runs.
     public func estimate() throws -> SendEstimate {
         let (config, _) = try source.describe()
-        let memory = try source.memory(config)
+        let memory = try openAreas(config)
         var populated: UInt64 = 0
         var zero: UInt64 = 0
         for range in try Self.populatedRanges(memory) {

@@ -23,6 +23,13 @@ public final class ControlSocketSource: MigrationSource {
     public func memory(_ config: MachineConfig) throws -> any GuestMemory {
         try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: false)
     }
+    public func disk(_ index: Int, _ config: DiskConfig) throws -> any GuestMemory {
+        try MemoryFileGuestMemory(
+            descriptor: try client.diskFile(index),
+            segments: [MemorySegment(name: config.name, guestPhysicalBase: 0, size: config.size)],
+            writable: false)
+    }
+    public func diskWrittenFetch(_ index: Int) throws -> [UInt64] { try client.diskWrittenFetch(index) }
     public func pause() throws { try client.pause() }
     public func resume() throws { try client.resume() }
     public func saveState() throws -> MachineState { try client.saveState() }
@@ -37,38 +44,64 @@ public final class ControlSocketSource: MigrationSource {
 
 /// A machine created by `vmrun --incoming` for a stream being received. This connection owns it:
 /// should vmrecv die before `resume`, vmrun sees the connection close and destroys the machine.
+///
+/// Its disks are files this receiver creates (`IncomingDisks`) before vmrun starts: blocks land in them here,
+/// they reach stable storage before the state goes in, and a receive that fails removes them.
 public final class IncomingMachine: MigrationDestination {
     public let memory: any GuestMemory
     private let client: ControlClient
+    private let disks: IncomingDisks
 
-    /// Starts `vmrun --incoming NAME` with `config` and connects to it as its owner.
-    public init(config: MachineConfig, runDirectory: RunDirectory, vmrun: String) throws {
-        let json = try MachineConfigJSON.encode(config)
-        let result = try ChildProcess.run(
-            vmrun, arguments: ["--incoming", "--run-dir", runDirectory.path, config.name],
-            input: json)
-        guard result.status == 0 else {
-            let reason = result.lastErrorLine ?? "vmrun exited with status \(result.status)"
-            throw MigrationError(reason)
-        }
-        let client = try ControlClient.connect(name: config.name, runDirectory: runDirectory, ownIncoming: true)
+    /// Creates the disks, starts `vmrun --incoming NAME` with `config` and connects to it as its owner.
+    public init(config: MachineConfig, runDirectory: RunDirectory, vmrun: String, disks placement: DiskPlacementChoice) throws {
+        let disks = try IncomingDisks(config: config, placement: placement)
         do {
-            memory = try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: true)
+            let json = try MachineConfigJSON.encode(disks.config)
+            let result = try ChildProcess.run(
+                vmrun, arguments: ["--incoming", "--run-dir", runDirectory.path, config.name],
+                input: json)
+            guard result.status == 0 else {
+                let reason = result.lastErrorLine ?? "vmrun exited with status \(result.status)"
+                throw MigrationError(reason)
+            }
+        } catch {
+            disks.remove()
+            throw error
+        }
+        let client: ControlClient
+        do {
+            client = try ControlClient.connect(name: config.name, runDirectory: runDirectory, ownIncoming: true)
+        } catch {
+            disks.remove()
+            throw error
+        }
+        do {
+            let ram = try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: true)
+            memory = MachineAreas(memory: ram, disks: disks.config.disks, stores: try disks.stores())
         } catch {
             try? client.destroy()
             client.close()
+            disks.remove()
             throw error
         }
         self.client = client
+        self.disks = disks
     }
 
     deinit { client.close() }
 
-    public func restore(_ state: MachineState) throws { try client.restoreState(state) }
+    /// The disks reach stable storage first: the guest must never run ahead of its disk.
+    public func restore(_ state: MachineState) throws {
+        try disks.sync()
+        try client.restoreState(state)
+    }
+
     public func resume() throws { try client.resume() }
+
     public func abandon() {
         try? client.destroy()
         client.close()
+        disks.remove()
     }
 
     /// `vmrun` beside this executable, else the first on PATH.

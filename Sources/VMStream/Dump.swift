@@ -50,6 +50,14 @@ public struct StreamDumper {
             let settings = device.configuration.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
             output("\tdevice \(device.name) = \(device.kind) version \(device.version)\(settings.isEmpty ? "" : " " + settings)")
         }
+        for (index, disk) in machine.disks.enumerated() {
+            let allocated = index < begin.diskAllocation.count ? begin.diskAllocation[index] : 0
+            var flags = disk.readOnly ? ", read-only" : ""
+            if disk.sharedStorage { flags += ", shared storage at \(disk.path ?? "")" }
+            output(
+                "\tdisk \(index) = \(disk.name), \(disk.size) bytes (\(disk.blockCount) blocks), \(allocated) allocated, serial \(disk.serial)\(flags)"
+            )
+        }
         for leaf in machine.cpuid {
             let words = [leaf.eax, leaf.ebx, leaf.ecx, leaf.edx].map { String($0, radix: 16).leftPadded(to: 8) }
             output(
@@ -65,14 +73,19 @@ public struct StreamDumper {
         case .round(let number, let ranges):
             let pages = ranges.reduce(0) { $0 + $1.count }
             text += " round \(number) ranges \(ranges.count) pages \(pages)"
-        case .pages(let batch):
-            text += " segment \(batch.segment) pages \(batch.firstPage)-\(batch.firstPage + UInt64(batch.count) - 1)"
+        case .diskExtents(let number, let ranges):
+            let blocks = ranges.reduce(0) { $0 + $1.count }
+            text += " round \(number) ranges \(ranges.count) blocks \(blocks)"
+        case .pages(let batch), .diskBlocks(let batch):
+            let (area, unit) = info.type == .diskBlocks ? ("disk", "blocks") : ("segment", "pages")
+            text += " \(area) \(batch.segment) \(unit) \(batch.firstPage)-\(batch.firstPage + UInt64(batch.count) - 1)"
             text += " zero \(batch.zeroPages) \(PageCodecs.name(of: batch.encoding))"
         case .kernelState(let chunk), .deviceState(let chunk):
             text += " name \(chunk.name) version \(chunk.version) size \(chunk.data.count)"
         case .end(let end):
             text +=
                 " pages \(end.pages) zero \(end.zeroPages) records \(end.records) bytes \(end.bytes) pause time \(end.sourcePauseTime)"
+            if end.diskBlocks > 0 { text += " disk blocks \(end.diskBlocks) zero \(end.diskZeroBlocks)" }
             text += " stream checksum \(hex(end.streamChecksum))"
         }
         if verbosity >= 2 {
@@ -90,6 +103,11 @@ public struct StreamDumper {
         }
         output("\tTotal records = \(statistics.records)")
         output("\tPages = \(statistics.pages) (zero pages elided = \(statistics.zeroPages))")
+        if statistics.diskBlocks > 0 {
+            output(
+                "\tDisk blocks = \(statistics.diskBlocks) (zero blocks elided = \(statistics.diskZeroBlocks); data \(statistics.diskDataBytes) bytes)"
+            )
+        }
         let ratio = (statistics.compressionRatio * 100).rounded() / 100
         output(
             "\tPage data = \(statistics.pageDataBytes) bytes, \(statistics.pageWireBytes) on the wire (compression ratio \(ratio); \(statistics.compressedBatches) of \(statistics.compressedBatches + statistics.rawBatches) batches compressed)"

@@ -5,8 +5,11 @@ public enum StreamFormat {
     /// The first eight bytes of every stream.
     public static let magic: [UInt8] = Array("VMSTREAM".utf8)
     public static let version: UInt32 = 1
-    /// Must-understand features this reader implements (none beyond version 1).
-    public static let knownFeatures: UInt32 = 0
+    /// Must-understand feature: the machine has disks (BEGIN lists them; DISK EXTENTS and DISK BLOCKS records
+    /// carry their data; END counts their blocks).
+    public static let disksFeature: UInt32 = 1
+    /// Must-understand features this reader implements.
+    public static let knownFeatures: UInt32 = disksFeature
     public static let headerSize = 32
     public static let recordHeaderSize = 16
     public static let recordTrailerSize = 8
@@ -19,8 +22,9 @@ public enum StreamFormat {
     public static let maxRangesPerRound = 65536
     /// Memory segments a machine may have.
     public static let maxSegments = 64
-    /// Devices and CPUID leaves BEGIN may list, so decoding it stays small.
+    /// Devices, disks and CPUID leaves BEGIN may list, so decoding it stays small.
     public static let maxDevices = 1024
+    public static let maxDisks = 64
     public static let maxCPUIDLeaves = 4096
     /// Distinct state chunks of one kind (kernel or device) a stream may carry.
     public static let maxStateChunks = 65536
@@ -43,8 +47,13 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let kernelState = RecordType(rawValue: 4)
     public static let deviceState = RecordType(rawValue: 5)
     public static let end = RecordType(rawValue: 6)
+    public static let diskExtents = RecordType(rawValue: 7)
+    public static let diskBlocks = RecordType(rawValue: 8)
 
-    public static let known: [RecordType] = [.begin, .round, .pages, .kernelState, .deviceState, .end]
+    public static let known: [RecordType] = [.begin, .round, .pages, .kernelState, .deviceState, .end, .diskExtents, .diskBlocks]
+
+    /// A list of a round (ROUND, DISK EXTENTS) or the data it lists (PAGES, DISK BLOCKS).
+    var isRoundPart: Bool { self == .round || self == .pages || self == .diskExtents || self == .diskBlocks }
 
     public var isKnown: Bool { Self.known.contains(self) }
 
@@ -56,6 +65,8 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
         case .kernelState: "KERNEL STATE"
         case .deviceState: "DEVICE STATE"
         case .end: "END"
+        case .diskExtents: "DISK EXTENTS"
+        case .diskBlocks: "DISK BLOCKS"
         default: "type \(rawValue)"
         }
     }
@@ -97,11 +108,14 @@ public struct StreamBegin: Sendable, Equatable {
     public var mode: MigrationMode
     public var host: HostSpec
     public var machine: MachineConfig
+    /// Per disk of `machine`, the bytes its image held when the stream began: what a receiver needs room for.
+    public var diskAllocation: [UInt64]
 
     public init(
         formatVersion: UInt32 = StreamFormat.version, tool: String, toolVersion: String, uuid: [UInt8],
-        creationTime: UInt64, mode: MigrationMode, host: HostSpec, machine: MachineConfig
+        creationTime: UInt64, mode: MigrationMode, host: HostSpec, machine: MachineConfig, diskAllocation: [UInt64]? = nil
     ) {
+        self.diskAllocation = diskAllocation ?? machine.disks.map(\.size)
         self.formatVersion = formatVersion
         self.tool = tool
         self.toolVersion = toolVersion
@@ -111,6 +125,10 @@ public struct StreamBegin: Sendable, Equatable {
         self.host = host
         self.machine = machine
     }
+
+    /// Memory segments, then disks: the areas ROUND/PAGES and DISK EXTENTS/DISK BLOCKS records fill. Inside the
+    /// library and its users an area index names both: segment `i` is area `i`, disk `d` is area `segments + d`.
+    public var areaCount: Int { machine.segments.count + machine.disks.count }
 
     /// The UUID in its usual 8-4-4-4-12 text form.
     public var uuidString: String {
@@ -128,9 +146,10 @@ public struct StreamBegin: Sendable, Equatable {
     }
 }
 
-/// A run of pages in one memory segment: pages [firstPage, firstPage + count).
+/// A run of 4 KiB units in one area: pages [firstPage, firstPage + count).
 public struct PageRange: Sendable, Equatable, Hashable {
-    /// Index into the BEGIN record's segment list.
+    /// The area: a segment of BEGIN's list, or a disk after them (see `StreamBegin.areaCount`). In records returned
+    /// by the reader, a ROUND's ranges name segments and a DISK EXTENTS record's name disks.
     public var segment: Int
     public var firstPage: UInt64
     public var count: UInt64
@@ -142,8 +161,9 @@ public struct PageRange: Sendable, Equatable, Hashable {
     }
 }
 
-/// One PAGES batch as the reader delivered it.
+/// One PAGES or DISK BLOCKS batch as the reader delivered it.
 public struct PageBatch: Sendable, Equatable {
+    /// The segment (PAGES) or the disk (DISK BLOCKS).
     public var segment: Int
     public var firstPage: UInt64
     public var count: Int
@@ -166,6 +186,9 @@ public struct StreamEnd: Sendable, Equatable {
     public var sourcePauseTime: UInt64
     /// The running checksum over every record before END.
     public var streamChecksum: UInt64
+    /// Disk blocks delivered (zero and data), and those that were zero; in END only with the disks feature.
+    public var diskBlocks: UInt64 = 0
+    public var diskZeroBlocks: UInt64 = 0
 }
 
 /// One record as `StreamReader.next(into:)` returns it.
@@ -178,6 +201,10 @@ public enum StreamRecord: Sendable, Equatable {
     case kernelState(StateChunk)
     case deviceState(StateChunk)
     case end(StreamEnd)
+    /// A DISK EXTENTS record: the disk blocks of round `number`; its ranges name disks.
+    case diskExtents(number: UInt32, ranges: [PageRange])
+    /// Disk blocks already delivered into the sink (at area `segments + disk`).
+    case diskBlocks(PageBatch)
 }
 
 /// Where a record sits in the stream, for `vmstream dump`.
@@ -209,9 +236,14 @@ public struct StreamStatistics: Sendable, Equatable {
     /// Stream bytes, header included.
     public var bytes: UInt64 = 0
     public var records: UInt64 = 0
+    /// Memory pages (zero and data), and those that were zero.
     public var pages: UInt64 = 0
     public var zeroPages: UInt64 = 0
-    /// Data pages times the page size: what the page data would take uncompressed.
+    /// Disk blocks (zero and data), those that were zero, and the data blocks' bytes before coding.
+    public var diskBlocks: UInt64 = 0
+    public var diskZeroBlocks: UInt64 = 0
+    public var diskDataBytes: UInt64 = 0
+    /// Data pages and blocks times 4 KiB: what the data would take uncoded.
     public var pageDataBytes: UInt64 = 0
     /// What that page data took on the wire, after compression where it paid.
     public var pageWireBytes: UInt64 = 0

@@ -20,11 +20,12 @@ enum BeginTag: UInt16, CaseIterable {
     case segment = 34
     case device = 35
     case cpuidLeaf = 36
+    case disk = 37
 
     /// Tags at or above this value may be skipped by a reader that does not know them.
     static let ignorableBit: UInt16 = 0x8000
 
-    var repeats: Bool { self == .segment || self == .device || self == .cpuidLeaf }
+    var repeats: Bool { self == .segment || self == .device || self == .cpuidLeaf || self == .disk }
 }
 
 /// Payload encodings of each record type (man/vmstream.5, RECORD TYPES).
@@ -71,6 +72,16 @@ enum Payload {
                     value.string16(key)
                     value.string16(setting)
                 }
+            }
+        }
+        for (disk, allocated) in zip(begin.machine.disks, begin.diskAllocation) {
+            field(.disk) { value in
+                value.u64(disk.size)
+                value.u64(allocated)
+                value.u8((disk.readOnly ? 1 : 0) | (disk.sharedStorage ? 2 : 0))
+                value.string16(disk.name)
+                value.string16(disk.serial)
+                value.string16(disk.path ?? "")
             }
         }
         for leaf in begin.machine.cpuid {
@@ -125,6 +136,35 @@ enum Payload {
             }
             if device.configuration.count > Int(UInt16.max) { return "device \(device.name) has too many settings" }
         }
+        return diskProblem(begin)
+    }
+
+    /// Disks: few enough, named once, whole 4 KiB blocks, a serial virtio-blk can report, a path exactly when the
+    /// storage is shared, and no more allocated than the disk holds.
+    static func diskProblem(_ begin: StreamBegin) -> String? {
+        let disks = begin.machine.disks
+        if disks.count > StreamFormat.maxDisks { return "more than \(StreamFormat.maxDisks) disks" }
+        if begin.diskAllocation.count != disks.count {
+            return "\(begin.diskAllocation.count) disk allocations for \(disks.count) disks"
+        }
+        var names = Set<String>()
+        for (disk, allocated) in zip(disks, begin.diskAllocation) {
+            if disk.name.isEmpty || !names.insert(disk.name).inserted { return "disk name \"\(disk.name)\" is empty or repeated" }
+            if disk.size == 0 || disk.size % DiskConfig.blockSize != 0 || disk.size > StreamFormat.maxMemoryBytes {
+                return "disk \(disk.name) is not a non-empty whole number of 4 KiB blocks up to 2^48 bytes"
+            }
+            if allocated > disk.size { return "disk \(disk.name) has \(allocated) bytes allocated of \(disk.size)" }
+            if disk.serial.utf8.count > DiskConfig.maximumSerialLength {
+                return "disk \(disk.name) has a serial longer than \(DiskConfig.maximumSerialLength) bytes"
+            }
+            if disk.sharedStorage != (disk.path?.isEmpty == false) {
+                return "disk \(disk.name) must name its image exactly when its storage is shared"
+            }
+            for string in [disk.name, disk.serial, disk.path ?? ""]
+            where string.utf8.count > Int(UInt16.max) || string.utf8.contains(0) {
+                return "disk \(disk.name) has a string longer than 65535 bytes or holding NUL"
+            }
+        }
         return nil
     }
 
@@ -148,6 +188,8 @@ enum Payload {
         var segments: [MemorySegment] = []
         var devices: [DeviceConfig] = []
         var cpuid: [CPUIDLeaf] = []
+        var disks: [DiskConfig] = []
+        var diskAllocation: [UInt64] = []
 
         while !decoder.atEnd {
             let rawTag = try decoder.u16()
@@ -230,6 +272,21 @@ enum Payload {
                     CPUIDLeaf(
                         function: words[0], index: words[1], flags: words[2],
                         eax: words[3], ebx: words[4], ecx: words[5], edx: words[6]))
+            case .disk:
+                guard disks.count < StreamFormat.maxDisks else { throw fail("more than \(StreamFormat.maxDisks) disks") }
+                let size = try value.u64()
+                let allocated = try value.u64()
+                let flags = try value.u8()
+                guard flags & ~3 == 0 else { throw fail("disk flags 0x\(String(flags, radix: 16)) are not known") }
+                let name = try value.string16(what: "disk name")
+                let serial = try value.string16(what: "disk serial")
+                let path = try value.string16(what: "disk path")
+                guard value.atEnd else { throw fail("disk \(name) has trailing bytes") }
+                disks.append(
+                    DiskConfig(
+                        name: name, size: size, readOnly: flags & 1 != 0, serial: serial, path: path.isEmpty ? nil : path,
+                        sharedStorage: flags & 2 != 0))
+                diskAllocation.append(allocated)
             }
         }
         for tag in BeginTag.allCases where !tag.repeats && !seen.contains(tag.rawValue) {
@@ -241,7 +298,9 @@ enum Payload {
             host: HostSpec(
                 architecture: architecture!, cpuVendor: cpuVendor!, cpuModel: cpuModel!, pageSize: pageSize!,
                 hypervisor: hypervisor!, hypervisorVersion: hypervisorVersion!),
-            machine: MachineConfig(name: machineName!, vcpuCount: vcpuCount!, segments: segments, devices: devices, cpuid: cpuid))
+            machine: MachineConfig(
+                name: machineName!, vcpuCount: vcpuCount!, segments: segments, devices: devices, cpuid: cpuid, disks: disks),
+            diskAllocation: diskAllocation)
         if let problem = beginProblem(begin) { throw fail(problem) }
         return begin
     }
@@ -302,22 +361,34 @@ enum Payload {
         return chunk
     }
 
+    /// END's payload: 48 bytes, and 16 more (disk blocks, zero disk blocks) with the disks feature.
     static let endSize = 48
+    static let endSizeWithDisks = 64
 
-    static func encodeEnd(_ end: StreamEnd) -> [UInt8] {
+    static func encodeEnd(_ end: StreamEnd, disks: Bool) -> [UInt8] {
         var out = ByteWriter()
         for value in [end.pages, end.zeroPages, end.bytes, end.records, end.sourcePauseTime, end.streamChecksum] {
             out.u64(value)
         }
+        if disks {
+            out.u64(end.diskBlocks)
+            out.u64(end.diskZeroBlocks)
+        }
         return out.bytes
     }
 
-    static func decodeEnd(_ bytes: [UInt8], fail: @escaping @Sendable (String) -> StreamError) throws -> StreamEnd {
-        guard bytes.count == endSize else { throw fail("payload has \(bytes.count) bytes, not \(endSize)") }
+    static func decodeEnd(_ bytes: [UInt8], disks: Bool, fail: @escaping @Sendable (String) -> StreamError) throws -> StreamEnd {
+        let size = disks ? endSizeWithDisks : endSize
+        guard bytes.count == size else { throw fail("payload has \(bytes.count) bytes, not \(size)") }
         var decoder = WireDecoder(bytes, fail: fail)
-        return StreamEnd(
+        var end = StreamEnd(
             pages: try decoder.u64(), zeroPages: try decoder.u64(), bytes: try decoder.u64(),
             records: try decoder.u64(), sourcePauseTime: try decoder.u64(), streamChecksum: try decoder.u64())
+        if disks {
+            end.diskBlocks = try decoder.u64()
+            end.diskZeroBlocks = try decoder.u64()
+        }
+        return end
     }
 
     /// PAGES: segment u16, encoding u8, reserved u8, count u32, first page u64, then the zero bitmap.

@@ -17,7 +17,9 @@ struct RuleViolation: Error {
 struct StreamRules {
     private(set) var begin: StreamBegin?
     private(set) var ended = false
-    private var segmentPages: [UInt64] = []
+    /// 4 KiB units per area: the memory segments' pages, then the disks' blocks (see `StreamBegin.areaCount`).
+    private var areaUnits: [UInt64] = []
+    private var memoryAreas = 0
     private var deviceNames: Set<String> = []
     private var kernelChunks: Set<String> = []
     private var deviceChunks: Set<String> = []
@@ -29,6 +31,8 @@ struct StreamRules {
     private var pageInRange: UInt64 = 0
     private(set) var pages: UInt64 = 0
     private(set) var zeroPages: UInt64 = 0
+    private(set) var diskBlocks: UInt64 = 0
+    private(set) var diskZeroBlocks: UInt64 = 0
 
     var roundPending: Bool { rangeIndex < ranges.count }
 
@@ -48,7 +52,7 @@ struct StreamRules {
     func checkStarted(_ type: RecordType) throws(RuleViolation) {
         guard begin != nil else { throw RuleViolation("stream does not start with BEGIN") }
         guard !ended else { throw RuleViolation("record after END") }
-        if type != .pages && type != .round && roundPending {
+        if !type.isRoundPart && roundPending {
             throw RuleViolation("\(type) while round \(lastRound ?? 0) still misses \(missingPages) listed pages")
         }
     }
@@ -57,30 +61,57 @@ struct StreamRules {
         guard begin == nil else { throw RuleViolation("duplicate BEGIN") }
         if let problem = Payload.beginProblem(newBegin) { throw RuleViolation(.malformed, problem) }
         begin = newBegin
-        segmentPages = newBegin.machine.segments.map { $0.size / UInt64(StreamFormat.pageSize) }
+        memoryAreas = newBegin.machine.segments.count
+        areaUnits =
+            newBegin.machine.segments.map { $0.size / UInt64(StreamFormat.pageSize) } + newBegin.machine.disks.map(\.blockCount)
         deviceNames = Set(newBegin.machine.devices.map(\.name))
     }
 
-    private func segmentName(_ index: Int) -> String {
-        begin.flatMap { index < $0.machine.segments.count ? $0.machine.segments[index].name : nil } ?? "?"
+    /// How a record names an area: `segment 1`, `disk 0`; with `named`, `segment 1 (highmem, 786432 pages)`.
+    func areaName(_ area: Int, named: Bool = false) -> String {
+        guard let machine = begin?.machine, area >= 0, area < areaUnits.count else { return "area \(area)" }
+        let disk = area >= memoryAreas
+        let base = disk ? "disk \(area - memoryAreas)" : "segment \(area)"
+        guard named else { return base }
+        let name = disk ? machine.disks[area - memoryAreas].name : machine.segments[area].name
+        return "\(base) (\(name), \(areaUnits[area]) \(disk ? "blocks" : "pages"))"
     }
 
-    /// Checks that pages [first, first+count) lie inside segment `segment`.
-    private func checkInside(segment: Int, first: UInt64, count: UInt64) throws(RuleViolation) {
-        guard segment >= 0, segment < segmentPages.count else {
-            throw RuleViolation(.malformed, "segment \(segment) does not exist (BEGIN lists \(segmentPages.count))")
+    /// `page 8 of segment 0`, `block 8 of disk 0`.
+    func unitName(_ unit: UInt64, of area: Int) -> String { "\(isDisk(area) ? "block" : "page") \(unit) of \(areaName(area))" }
+
+    /// The area a record's index names: a segment in memory records, a disk in disk records.
+    func area(_ index: Int, disk: Bool) throws(RuleViolation) -> Int {
+        let count = disk ? areaUnits.count - memoryAreas : memoryAreas
+        guard index >= 0, index < count else {
+            throw RuleViolation(.malformed, "\(disk ? "disk" : "segment") \(index) does not exist (BEGIN lists \(count))")
+        }
+        return disk ? memoryAreas + index : index
+    }
+
+    /// Whether `area` is a disk.
+    func isDisk(_ area: Int) -> Bool { area >= memoryAreas }
+
+    /// Checks that units [first, first+count) lie inside `area`.
+    private func checkInside(area segment: Int, first: UInt64, count: UInt64) throws(RuleViolation) {
+        guard segment >= 0, segment < areaUnits.count else {
+            throw RuleViolation(.malformed, "\(areaName(segment)) does not exist")
         }
         let (end, overflow) = first.addingReportingOverflow(count)
-        guard !overflow, end <= segmentPages[segment] else {
+        guard !overflow, end <= areaUnits[segment] else {
             throw RuleViolation(
                 .malformed,
-                "pages \(first) to \(first &+ count &- 1) lie outside segment \(segment) (\(segmentName(segment)), \(segmentPages[segment]) pages)"
+                "\(isDisk(segment) ? "blocks" : "pages") \(first) to \(first &+ count &- 1) lie outside \(areaName(segment, named: true))"
             )
         }
     }
 
-    mutating func accept(round number: UInt32, ranges newRanges: [PageRange]) throws(RuleViolation) {
+    /// A ROUND (memory areas) or DISK EXTENTS (disk areas) list; `ranges` name areas.
+    mutating func accept(round number: UInt32, ranges newRanges: [PageRange], disks: Bool = false) throws(RuleViolation) {
         try checkStarted(.round)
+        if let stray = newRanges.first(where: { isDisk($0.segment) != disks }) {
+            throw RuleViolation(.malformed, "\(areaName(stray.segment)) listed in a \(disks ? "DISK EXTENTS" : "ROUND") record")
+        }
         if roundPending {
             throw RuleViolation("ROUND \(number) while round \(lastRound ?? 0) still misses \(missingPages) listed pages")
         }
@@ -92,7 +123,7 @@ struct StreamRules {
         var previous: PageRange?
         for range in newRanges {
             guard range.count > 0 else { throw RuleViolation(.malformed, "empty page range") }
-            try checkInside(segment: range.segment, first: range.firstPage, count: range.count)
+            try checkInside(area: range.segment, first: range.firstPage, count: range.count)
             if let previous,
                 range.segment < previous.segment
                     || (range.segment == previous.segment && range.firstPage < previous.firstPage + previous.count)
@@ -112,11 +143,12 @@ struct StreamRules {
         guard count > 0, count <= StreamFormat.maxPagesPerBatch else {
             throw RuleViolation(.malformed, "batch of \(count) pages (1 to \(StreamFormat.maxPagesPerBatch) allowed)")
         }
-        try checkInside(segment: segment, first: first, count: UInt64(count))
+        try checkInside(area: segment, first: first, count: UInt64(count))
         guard let next = nextPage else { throw RuleViolation("PAGES outside a round: no listed pages are pending") }
         guard next.segment == segment, next.page == first else {
             throw RuleViolation(
-                "page \(first) of segment \(segment) is not the next listed page (page \(next.page) of segment \(next.segment))")
+                "\(unitName(first, of: segment)) is not the next listed \(isDisk(segment) ? "block" : "page") (\(unitName(next.page, of: next.segment)))"
+            )
         }
         guard UInt64(count) <= next.left else {
             throw RuleViolation("batch of \(count) pages from page \(first) runs past its listed range")
@@ -126,8 +158,13 @@ struct StreamRules {
             rangeIndex += 1
             pageInRange = 0
         }
-        pages += UInt64(count)
-        zeroPages += UInt64(zero)
+        if isDisk(segment) {
+            diskBlocks += UInt64(count)
+            diskZeroBlocks += UInt64(zero)
+        } else {
+            pages += UInt64(count)
+            zeroPages += UInt64(zero)
+        }
     }
 
     mutating func accept(chunk: StateChunk, device: Bool) throws(RuleViolation) {
@@ -160,6 +197,10 @@ struct StreamRules {
         var wrong: [String] = []
         if end.pages != pages { wrong.append("pages \(end.pages) (counted \(pages))") }
         if end.zeroPages != zeroPages { wrong.append("zero pages \(end.zeroPages) (counted \(zeroPages))") }
+        if end.diskBlocks != diskBlocks { wrong.append("disk blocks \(end.diskBlocks) (counted \(diskBlocks))") }
+        if end.diskZeroBlocks != diskZeroBlocks {
+            wrong.append("zero disk blocks \(end.diskZeroBlocks) (counted \(diskZeroBlocks))")
+        }
         if end.records != records { wrong.append("records \(end.records) (counted \(records))") }
         if end.bytes != bytes { wrong.append("bytes \(end.bytes) (counted \(bytes))") }
         if !wrong.isEmpty { throw RuleViolation(.malformed, "END totals disagree: " + wrong.joined(separator: ", ")) }

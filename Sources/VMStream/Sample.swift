@@ -5,9 +5,9 @@ import MachineDescription
 /// Page contents are a pure function of (seed, page number): half the pages are zero, a quarter
 /// text-like (compressible), a quarter random, so any page can be regenerated to check a receiver.
 public enum SampleStream {
-    /// The machine a sample stream describes.
-    public static func machine(memorySize: UInt64) -> MachineConfig {
-        MachineConfig(
+    /// The machine a sample stream describes; with `diskSize`, it has one disk, vda.
+    public static func machine(memorySize: UInt64, diskSize: UInt64 = 0) -> MachineConfig {
+        var machine = MachineConfig(
             name: "sample", vcpuCount: 2,
             segments: MemorySegment.standardLayout(memorySize: memorySize),
             devices: [
@@ -18,16 +18,24 @@ public enum SampleStream {
                 CPUIDLeaf(function: 0, index: 0, flags: 0, eax: 0xd, ebx: 0x756e_6547, ecx: 0x6c65_746e, edx: 0x4965_6e69),
                 CPUIDLeaf(function: 1, index: 0, flags: 0, eax: 0x906ea, ebx: 0x800, ecx: 0xf6fa_3203, edx: 0x0f8b_fbff),
             ])
+        if diskSize > 0 {
+            machine.disks = [DiskConfig(name: "vda", size: diskSize, serial: "sample-vda")]
+            machine.devices.append(
+                DeviceConfig(
+                    name: "vda", kind: "virtio-blk", version: 1, configuration: ["mmio": "0xd0000000", "irq": "5", "disk": "vda"])
+            )
+        }
+        return machine
     }
 
     /// A BEGIN for a sample stream; fixed uuid and time give byte-identical streams.
-    public static func begin(memorySize: UInt64, uuid: [UInt8], creationTime: UInt64) -> StreamBegin {
+    public static func begin(memorySize: UInt64, uuid: [UInt8], creationTime: UInt64, diskSize: UInt64 = 0) -> StreamBegin {
         StreamBegin(
             tool: "vmstream", toolVersion: "0.1", uuid: uuid, creationTime: creationTime, mode: .cold,
             host: HostSpec(
                 architecture: "x86_64", cpuVendor: "GenuineIntel", cpuModel: "Sample CPU @ 2.00GHz",
                 pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "api 12"),
-            machine: machine(memorySize: memorySize))
+            machine: machine(memorySize: memorySize, diskSize: diskSize))
     }
 
     /// Fills one 4 KiB page with the sample content of page `index`.
@@ -66,11 +74,13 @@ public enum SampleStream {
         return z ^ (z >> 31)
     }
 
-    /// Gives pages [first, first+count) of a segment: fills `buffer` and returns it, or returns a pointer into a mapping.
+    /// Gives pages [first, first+count) of an area (a segment, or a disk after them): fills `buffer` and returns it,
+    /// or returns a pointer into a mapping.
     public typealias PageSource = (_ segment: Int, _ first: UInt64, _ count: Int, _ buffer: UnsafeMutableRawPointer) ->
         UnsafeRawPointer
 
-    /// Writes a whole sample stream: BEGIN, a full first round, a second round of a few pages, state, END.
+    /// Writes a whole sample stream: BEGIN, a full first round, a second round of a few pages (and disk blocks),
+    /// state, END.
     /// Memory is bounded by one batch buffer; `pages` supplies content (default: `fill`).
     public static func write(
         to writer: StreamWriter, begin: StreamBegin, seed: UInt64, sourcePauseTime: UInt64,
@@ -80,8 +90,9 @@ public enum SampleStream {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: batchPages * StreamFormat.pageSize, alignment: 4096)
         defer { buffer.deallocate() }
         var base: UInt64 = 0
-        let segmentBases = begin.machine.segments.map { segment -> UInt64 in
-            defer { base += segment.size / UInt64(StreamFormat.pageSize) }
+        let areaSizes = begin.machine.segments.map(\.size) + begin.machine.disks.map(\.size)
+        let segmentBases = areaSizes.map { size -> UInt64 in
+            defer { base += size / UInt64(StreamFormat.pageSize) }
             return base
         }
         let supply: PageSource =
@@ -104,15 +115,18 @@ public enum SampleStream {
             }
         }
         try writer.writeBegin(begin)
-        let everything = begin.machine.segments.enumerated().map { index, segment in
-            PageRange(segment: index, firstPage: 0, count: segment.size / UInt64(StreamFormat.pageSize))
+        let everything = areaSizes.enumerated().map { index, size in
+            PageRange(segment: index, firstPage: 0, count: size / UInt64(StreamFormat.pageSize))
         }
         try writer.writeRound(1, pages: everything)
         try send(everything)
         // A second round as a live migration's last one: a few scattered pages of segment 0.
         let pagesInFirst = everything[0].count
-        let dirty = stride(from: UInt64(0), to: pagesInFirst, by: Swift.max(1, Int(pagesInFirst / 5))).map {
+        var dirty = stride(from: UInt64(0), to: pagesInFirst, by: Swift.max(1, Int(pagesInFirst / 5))).map {
             PageRange(segment: 0, firstPage: $0, count: Swift.min(3, pagesInFirst - $0))
+        }
+        if !begin.machine.disks.isEmpty {
+            dirty.append(PageRange(segment: begin.machine.segments.count, firstPage: 1, count: 2))
         }
         try writer.writeRound(2, pages: dirty)
         try send(dirty)

@@ -58,6 +58,9 @@ public final class StreamReader {
     public private(set) var lastRecord: RecordInfo?
     /// Ignorable flag bits from the stream header.
     public private(set) var headerFlags: UInt32 = 0
+    /// Must-understand feature bits from the stream header.
+    private var headerFeatures: UInt32 = 0
+    private var hasDisks: Bool { headerFeatures & StreamFormat.disksFeature != 0 }
     /// The stream's BEGIN, once read.
     public var begin: StreamBegin? { rules.begin }
 
@@ -146,6 +149,7 @@ public final class StreamReader {
         }
         guard reserved == 0 else { throw StreamError(.malformed, "stream header has a non-zero reserved field") }
         headerFlags = flags
+        headerFeatures = features
         running = checksum
         offset = UInt64(StreamFormat.headerSize)
         statistics.bytes = offset
@@ -230,7 +234,7 @@ public final class StreamReader {
         hasher.reset(seed: headerChecksum)
         let record: StreamRecord?
         let checksum: UInt64
-        if framing.type == .pages {
+        if framing.type == .pages || framing.type == .diskBlocks {
             (record, checksum) = try readPages(framing, place: place, into: sink)
         } else if !framing.type.isKnown {
             guard flags & StreamFormat.ignorableFlag != 0 else {
@@ -271,12 +275,24 @@ public final class StreamReader {
         case .begin:
             let begin = try Payload.decodeBegin(payload, fail: fail)
             try rule(place) { () throws(RuleViolation) in try rules.accept(begin: begin) }
+            guard begin.machine.disks.isEmpty != hasDisks else {
+                throw fail(
+                    hasDisks
+                        ? "the stream header announces disks BEGIN does not list"
+                        : "BEGIN lists disks the stream header does not announce")
+            }
             return .begin(begin)
-        case .round:
-            try rule(place) { () throws(RuleViolation) in try rules.checkStarted(.round) }
+        case .round, .diskExtents:
+            let disks = type == .diskExtents
+            try rule(place) { () throws(RuleViolation) in try rules.checkStarted(type) }
             let (round, ranges) = try Payload.decodeRound(payload, fail: fail)
-            try rule(place) { () throws(RuleViolation) in try rules.accept(round: round, ranges: ranges) }
-            return .round(number: round, ranges: ranges)
+            try rule(place) { () throws(RuleViolation) in
+                let areas = try ranges.map { range throws(RuleViolation) in
+                    PageRange(segment: try rules.area(range.segment, disk: disks), firstPage: range.firstPage, count: range.count)
+                }
+                try rules.accept(round: round, ranges: areas, disks: disks)
+            }
+            return disks ? .diskExtents(number: round, ranges: ranges) : .round(number: round, ranges: ranges)
         case .kernelState, .deviceState:
             try rule(place) { () throws(RuleViolation) in try rules.checkStarted(type) }
             let chunk = try Payload.decodeChunk(payload, fail: fail)
@@ -284,7 +300,7 @@ public final class StreamReader {
             return type == .deviceState ? .deviceState(chunk) : .kernelState(chunk)
         case .end:
             try rule(place) { () throws(RuleViolation) in try rules.checkStarted(.end) }
-            let end = try Payload.decodeEnd(payload, fail: fail)
+            let end = try Payload.decodeEnd(payload, disks: hasDisks, fail: fail)
             let (records, bytes, checksum) = (recordNumber - 1, start, running)
             try rule(place) { () throws(RuleViolation) in
                 try rules.accept(end: end, records: records, bytes: bytes, running: checksum)
@@ -298,7 +314,9 @@ public final class StreamReader {
 
     /// Reads a PAGES record, landing data pages in the sink. A content error found before the
     /// checksum is known waits for the checksum, so a corrupted record reports the mismatch.
+    /// Reads a PAGES or DISK BLOCKS record (the same payload; a disk's index names the area after the segments).
     private func readPages(_ framing: Framing, place: String, into sink: some PageSink) throws -> (StreamRecord?, UInt64) {
+        let disk = framing.type == .diskBlocks
         let prefixSize = Payload.pagesPrefixSize
         let pageSize = StreamFormat.pageSize
         var consumed = 0
@@ -308,7 +326,7 @@ public final class StreamReader {
             throw error
         }
         func malformed(_ reason: String) -> StreamError {
-            StreamError.malformed(.pages, record: recordNumber, offset: framing.start, reason)
+            StreamError.malformed(framing.type, record: recordNumber, offset: framing.start, reason)
         }
         guard framing.length >= prefixSize else { try deferred(malformed("payload shorter than its \(prefixSize)-byte prefix")) }
         var prefix = [UInt8](repeating: 0, count: prefixSize)
@@ -354,8 +372,10 @@ public final class StreamReader {
                 try deferred(malformed("\(wireBytes) data bytes for \(count - zeroCount) data pages"))
             }
         }
+        let area: Int
         do {
-            try rules.accept(pages: segment, first: firstPage, count: count, zero: zeroCount)
+            area = try rules.area(segment, disk: disk)
+            try rules.accept(pages: area, first: firstPage, count: count, zero: zeroCount)
         } catch {
             try deferred(StreamError(error.kind, "\(place): \(error.message)"))
         }
@@ -389,20 +409,26 @@ public final class StreamReader {
             var end = index + 1
             while end < count && !isZero(end) { end += 1 }
             try sink.store(
-                segment: segment, page: firstPage + UInt64(index), count: end - index,
+                segment: area, page: firstPage + UInt64(index), count: end - index,
                 from: scratch.baseAddress! + delivered * pageSize)
             delivered += end - index
             index = end
         }
         for index in 0..<count where isZero(index) {
-            try sink.zeroPage(segment: segment, page: firstPage + UInt64(index))
+            try sink.zeroPage(segment: area, page: firstPage + UInt64(index))
         }
-        statistics.pages += UInt64(count)
-        statistics.zeroPages += UInt64(zeroCount)
+        if disk {
+            statistics.diskBlocks += UInt64(count)
+            statistics.diskZeroBlocks += UInt64(zeroCount)
+            statistics.diskDataBytes += UInt64(dataBytes)
+        } else {
+            statistics.pages += UInt64(count)
+            statistics.zeroPages += UInt64(zeroCount)
+        }
         statistics.pageDataBytes += UInt64(dataBytes)
         statistics.pageWireBytes += UInt64(wireBytes)
         if codec == nil { statistics.rawBatches += 1 } else { statistics.compressedBatches += 1 }
         let batch = PageBatch(segment: segment, firstPage: firstPage, count: count, zeroPages: zeroCount, encoding: encodingValue)
-        return (.pages(batch), checksum)
+        return (disk ? .diskBlocks(batch) : .pages(batch), checksum)
     }
 }

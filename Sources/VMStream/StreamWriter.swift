@@ -64,7 +64,7 @@ public final class StreamWriter {
         var header = ByteWriter()
         header.raw(StreamFormat.magic)
         header.u32(StreamFormat.version)
-        header.u32(0)  // must-understand features
+        header.u32(begin.machine.disks.isEmpty ? 0 : StreamFormat.disksFeature)  // must-understand features
         header.u32(0)  // ignorable flags
         header.u32(0)  // reserved
         running = Checksum.hash(header.bytes)
@@ -75,6 +75,7 @@ public final class StreamWriter {
     }
 
     /// Announces round `number` and the pages that follow, in ascending order; `writePages` must then send them in that order.
+    /// Ranges name areas (`StreamBegin.areaCount`): memory segments go out in ROUND records, disks in DISK EXTENTS.
     public func writeRound(_ number: UInt32, pages ranges: [PageRange]) throws {
         try checkUsable()
         if roundWritten < roundList.count {
@@ -91,11 +92,23 @@ public final class StreamWriter {
         }
     }
 
+    /// The next ROUND or DISK EXTENTS record of the list: at most `maxRangesPerRound` ranges, all of one kind.
     private func writeRoundPart() throws {
-        let part = roundList[roundWritten..<min(roundList.count, roundWritten + StreamFormat.maxRangesPerRound)]
-        try guarded { () throws(RuleViolation) in try self.rules.accept(round: self.roundNumber, ranges: Array(part)) }
+        let disks = roundWritten < roundList.count && rules.isDisk(roundList[roundWritten].segment)
+        var end = min(roundList.count, roundWritten + StreamFormat.maxRangesPerRound)
+        if let boundary = roundList[roundWritten..<end].firstIndex(where: { rules.isDisk($0.segment) != disks }) {
+            end = boundary
+        }
+        let part = Array(roundList[roundWritten..<end])
+        try guarded { () throws(RuleViolation) in try self.rules.accept(round: self.roundNumber, ranges: part, disks: disks) }
         roundWritten += part.count
-        try writeRecord(.round, payload: Payload.encodeRound(roundNumber, part))
+        let wire = part.map { PageRange(segment: wireIndex($0.segment), firstPage: $0.firstPage, count: $0.count) }
+        try writeRecord(disks ? .diskExtents : .round, payload: Payload.encodeRound(roundNumber, wire[...]))
+    }
+
+    /// A segment's index, or a disk's (an area past the segments) as the disk records number it.
+    private func wireIndex(_ area: Int) -> Int {
+        rules.isDisk(area) ? area - (rules.begin?.machine.segments.count ?? 0) : area
     }
 
     /// Writes pages [firstPage, firstPage + count) of `segment`; `pages` points at page `firstPage`
@@ -154,18 +167,26 @@ public final class StreamWriter {
         try guarded { () throws(RuleViolation) in
             try self.rules.accept(pages: segment, first: firstPage, count: batch.count, zero: batch.count - batch.dataPages)
         }
+        let disk = rules.isDisk(segment)
         var prefix = ByteWriter()
-        prefix.u16(UInt16(segment))
+        prefix.u16(UInt16(wireIndex(segment)))
         prefix.u8(batch.encoding)
         prefix.u8(0)
         prefix.u32(UInt32(batch.count))
         prefix.u64(firstPage)
         prefix.raw(batch.bitmap)
         let wireData = batch.data.reduce(0) { $0 + $1.count }
-        try writeRecord(.pages, prefix: prefix.bytes, data: batch.data, lend: lend && batch.dataInGuestMemory)
+        try writeRecord(
+            disk ? .diskBlocks : .pages, prefix: prefix.bytes, data: batch.data, lend: lend && batch.dataInGuestMemory)
 
-        statistics.pages += UInt64(batch.count)
-        statistics.zeroPages += UInt64(batch.count - batch.dataPages)
+        if disk {
+            statistics.diskBlocks += UInt64(batch.count)
+            statistics.diskZeroBlocks += UInt64(batch.count - batch.dataPages)
+            statistics.diskDataBytes += UInt64(batch.dataPages * StreamFormat.pageSize)
+        } else {
+            statistics.pages += UInt64(batch.count)
+            statistics.zeroPages += UInt64(batch.count - batch.dataPages)
+        }
         statistics.pageDataBytes += UInt64(batch.dataPages * StreamFormat.pageSize)
         statistics.pageWireBytes += UInt64(wireData)
         if batch.encoding == PageCodecs.rawEncoding { statistics.rawBatches += 1 } else { statistics.compressedBatches += 1 }
@@ -201,12 +222,13 @@ public final class StreamWriter {
         try checkRoundComplete(.end)
         let end = StreamEnd(
             pages: rules.pages, zeroPages: rules.zeroPages, bytes: statistics.bytes,
-            records: statistics.records, sourcePauseTime: sourcePauseTime, streamChecksum: running)
+            records: statistics.records, sourcePauseTime: sourcePauseTime, streamChecksum: running,
+            diskBlocks: rules.diskBlocks, diskZeroBlocks: rules.diskZeroBlocks)
         let (records, bytes, checksum) = (statistics.records, statistics.bytes, running)
         try guarded { () throws(RuleViolation) in
             try self.rules.accept(end: end, records: records, bytes: bytes, running: checksum)
         }
-        try writeRecord(.end, payload: Payload.encodeEnd(end))
+        try writeRecord(.end, payload: Payload.encodeEnd(end, disks: rules.begin?.machine.disks.isEmpty == false))
     }
 
     private func checkRoundComplete(_ type: RecordType) throws {

@@ -26,6 +26,13 @@ struct VMRecv: ParsableCommand {
     @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR, else /run/vmsend for root; see vmrun(8)).")
     var runDir: String?
 
+    @Option(
+        name: .long, help: "Where the disks that travel in the stream are written, as NAME-vda.img (default: the run directory).")
+    var diskDir: String?
+
+    @Flag(name: [.customShort("F"), .customLong("force")], help: "Overwrite disk images that already exist.")
+    var force = false
+
     @Argument(help: "The name the VM gets on this host.")
     var name: String
 
@@ -40,13 +47,19 @@ struct VMRecv: ParsableCommand {
         }
         let compatibility = Compatibility.local()
         let vmrun = IncomingMachine.locateVMRun()
+        if diskDir == nil { try runDirectory.create() }
+        let disks = DiskPlacementChoice(directory: diskDir ?? runDirectory.path, overwrite: force)
+        let name = self.name
         let receiver = Receiver(
             input: .standardInput, options: ReceiveOptions(name: name, leavePaused: paused, dryRun: dryRun),
             checkCompatibility: { begin in
                 try compatibility.check(begin)
+                try disks.checkRoom(for: begin, as: name)
                 if verbose && dryRun { StandardStreams.error(begin.dryRunDescription(as: name)) }
             },
-            makeDestination: { config in try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun) })
+            makeDestination: { config in
+                try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun, disks: disks)
+            })
         receiver.warn = { StandardStreams.error("vmrecv: warning: \($0)") }
         let report = try receiver.run()
         if verbose { StandardStreams.error(report.summary(dryRun: dryRun)) }

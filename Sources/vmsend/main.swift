@@ -37,6 +37,9 @@ struct VMSend: ParsableCommand {
     @Flag(name: .long, help: "Resume the VM after the send: a consistent snapshot that leaves the source running.")
     var keepRunning = false
 
+    @Flag(name: .long, help: "Both hosts reach the disk images at the same paths: send their identity, not their data.")
+    var sharedStorage = false
+
     @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Send nothing; with -v, estimate the stream's size.")
     var dryRun = false
 
@@ -69,6 +72,7 @@ struct VMSend: ParsableCommand {
         let mode: MigrationMode = warm ? (StandardStreams.outputIsRegularFile ? .cold : .warm) : .live
         let convergence = Convergence(downtimeTarget: .milliseconds(downtime), maxRounds: maxRounds, autoConverge: !noThrottle)
         var options = SendOptions(mode: mode, compression: compression.value, keepRunning: keepRunning, convergence: convergence)
+        options.sharedStorage = sharedStorage
         #if DEBUG
             // Tests prove a check can fail by breaking a send on purpose; release builds have no such switch.
             options.fault = try getenv("VMSEND_TEST_FAULT").map { name in

@@ -228,4 +228,52 @@ struct VirtioBlockTests {
         #expect { try stranger.checkState(state) } throws: { "\($0)".contains("does not hold the sender's disk") }
         #expect { try stranger.checkState(Array(state.dropLast())) } throws: { "\($0)".contains("malformed virtio-blk state") }
     }
+
+    /// A request made available while the machine pauses is not lost: it travels in guest memory with the queue's
+    /// positions, and the destination's device takes it once it resumes.
+    @Test func aRequestInFlightAtThePauseIsReissuedOnTheDestination() throws {
+        let image = TestImage(size: 1 << 20)
+        let (device, memory, _, _) = try makeDevice(image)
+        defer { device.stop() }
+        var driver = VirtioTestDriver(device: device, memory: memory, base: 0xd000_0000)
+        let initialised = driver.initialise(accepting: Self.wanted)
+        #expect(initialised)
+        device.pause()
+        // The guest's last act before the pause: a write, notified, that the paused device does not take.
+        let header = VirtioTestDriver.buffers
+        memory.store(UInt32(1), at: header)
+        memory.store(UInt64(40), at: header + 8)
+        memory.fill(at: header + 0x1000, with: [UInt8](repeating: 0x77, count: 4096))
+        let head = driver.descriptor(header, 16, writable: false, next: true)
+        _ = driver.descriptor(header + 0x1000, 4096, writable: false, next: true)
+        _ = driver.descriptor(header + 0x800, 1, writable: true, next: false)
+        driver.submit(head: head)
+        usleep(100_000)
+        #expect(memory.load(UInt16.self, at: VirtioTestDriver.deviceArea + 2) == 0, "a paused device takes nothing")
+        let state = device.saveState()
+
+        // The destination: the same guest memory (it migrated) and a copy of the image.
+        let copy = TestImage(size: 1 << 20)
+        _ = FileManager.default.createFile(atPath: copy.path, contents: Data(image.contents))
+        let disk = try DiskImage(DiskConfig(name: "vda", size: 1 << 20, serial: Self.serial, path: copy.path))
+        let line = TestLine()
+        struct NoPacing: Pacer { func sleep(nanoseconds: UInt64) {} }
+        let console = FileManager.default.temporaryDirectory.appendingPathComponent("console-\(UUID().uuidString)").path
+        defer { unlink(console) }
+        let context = DeviceContext(
+            memory: memory, vcpuCount: 1, console: try ConsoleLog(path: console),
+            interruptLine: { _ in line }, pacer: NoPacing(), disks: ["vda": disk])
+        let target = try VirtioBlock(
+            config: VirtioBlock.configuration(disk: disk.config, mmio: 0xd000_0000, irq: 5), context: context)
+        defer { target.stop() }
+        try target.restoreState(state)
+        target.resume()
+        var destination = VirtioTestDriver(device: target, memory: memory, base: 0xd000_0000)
+        let used = destination.waitUsed()
+        #expect(used?.0 == head)
+        #expect(memory.load(UInt8.self, at: header + 0x800) == 0)
+        #expect(Array(copy.contents[20480..<24576]) == [UInt8](repeating: 0x77, count: 4096))
+        #expect(image.contents[20480] == 0, "the source's image never saw it")
+        #expect(line.high)
+    }
 }

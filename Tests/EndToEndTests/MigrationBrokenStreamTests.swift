@@ -163,6 +163,8 @@ enum StreamEditor {
                 for page in batch.firstPage..<batch.firstPage + UInt64(batch.count) {
                     try writer.writePages(segment: batch.segment, firstPage: page, count: 1, from: slots.slot(page))
                 }
+            case .diskExtents, .diskBlocks:
+                Issue.record("the streams rewritten here have no disks")
             case .kernelState(let chunk):
                 try writer.writeKernelState(chunk)
             case .deviceState(let chunk):

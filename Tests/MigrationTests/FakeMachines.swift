@@ -93,6 +93,9 @@ let testState = MachineState(
 final class FakeSource: MigrationSource, @unchecked Sendable {
     let config: MachineConfig
     let guestMemory: AnonymousGuestMemory
+    /// One store per disk of `config`, and the blocks the guest wrote since the last fetch.
+    let disks: [AnonymousGuestMemory]
+    private var diskWritten: [Set<UInt64>]
     var pauses = 0
     var resumes = 0
     var paused = false
@@ -102,6 +105,10 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     init(config: MachineConfig = testConfig(), writtenPages: [UInt64], zeroedPages: [UInt64] = []) throws {
         self.config = config
         guestMemory = AnonymousGuestMemory(segments: config.segments)
+        disks = config.disks.map {
+            AnonymousGuestMemory(segments: [MemorySegment(name: $0.name, guestPhysicalBase: 0, size: $0.size)])
+        }
+        diskWritten = config.disks.map { _ in [] }
         for page in writtenPages {
             var bytes = [UInt8](repeating: 0, count: 4096)
             for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: Int(page) &* 31 &+ index &* 7 &+ 1) }
@@ -113,6 +120,31 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
     func describe() throws -> (config: MachineConfig, host: HostSpec) { (config, testHost) }
     func isRunning() throws -> Bool { !paused }
     func memory(_ config: MachineConfig) throws -> any GuestMemory { guestMemory }
+    func disk(_ index: Int, _ config: DiskConfig) throws -> any GuestMemory { disks[index] }
+
+    func diskWrittenFetch(_ index: Int) throws -> [UInt64] {
+        guard dirtyLogging else { throw MigrationError("dirty logging is not started") }
+        var words = [UInt64](repeating: 0, count: Int((config.disks[index].blockCount + 63) / 64))
+        for block in diskWritten[index] { words[Int(block / 64)] |= 1 << (block % 64) }
+        diskWritten[index] = []
+        // The guest writes on while the next round is sent.
+        if !paused {
+            for _ in 0..<blocksWrittenPerRound {
+                try writeDisk(index, block: UInt64.random(in: 0..<config.disks[index].blockCount))
+            }
+        }
+        return words
+    }
+
+    /// Disk blocks the running guest writes per round.
+    var blocksWrittenPerRound = 0
+
+    /// The guest writes a disk block (with a fresh value), and the device notes it.
+    func writeDisk(_ index: Int, block: UInt64) throws {
+        let value = UInt8.random(in: 1...255, using: &generator)
+        try disks[index].fill(segment: 0, page: block, with: [UInt8](repeating: value, count: 4096))
+        if dirtyLogging { diskWritten[index].insert(block) }
+    }
     func pause() throws {
         pauses += 1
         paused = true
@@ -203,13 +235,18 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
 /// A received machine in anonymous memory of its own.
 final class FakeDestination: MigrationDestination, @unchecked Sendable {
     let guestMemory: AnonymousGuestMemory
-    var memory: any GuestMemory { guestMemory }
+    let disks: [AnonymousGuestMemory]
+    let memory: any GuestMemory
     var restored: MachineState?
     var resumed = false
     var abandoned = false
 
     init(config: MachineConfig) throws {
         guestMemory = AnonymousGuestMemory(segments: config.segments)
+        disks = config.disks.map {
+            AnonymousGuestMemory(segments: [MemorySegment(name: $0.name, guestPhysicalBase: 0, size: $0.size)])
+        }
+        memory = MachineAreas(memory: guestMemory, disks: config.disks, stores: disks)
     }
 
     func restore(_ state: MachineState) throws { restored = state }

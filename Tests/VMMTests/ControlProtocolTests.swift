@@ -50,7 +50,7 @@ import Testing
             .hello(version: 1, ownIncoming: true), .status, .describe, .pause, .resume, .destroy, .memoryFile,
             .dirtyLogStart(manualClear: true), .dirtyLogFetch(segment: 0), .dirtyLogClear(segment: 0, firstPage: 64),
             .dirtyLogStop, .throttle(percent: 20), .saveState,
-            .restoreState, .consoleInput,
+            .restoreState, .consoleInput, .diskFile(disk: 0), .diskWrittenFetch(disk: 0),
         ]
         #expect(Set(every.map(\.name)) == ControlRequest.allNames, "every request is known by its wire name")
     }

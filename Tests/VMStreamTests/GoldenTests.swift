@@ -10,8 +10,10 @@ import Testing
 /// (Set VMSTREAM_WRITE_GOLDEN=1 to rewrite it only when the format version itself changes.)
 @Suite struct GoldenTests {
     static let path = FilePath(#filePath).removingLastComponent().appending("Resources/golden-v1.vms")
+    /// The same with a disk: the disks feature, disk fields in BEGIN, DISK EXTENTS and DISK BLOCKS, END's disk totals.
+    static let diskPath = FilePath(#filePath).removingLastComponent().appending("Resources/golden-v1-disk.vms")
 
-    static func readGolden() throws -> [UInt8] {
+    static func readGolden(_ path: FilePath = path) throws -> [UInt8] {
         let fd = try FileDescriptor.open(path, .readOnly)
         return try fd.closeAfter {
             var bytes: [UInt8] = []
@@ -24,16 +26,19 @@ import Testing
         }
     }
 
-    static func generate() throws -> [UInt8] { try Fixture.sample(memorySize: 64 << 10, compression: .lz4()) }
+    static func generate(diskSize: UInt64 = 0) throws -> [UInt8] {
+        try Fixture.sample(memorySize: 64 << 10, compression: .lz4(), diskSize: diskSize)
+    }
 
-    @Test func writerReproducesTheGoldenStream() throws {
-        let written = try Self.generate()
+    @Test(arguments: [(UInt64(0), path), (32 << 10, diskPath)])
+    func writerReproducesTheGoldenStream(diskSize: UInt64, path: FilePath) throws {
+        let written = try Self.generate(diskSize: diskSize)
         if getenv("VMSTREAM_WRITE_GOLDEN") != nil {
             let fd = try FileDescriptor.open(
-                Self.path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+                path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
             try fd.closeAfter { _ = try fd.writeAll(written) }
         }
-        let golden = try Self.readGolden()
+        let golden = try Self.readGolden(path)
         #expect(golden.count == written.count)
         #expect(
             golden == written,
@@ -48,6 +53,16 @@ import Testing
         #expect(types.first == .begin && types.last == .end)
         #expect(reader.begin?.uuidString == "10111213-1415-1617-1819-1a1b1c1d1e1f")
         #expect(reader.statistics.compressedBatches > 0 && reader.statistics.rawBatches > 0)
+        #expect(reader.statistics.pages == 16 + 16)
+    }
+
+    @Test func readerAcceptsTheGoldenStreamWithADisk() throws {
+        let reader = StreamReader(bytes: try Self.readGolden(Self.diskPath))
+        var types: [RecordType] = []
+        while try reader.next(into: DiscardingPageSink()) != nil { types.append(reader.lastRecord!.type) }
+        #expect(Set(types) == Set(RecordType.known))
+        #expect(reader.begin?.machine.disks.map(\.name) == ["vda"])
+        #expect(reader.statistics.diskBlocks == 8 + 2)
         #expect(reader.statistics.pages == 16 + 16)
     }
 }

@@ -34,11 +34,11 @@ enum Fixture {
     static let creationTime: UInt64 = 1_700_000_000_000_000_000
     static let seed: UInt64 = 42
 
-    /// A small deterministic sample stream: 1 MiB of guest memory.
-    static func sample(memorySize: UInt64 = 1 << 20, compression: Compression = .none) throws -> [UInt8] {
+    /// A small deterministic sample stream: 1 MiB of guest memory, and a disk of `diskSize` bytes when not 0.
+    static func sample(memorySize: UInt64 = 1 << 20, compression: Compression = .none, diskSize: UInt64 = 0) throws -> [UInt8] {
         let sink = MemorySink()
         let writer = StreamWriter(sink: sink, compression: compression)
-        let begin = SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime)
+        let begin = SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime, diskSize: diskSize)
         try SampleStream.write(to: writer, begin: begin, seed: seed, sourcePauseTime: creationTime + 5_000_000)
         return sink.bytes
     }
@@ -124,7 +124,7 @@ enum Fixture {
             let end = StreamEnd(
                 pages: pages, zeroPages: zeroPages, bytes: UInt64(bytes.count), records: records,
                 sourcePauseTime: 0, streamChecksum: running)
-            record(RecordType.end.rawValue, Payload.encodeEnd(end))
+            record(RecordType.end.rawValue, Payload.encodeEnd(end, disks: false))
         }
     }
 }

@@ -5,7 +5,7 @@ import Testing
 /// Every truncation and every single flipped byte is rejected, naming the right place.
 @Suite struct SweepTests {
     /// A small stream with every record type, raw and compressed batches.
-    static let stream = (try? Fixture.sample(memorySize: 64 << 10, compression: .lz4())) ?? []
+    static let stream = (try? Fixture.sample(memorySize: 64 << 10, compression: .lz4(), diskSize: 32 << 10)) ?? []
 
     /// Start offsets of the stream's records, in order.
     static let recordStarts: [UInt64] = {
