@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The live-migration benchmark of issue 5: for each guest dirty rate, several live migrations of a
+# The live-migration benchmark: for each guest dirty rate, several live migrations of a
 # 2 GiB guest through a pipe (vmsend | vmrecv); records rounds, time, stream size, downtime, the
 # source's paused time, the throttle at switch-over and the guest's checks on the copy; prints a
 # markdown table (median, min-max). Needs vmrun, vmsend, vmrecv, vmctl (as throughput.sh finds
@@ -190,7 +190,7 @@ main() {
         done
     done
     if [ -n "$results" ]; then cp "$tsv" "$results"; cp "$work/raw.log" "${results%.tsv}.log"; fi
-    echo "## Live-migration benchmark (issue 5)"
+    echo "## Live-migration benchmark"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the standard benchmark memory image (issue 6) and prints its sha256.
+"""Writes the standard benchmark memory image and prints its sha256.
 
 The image is a repeating pattern of 2 MiB regions: zero, zero, real binaries, random.
 - zero regions are holes (the file is sparse), so they cost nothing on disk;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The physical limits of issue 6 on this machine: a pipe fed by write() (64 KiB) and by vmsplice()
+# The physical limits on this machine: a pipe fed by write() (64 KiB) and by vmsplice()
 # (1 MiB), memcpy, zero scanning, filling a new memfd (bench/pipelimit.c, compiled here with gcc), `cat` of the image
 # through a pipe, and `lz4 -1` on the image (time and size). Prints tab-separated lines:
 #   tool measure run seconds payload_bytes wire_bytes - -

@@ -1,5 +1,5 @@
-/* The physical limits issue 6 compares against: how fast one pipe carries bytes, and how fast
- * memory is copied and scanned. Prints one tab-separated line per run:
+/* The physical limits the throughput benchmark compares against: how fast one pipe carries
+ * bytes, and how fast memory is copied and scanned. Prints one tab-separated line per run:
  *   limit MEASURE RUN SECONDS PAYLOAD_BYTES - - -
  * Usage: pipelimit write|vmsplice|memcpy|zeroscan|memfd-fill CHUNK_BYTES TOTAL_BYTES RUNS [SOURCE_BYTES]
  *   write     writer write()s CHUNK bytes at a time, a forked reader read()s 1 MiB at a time

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Times QEMU's own migration of a paused guest whose RAM is the benchmark image (issue 6).
+"""Times QEMU's own migration of a paused guest whose RAM is the benchmark image.
 
 Measurements (each starts fresh QEMU processes; only the migration itself is timed, from the
 QMP command to the MIGRATION event 'completed' of the side that finishes last):
   save-null  source `migrate exec:cat > /dev/null`
-  save-file  source `migrate exec:cat > WORKDIR/qemu.stream` (kept for restore)
-  restore    destination `migrate-incoming exec:cat WORKDIR/qemu.stream`
+  save-file  source `migrate exec:cat > WORKDIR/TOOL.stream` (kept for restore)
+  restore    destination `migrate-incoming exec:cat WORKDIR/TOOL.stream`
   e2e        source `migrate exec:cat > FIFO`, destination `migrate-incoming exec:cat FIFO`
+  e2e-multifd         capability multifd, multifd-channels 2, zero-page-detection multifd (the
+                      channel threads skip zero pages), both sides: destination
+                      `migrate-incoming unix:WORKDIR/TOOL.sock`, source `migrate` to it (QEMU 4.0+)
+  save-mapped-ram     capabilities multifd and mapped-ram, multifd-channels 2: source
+                      `migrate file:WORKDIR/TOOL.mapped-ram` (QEMU 9.0+; pages at fixed offsets)
+  restore-mapped-ram  the same capabilities, destination `migrate-incoming file:WORKDIR/TOOL.mapped-ram`
 One tab-separated line per run on stdout:
   tool measure run seconds payload_bytes wire_bytes src_peak_rss_kib dst_peak_rss_kib
 With --verify, restore and e2e then compare regions of the destination's guest memory
@@ -24,8 +30,8 @@ import sys
 import time
 
 REGION = 2 << 20
-MEASURES = ("save-null", "save-file", "restore", "e2e")
-QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
+MEASURES = ("save-null", "save-file", "restore", "e2e", "e2e-multifd", "save-mapped-ram", "restore-mapped-ram")
+MULTIFD_CHANNELS = 2
 
 
 class BenchError(Exception):
@@ -101,34 +107,56 @@ class QMP:
         self.sock.close()
 
 
+class Setup:
+    """Which QEMU runs and how: binary, firmware folders (-L), module folder, destination RAM."""
+
+    def __init__(self, args):
+        self.binary = args.qemu
+        self.data_dirs = args.data_dir or []
+        self.module_dir = args.module_dir
+        self.dst_memory = args.dst_memory  # "ram" (anonymous) or a folder for a fresh file (share=on)
+
+
 class Qemu:
     """One paused QEMU process: the source (RAM = the image, private mapping) or a destination."""
 
-    def __init__(self, name, workdir, size, image=None):
+    def __init__(self, name, workdir, size, setup, image=None, capabilities=(), parameters=None):
         self.socket_path = os.path.join(workdir, f"{name}.qmp")
         self.log_path = os.path.join(workdir, f"{name}.log")
         if image:  # share=off: MAP_PRIVATE, so QEMU can never write the image file
             backend = f"memory-backend-file,id=pc.ram,size={size},mem-path={image},share=off,prealloc=off"
-        else:
+        elif setup.dst_memory == "ram":
             backend = f"memory-backend-ram,id=pc.ram,size={size}"
-        command = [QEMU, "-enable-kvm", "-S", "-nographic", "-nodefaults", "-m", f"{size // (1 << 20)}M",
-                   "-object", backend, "-machine", "pc,memory-backend=pc.ram",
-                   "-qmp", f"unix:{self.socket_path},server=on,wait=off"]
+        else:  # a folder: QEMU creates a fresh file there and unlinks it at once, as vmrecv's memfd
+            backend = f"memory-backend-file,id=pc.ram,size={size},mem-path={setup.dst_memory},share=on,prealloc=off"
+        command = [setup.binary]
+        for folder in setup.data_dirs:
+            command += ["-L", folder]
+        command += ["-enable-kvm", "-S", "-nographic", "-nodefaults", "-m", f"{size // (1 << 20)}M",
+                    "-object", backend, "-machine", "pc,memory-backend=pc.ram",
+                    "-qmp", f"unix:{self.socket_path},server=on,wait=off"]
         if not image:
             command += ["-incoming", "defer"]
+        environment = dict(os.environ)
+        if setup.module_dir:  # the system's modules belong to the system's QEMU
+            environment["QEMU_MODULE_DIR"] = setup.module_dir
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            preexec_fn=die_with_parent)
+                                            env=environment, preexec_fn=die_with_parent)
         self.peak_rss_kib = None
         try:
             self.qmp = QMP(self.socket_path)
         except BenchError as error:
             self.stop()
             raise BenchError(f"{error}; QEMU said: {self.log_tail()}")
-        self.qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+        self.qmp.execute("migrate-set-capabilities", capabilities=[{"capability": c, "state": True}
+                                                                    for c in ("events", *capabilities)])
+        parameters = dict(parameters or {})
         if image:
             # 100 GB/s: far above any rate here, so bandwidth limiting never applies.
-            self.qmp.execute("migrate-set-parameters", **{"max-bandwidth": 100 * 10**9})
+            parameters["max-bandwidth"] = 100 * 10**9
+        if parameters:
+            self.qmp.execute("migrate-set-parameters", **parameters)
 
     def log_tail(self):
         try:
@@ -200,36 +228,53 @@ def migrated_bytes(qmp):
     return info.get("ram", {}).get("transferred", 0)
 
 
-def run_measure(measure, image, size, workdir, timeout, check):
+def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
     """Runs one measurement; returns (seconds, wire_bytes, src_rss_kib, dst_rss_kib)."""
-    stream = os.path.join(workdir, "qemu.stream")
+    stream = os.path.join(workdir, f"{tool}.stream")
+    mapped = os.path.join(workdir, f"{tool}.mapped-ram")
+    multifd = {"multifd-channels": MULTIFD_CHANNELS}
     source = destination = None
     try:
         if measure in ("save-null", "save-file"):
-            source = Qemu("src", workdir, size, image)
+            source = Qemu("src", workdir, size, setup, image)
             target = "cat > /dev/null" if measure == "save-null" else f"cat > {stream}"
             start = time.monotonic()
             source.qmp.execute("migrate", uri=f"exec:{target}")
             end = source.qmp.wait_migration(timeout)
             wire = os.path.getsize(stream) if measure == "save-file" else migrated_bytes(source.qmp)
-        elif measure == "restore":
-            if not os.path.exists(stream):
-                raise BenchError(f"restore needs a saved stream: run save-file first ({stream} is missing)")
-            destination = Qemu("dst", workdir, size)
+        elif measure == "save-mapped-ram":
+            if os.path.exists(mapped):
+                os.unlink(mapped)  # a new file each time, as save-file's
+            source = Qemu("src", workdir, size, setup, image, ("multifd", "mapped-ram"), multifd)
             start = time.monotonic()
-            destination.qmp.execute("migrate-incoming", uri=f"exec:cat {stream}")
+            source.qmp.execute("migrate", uri=f"file:{mapped}")
+            end = source.qmp.wait_migration(timeout)
+            wire = allocated_bytes(mapped)
+        elif measure in ("restore", "restore-mapped-ram"):
+            saved = stream if measure == "restore" else mapped
+            if not os.path.exists(saved):
+                before = "save-file" if measure == "restore" else "save-mapped-ram"
+                raise BenchError(f"{measure} needs a saved stream: run {before} first ({saved} is missing)")
+            if measure == "restore":
+                destination = Qemu("dst", workdir, size, setup)
+                uri = f"exec:cat {stream}"
+            else:
+                destination = Qemu("dst", workdir, size, setup, None, ("multifd", "mapped-ram"), multifd)
+                uri = f"file:{mapped}"
+            start = time.monotonic()
+            destination.qmp.execute("migrate-incoming", uri=uri)
             end = destination.qmp.wait_migration(timeout)
-            wire = os.path.getsize(stream)
+            wire = allocated_bytes(saved)
             if check:
                 verify(image, size, workdir, (destination, "destination"))
         elif measure == "e2e":
-            fifo = os.path.join(workdir, "qemu.fifo")
+            fifo = os.path.join(workdir, f"{tool}.fifo")
             if os.path.exists(fifo):
                 os.unlink(fifo)
             os.mkfifo(fifo)
             try:
-                destination = Qemu("dst", workdir, size)
-                source = Qemu("src", workdir, size, image)
+                destination = Qemu("dst", workdir, size, setup)
+                source = Qemu("src", workdir, size, setup, image)
                 destination.qmp.execute("migrate-incoming", uri=f"exec:cat {fifo}")
                 start = time.monotonic()
                 source.qmp.execute("migrate", uri=f"exec:cat > {fifo}")
@@ -240,6 +285,26 @@ def run_measure(measure, image, size, workdir, timeout, check):
                     verify(image, size, workdir, (source, "source"), (destination, "destination"))
             finally:
                 os.unlink(fifo)
+        elif measure == "e2e-multifd":
+            sock = os.path.join(workdir, f"{tool}.sock")
+            if os.path.exists(sock):
+                os.unlink(sock)
+            try:
+                destination = Qemu("dst", workdir, size, setup, None, ("multifd",), multifd)
+                # zero-page-detection multifd (QEMU 9.0+): the channel threads find the zero pages.
+                source = Qemu("src", workdir, size, setup, image, ("multifd",),
+                              {**multifd, "zero-page-detection": "multifd"})
+                destination.qmp.execute("migrate-incoming", uri=f"unix:{sock}")
+                start = time.monotonic()
+                source.qmp.execute("migrate", uri=f"unix:{sock}")
+                source.qmp.wait_migration(timeout)
+                end = destination.qmp.wait_migration(timeout)
+                wire = migrated_bytes(source.qmp)
+                if check:
+                    verify(image, size, workdir, (source, "source"), (destination, "destination"))
+            finally:
+                if os.path.exists(sock):
+                    os.unlink(sock)
         else:
             raise BenchError(f"unknown measurement {measure!r} (one of {', '.join(MEASURES)})")
         if check and measure.startswith("save"):
@@ -253,6 +318,12 @@ def run_measure(measure, image, size, workdir, timeout, check):
             destination.peak_rss_kib if destination else None)
 
 
+def allocated_bytes(path):
+    """What a file holds (mapped-ram's is sparse: zero pages are holes); a stream's size otherwise."""
+    info = os.stat(path)
+    return min(info.st_size, info.st_blocks * 512)
+
+
 def main():
     parser = argparse.ArgumentParser(description="Time QEMU migration of the benchmark image.")
     parser.add_argument("image")
@@ -263,6 +334,14 @@ def main():
     parser.add_argument("--workdir", required=True, help="folder for sockets, logs, stream and FIFO")
     parser.add_argument("--verify", action="store_true", help="compare guest memory with the image")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--qemu", default=os.environ.get("QEMU", "qemu-system-x86_64"),
+                        help="the QEMU binary (default $QEMU, else qemu-system-x86_64 from PATH)")
+    parser.add_argument("--tool", default="qemu72", help="the tool name in the result lines")
+    parser.add_argument("--data-dir", action="append", metavar="DIR",
+                        help="a firmware folder, passed as -L (repeatable, searched in order)")
+    parser.add_argument("--module-dir", help="QEMU_MODULE_DIR for this QEMU")
+    parser.add_argument("--dst-memory", default="ram", metavar="ram|FOLDER",
+                        help="destination RAM: anonymous (ram, default) or a fresh file in FOLDER, share=on")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -270,11 +349,13 @@ def main():
     if size <= 0 or size % REGION:
         raise BenchError(f"{args.image}: size {size} is not a positive multiple of 2 MiB")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    setup = Setup(args)
     for run in range(args.first_run, args.first_run + args.runs):
         for measure in args.measures:
             seconds, wire, src_rss, dst_rss = run_measure(measure, args.image, size, args.workdir,
-                                                          args.timeout, args.verify and run == args.first_run)
-            print("\t".join(str(v) for v in ("qemu", measure, run, f"{seconds:.4f}", size, wire,
+                                                          args.timeout, args.verify and run == args.first_run,
+                                                          setup, args.tool)
+            print("\t".join(str(v) for v in (args.tool, measure, run, f"{seconds:.4f}", size, wire,
                                               src_rss or "-", dst_rss or "-")), flush=True)
 
 

@@ -2,9 +2,11 @@
 """Turns the benchmark's tab-separated lines into markdown tables.
 
 Input lines: tool measure run seconds payload_bytes wire_bytes src_rss_kib dst_rss_kib
-('-' where a value does not apply). Rates are payload per second in GB/s (10^9 bytes): guest RAM
-for migrations, bytes carried for the limits. Ours/QEMU ratios are medians of per-run ratios, so
-runs made side by side are compared with each other and machine noise between runs cancels out.
+('-' where a value does not apply). Tools: ours, qemu72 (older files: qemu), qemu10, limit.
+Rates are payload per second in GB/s (10^9 bytes): guest RAM for migrations, bytes carried for
+the limits, pages populated for the fresh-memory rows (limit fresh-*). Every ratio is a median of
+per-run ratios (with their min-max), so runs made side by side are compared with each other and
+machine noise between runs cancels out.
 """
 import statistics
 import sys
@@ -29,16 +31,53 @@ def load(lines):
         if len(fields) != 8 or fields[0].startswith("#"):
             continue
         tool, measure, run = fields[0], fields[1], int(fields[2])
+        tool = "qemu72" if tool == "qemu" else tool  # files from before QEMU 10 was a peer
         seconds, payload, wire, src, dst = (number(f) for f in fields[3:])
         rows[(tool, measure)][run] = dict(seconds=seconds, payload=payload, wire=wire, src=src, dst=dst)
     return rows
+
+
+TOOL_ORDER = ("ours", "qemu72", "qemu10", "limit")
+FRESH_ORDER = ("pwrite", "pwrite-2threads", "memcpy", "populate-ahead", "populate-ahead-pwrite", "fallocate-ahead",
+               "alloc-only", "hugetlb", "hugetlb-pool", "hugetlb-with-pool", "thp-tmpfs", "thp-memfd")
+MEASURE_ORDER = ("e2e", "e2e-multifd", "restore", "restore-mapped-ram", "save-file", "save-mapped-ram",
+                 "save-null", "fresh-")
+
+
+def sort_key(key):
+    """Our measures next to the peers' of the same kind; the limits last, in the order they ran."""
+    tool, measure = key
+    if tool == "limit":
+        fresh = measure.removeprefix("fresh-")
+        return (2, 0 if measure.startswith("fresh-") else 1,
+                FRESH_ORDER.index(fresh) if fresh in FRESH_ORDER else len(FRESH_ORDER), 0)
+    base = measure.removesuffix("-1core").removesuffix("-lz4")
+    rank = MEASURE_ORDER.index(base) if base in MEASURE_ORDER else len(MEASURE_ORDER)
+    group = rank // 2 if base != "save-null" else 3  # e2e | restore | save-file | save-null
+    return (1 if tool not in TOOL_ORDER else 0, group, TOOL_ORDER.index(tool) if tool in TOOL_ORDER else 9,
+            len(measure) if tool == "ours" else rank)
+
+
+def fill_our_wire(rows):
+    """Ours e2e and save-null write no file: their bytes on the wire are the save-file stream's of the
+    same compression and run (the same image gives the same stream; in a random order the save may
+    come after them, so this is done here rather than while measuring)."""
+    for (tool, measure), runs in rows.items():
+        if tool != "ours" or not (measure.startswith("e2e") or measure.startswith("save-null")):
+            continue
+        compression = "-lz4" if "-lz4" in measure else ""
+        saved = rows.get(("ours", "save-file" + compression), {})
+        sizes = [r["wire"] for r in saved.values() if r["wire"]]
+        for run, fields in runs.items():
+            if fields["wire"] is None and sizes:
+                fields["wire"] = saved[run]["wire"] if run in saved and saved[run]["wire"] else statistics.median(sizes)
 
 
 def measurements_table(rows):
     out = ["| tool | measure | runs | time s median (min-max) | GB/s median (min-max) | bytes on the wire | "
            "wire/payload | peak RSS src / dst MiB |",
            "| --- | --- | ---: | --- | --- | ---: | ---: | --- |"]
-    for (tool, measure), runs in rows.items():
+    for (tool, measure), runs in sorted(rows.items(), key=lambda item: sort_key(item[0])):
         seconds = [r["seconds"] for r in runs.values()]
         rates = [r["payload"] / r["seconds"] / GB for r in runs.values()]
         wires = [r["wire"] for r in runs.values() if r["wire"] is not None]
@@ -56,26 +95,126 @@ def measurements_table(rows):
     return out
 
 
+# Which peer measure each of ours is compared with: (our measure, peer tool, peer measure).
+PAIRS = [(m, "qemu72", m) for m in ("e2e", "restore", "save-null", "save-file")] + [
+    ("e2e", "qemu10", "e2e"), ("e2e", "qemu10", "e2e-multifd"),
+    ("restore", "qemu10", "restore-mapped-ram"), ("save-file", "qemu10", "save-mapped-ram")]
+PEER_NAMES = {"qemu72": "QEMU 7.2", "qemu10": "QEMU 10"}
+LIMIT = ("limit", "fresh-pwrite")  # the fresh-memory limit: vmrecv's way (pwrite), no pipe, no hashing
+
+
+def pairwise(numerators, denominators):
+    """Per-run ratio numerator time / denominator time, for the runs both have."""
+    return [numerators[run]["seconds"] / denominators[run]["seconds"]
+            for run in sorted(numerators) if run in denominators]
+
+
+def summary(values, suffix="x"):
+    return f"{statistics.median(values):.2f}{suffix} ({spread(values, lambda v: f'{v:.2f}{suffix}')})"
+
+
 def ratios_table(rows):
-    """Ours against QEMU per measure: rate ratio QEMU time / our time, pairwise by run number."""
-    out = ["| ours | vs QEMU | pairs | rate ours/QEMU median (min-max) | time ours/QEMU median |",
+    """Ours against each peer, pairwise by run: speed-up = peer time / our time."""
+    out = ["| ours | vs | pairs | speed-up (peer time / ours) median (min-max) | ours faster in |",
            "| --- | --- | ---: | --- | ---: |"]
-    for (tool, measure), ours in rows.items():
-        if tool != "ours":
-            continue
-        peer = rows.get(("qemu", measure.removesuffix("-lz4")))
-        if measure.endswith("-1core"):
-            continue
-        if not peer:
-            continue
-        pairs = [(peer[run]["seconds"], ours[run]["seconds"]) for run in sorted(ours) if run in peer]
-        if not pairs:
-            continue
-        rate = [q / o for q, o in pairs]
-        time = [o / q for q, o in pairs]
-        out.append(f"| {measure} | {measure.removesuffix('-lz4')} | {len(pairs)} | {statistics.median(rate):.2f}x "
-                   f"({spread(rate, lambda v: f'{v:.2f}x')}) | {statistics.median(time):.2f} |")
+    for ours_measure, peer, peer_measure in PAIRS:
+        for suffix in ("", "-lz4"):
+            ours = rows.get(("ours", ours_measure + suffix))
+            other = rows.get((peer, peer_measure))
+            if not ours or not other:
+                continue
+            speedup = pairwise(other, ours)
+            if not speedup:
+                continue
+            out.append(f"| {ours_measure + suffix} | {PEER_NAMES[peer]} {peer_measure} | {len(speedup)} | "
+                       f"{summary(speedup)} | {sum(v > 1 for v in speedup)} of {len(speedup)} |")
     return out if len(out) > 2 else []
+
+
+def fresh_table(rows):
+    """The fresh-memory variants against the first one (pwrite, what vmrecv does), pairwise by run."""
+    base = rows.get(LIMIT)
+    variants = [(m, runs) for (tool, m), runs in sorted(rows.items(), key=lambda item: statistics.median(
+                    r["seconds"] for r in item[1].values()))
+                if tool == "limit" and m.startswith("fresh-") and m != "fresh-hugetlb-pool"]
+    if not base or not variants:
+        return []
+    out = ["| variant | runs | time s median (min-max) | GB/s of pages median | time / pwrite median (min-max) | "
+           "speed-up over pwrite median |",
+           "| --- | ---: | --- | ---: | --- | ---: |"]
+    for measure, runs in variants:
+        seconds = [r["seconds"] for r in runs.values()]
+        rates = [r["payload"] / r["seconds"] / GB for r in runs.values()]
+        ratio = pairwise(runs, base)
+        out.append(f"| {measure.removeprefix('fresh-')} | {len(runs)} | {statistics.median(seconds):.3f} "
+                   f"({spread(seconds, lambda v: f'{v:.3f}')}) | {statistics.median(rates):.2f} | "
+                   f"{summary(ratio)} | {1 / statistics.median(ratio):.2f}x |")
+    return out
+
+
+def fastest_fresh(rows):
+    """The fresh-memory variant with the lowest median time, a complete receiver's way (data stored)."""
+    candidates = [(statistics.median(r["seconds"] for r in runs.values()), m) for (tool, m), runs in rows.items()
+                  if tool == "limit" and m.startswith("fresh-")
+                  and m not in ("fresh-alloc-only", "fresh-hugetlb", "fresh-hugetlb-pool")]
+    return min(candidates)[1] if candidates else None
+
+
+def distance_table(rows):
+    """Ours (and the peers' fastest) against the fresh-memory limit measured in the same runs."""
+    base = rows.get(LIMIT)
+    if not base:
+        return []
+    best = fastest_fresh(rows)
+    columns = [LIMIT[1]] + ([best] if best and best != LIMIT[1] else [])
+    out = ["| measure | " + " | ".join(f"time / {c.removeprefix('fresh-')} median (min-max)" for c in columns) + " |",
+           "| --- |" + " --- |" * len(columns)]
+    for tool, measure in [("ours", "e2e"), ("ours", "restore"), ("ours", "e2e-lz4"), ("ours", "restore-lz4"),
+                          ("qemu10", "e2e-multifd"), ("qemu10", "restore-mapped-ram"), ("qemu72", "e2e")]:
+        runs = rows.get((tool, measure))
+        if not runs:
+            continue
+        cells = []
+        for column in columns:
+            ratio = pairwise(runs, rows[("limit", column)])
+            cells.append(summary(ratio) if ratio else "-")
+        out.append(f"| {tool} {measure} | " + " | ".join(cells) + " |")
+    return out if len(out) > 2 else []
+
+
+def targets_table(rows):
+    """Where ours stands against the project's targets, from the same per-run ratios."""
+    ours_e2e, ours_restore = rows.get(("ours", "e2e")), rows.get(("ours", "restore"))
+    checks = []
+    multifd = rows.get(("qemu10", "e2e-multifd"))
+    if ours_e2e and multifd:
+        r = pairwise(multifd, ours_e2e)
+        if r:
+            checks.append(("warm e2e ≥ 2x QEMU 10 multifd at the median, faster in every pair", summary(r) +
+                           f", faster in {sum(v > 1 for v in r)} of {len(r)}",
+                           statistics.median(r) >= 2 and min(r) > 1))
+    exec_e2e = rows.get(("qemu10", "e2e"))
+    if ours_e2e and exec_e2e:
+        r = pairwise(exec_e2e, ours_e2e)
+        if r:
+            checks.append(("warm e2e ≥ 6x QEMU 10 exec:", summary(r), statistics.median(r) >= 6))
+    limit = rows.get(LIMIT)
+    if ours_e2e and limit:
+        r = pairwise(ours_e2e, limit)
+        if r:
+            checks.append(("warm e2e within 1.3x of the fresh-memory limit at the median (e2e time / limit)",
+                           summary(r), statistics.median(r) <= 1.3))
+    mapped = rows.get(("qemu10", "restore-mapped-ram"))
+    if ours_restore and mapped:
+        r = pairwise(mapped, ours_restore)
+        if r:
+            checks.append(("restore from a file ≥ 1.5x QEMU 10 mapped-ram restore", summary(r),
+                           statistics.median(r) >= 1.5))
+    if not checks:
+        return []
+    out = ["| target | measured: median (min-max) | met |", "| --- | --- | --- |"]
+    out += [f"| {what} | {value} | {'yes' if met else '**no**'} |" for what, value, met in checks]
+    return out
 
 
 def compression_table(rows):
@@ -107,7 +246,7 @@ def limits_table(rows):
         return []
     out = ["| tool | measure | wire GB/s | " + " | ".join(f"% of pipe {p} ({limits[p]:.2f} GB/s)" for p in pipe)
            + " |", "| --- | --- | ---: |" + " ---: |" * len(pipe)]
-    for (tool, measure), runs in rows.items():
+    for (tool, measure), runs in sorted(rows.items(), key=lambda item: sort_key(item[0])):
         if tool == "limit":
             continue
         wire_rates = [r["wire"] / r["seconds"] / GB for r in runs.values() if r["wire"]]
@@ -124,8 +263,12 @@ def main():
     if not rows:
         print("report: no result lines", file=sys.stderr)
         return 1
+    fill_our_wire(rows)
     sections = [("Measurements", measurements_table(rows)),
-                ("Ours against QEMU (pairwise, same run)", ratios_table(rows)),
+                ("Targets", targets_table(rows)),
+                ("Ours against the peers (pairwise, same run)", ratios_table(rows)),
+                ("Fresh-memory variants against pwrite (pairwise, same run)", fresh_table(rows)),
+                ("Distance to the fresh-memory limit (pairwise, same run)", distance_table(rows)),
                 ("LZ4 on both cores", compression_table(rows)),
                 ("Distance to the pipe limit", limits_table(rows))]
     for title, table in sections:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's scale check: the same 1 GiB image migrated end to end (vmsend --warm | vmrecv --paused)
+# The scale check: the same 1 GiB image migrated end to end (vmsend --warm | vmrecv --paused)
 # in a 1 GiB guest and in a 16 GiB guest, pairwise per run. The untouched 15 GiB must cost nothing:
 # holes are skipped with SEEK_DATA, and mapping a 16 GiB memfd only reserves address space.
 # Prints the usual tab-separated lines (bench/README.md), then the ratio 16G/1G per run on stderr.

@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
-# The throughput benchmark of issue 6: QEMU's migration and ours, side by side in one run, on the
-# standard image, then the pipe/memory/lz4 limits; prints a markdown report.
-# Per run and per measure (save-file, save-null, restore, e2e) it times QEMU, then ours
-# uncompressed, then ours with LZ4, so each pair shares the machine's state of the moment.
+# The throughput benchmark: our migration and its peers (QEMU 7.2, QEMU 10) side by side in one run
+# on the standard image, with the fresh-memory limit of this host measured in between, then the
+# pipe/memory/lz4 limits; prints a markdown report.
+# Per run every measure of every tool (QEMU 7.2: save-file, save-null, restore, e2e; QEMU 10: e2e
+# through exec:, e2e multifd, mapped-ram save and restore; ours: save-file, save-null, restore,
+# e2e, each uncompressed and with LZ4; the fresh-memory variants of bench/freshmem.c) runs once,
+# in a random order drawn from a printed seed (a restore after its save). Before each measure the
+# script waits for the host's free page reporting to go idle (settle in lib.sh).
 # Our side needs vmrun, vmsend, vmrecv and vmctl (found in $VMRUN.., .build/release, .build/debug
 # or PATH); while any is missing it is skipped with a message. Cleans up on any exit.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 MEASURES=(save-file save-null restore e2e)
+QEMU10_MEASURES=(e2e e2e-multifd save-mapped-ram restore-mapped-ram)
+FRESH_VARIANTS=(pwrite pwrite-2threads memcpy populate-ahead populate-ahead-pwrite fallocate-ahead alloc-only
+                hugetlb thp-tmpfs thp-memfd)
 
 usage() {
     cat >&2 <<EOF
-usage: $0 [-n RUNS] [--size SIZE] [--image IMAGE] [--results FILE.tsv] [--no-qemu] [--no-ours] [--no-limits]
+usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [--results FILE.tsv]
+          [--no-ours] [--no-fresh] [--no-limits] [--no-settle]
   -n RUNS        runs of each measurement (default 3)
+  --peers LIST   the peers to measure, comma-separated: qemu72, qemu10 (default qemu72,qemu10;
+                 "" for none; --no-qemu is the same)
+  --seed SEED    seed of the run order (default: drawn, and printed)
   --size SIZE    size of the generated standard image (default 2G)
   --image IMAGE  use this image instead of generating one
   --results FILE also keep the raw tab-separated results there
+  --no-fresh     without the fresh-memory limit (bench/freshmem.c); --no-limits: without it and
+                 without the pipe/memory/lz4 limits
+  --no-settle    do not wait for the host's free page reporting between measures
 EOF
     exit 2
 }
@@ -111,10 +125,24 @@ ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one resu
 
 # ---- the run ------------------------------------------------------------------------------------
 
-qemu_measure() {  # MEASURE RUN
+qemu_measure() {  # PEER MEASURE RUN
     local verify=()
-    [ "$2" = 1 ] && verify=(--verify)
-    "$here/qemu-migrate.sh" --workdir "$work" -n 1 --first-run "$2" "${verify[@]}" "$image" "$1"
+    [ "$3" = 1 ] && verify=(--verify)
+    "$here/qemu-migrate.sh" --peer "$1" --workdir "$work" -n 1 --first-run "$3" "${verify[@]}" "$image" "$2"
+}
+
+fresh_measure() {  # VARIANT RUN
+    "$work/freshmem" "$1" "$work/image.ranges" "$2" "$work/thp-mount"
+}
+
+run_item() {  # RUN ITEM: one measure, ITEM being TOOL:MEASURE[:COMPRESSION]
+    local run="$1" tool measure compression
+    IFS=: read -r tool measure compression <<<"$2"
+    case "$tool" in
+        qemu72|qemu10) qemu_measure "$tool" "$measure" "$run" ;;
+        ours) ours_measure "$measure" "$run" "$compression" ;;
+        fresh) fresh_measure "$measure" "$run" ;;
+    esac
 }
 
 record() {  # TSV COMMAND...: appends the command's result lines to TSV and shows them on stderr
@@ -129,29 +157,46 @@ machine_description() {
     echo "- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \
          "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- kvm modules: $(ls /sys/module | grep '^kvm' | tr '\n' ' ')"
-    if $with_qemu; then echo "- qemu: $(qemu-system-x86_64 --version | head -1)"; fi
+    if [[ ",$peers," == *,qemu72,* ]]; then echo "- qemu72: $(qemu-system-x86_64 --version | head -1)"; fi
+    if [[ ",$peers," == *,qemu10,* ]]; then echo "- qemu10: $("$("$here/qemu10.sh")" --version | head -1) (bench/qemu10.sh)"; fi
     echo "- lz4: $(lz4 --version 2>&1 | grep -o 'v[0-9.]*' | head -1)"
-    echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running shares the cores)"
+    echo "- run order: random, seed $seed (bench/run_order.py); settle before each measure: $settle_what"
+    echo "- load average at the start: $load_at_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running shares the cores)"
     echo "- work dir: $work ($(df --output=fstype "$work" | tail -1)); runs: $runs"
 }
 
 main() {
-    runs=3 size=2G image="" results="" with_qemu=true with_ours=true with_limits=true
+    runs=3 size=2G image="" results="" peers=qemu72,qemu10 with_ours=true with_limits=true with_fresh=true
+    seed="" with_settle=true
     while (($#)); do
         case "$1" in
             -n) [ $# -ge 2 ] || usage; runs="$2"; shift 2 ;;
+            --peers) [ $# -ge 2 ] || usage; peers="$2"; shift 2 ;;
+            --seed) [ $# -ge 2 ] || usage; seed="$2"; shift 2 ;;
             --size) [ $# -ge 2 ] || usage; size="$2"; shift 2 ;;
             --image) [ $# -ge 2 ] || usage; image="$2"; shift 2 ;;
             --results) [ $# -ge 2 ] || usage; results="$2"; shift 2 ;;
-            --no-qemu) with_qemu=false; shift ;;
+            --no-qemu) peers=""; shift ;;
             --no-ours) with_ours=false; shift ;;
-            --no-limits) with_limits=false; shift ;;
+            --no-fresh) with_fresh=false; shift ;;
+            --no-limits) with_limits=false; with_fresh=false; shift ;;
+            --no-settle) with_settle=false; shift ;;
             *) usage ;;
         esac
     done
     [[ "$runs" =~ ^[1-9][0-9]*$ ]] || usage
+    [ -n "$seed" ] || seed=$(( (RANDOM << 15) | RANDOM ))
+    [[ "$seed" =~ ^[0-9]+$ ]] || usage
+    local peer
+    for peer in ${peers//,/ }; do
+        [[ "$peer" =~ ^(qemu72|qemu10)$ ]] || { echo "throughput: unknown peer $peer (qemu72, qemu10)" >&2; exit 2; }
+    done
+    load_at_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "throughput: run order seed $seed" >&2
     # QEMU first: installing it adds files under /usr/lib, where the image's binary regions come from.
-    if $with_qemu; then ensure_qemu; fi
+    # (QEMU 10 is only unpacked in a cache folder, but fetching it first fails early without network.)
+    if [[ ",$peers," == *,qemu72,* ]]; then ensure_qemu; fi
+    if [[ ",$peers," == *,qemu10,* ]]; then "$here/qemu10.sh" >/dev/null; fi
     if $with_ours && ! ours_available; then with_ours=false; fi
 
     work="$(mktemp -d "${BENCH_TMPDIR:-/dev/shm}/throughput.XXXXXX")"
@@ -166,24 +211,59 @@ main() {
     fi
     image_size="$(stat -c %s "$image")"
     cat "$image" > /dev/null  # page cache warm before anything is timed
-    local tsv="$work/results.tsv" run measure
-    for ((run = 1; run <= runs; run++)); do
-        for measure in "${MEASURES[@]}"; do
-            echo "throughput: run $run/$runs $measure" >&2
-            if $with_qemu; then record "$tsv" qemu_measure "$measure" "$run"; fi
-            if $with_ours; then
-                record "$tsv" ours_measure "$measure" "$run" none
-                record "$tsv" ours_measure "$measure" "$run" lz4
-                if [ "$measure" = save-null ]; then record "$tsv" ours_measure "$measure" "$run" lz4-1core; fi
-            fi
-        done
+
+    local items=() after=() measure compression
+    for peer in ${peers//,/ }; do
+        if [ "$peer" = qemu72 ]; then
+            for measure in "${MEASURES[@]}"; do items+=("qemu72:$measure"); done
+            after+=(--after qemu72:restore=qemu72:save-file)
+        else
+            for measure in "${QEMU10_MEASURES[@]}"; do items+=("qemu10:$measure"); done
+            after+=(--after qemu10:restore-mapped-ram=qemu10:save-mapped-ram)
+        fi
     done
+    if $with_ours; then
+        for compression in none lz4; do
+            for measure in "${MEASURES[@]}"; do items+=("ours:$measure:$compression"); done
+            after+=(--after "ours:restore:$compression=ours:save-file:$compression")
+        done
+        items+=("ours:save-null:lz4-1core")
+    fi
+    if $with_fresh; then
+        command -v gcc >/dev/null || { echo "throughput: gcc is needed for the fresh-memory limit (apt-get install gcc)" >&2; exit 1; }
+        gcc -O2 -Wall -Wextra -Werror -pthread -o "$work/freshmem" "$here/freshmem.c"
+        "$work/freshmem" ranges "$image" "$work/image.ranges"
+        mkdir -p "$work/thp-mount"  # freshmem mounts its tmpfs over it in a namespace of its own
+        save_host_settings
+        local variant
+        for variant in "${FRESH_VARIANTS[@]}"; do items+=("fresh:$variant"); done
+    fi
+    ((${#items[@]})) || { echo "throughput: nothing to measure" >&2; exit 1; }
+    # QEMU's RAM copy (qemu-migrate.sh makes it when missing): made here, so that writing 2 GiB
+    # of tmpfs does not happen just before whichever QEMU measure comes first.
+    [ -z "$peers" ] || cp --sparse=never "$image" "$work/qemu-ram.img"
+    settle_what="no"
+    if $with_settle; then
+        if [ -r /sys/module/page_reporting/parameters/reported_kib ]; then
+            settle_what="until free page reporting has been idle for 3 s (at most 30 s)"
+        else
+            settle_what="3 s"
+        fi
+    fi
+
+    local tsv="$work/results.tsv" run item
+    python3 "$here/run_order.py" --seed "$seed" --runs "$runs" "${after[@]}" "${items[@]}" > "$work/order"
+    while read -r run item; do
+        echo "throughput: run $run/$runs $item" >&2
+        if $with_settle; then settle 30; fi
+        record "$tsv" run_item "$run" "$item"
+    done < "$work/order"
     if $with_limits; then
         echo "throughput: pipe, memory and lz4 limits" >&2
         record "$tsv" "$here/pipe-limits.sh" -n "$runs" "$image"
     fi
     [ -z "$results" ] || cp "$tsv" "$results"
-    echo "## Throughput benchmark (issue 6)"
+    echo "## Throughput benchmark: ours, $(tr ',' ' ' <<<"${peers:-no peers}"), fresh-memory limit"
     echo
     machine_description
     echo "- image: $image_size bytes, $(sha256sum "$image" | cut -c1-16)… (sha256)"
@@ -197,6 +277,7 @@ cleanup() {
     if [ -n "$run_dir" ] && ((${#vmrun_pid[@]})); then ours_destroy "${!vmrun_pid[@]}"; fi
     # vmrecv starts the destination's vmrun itself: destroy it by name too.
     if [ -n "$run_dir" ] && [ -n "${VMCTL_BIN:-}" ]; then ours_destroy dst; fi
+    restore_host_settings
     stop_jobs_and_remove "$work"
 }
 trap cleanup EXIT
