@@ -6,7 +6,11 @@ import SystemSupport
 /// A 16550 UART: registers, a receive FIFO, and its interrupt line. Configuration: `port` (base, e.g. 0x3f8) and
 /// `irq` (e.g. 4).
 ///
-/// Transmit is instant (THR always empty); output is appended to the console log, a line at a time.
+/// Transmit is instant (THR always empty); output is appended to the console log, a line at a time. Interrupts
+/// follow the 16550: received data, then the transmitter-empty interrupt, which a THR write or an IIR read that
+/// reports it clears and enabling it (or the next instant transmit) raises. In loopback (MCR bit 4) transmitted
+/// bytes come back as received ones and the modem status lines mirror the modem control outputs, as the Linux 8250
+/// driver's probe expects.
 /// Its state chunk carries the registers and the unread receive bytes, so console input the guest has not read
 /// yet survives a migration.
 public final class UART16550: Device {
@@ -82,7 +86,11 @@ public final class UART16550: Device {
         case 3: return r.lineControl
         case 4: return r.modemControl
         case 5: return 0x60 | (r.receive.isEmpty ? 0 : 0x01)  // THR empty, transmitter empty, data ready
-        case 6: return 0xb0  // DCD, DSR, CTS
+        case 6:
+            // Loopback: CTS <- RTS, DSR <- DTR, RI <- OUT1, DCD <- OUT2. Otherwise DCD, DSR, CTS.
+            guard r.modemControl & 0x10 != 0 else { return 0xb0 }
+            let m = r.modemControl
+            return (m & 0x02) << 3 | (m & 0x01) << 5 | (m & 0x04) << 4 | (m & 0x08) << 4
         case 7: return r.scratch
         default: return 0
         }
@@ -93,15 +101,20 @@ public final class UART16550: Device {
         switch offset {
         case 0 where dlab: r.divisorLow = value
         case 0:
-            r.output.append(value)
-            if value == 10 || r.output.count >= 512 { flush(&r) }
+            if r.modemControl & 0x10 != 0 {
+                if r.receive.count < Self.receiveCapacity { r.receive.append(value) }
+            } else {
+                r.output.append(value)
+                if value == 10 || r.output.count >= 512 { flush(&r) }
+            }
             r.transmitInterruptPending = true
         case 1:
             if dlab {
                 r.divisorHigh = value
             } else {
+                // Enabling the transmitter-empty interrupt with THR empty (always) raises it at once.
+                if value & 0x02 != 0 && r.interruptEnable & 0x02 == 0 { r.transmitInterruptPending = true }
                 r.interruptEnable = value & 0x0f
-                if value & 0x02 != 0 { r.transmitInterruptPending = true }
             }
         case 2:
             if value & 0x02 != 0 { r.receive.removeAll() }

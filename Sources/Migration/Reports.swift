@@ -11,6 +11,7 @@ extension SendReport {
             + "ratio \(ByteSize.twoDecimals(guestBytes > 0 ? Double(stats.bytes) / Double(guestBytes) : 0)), "
             + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s); "
             + "source paused for the last \(Int((pausedSeconds * 1000).rounded())) ms"
+            + (disksTravelled ? " (final round: \(finalRoundPages) pages, \(finalRoundDiskBlocks) disk blocks)" : "")
     }
 }
 

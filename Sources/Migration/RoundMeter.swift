@@ -37,6 +37,11 @@ public struct SendReport: Sendable {
     public var pausedSeconds: Double
     /// False when the source was already paused before the send; it is then left paused.
     public var sourceWasRunning: Bool
+    /// What the pause had to send: memory pages, and disk blocks (0 without disks).
+    public var finalRoundPages: UInt64 = 0
+    public var finalRoundDiskBlocks: UInt64 = 0
+    /// Whether the machine has disks whose data travelled.
+    public var disksTravelled = false
 }
 
 /// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.

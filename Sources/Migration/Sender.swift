@@ -58,6 +58,7 @@ public final class Sender {
         var paused = false
         var pausedAt = ContinuousClock.now
         var throttled = false
+        var final = (pages: UInt64(0), diskBlocks: UInt64(0))
         do {
             func pause() throws -> UInt64 {
                 pausedAt = .now
@@ -94,12 +95,14 @@ public final class Sender {
                     case nil: break
                     }
                 #endif
+                final = Self.split(rest.ranges, memorySegments: memory.memorySegments)
                 try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
             } else {
                 pauseTime = try pause()
                 try writer.writeBegin(begin)
-                try sendRound(
-                    0, pages: try Self.populatedRanges(memory), isFinal: true, memory: memory, writer: writer, meter: &meter)
+                let everything = try Self.populatedRanges(memory)
+                final = Self.split(everything, memorySegments: memory.memorySegments)
+                try sendRound(0, pages: everything, isFinal: true, memory: memory, writer: writer, meter: &meter)
             }
             let state = try source.saveState()
             for chunk in state.kernel { try writer.writeKernelState(chunk) }
@@ -134,7 +137,15 @@ public final class Sender {
         return SendReport(
             machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
             rounds: meter.nextRound, seconds: HostClock.seconds(since: started), pausedSeconds: pausedSeconds,
-            sourceWasRunning: wasRunning)
+            sourceWasRunning: wasRunning, finalRoundPages: final.pages, finalRoundDiskBlocks: final.diskBlocks,
+            disksTravelled: !config.disks.isEmpty && !options.sharedStorage)
+    }
+
+    /// Pages of memory areas and blocks of disk areas in `ranges`.
+    static func split(_ ranges: [PageRange], memorySegments: Int) -> (pages: UInt64, diskBlocks: UInt64) {
+        ranges.reduce((UInt64(0), UInt64(0))) { total, range in
+            range.segment < memorySegments ? (total.0 + range.count, total.1) : (total.0, total.1 + range.count)
+        }
     }
 
     /// Rounds while the guest runs. Returns the pages dirtied by the last of them, still to be sent.

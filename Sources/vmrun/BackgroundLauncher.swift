@@ -3,6 +3,7 @@ import Glibc
 import SystemPackage
 import SystemSupport
 import VMControl
+import VMM
 
 /// Starts the VM process in the background and waits until its socket listens.
 ///
@@ -73,6 +74,11 @@ struct BackgroundLauncher {
             print("vmrun: '\(plan.name)' is \(state) (pid \(pid))")
             print("  status:  \(command.reachHint(runDirectory: plan.runDirectory))")
             print("  console: \(plan.runDirectory.consoleLogPath(for: plan.name))")
+            for (index, disk) in plan.options.disks.enumerated() {
+                print(
+                    "  disk:    \(disk.name) = \(disk.path ?? "")\(disk.readOnly ? " (read-only)" : ""), virtio-mmio at \(DiskPlacement.kernelCommandLine(diskCount: index + 1).split(separator: " ").last ?? "")"
+                )
+            }
             return 0
         }
         if answer == nil { kill(pid, SIGTERM) }
