@@ -238,6 +238,26 @@ public struct DiskCheckStatus: Codable, Sendable, Equatable {
     }
 }
 
+/// The last heartbeat a guest printed on its console (`vmtest: beat=N key=value ...`, as the Linux test guest
+/// does once a second): whether it is alive, and its own counters.
+public struct GuestHeartbeat: Codable, Sendable, Equatable {
+    public var beat: UInt64
+    /// Seconds since the line arrived.
+    public var secondsAgo: Double
+    /// Every `key=value` of the line, `beat` included.
+    public var fields: [String: String]
+
+    public init(beat: UInt64, secondsAgo: Double, fields: [String: String]) {
+        self.beat = beat
+        self.secondsAgo = secondsAgo
+        self.fields = fields
+    }
+
+    /// A guest that beats once a second and has not for this long is taken to be stuck.
+    public static let aliveWithin = 5.0
+    public var alive: Bool { secondsAgo <= Self.aliveWithin }
+}
+
 /// A machine's state as `vmctl status` shows it.
 public struct MachineStatus: Codable, Sendable, Equatable {
     public var name: String
@@ -249,11 +269,14 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public var pid: Int32
     /// The bundled guest's disk checks, when it has a disk.
     public var disk: DiskCheckStatus?
+    /// The last heartbeat line the guest printed, when it prints them (the Linux test guest).
+    public var heartbeat: GuestHeartbeat?
 
     public init(
         name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32,
-        disk: DiskCheckStatus? = nil
+        disk: DiskCheckStatus? = nil, heartbeat: GuestHeartbeat? = nil
     ) {
+        self.heartbeat = heartbeat
         self.name = name
         self.state = state
         self.memorySize = memorySize

@@ -22,6 +22,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     private let runner: VCPURunner
     private let devices: [any Device]
     private let disks: [DiskImage]
+    private let heartbeats: HeartbeatMonitor
     /// Where the vCPUs' port and MMIO accesses go.
     let bus: IOBus
     private let registry: StateRegistry
@@ -42,31 +43,42 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
     /// Why the guest stopped by itself (triple fault, a KVM error), if it did.
     public var failure: String? { runner.failure }
 
-    /// Creates and starts (unless `options.startPaused`) a new machine running the bundled guest.
-    /// `extraDevices` join the standard ones; `catalog` must know their kinds.
+    /// Creates and starts (unless `options.startPaused`) a new machine running the bundled guest, or the Linux kernel
+    /// of `options.linux`. `extraDevices` join the standard ones; `catalog` must know their kinds.
     public static func boot(
         name: String, vcpus: UInt32, memorySize: UInt64, options: MachineOptions,
         extraDevices: [DeviceConfig] = [], catalog: DeviceCatalog = .standard
     ) throws -> KVMMachine {
-        try BundledGuestBoot.checkFits(vcpus: vcpus, memorySize: memorySize, workingSet: options.guestWorkingSet)
         guard options.disks.count <= DiskPlacement.maximumDisks else {
             throw MachineError("\(options.disks.count) disks: a machine has at most \(DiskPlacement.maximumDisks)")
         }
-        let settings = GuestStatusDevice.Settings(
-            workingSet: options.guestWorkingSet, dirtyRate: options.guestDirtyRate, vcpus: vcpus,
-            diskRate: options.disks.isEmpty
-                ? 0 : options.guestDiskRate == 0 ? GuestStatusDevice.defaultDiskRate : options.guestDiskRate)
         let disks = options.disks.enumerated().map { DiskPlacement.device(for: $1, index: $0) }
+        var settings: GuestStatusDevice.Settings?
+        if options.linux == nil {
+            try BundledGuestBoot.checkFits(vcpus: vcpus, memorySize: memorySize, workingSet: options.guestWorkingSet)
+            settings = GuestStatusDevice.Settings(
+                workingSet: options.guestWorkingSet, dirtyRate: options.guestDirtyRate, vcpus: vcpus,
+                diskRate: options.disks.isEmpty
+                    ? 0 : options.guestDiskRate == 0 ? GuestStatusDevice.defaultDiskRate : options.guestDiskRate)
+        } else {
+            guard (1...GuestLayout.maxVCPUs).contains(vcpus) else {
+                throw MachineError("--cpus \(vcpus): between 1 and \(GuestLayout.maxVCPUs) vCPUs are supported")
+            }
+        }
         let config = MachineConfig(
             name: name, vcpuCount: vcpus, segments: MemorySegment.standardLayout(memorySize: memorySize),
-            devices: standardDevices(settings) + disks + extraDevices, cpuid: [], disks: options.disks)
+            devices: [UART16550.com1()] + settings.map { [GuestStatusDevice.configuration($0)] }.orEmpty + disks + extraDevices,
+            cpuid: [], disks: options.disks)
         try catalog.check(config.devices)
         let machine = try KVMMachine(config: config, options: options, catalog: catalog, incoming: false)
         do {
-            let pending = try BundledGuestBoot.prepare(
-                vcpus: machine.vcpus, ram: machine.ram, config: config,
-                settings: settings, options: options)
-            machine.lifecycle.withLock { $0.beforeFirstRun = pending }
+            if let linux = options.linux {
+                try LinuxBoot.prepare(vcpus: machine.vcpus, ram: machine.ram, config: machine.config, options: linux)
+            } else if let settings {
+                let pending = try BundledGuestBoot.prepare(
+                    vcpus: machine.vcpus, ram: machine.ram, config: config, settings: settings, options: options)
+                machine.lifecycle.withLock { $0.beforeFirstRun = pending }
+            }
             if !options.startPaused { try machine.resume() }
         } catch {
             machine.destroy()
@@ -128,7 +140,9 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             }
             let migratedMSRs = vcpus[0].readableMSRs(try system.msrIndexList().filter(MSRList.isMigrated))
             disks = try config.disks.map { try DiskImage($0) }
-            console = try ConsoleLog(path: options.consoleLog)
+            let heartbeats = HeartbeatMonitor()
+            self.heartbeats = heartbeats
+            console = try ConsoleLog(path: options.consoleLog) { heartbeats.observe($0) }
             let console = self.console
             runner = try VCPURunner(vcpus: vcpus) { console.note($0) }
             let context = DeviceContext(
@@ -184,7 +198,8 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         let guest = devices.lazy.compactMap { $0 as? GuestStatusDevice }.first
         return MachineStatus(
             name: config.name, state: state, memorySize: config.memorySize, vcpus: guest?.statuses ?? [],
-            uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid(), disk: guest?.diskStatus)
+            uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid(), disk: guest?.diskStatus,
+            heartbeat: heartbeats.heartbeat)
     }
 
     public func pause() throws {
@@ -307,4 +322,9 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 extension kvm_cpuid_entry2 {
     /// An all-zero entry, as KVM_GET_CPUID2 may leave at the end of its array.
     var isPadding: Bool { function == 0 && index == 0 && flags == 0 && eax == 0 && ebx == 0 && ecx == 0 && edx == 0 }
+}
+
+extension Optional where Wrapped: RangeReplaceableCollection {
+    /// The collection, or an empty one.
+    var orEmpty: Wrapped { self ?? Wrapped() }
 }

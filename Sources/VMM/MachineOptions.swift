@@ -19,11 +19,15 @@ public struct MachineOptions: Sendable {
     public var disks: [DiskConfig]
     /// Bytes per second the bundled guest writes to its disk; 0 is its default, 1 MiB/s.
     public var guestDiskRate: UInt64
+    /// Boot this Linux kernel instead of the bundled guest.
+    public var linux: LinuxBootOptions?
 
     public init(
         memoryImage: String? = nil, startPaused: Bool = false, consoleLog: String,
-        guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0, disks: [DiskConfig] = [], guestDiskRate: UInt64 = 0
+        guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0, disks: [DiskConfig] = [], guestDiskRate: UInt64 = 0,
+        linux: LinuxBootOptions? = nil
     ) {
+        self.linux = linux
         self.memoryImage = memoryImage
         self.startPaused = startPaused
         self.consoleLog = consoleLog

@@ -73,6 +73,16 @@ struct Status: ParsableCommand {
         for (index, vcpu) in status.vcpus.enumerated() {
             rows.append(["vcpu\(index):", "tick \(vcpu.tick), checks \(vcpu.checksPassed) ok, \(vcpu.checksFailed) failed"])
         }
+        if let heartbeat = status.heartbeat {
+            let counters = ["mem_failures", "disk_failures", "clock_jumps", "max_gap_ms"].compactMap { key in
+                heartbeat.fields[key].map { "\(key)=\($0)" }
+            }
+            rows.append([
+                "guest:",
+                "\(heartbeat.alive ? "alive" : "silent"), beat \(heartbeat.beat) \(formatSeconds(heartbeat.secondsAgo)) ago"
+                    + (counters.isEmpty ? "" : ", " + counters.joined(separator: " ")),
+            ])
+        }
         if let disk = status.disk {
             rows.append(["disk:", "\(disk.writes) blocks written, checks \(disk.checksPassed) ok, \(disk.checksFailed) failed"])
         }

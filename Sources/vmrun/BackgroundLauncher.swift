@@ -99,6 +99,11 @@ struct BackgroundLauncher {
         if let image = plan.options.memoryImage { arguments += ["--memory-image", image] }
         for disk in plan.options.disks { arguments += ["--disk", disk.path! + (disk.readOnly ? ",readonly" : "")] }
         if plan.options.guestDiskRate > 0 { arguments += ["--guest-disk-rate", String(plan.options.guestDiskRate)] }
+        if let linux = plan.options.linux {
+            arguments += ["--kernel", linux.kernel]
+            if let initrd = linux.initrd { arguments += ["--initrd", initrd] }
+            if let line = linux.commandLine { arguments += ["--cmdline", line] }
+        }
         if command.paused { arguments.append("--paused") }
         if command.incoming { arguments.append("--incoming") }
         return arguments

@@ -41,6 +41,15 @@ struct VMRun: ParsableCommand {
     @Option(help: "Bytes per second the bundled guest writes to its first disk, e.g. 10M/s (default 1M/s).")
     var guestDiskRate: String = "0"
 
+    @Option(help: "Boot this Linux kernel (an uncompressed vmlinux with a PVH entry) instead of the bundled guest.")
+    var kernel: String?
+
+    @Option(help: "With --kernel: the initramfs.")
+    var initrd: String?
+
+    @Option(help: "With --kernel: the kernel command line (default: serial console, /init, and what this host needs).")
+    var cmdline: String?
+
     @Flag(help: "Create the VM without starting its vCPUs.")
     var paused = false
 
@@ -133,10 +142,23 @@ struct MachinePlan {
             )
         }
         let disks = try command.disks.enumerated().map { try Self.disk($1, index: $0, machine: command.name) }
+        var linux: LinuxBootOptions?
+        if let kernel = command.kernel {
+            for (flag, path) in [("--kernel", kernel), ("--initrd", command.initrd)] {
+                if let path, access(path, R_OK) != 0 {
+                    throw ControlError("\(flag) \(path): \(String(cString: strerror(errno)))")
+                }
+            }
+            linux = LinuxBootOptions(
+                kernel: RunDirectory.absolute(kernel), initrd: command.initrd.map(RunDirectory.absolute),
+                commandLine: command.cmdline)
+        } else if command.initrd != nil || command.cmdline != nil {
+            throw ControlError("--initrd and --cmdline go with --kernel")
+        }
         options = MachineOptions(
             memoryImage: image, startPaused: command.paused, consoleLog: runDirectory.consoleLogPath(for: command.name),
             guestWorkingSet: workingSet, guestDirtyRate: rate, disks: disks,
-            guestDiskRate: try ByteSize.parseRate(command.guestDiskRate))
+            guestDiskRate: try ByteSize.parseRate(command.guestDiskRate), linux: linux)
     }
 
     /// A `--disk PATH[,readonly]` as the machine's disk number `index`: vda, vdb, ...

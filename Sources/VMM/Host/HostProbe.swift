@@ -27,6 +27,15 @@ enum HostProbe {
             hypervisorVersion: "api \(system.apiVersion) (linux \(release))")
     }
 
+    /// Whether this host's KVM runs guest ring 0 by emulation (kvm_pvm): the CPU has neither VT-x nor AMD-V.
+    static var emulatesRingZero: Bool {
+        let cpuinfo =
+            (try? FileDescriptor.readFile("/proc/cpuinfo", limit: 4 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        guard let flags = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+        let words = Set(flags.split(separator: " ").map(String.init))
+        return !words.contains("vmx") && !words.contains("svm")
+    }
+
     /// Total physical RAM, the ceiling for a machine's memory.
     static var physicalMemory: UInt64 {
         UInt64(sysconf(Int32(_SC_PHYS_PAGES))) * UInt64(sysconf(Int32(_SC_PAGESIZE)))
