@@ -96,7 +96,7 @@ enum LinuxBoot {
     }
 
     /// `struct hvm_start_info` version 1 (56 bytes), then its memory map, then its module list.
-    private static func startInfo(config: MachineConfig, modules: [(address: UInt64, size: UInt64)]) -> [UInt8] {
+    static func startInfo(config: MachineConfig, modules: [(address: UInt64, size: UInt64)]) -> [UInt8] {
         var map: [(UInt64, UInt64, UInt32)] = []
         for segment in config.segments {
             if segment.guestPhysicalBase == 0 {
