@@ -96,6 +96,48 @@ import Testing
         #expect(error(noRound.bytes)?.message.contains("PAGES outside a round") == true)
     }
 
+    @Test func diskRecordsOutsideTheirDiskOrRound() {
+        // A 64 KiB disk: 16 blocks. The header must announce disks (feature bit 0) when BEGIN lists them.
+        var unannounced = Fixture.Builder()
+        unannounced.begin(diskSize: 64 << 10)
+        #expect(error(unannounced.bytes)?.message.hasSuffix("BEGIN lists disks the stream header does not announce") == true)
+        var announcedOnly = Fixture.Builder(features: StreamFormat.disksFeature)
+        announcedOnly.begin()
+        #expect(error(announcedOnly.bytes)?.message.hasSuffix("the stream header announces disks BEGIN does not list") == true)
+
+        var past = Fixture.Builder(features: StreamFormat.disksFeature)
+        past.begin(diskSize: 64 << 10)
+        past.round(1, [PageRange(segment: 0, firstPage: 10, count: 8)], disks: true)
+        #expect(error(past.bytes)?.message.hasSuffix("blocks 10 to 17 lie outside disk 0 (vda, 16 blocks)") == true)
+        var overlapping = Fixture.Builder(features: StreamFormat.disksFeature)
+        overlapping.begin(diskSize: 64 << 10)
+        overlapping.round(
+            1, [PageRange(segment: 0, firstPage: 0, count: 4), PageRange(segment: 0, firstPage: 2, count: 4)], disks: true)
+        #expect(error(overlapping.bytes)?.message.hasSuffix("page ranges are not in ascending order without overlap") == true)
+        var noDisk = Fixture.Builder(features: StreamFormat.disksFeature)
+        noDisk.begin(diskSize: 64 << 10)
+        noDisk.round(1, [PageRange(segment: 1, firstPage: 0, count: 1)], disks: true)
+        #expect(error(noDisk.bytes)?.message.hasSuffix("disk 1 does not exist (BEGIN lists 1)") == true)
+        var unlisted = Fixture.Builder(features: StreamFormat.disksFeature)
+        unlisted.begin(diskSize: 64 << 10)
+        unlisted.round(1, [PageRange(segment: 0, firstPage: 0, count: 4)], disks: true)
+        unlisted.pages(segment: 0, first: 8, count: 2, disk: true)
+        #expect(error(unlisted.bytes)?.message.contains("block 8 of disk 0 is not the next listed block") == true)
+        // Disk blocks in a PAGES record, and a list cut short by a state chunk, are refused the same way.
+        var asPages = Fixture.Builder(features: StreamFormat.disksFeature)
+        asPages.begin(diskSize: 64 << 10)
+        asPages.round(1, [PageRange(segment: 0, firstPage: 0, count: 2)], disks: true)
+        asPages.pages(segment: 0, first: 0, count: 2)
+        #expect(
+            error(asPages.bytes)?.message.contains("page 0 of segment 0 is not the next listed page (block 0 of disk 0)") == true)
+        var missing = Fixture.Builder(features: StreamFormat.disksFeature)
+        missing.begin(diskSize: 64 << 10)
+        missing.round(1, [PageRange(segment: 0, firstPage: 0, count: 4)], disks: true)
+        missing.pages(segment: 0, first: 0, count: 2, disk: true)
+        missing.chunk(.deviceState, "uart0")
+        #expect(error(missing.bytes)?.message.contains("still misses 2 listed pages") == true)
+    }
+
     @Test func duplicateBegin() {
         var builder = Fixture.Builder()
         builder.begin()

@@ -91,18 +91,20 @@ enum Fixture {
             records += 1
         }
 
-        mutating func begin(memorySize: UInt64 = 1 << 20) {
+        mutating func begin(memorySize: UInt64 = 1 << 20, diskSize: UInt64 = 0) {
             record(
                 RecordType.begin.rawValue,
-                Payload.encodeBegin(SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime)))
+                Payload.encodeBegin(
+                    SampleStream.begin(memorySize: memorySize, uuid: uuid, creationTime: creationTime, diskSize: diskSize)))
         }
 
-        mutating func round(_ number: UInt32, _ ranges: [PageRange]) {
-            record(RecordType.round.rawValue, Payload.encodeRound(number, ranges[...]))
+        /// A ROUND, or with `disks` a DISK EXTENTS record (ranges then name disks).
+        mutating func round(_ number: UInt32, _ ranges: [PageRange], disks: Bool = false) {
+            record((disks ? RecordType.diskExtents : .round).rawValue, Payload.encodeRound(number, ranges[...]))
         }
 
-        /// A raw PAGES record; `data` nil means every page is zero.
-        mutating func pages(segment: UInt16, first: UInt64, count: UInt32, dataPages: Int = 0) {
+        /// A raw PAGES (or DISK BLOCKS) record; pages from `dataPages` on are zero.
+        mutating func pages(segment: UInt16, first: UInt64, count: UInt32, dataPages: Int = 0, disk: Bool = false) {
             var out = ByteWriter()
             out.u16(segment)
             out.u8(0)
@@ -113,7 +115,7 @@ enum Fixture {
             for index in dataPages..<Int(count) { bitmap[index / 8] |= 1 << UInt8(index % 8) }
             out.raw(bitmap)
             out.raw([UInt8](repeating: 0x5a, count: dataPages * StreamFormat.pageSize))
-            record(RecordType.pages.rawValue, out.bytes)
+            record((disk ? RecordType.diskBlocks : .pages).rawValue, out.bytes)
         }
 
         mutating func chunk(_ type: RecordType, _ name: String) {
