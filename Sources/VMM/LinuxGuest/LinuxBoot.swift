@@ -34,7 +34,9 @@ enum LinuxBoot {
     static let startInfoMagic: UInt32 = 0x336e_c578
 
     /// The command line when `--cmdline` is not given: the serial console, /init from the initramfs, reboot on
-    /// panic; on a host that emulates guest ring 0 (no VT-x or AMD-V), also what such a kernel needs there.
+    /// panic; on a host that emulates guest ring 0 (no VT-x or AMD-V), also what such a kernel needs there. Boot is
+    /// slow there: a long initcall can outlast the RCU stall timeout, and the stall report's NMI backtrace can hang a
+    /// guest with 2 vCPUs, so stall warnings are off until /init starts (and on afterwards, where they matter).
     static func defaultCommandLine(emulatedRingZero: Bool) -> String {
         var line = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 rdinit=/init"
         if emulatedRingZero {
