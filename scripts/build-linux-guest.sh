@@ -48,7 +48,8 @@ add_backports() {
     local codename uri
     codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
     [ -n "$codename" ] || return 1
-    [ -e "/etc/apt/sources.list.d/$codename-backports.sources" ] && return 1
+    # already configured (by anyone, under any file name): nothing to add
+    grep -rqsE "^[^#]*\b$codename-backports\b" /etc/apt/sources.list /etc/apt/sources.list.d/ && return 1
     uri="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
     uri="${uri:-http://deb.debian.org/debian}"
     note "adding $codename-backports to apt's sources for $kpkg"
