@@ -356,6 +356,14 @@ int main(void)
 {
 	int64_t t0 = now_ns(CLOCK_MONOTONIC);
 
+	/* It writes to the start of /dev/vda: never run it anywhere but as a test guest's init. */
+	if (getpid() != 1) {
+		static const char msg[] = "vmtest: refusing to run: not PID 1 (this is a test guest's /init; it overwrites /dev/vda)\n";
+		if (write(2, msg, sizeof msg - 1) < 0)
+			return 1;
+		return 1;
+	}
+
 	/* PID 1 in an initramfs: /dev and /proc are ours to mount. */
 	mkdir("/dev", 0755);
 	mkdir("/proc", 0555);
