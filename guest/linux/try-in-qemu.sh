@@ -7,13 +7,13 @@
 # Usage: guest/linux/try-in-qemu.sh [--smp N] [--mem 128M] [--run SECONDS] [--timeout SECONDS]
 #                                   [--kernel VMLINUX --initrd FILE] [--no-disk] [--append 'EXTRA ARGS']
 #   --run      seconds to watch after the ready line (default 60)
-#   --timeout  give up if no ready line after this many seconds (default 300)
+#   --timeout  give up if no ready line after this many seconds (default 900: a loaded host is slow)
 # Without --kernel/--initrd it runs scripts/build-linux-guest.sh (cached) to get them.
 set -euo pipefail
 me="try-in-qemu.sh"
 die() { echo "$me: $*" >&2; exit 1; }
 
-smp=1 mem=128M run=60 timeout=300 kernel="" initrd="" disk=1 extra=""
+smp=1 mem=128M run=60 timeout=900 kernel="" initrd="" disk=1 extra=""
 while (($#)); do
     case "$1" in
         --smp) smp="$2"; shift ;;
