@@ -56,7 +56,7 @@ trap 'exit 130' INT TERM
 # The command line this host needs: see guest/linux/README.md (clearcpuid hides what ring 0 cannot run here).
 cmdline="console=ttyS0 earlyprintk=serial,ttyS0 nokaslr lpj=1000000 tsc=reliable no_timer_check mitigations=off"
 cmdline+=" panic=-1 rodata=off rdinit=/init clearcpuid=xsave,cx16,popcnt,smap,erms,fsrm"
-cmdline+=" rcupdate.rcu_cpu_stall_suppress=1 $extra"
+cmdline+=" rcupdate.rcu_cpu_stall_suppress_at_boot=1 $extra"
 drive=()
 if ((disk)); then
     truncate -s 8M "$tmp/disk.img"
