@@ -12,7 +12,7 @@
 ; guest memory, and reads one written block back after each burst of writes and checks it: a block lost or stale
 ; after a migration fails the check, as a stale page does. It polls the used ring; interrupts stay off.
 ;
-; Ports: STATUS_PORT (in, dword) reports a tick; the reply's bit 0 asks for a check, bits 8-15 the number of
+; Ports: STATUS_PORT (in, dword) reports a tick; the reply's bit 0 asks for a check, bits 8-23 the number of
 ;        disk blocks to write now (vCPU 0).
 ;        CHECK_PORT (out, dword) reports a check: 0 OK, 1 FAIL.
 ;        COM1 (0x3f8) 16550 UART: one line per check, and vCPU 0 echoes received lines as "rx: ...".
@@ -51,9 +51,10 @@ QUEUE_USED    equ DISK_AREA + 0x1200
 QUEUE_SIZE    equ 8
 REQUEST       equ DISK_AREA + 0x2000
 REQ_STATUS    equ DISK_AREA + 0x2010
-DATA          equ DISK_AREA + 0x3000
-SEQ_TABLE     equ DISK_AREA + 0x4000
+DATA          equ DISK_AREA + 0x8000    ; up to BURST_MAX blocks
+SEQ_TABLE     equ DISK_AREA + 0x10000   ; u64 per block, TABLE_MAX blocks
 TABLE_MAX     equ 4096
+BURST_MAX     equ 8                     ; blocks written by one request
 POLL_LIMIT    equ 0x40000000    ; pause-spins before a request counts as failed
 
 org CODE_BASE
@@ -105,7 +106,7 @@ main_loop:
 .no_check:
     mov eax, r10d
     shr eax, 8
-    and eax, 0xff
+    and eax, 0xffff
     jz .no_disk
     call disk_work
 .no_disk:
@@ -164,9 +165,10 @@ check:
     call unlock_uart
     ret
 
-; vCPU 0: writes eax blocks, then reads a written block back and checks it.
+; vCPU 0: writes eax blocks, in requests of up to BURST_MAX contiguous blocks, then reads a written block back
+; and checks it.
 disk_work:
-    mov r9, rax
+    mov r9, rax                 ; r9 = blocks still to write
     cmp qword [DISK_STATE], 1
     je .write
     cmp qword [DISK_STATE], 0
@@ -175,24 +177,53 @@ disk_work:
     cmp qword [DISK_STATE], 1
     jne .done
 .write:
-    mov r8, [DSK_CURSOR]        ; r8 = block
-    lea rax, [r8 + 1]
-    cmp rax, [DSK_BLOCKS]
-    jb .next
-    xor eax, eax
-.next:
-    mov [DSK_CURSOR], rax
+    mov r8, [DSK_CURSOR]        ; r8 = first block of this request
+    mov r10, [DSK_BLOCKS]
+    sub r10, r8                 ; blocks before the end of the area
+    cmp r10, r9
+    jbe .fits_end
+    mov r10, r9
+.fits_end:
+    cmp r10, BURST_MAX
+    jbe .sized
+    mov r10, BURST_MAX          ; r10 = blocks in this request
+.sized:
     mov r11, [DSK_SEQ]          ; r11 = sequence
     inc r11
     mov [DSK_SEQ], r11
+    xor ecx, ecx
+.fill:
+    push rcx
+    push r8
+    add r8, rcx
+    mov rdi, rcx
+    shl rdi, 12                 ; this block's offset in DATA
     call fill_block
+    pop r8
+    pop rcx
+    inc rcx
+    cmp rcx, r10
+    jb .fill
+    xor edi, edi                ; vCPU 0: rdi is 0 again
     mov eax, 1                  ; VIRTIO_BLK_T_OUT
     call disk_request
     test eax, eax
     jnz .failed
-    mov [SEQ_TABLE + r8*8], r11
+    xor ecx, ecx
+.record:
+    lea rax, [r8 + rcx]
+    mov [SEQ_TABLE + rax*8], r11
     inc qword [DISK_WRITES]
-    dec r9
+    inc rcx
+    cmp rcx, r10
+    jb .record
+    add r8, r10
+    cmp r8, [DSK_BLOCKS]
+    jb .next
+    xor r8d, r8d
+.next:
+    mov [DSK_CURSOR], r8
+    sub r9, r10
     jnz .write
     mov rax, r14                ; a random block, read back if it was ever written
     shr rax, 11
@@ -202,6 +233,7 @@ disk_work:
     mov r11, [SEQ_TABLE + r8*8]
     test r11, r11
     jz .done
+    mov r10d, 1
     xor eax, eax                ; VIRTIO_BLK_T_IN
     call disk_request
     test eax, eax
@@ -259,8 +291,8 @@ disk_init:
 .done:
     ret
 
-; One request of type eax on block r8 through the data buffer: header, data, status; waits for it in the used
-; ring. Returns its status byte in eax (0 OK), or 0xff when the device never answered.
+; One request of type eax on r10 blocks from block r8 through the data buffer: header, data, status; waits for it in
+; the used ring. Returns its status byte in eax (0 OK), or 0xff when the device never answered.
 disk_request:
     mov [REQUEST], eax
     mov dword [REQUEST + 4], 0
@@ -272,7 +304,9 @@ disk_request:
     mov dword [QUEUE_DESC + 8], 16
     mov dword [QUEUE_DESC + 12], 0x00010001     ; NEXT, next 1
     mov qword [QUEUE_DESC + 16], DATA
-    mov dword [QUEUE_DESC + 24], 4096
+    mov rdx, r10
+    shl rdx, 12
+    mov [QUEUE_DESC + 24], edx
     mov ecx, 0x00020001         ; NEXT, next 2
     test eax, eax
     jnz .out
@@ -305,11 +339,11 @@ disk_request:
     movzx eax, byte [REQ_STATUS]
     ret
 
-; Fills the data buffer with block r8's contents for sequence r11.
+; Fills 4 KiB of the data buffer at offset rdi with block r8's contents for sequence r11.
 fill_block:
     call block_seed
 .loop:
-    mov [DATA + rcx*8], rax
+    mov [DATA + rdi + rcx*8], rax
     add rax, rdx
     inc ecx
     cmp ecx, 512

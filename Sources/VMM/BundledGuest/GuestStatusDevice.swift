@@ -10,7 +10,7 @@ import SystemSupport
 /// each report. Pacing: the vCPU is put to sleep in the tick report so the guest dirties `dirtyRate` bytes per
 /// second in all (each write counts as one 4 KiB page).
 ///
-/// With a disk, vCPU 0's tick reply also says how many disk blocks to write now (bits 8-15), paced to `diskRate`;
+/// With a disk, vCPU 0's tick reply also says how many disk blocks to write now (bits 8-23), paced to `diskRate`;
 /// the guest reads one written block back after them and checks it, and keeps its disk counters in its status block.
 ///
 /// Checks are held back while dirty logging is on: under kvm_pvm's shadow paging a read fault on a page whose
@@ -25,8 +25,8 @@ final class GuestStatusDevice: Device {
     static let flatOutWritesPerTick: UInt64 = 4096
     /// How fast the guest writes its disk unless told: 1 MiB/s.
     static let defaultDiskRate: UInt64 = 1 << 20
-    /// Disk blocks vCPU 0 writes in one tick at most.
-    static let maximumDiskWritesPerTick: UInt64 = 64
+    /// Disk blocks vCPU 0 writes in one tick at most: 4 MiB, so the rate holds when disk writes slow the ticks down.
+    static let maximumDiskWritesPerTick: UInt64 = 1024
 
     /// What migrates with the device, in its configuration.
     struct Settings: Equatable {
