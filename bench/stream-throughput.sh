@@ -17,13 +17,13 @@ image=$work/memory.img
 python3 bench/make-image.py "$image" --size "${size_mib}M" >/dev/null
 
 bytes=$((size_mib << 20))
-names=("cat image | cat" "vmstream sample | vmstream dump" "... with --lz4" "vmstream sample > /dev/null" "vmstream sample --lz4 > /dev/null")
+names=("cat image | cat" "vmstream sample | vmstream dump" "... with -c lz4" "vmstream sample > /dev/null" "vmstream sample -c lz4 > /dev/null")
 commands=(
     "cat '$image' | cat > /dev/null"
     "'$vmstream' sample --image '$image' | '$vmstream' dump > /dev/null"
-    "'$vmstream' sample --image '$image' --lz4 | '$vmstream' dump > /dev/null"
+    "'$vmstream' sample --image '$image' -c lz4 | '$vmstream' dump > /dev/null"
     "'$vmstream' sample --image '$image' > /dev/null"
-    "'$vmstream' sample --image '$image' --lz4 > /dev/null"
+    "'$vmstream' sample --image '$image' -c lz4 > /dev/null"
 )
 # The machine is noisy: alternate the cases and keep each one's best time.
 declare -a best
@@ -37,7 +37,7 @@ for _ in $(seq "$repeats"); do
 done
 
 stream_raw=$("$vmstream" sample --image "$image" | wc -c)
-stream_lz4=$("$vmstream" sample --image "$image" --lz4 | wc -c)
+stream_lz4=$("$vmstream" sample --image "$image" -c lz4 | wc -c)
 echo "guest memory: $bytes bytes; stream: $stream_raw bytes raw, $stream_lz4 bytes with LZ4"
 for i in "${!commands[@]}"; do
     awk -v n="${names[$i]}" -v t="${best[i]}" -v b="$bytes" 'BEGIN { printf "%-34s %7.3f s  %6.2f GB/s of guest memory\n", n, t, b / t / 1e9 }'

@@ -1,4 +1,5 @@
 import Synchronization
+import SystemSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -98,7 +99,6 @@ public final class InterruptWatcher: Sendable {
     }
 
     private func report(_ message: String) {
-        let line = Array("vmsend: \(message)\n".utf8)
-        line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+        StandardError.line("vmsend: \(message)")
     }
 }

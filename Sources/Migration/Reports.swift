@@ -1,34 +1,67 @@
 import MachineDescription
 import VMStream
 
+/// The `-v` summaries, the `-P` summary lines and the downtime warning, worded the same way on both sides:
+/// rates are stream bytes per second, and downtime is from the source's pause to the resume of the copy.
 extension SendReport {
-    /// `sent VM 'demo' (2.00 GiB): 1.02 GiB in 12345 pages, 4321 zero pages elided, ratio 0.51, in 0.61 s (1.67 GiB/s)`
+    /// `sent VM 'demo' (2 GiB): 1.0 GiB stream in 3 rounds, 0.61 s (1.6 GiB/s); 262144 pages, 131072 of them zero
+    /// (not sent); the source was paused 35 ms before the stream ended`
     public var summary: String {
         let stats = statistics
-        let rate = seconds > 0 ? Double(stats.bytes) / seconds : 0
-        return "sent VM '\(machine)' (\(ByteSize.format(guestBytes))): \(ByteSize.format(stats.bytes)) in "
-            + "\(stats.pages) pages, \(stats.zeroPages) zero pages elided, "
-            + "ratio \(ByteSize.twoDecimals(guestBytes > 0 ? Double(stats.bytes) / Double(guestBytes) : 0)), "
-            + "\(rounds) round\(rounds == 1 ? "" : "s") in \(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s); "
-            + "source paused for the last \(Int((pausedSeconds * 1000).rounded())) ms"
-            + (disksTravelled ? " (final round: \(finalRoundPages) pages, \(finalRoundDiskBlocks) disk blocks)" : "")
+        var line =
+            "sent VM '\(machine)' (\(ByteSize.format(guestBytes))): \(streamFigures(stats, rounds: rounds, seconds: seconds)); "
+            + "\(stats.pages) pages, \(stats.zeroPages) of them zero (not sent)"
+        if stats.compressedBatches > 0 { line += "; compression ratio \(ByteSize.twoDecimals(stats.compressionRatio))" }
+        if disksTravelled { line += "; \(stats.diskBlocks) disk blocks, \(stats.diskZeroBlocks) of them zero" }
+        if sourceWasRunning {
+            line += "; the source was paused \(milliseconds(pausedSeconds)) before the stream ended"
+        }
+        if disksTravelled { line += " (final round: \(finalRoundPages) pages, \(finalRoundDiskBlocks) disk blocks)" }
+        return line
+    }
+
+    /// `summary` and the fields of vmsend(8); the downtime is vmrecv's to measure.
+    public var parsableSummary: String {
+        parsableSummaryLine(
+            statistics, guestBytes: guestBytes, rounds: rounds, seconds: seconds,
+            paused: sourceWasRunning ? pausedSeconds : nil, downtime: nil)
+    }
+
+    /// A live send whose source was paused longer than the target before the stream even ended.
+    public func missedDowntimeTarget(_ target: Duration) -> String? {
+        let targetSeconds = Double(target.components.seconds) + Double(target.components.attoseconds) / 1e18
+        guard mode == .live, sourceWasRunning, pausedSeconds > targetSeconds else { return nil }
+        return "missed the downtime target of \(milliseconds(targetSeconds)): the source was paused "
+            + "\(milliseconds(pausedSeconds)) before the stream ended, and the downtime lasts until the copy resumes"
     }
 }
 
 extension ReceiveReport {
-    /// `received 2.00 GiB VM 'demo' (3 rounds) in 0.61 s (3.3 GiB/s)` and the downtime when known.
+    /// `received VM 'demo' (2 GiB) as 'copy': 1.0 GiB stream in 3 rounds, 0.61 s (1.6 GiB/s); downtime 42 ms from the
+    /// source's pause to the resume here`
     public func summary(dryRun: Bool) -> String {
-        let guest = begin.machine.memorySize
-        let rate = seconds > 0 ? Double(guest) / seconds : 0
         var line =
-            "\(dryRun ? "verified" : "received") \(ByteSize.format(guest)) VM '\(begin.machine.name)'"
+            "\(dryRun ? "verified" : "received") VM '\(begin.machine.name)' (\(ByteSize.format(begin.machine.memorySize)))"
             + (name == begin.machine.name ? "" : " as '\(name)'")
-            + " (\(rounds) round\(rounds == 1 ? "" : "s"), \(ByteSize.format(streamBytes)) stream) in "
-            + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s)"
-        if let downtimeSeconds {
-            line += "; downtime \(Int((downtimeSeconds * 1000).rounded())) ms from source pause to resume"
+            + ": \(streamFigures(statistics, rounds: rounds, seconds: seconds))"
+        if statistics.compressedBatches > 0 {
+            line += "; compression ratio \(ByteSize.twoDecimals(statistics.compressionRatio))"
+        }
+        guard !dryRun else { return line }
+        switch downtime {
+        case .measured(let seconds): line += "; downtime \(milliseconds(seconds)) from the source's pause to the resume here"
+        case .coldRestore: line += "; a cold restore, so no downtime"
+        case .notResumed: line += "; left paused: the downtime lasts until it is resumed"
+        case .unknown: line += "; downtime unknown (the source was not paused by the send, or the clocks disagree)"
         }
         return line
+    }
+
+    /// `summary` and the fields of vmrecv(8).
+    public var parsableSummary: String {
+        parsableSummaryLine(
+            statistics, guestBytes: begin.machine.memorySize, rounds: rounds, seconds: seconds, paused: nil,
+            downtime: downtimeSeconds)
     }
 }
 
@@ -43,43 +76,26 @@ extension StreamBegin {
     }
 }
 
-extension RoundProgress {
-    /// The `-v` line: `round 2: 1234 pages, 4.82 MiB in 0.01 s (482.00 MiB/s); 321 dirty pages found (12.00 MiB/s); expected downtime 3 ms`
-    public var line: String {
-        let name = isFinal ? "final round \(round)" : "round \(round)"
-        if inProgress {
-            let percent = pagesInRound > 0 ? pagesSent * 100 / pagesInRound : 100
-            return "\(name): \(pagesSent)/\(pagesInRound) pages (\(percent)%), \(ByteSize.format(streamBytes)) in "
-                + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(bandwidth)))/s)"
-        }
-        var text =
-            "\(name): \(pagesSent) pages, \(ByteSize.format(streamBytes)) in \(ByteSize.twoDecimals(seconds)) s "
-            + "(\(ByteSize.format(UInt64(bandwidth)))/s)"
-        if !isFinal {
-            text +=
-                "; \(dirtyPagesFound) dirty pages found (\(ByteSize.format(UInt64(dirtyRate)))/s); expected downtime "
-                + (expectedDowntime.isFinite ? "\(Int((expectedDowntime * 1000).rounded())) ms" : "unknown")
-            if throttlePercent > 0 { text += "; vCPUs throttled \(throttlePercent)%" }
-        }
-        return text
-    }
-
-    /// The `-P` line: tab-separated fields, documented in vmsend(8).
-    public var parsable: String {
-        let downtime = expectedDowntime.isFinite ? String(Int((expectedDowntime * 1e6).rounded())) : "-"
-        return [
-            inProgress ? "progress" : (isFinal ? "final" : "round"), "\(round)", "\(pagesSent)", "\(pagesInRound)",
-            "\(streamBytes)", "\(Int((seconds * 1e6).rounded()))", "\(UInt64(bandwidth))", "\(dirtyPagesFound)",
-            "\(UInt64(dirtyRate))", downtime, "\(throttlePercent)",
-        ].joined(separator: "\t")
-    }
-
-    /// One terminal line redrawn in place: `round 0 [#########           ] 45% 1.20 GiB/s`.
-    public var bar: String {
-        let width = 30
-        let done = pagesInRound > 0 ? Int(pagesSent * UInt64(width) / pagesInRound) : width
-        let percent = pagesInRound > 0 ? pagesSent * 100 / pagesInRound : 100
-        return "\r\(isFinal ? "final" : "round \(round)") [" + String(repeating: "#", count: done)
-            + String(repeating: " ", count: width - done) + "] \(percent)% \(ByteSize.format(UInt64(bandwidth)))/s\u{1b}[K"
-    }
+/// `1.0 GiB stream in 3 rounds, 0.61 s (1.6 GiB/s)`: the rate is stream bytes over the whole time.
+private func streamFigures(_ stats: StreamStatistics, rounds: Int, seconds: Double) -> String {
+    let rate = seconds > 0 ? Double(stats.bytes) / seconds : 0
+    return "\(ByteSize.format(stats.bytes)) stream in \(rounds) round\(rounds == 1 ? "" : "s"), "
+        + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s)"
 }
+
+/// The `summary` line of `-P`, the same fields from both tools.
+private func parsableSummaryLine(
+    _ stats: StreamStatistics, guestBytes: UInt64, rounds: Int, seconds: Double, paused: Double?, downtime: Double?
+) -> String {
+    [
+        "summary", "\(stats.bytes)", "\(guestBytes)", "\(stats.pages + stats.diskBlocks)",
+        "\(stats.zeroPages + stats.diskZeroBlocks)", "\(rounds)",
+        microseconds(seconds), "\(UInt64(seconds > 0 ? Double(stats.bytes) / seconds : 0))",
+        paused.map(microseconds) ?? "-", downtime.map(microseconds) ?? "-",
+        ByteSize.twoDecimals(stats.compressionRatio),
+    ].joined(separator: "\t")
+}
+
+func microseconds(_ seconds: Double) -> String { "\(Int64((seconds * 1e6).rounded()))" }
+
+func milliseconds(_ seconds: Double) -> String { "\(Int64((seconds * 1000).rounded())) ms" }

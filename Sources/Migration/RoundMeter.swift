@@ -1,39 +1,15 @@
-import Synchronization
 import SystemSupport
 import VMStream
-
-/// One round as it went (or, mid-round, as it goes), for progress output.
-public struct RoundProgress: Sendable {
-    public var round: Int
-    /// The round that sends the rest with the guest paused.
-    public var isFinal: Bool
-    /// A progress line in the middle of a round rather than its summary.
-    public var inProgress: Bool
-    /// Asked for (SIGUSR1) rather than due.
-    public var onDemand: Bool
-    public var pagesSent: UInt64
-    public var pagesInRound: UInt64
-    public var streamBytes: UInt64
-    public var seconds: Double
-    /// Stream bytes per second over all rounds so far: what stdout really accepts.
-    public var bandwidth: Double
-    /// Pages the guest dirtied while this round was sent (0 until the round ends).
-    public var dirtyPagesFound: UInt64
-    public var dirtyRate: Double
-    /// The pause the rest would take: its pages at the guest bytes per second sent so far, plus the
-    /// switch-over's fixed cost (three requests to the source, timed by the last bitmap fetch).
-    public var expectedDowntime: Double
-    public var throttlePercent: Int
-}
 
 /// What a send did, for `vmsend -v`.
 public struct SendReport: Sendable {
     public var machine: String
+    public var mode: MigrationMode
     public var guestBytes: UInt64
     public var statistics: StreamStatistics
     public var rounds: Int
     public var seconds: Double
-    /// Time from the pause to END written.
+    /// Time from the source's pause to END written: the part of the downtime this side sees.
     public var pausedSeconds: Double
     /// False when the source was already paused before the send; it is then left paused.
     public var sourceWasRunning: Bool
@@ -54,25 +30,27 @@ public struct SendEstimate: Sendable {
     public var estimatedStreamBytes: UInt64
 }
 
-/// Measures rounds: stream bytes and time per round, bandwidth over all rounds, progress lines.
+/// Measures rounds for the switch-over: stream bytes and time per round, bandwidth over all rounds; and
+/// reports them as progress.
 struct RoundMeter {
     let writer: StreamWriter
     private(set) var nextRound = 0
-    private var round = RoundProgress(
-        round: 0, isFinal: false, inProgress: false, onDemand: false, pagesSent: 0, pagesInRound: 0,
-        streamBytes: 0, seconds: 0, bandwidth: 0, dirtyPagesFound: 0, dirtyRate: 0,
-        expectedDowntime: 0, throttlePercent: 0)
+    private var progress: ProgressTracker
     private var roundStart = ContinuousClock.now
     private var roundStartBytes: UInt64 = 0
-    private var lastLine = ContinuousClock.now
+    private var roundStartDataBytes: UInt64 = 0
     private var sendingSeconds = 0.0
     private var sentBytes: UInt64 = 0
-    private var roundStartDataBytes: UInt64 = 0
+    /// The vCPU throttle in force, for progress lines.
+    var throttle = 0
 
-    init(writer: StreamWriter) { self.writer = writer }
+    init(writer: StreamWriter, progress: ProgressTracker) {
+        self.writer = writer
+        self.progress = progress
+    }
 
     /// Pages the last finished round sent.
-    var lastRoundPages: UInt64 { round.pagesSent }
+    var lastRoundPages: UInt64 { progress.state.pagesDone }
 
     /// Stream bytes per second while sending; 0 before anything was measured.
     var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
@@ -83,68 +61,28 @@ struct RoundMeter {
 
     mutating func startRound(_ number: Int, pages: UInt64, isFinal: Bool) {
         nextRound = number + 1
-        round.round = number
-        round.isFinal = isFinal
-        round.pagesInRound = pages
-        round.pagesSent = 0
         roundStart = .now
-        lastLine = roundStart
         roundStartBytes = writer.statistics.bytes
         roundStartDataBytes = writer.statistics.pageDataBytes
+        progress.startRound(number, pages: pages, isFinal: isFinal, totalBytes: writer.statistics.bytes)
     }
 
-    mutating func advance(pages: UInt64, progressRequested: Bool, to sink: ((RoundProgress) -> Void)?) {
-        round.pagesSent += pages
-        guard let sink, progressRequested || ContinuousClock.now - lastLine >= .seconds(1) else { return }
-        lastLine = .now
-        var line = current
-        line.inProgress = true
-        line.onDemand = progressRequested
-        sink(line)
+    mutating func advance(pages: UInt64) {
+        progress.advance(pages: pages, totalBytes: writer.statistics.bytes, throttle: throttle)
     }
 
     mutating func finishRound() {
         let seconds = HostClock.seconds(since: roundStart)
-        let bytes = writer.statistics.bytes - roundStartBytes
         sendingSeconds += seconds
-        sentBytes += bytes
+        sentBytes += writer.statistics.bytes - roundStartBytes
         let dataBytes = writer.statistics.pageDataBytes - roundStartDataBytes
         lastRoundPageBandwidth = seconds > 0 ? Double(dataBytes) / seconds : 0
-        round.seconds = seconds
-        round.streamBytes = bytes
-        round.bandwidth = bandwidth
+        progress.finishRound(totalBytes: writer.statistics.bytes)
     }
 
-    func reportRoundEnd(
-        dirtyPages: UInt64, dirtyRate: Double, expectedDowntime: Double, throttle: Int,
-        to sink: ((RoundProgress) -> Void)?
-    ) {
-        var line = round
-        line.dirtyPagesFound = dirtyPages
-        line.dirtyRate = dirtyRate
-        line.expectedDowntime = expectedDowntime
-        line.throttlePercent = throttle
-        sink?(line)
+    mutating func reportRoundEnd(dirtyPages: UInt64? = nil, dirtyRate: Double? = nil, expectedDowntime: Double? = nil) {
+        progress.reportRound(
+            dirtyPages: dirtyPages, dirtyRate: dirtyRate,
+            expectedDowntime: expectedDowntime.flatMap { $0.isFinite ? $0 : nil }, throttle: throttle)
     }
-
-    private var current: RoundProgress {
-        var line = round
-        line.seconds = HostClock.seconds(since: roundStart)
-        line.streamBytes = writer.statistics.bytes - roundStartBytes
-        line.bandwidth = line.seconds > 0 ? Double(line.streamBytes) / line.seconds : bandwidth
-        return line
-    }
-}
-
-/// A flag another thread raises (on SIGUSR1) and the send loop takes.
-public final class ProgressRequest: Sendable {
-    private let raised = Atomic<Bool>(false)
-    public init() {}
-    public func raise() { raised.store(true, ordering: .relaxed) }
-    func take() -> Bool { raised.exchange(false, ordering: .relaxed) }
-}
-
-/// The version the tools report and write into BEGIN.
-public enum MigrationVersion {
-    public static let current = "0.1.0"
 }

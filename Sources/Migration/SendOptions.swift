@@ -1,3 +1,4 @@
+import MachineDescription
 import VMStream
 
 /// When a live send stops copying while the guest runs.
@@ -59,7 +60,7 @@ public struct SendOptions: Sendable {
     public init(
         mode: MigrationMode, compression: Compression, keepRunning: Bool,
         convergence: Convergence = Convergence(),
-        tool: String = "vmsend", toolVersion: String = MigrationVersion.current
+        tool: String = "vmsend", toolVersion: String = Release.version
     ) {
         self.mode = mode
         self.compression = compression

@@ -23,10 +23,12 @@ public final class Sender {
     private let options: SendOptions
     /// Told when the source is paused and when END starts, so an interrupt does the right thing.
     public var phaseObserver: InterruptWatcher?
+    /// Called once the send knows what it sends, before round 0.
+    public var onStart: ((TransferStart) -> Void)?
     /// Called after each round, and about once a second inside a long round.
-    public var onProgress: ((RoundProgress) -> Void)?
-    /// Raised from another thread (SIGUSR1) to ask for a progress line now.
-    private let progressRequested: ProgressRequest
+    public var onProgress: ((TransferProgress) -> Void)?
+    /// Holds the latest progress for a line asked for from another thread (SIGUSR1).
+    private let progressRequest: ProgressRequest
 
     /// Pages per `writePages` call: small enough for a progress line a second, large enough to batch well.
     static let pagesPerSlice: UInt64 = 2048
@@ -38,7 +40,7 @@ public final class Sender {
         self.source = source
         self.output = output
         self.options = options
-        self.progressRequested = progressRequest
+        self.progressRequest = progressRequest
     }
 
     public func run() throws -> SendReport {
@@ -51,7 +53,7 @@ public final class Sender {
         // only once the pipe is drained (--keep-running). A failed send resumes it at once, but its stream
         // has no END, so it is never restored, and a page changed under the pipe fails its record's checksum.
         writer.lendsStablePages = true
-        var meter = RoundMeter(writer: writer)
+        var meter = RoundMeter(writer: writer, progress: ProgressTracker(sink: onProgress, request: progressRequest))
         // A source that was paused before the send (vmctl pause, vmrun --paused) is left as it was:
         // never resumed, on failure or with --keep-running.
         let wasRunning = try source.isRunning()
@@ -82,8 +84,11 @@ public final class Sender {
             if options.mode == .live {
                 try writer.writeBegin(begin)
                 let manualClear = try source.dirtyLogStart()
+                // Only now: a page first written before logging started is in this list or dirty in round 1.
+                let populated = try Self.populatedRanges(memory)
+                announce(begin, populated: populated, writer: writer)
                 var rest = try liveRounds(
-                    memory: memory, writer: writer, meter: &meter, throttled: &throttled,
+                    populated, memory: memory, writer: writer, meter: &meter, throttled: &throttled,
                     manualClear: manualClear)
                 pauseTime = try pause()
                 rest.merge(try fetchDirty(memory))
@@ -100,9 +105,10 @@ public final class Sender {
             } else {
                 pauseTime = try pause()
                 try writer.writeBegin(begin)
-                let everything = try Self.populatedRanges(memory)
-                final = Self.split(everything, memorySegments: memory.memorySegments)
-                try sendRound(0, pages: everything, isFinal: true, memory: memory, writer: writer, meter: &meter)
+                let populated = try Self.populatedRanges(memory)
+                final = Self.split(populated, memorySegments: memory.memorySegments)
+                announce(begin, populated: populated, writer: writer)
+                try sendRound(0, pages: populated, isFinal: true, memory: memory, writer: writer, meter: &meter)
             }
             let state = try source.saveState()
             for chunk in state.kernel { try writer.writeKernelState(chunk) }
@@ -135,7 +141,7 @@ public final class Sender {
         writer.waitUntilConsumed()
         if options.keepRunning && paused { try source.resume() }
         return SendReport(
-            machine: config.name, guestBytes: config.memorySize, statistics: writer.statistics,
+            machine: config.name, mode: options.mode, guestBytes: config.memorySize, statistics: writer.statistics,
             rounds: meter.nextRound, seconds: HostClock.seconds(since: started), pausedSeconds: pausedSeconds,
             sourceWasRunning: wasRunning, finalRoundPages: final.pages, finalRoundDiskBlocks: final.diskBlocks,
             disksTravelled: !config.disks.isEmpty && !options.sharedStorage)
@@ -152,7 +158,7 @@ public final class Sender {
     /// With `manualClear`, each round clears its pages just before copying them (round 0 needs none: logging
     /// started just before it, clean); a fetch then reports each page written since its last clear.
     private func liveRounds(
-        memory: MachineAreas, writer: StreamWriter, meter: inout RoundMeter,
+        _ populated: [PageRange], memory: MachineAreas, writer: StreamWriter, meter: inout RoundMeter,
         throttled: inout Bool, manualClear: Bool
     ) throws -> DirtyPages {
         let convergence = options.convergence
@@ -160,7 +166,7 @@ public final class Sender {
         var throttle = 0
         var roundsOutrun = 0
         var lastFetch = ContinuousClock.now
-        try sendRound(0, pages: try Self.populatedRanges(memory), isFinal: false, memory: memory, writer: writer, meter: &meter)
+        try sendRound(0, pages: populated, isFinal: false, memory: memory, writer: writer, meter: &meter)
         while true {
             let fetchStart = ContinuousClock.now
             let dirty = try fetchDirty(memory)
@@ -175,7 +181,7 @@ public final class Sender {
             let expected = transfer + switchOver
             meter.reportRoundEnd(
                 dirtyPages: dirty.count, dirtyRate: sinceFetch > 0 ? dirtyBytes / sinceFetch : 0,
-                expectedDowntime: expected, throttle: throttle, to: onProgress)
+                expectedDowntime: expected)
             // Switch over within the target, or once sending the pages is a small part of the pause that more
             // rounds cannot shorten, or at the round cap. Not on round 0's figure alone: it read populated memory
             // in order, while the final round sends scattered dirty pages, measured here at about two thirds of its rate.
@@ -192,6 +198,7 @@ public final class Sender {
                 throttle = Convergence.nextThrottle(after: throttle)
                 try source.setThrottle(percent: throttle)
                 throttled = true
+                meter.throttle = throttle
             }
             try sendRound(
                 meter.nextRound, pages: dirty.ranges, isFinal: false, memory: memory, writer: writer, meter: &meter,
@@ -258,12 +265,24 @@ public final class Sender {
                     mayChange: !isFinal)
                 memory.doneReading(segment: range.segment, pages: page..<(page + count))
                 page += count
-                meter.advance(pages: count, progressRequested: progressRequested.take(), to: onProgress)
+                meter.advance(pages: count)
             }
         }
         meter.finishRound()
-        if isFinal { meter.reportRoundEnd(dirtyPages: 0, dirtyRate: 0, expectedDowntime: 0, throttle: 0, to: onProgress) }
+        if isFinal { meter.reportRoundEnd() }
     }
+
+    /// Tells `onStart` what is sent; the estimate is every populated page whole, plus framing and state.
+    private func announce(_ begin: StreamBegin, populated: [PageRange], writer: StreamWriter) {
+        let pages = populated.reduce(UInt64(0)) { $0 + $1.count }
+        onStart?(
+            TransferStart(
+                mode: begin.mode.rawValue, machine: begin.machine.name, uuid: begin.uuidString,
+                estimatedTotalBytes: writer.statistics.bytes + pages * UInt64(pageSize) + Self.framingEstimate))
+    }
+
+    /// Record framing, state and END beyond the pages themselves, as the estimates count it.
+    static let framingEstimate = UInt64(64 << 10)
 
     /// Counts what a send would carry, reading memory while the machine runs.
     public func estimate() throws -> SendEstimate {
@@ -278,7 +297,7 @@ public final class Sender {
                 zero += 1
             }
         }
-        let framing = UInt64(64 << 10)
+        let framing = Self.framingEstimate
         return SendEstimate(
             machine: config.name, guestBytes: config.memorySize, populatedPages: populated,
             zeroPages: zero, estimatedStreamBytes: (populated - zero) * UInt64(pageSize) + framing)

@@ -12,6 +12,14 @@ extension FileDescriptor {
     /// Whether the descriptor is a regular file (a stream saved to disk).
     public var isRegularFile: Bool { fileType == S_IFREG }
 
+    /// For a regular file, the bytes from the current offset to its end: how long a stream read from it is.
+    public var bytesLeftInFile: UInt64? {
+        var info = Glibc.stat()
+        guard Glibc.fstat(rawValue, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return nil }
+        let offset = Glibc.lseek(rawValue, 0, SEEK_CUR)
+        return offset >= 0 && info.st_size >= offset ? UInt64(info.st_size - offset) : nil
+    }
+
     private var fileType: mode_t? {
         var info = Glibc.stat()
         return Glibc.fstat(rawValue, &info) == 0 ? info.st_mode & S_IFMT : nil

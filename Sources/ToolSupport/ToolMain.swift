@@ -42,13 +42,8 @@ public struct ToolError: Error, CustomStringConvertible, Sendable {
 
 /// Lines on stderr, and what kind of file stdout is.
 public enum StandardStreams {
-    /// Writes one line to stderr, unbuffered, whole.
-    public static func error(_ line: String) { errorText(line + "\n") }
-
-    /// Writes text to stderr as it is (progress bars redraw a line with `\r`).
-    public static func errorText(_ text: String) {
-        try? FileDescriptor.standardError.writeFully(Array(text.utf8), what: "standard error")
-    }
+    /// Writes one line to stderr, unbuffered, whole, on a line of its own even while a progress bar is shown.
+    public static func error(_ line: String) { StandardError.line(line) }
 
     public static var outputIsRegularFile: Bool { FileDescriptor.standardOutput.isRegularFile }
 }

@@ -56,6 +56,17 @@ public struct RunDirectory: Sendable {
         return names.sorted()
     }
 
+    /// Shell completion of a VM name: the names in the run directory the command line names (`--run-dir DIR`),
+    /// else the default one, that start with `prefix`.
+    public static func completeMachineNames(words: [String], prefix: String) -> [String] {
+        var flag: String?
+        for (index, word) in words.enumerated() {
+            if word == "--run-dir", index + 1 < words.count { flag = words[index + 1] }
+            if word.hasPrefix("--run-dir=") { flag = String(word.dropFirst("--run-dir=".count)) }
+        }
+        return resolve(flag: flag).socketNames().filter { $0.hasPrefix(prefix) }
+    }
+
     /// `path` made absolute against the current directory.
     package static func absolute(_ path: String) -> String {
         if path.hasPrefix("/") { return path }

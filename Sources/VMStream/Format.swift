@@ -4,7 +4,7 @@ import MachineDescription
 public enum StreamFormat {
     /// The first eight bytes of every stream.
     public static let magic: [UInt8] = Array("VMSTREAM".utf8)
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = Release.streamFormatVersion
     /// Must-understand feature: the machine has disks (BEGIN lists them; DISK EXTENTS and DISK BLOCKS records
     /// carry their data; END counts their blocks).
     public static let disksFeature: UInt32 = 1

@@ -28,10 +28,12 @@ public enum SampleStream {
         return machine
     }
 
-    /// A BEGIN for a sample stream; fixed uuid and time give byte-identical streams.
-    public static func begin(memorySize: UInt64, uuid: [UInt8], creationTime: UInt64, diskSize: UInt64 = 0) -> StreamBegin {
+    /// A BEGIN for a sample stream; fixed uuid, time and version give byte-identical streams.
+    public static func begin(
+        memorySize: UInt64, uuid: [UInt8], creationTime: UInt64, diskSize: UInt64 = 0, toolVersion: String = "0.1"
+    ) -> StreamBegin {
         StreamBegin(
-            tool: "vmstream", toolVersion: "0.1", uuid: uuid, creationTime: creationTime, mode: .cold,
+            tool: "vmstream", toolVersion: toolVersion, uuid: uuid, creationTime: creationTime, mode: .cold,
             host: HostSpec(
                 architecture: "x86_64", cpuVendor: "GenuineIntel", cpuModel: "Sample CPU @ 2.00GHz",
                 pageSize: 4096, hypervisor: "kvm", hypervisorVersion: "api 12"),

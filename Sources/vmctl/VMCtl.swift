@@ -10,6 +10,7 @@ struct VMCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmctl",
         abstract: "Manage virtual machines run by vmrun.",
+        version: Release.versionLine(tool: "vmctl"),
         subcommands: [List.self, Status.self, Pause.self, Resume.self, Destroy.self, Console.self])
 
     func run() throws { throw ValidationError("missing subcommand: list, status, pause, resume, destroy or console") }
@@ -56,7 +57,7 @@ struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show a VM's state, guest progress, memory and uptime.")
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print the status as JSON (MachineStatus).") var json = false
-    @Argument(help: "The VM's name.") var name: String
+    @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
     func run() throws {
         let client = try global.connect(name)
@@ -93,7 +94,7 @@ struct Status: ParsableCommand {
 struct Pause: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop a VM's vCPUs; its state is kept.")
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The VM's name.") var name: String
+    @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
     func run() throws { try global.connect(name).pause() }
 }
@@ -101,7 +102,7 @@ struct Pause: ParsableCommand {
 struct Resume: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a paused VM's vCPUs again.")
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The VM's name.") var name: String
+    @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
     func run() throws { try global.connect(name).resume() }
 }
@@ -109,7 +110,7 @@ struct Resume: ParsableCommand {
 struct Destroy: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop a VM for good; its vmrun exits and removes the socket.")
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The VM's name.") var name: String
+    @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
     /// How long to wait for the vmrun process to be gone after it acknowledged.
     static let exitTimeout: Duration = .seconds(10)
@@ -134,7 +135,7 @@ struct Console: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Flag(name: .shortAndLong, help: "Keep printing output as it arrives, until the VM ends or SIGINT.") var follow = false
     @Option(help: "Send TEXT to the UART instead of showing output; '-' sends standard input.") var input: String?
-    @Argument(help: "The VM's name.") var name: String
+    @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
     /// The most input sent from standard input in one go.
     static let maximumInput = 1 << 20
@@ -191,4 +192,11 @@ func printTable(_ rows: [[String]]) {
 func formatSeconds(_ seconds: Double) -> String {
     let tenths = Int((seconds * 10).rounded())
     return "\(tenths / 10).\(tenths % 10) s"
+}
+
+extension CompletionKind {
+    /// The VMs in the run directory the command line names, for shell completion.
+    static var machineNames: CompletionKind {
+        .custom { words, _, prefix in RunDirectory.completeMachineNames(words: words, prefix: prefix) }
+    }
 }

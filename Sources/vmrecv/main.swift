@@ -1,4 +1,5 @@
 import ArgumentParser
+import MachineDescription
 import Migration
 import SystemPackage
 import ToolSupport
@@ -12,7 +13,8 @@ import VMRunBackend
 struct VMRecv: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmrecv",
-        abstract: "Restore a virtual machine from a migration stream on standard input.")
+        abstract: "Restore a virtual machine from a migration stream on standard input.",
+        version: Release.versionLine(tool: "vmrecv"))
 
     @Flag(name: .long, help: "Leave the restored VM paused.")
     var paused = false
@@ -20,8 +22,15 @@ struct VMRecv: ParsableCommand {
     @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Read and verify the whole stream; create nothing.")
     var dryRun = false
 
-    @Flag(name: .short, help: "Say what is received (and, with -n, what would be done).")
+    @Flag(
+        name: .shortAndLong,
+        help: "Print each round, progress (a bar on a terminal) and a summary on stderr; with -n, what would be done.")
     var verbose = false
+
+    @Flag(
+        name: [.customShort("P"), .long],
+        help: "Print a size line, rounds, progress and a summary as tab-separated lines on stderr.")
+    var parsable = false
 
     @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR, else /run/vmsend for root; see vmrun(8)).")
     var runDir: String?
@@ -41,6 +50,10 @@ struct VMRecv: ParsableCommand {
         try MachineName.validate(name)
         // vmrun may exit before reading the configuration we write to it; that is its error to report, not a signal.
         signal(SIGPIPE, SIG_IGN)
+        let printer = ProgressPrinter(verbose: verbose, parsable: parsable)
+        let progressRequest = ProgressRequest()
+        printer.attach(to: progressRequest)
+        try ProgressSignal.watch(progressRequest)
         let runDirectory = RunDirectory.resolve(flag: runDir)
         if !dryRun, (try? ControlClient.connect(name: name, runDirectory: runDirectory)) != nil {
             throw MigrationError("a VM named '\(name)' is already running here")
@@ -61,8 +74,11 @@ struct VMRecv: ParsableCommand {
                 try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun, disks: disks)
             })
         receiver.warn = { StandardStreams.error("vmrecv: warning: \($0)") }
+        receiver.progressRequest = progressRequest
+        receiver.onStart = printer.start
+        receiver.onProgress = printer.show
         let report = try receiver.run()
-        if verbose { StandardStreams.error(report.summary(dryRun: dryRun)) }
+        printer.finish(summary: report.summary(dryRun: dryRun), parsable: report.parsableSummary)
     }
 }
 

@@ -11,7 +11,8 @@ struct VMRun: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmrun",
         abstract: "Run a virtual machine with the bundled self-checking guest.",
-        discussion: "By default the VM runs in the background; manage it with vmctl.")
+        discussion: "By default the VM runs in the background; manage it with vmctl.",
+        version: Release.versionLine(tool: "vmrun"))
 
     @Argument(help: "The VM's name; its socket is <run dir>/NAME.sock.")
     var name: String

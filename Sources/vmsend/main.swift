@@ -15,13 +15,13 @@ struct VMSend: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmsend",
         abstract: "Write a virtual machine's migration stream to standard output.",
-        discussion: "Carry the stream with ssh, nc or a file: vmsend NAME | ssh dst vmrecv NAME")
+        discussion: "Carry the stream with ssh, nc or a file: vmsend NAME | ssh dst vmrecv NAME",
+        version: Release.versionLine(tool: "vmsend"))
 
     @Flag(name: .long, help: "Pause the VM, then send it (warm migration; to a file it is a cold save). Default: live.")
     var warm = false
 
-    @Option(name: [.short, .customLong("compress")], help: "Compression: none or lz4.")
-    var compression: CompressionChoice = .none
+    @OptionGroup var compression: CompressionOption
 
     @Option(name: .long, help: "Live: the pause to aim for, in milliseconds.")
     var downtime: Int = Int(
@@ -40,19 +40,23 @@ struct VMSend: ParsableCommand {
     @Flag(name: .long, help: "Both hosts reach the disk images at the same paths: send their identity, not their data.")
     var sharedStorage = false
 
-    @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Send nothing; with -v, estimate the stream's size.")
+    @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Send nothing; with -v or -P, estimate the stream's size.")
     var dryRun = false
 
-    @Flag(name: .short, help: "Print each round and a summary on stderr.")
+    @Flag(name: .shortAndLong, help: "Print each round, progress (a bar on a terminal) and a summary on stderr.")
     var verbose = false
 
-    @Flag(name: .customShort("P"), help: "Print rounds and progress as tab-separated lines on stderr.")
+    @Flag(
+        name: [.customShort("P"), .long],
+        help: "Print a size line, rounds, progress and a summary as tab-separated lines on stderr.")
     var parsable = false
 
     @Option(name: .long, help: "Where VM sockets live (default: $VMSEND_RUN_DIR, else /run/vmsend for root; see vmrun(8)).")
     var runDir: String?
 
-    @Argument(help: "The VM to send.")
+    @Argument(
+        help: "The VM to send.",
+        completion: .custom { words, _, prefix in RunDirectory.completeMachineNames(words: words, prefix: prefix) })
     var name: String
 
     func validate() throws {
@@ -65,13 +69,17 @@ struct VMSend: ParsableCommand {
         let runDirectory = RunDirectory.resolve(flag: runDir)
         let name = self.name
         let progressRequest = ProgressRequest()
+        let printer = ProgressPrinter(verbose: verbose, parsable: parsable)
+        printer.attach(to: progressRequest)
         let watcher = InterruptWatcher(machineName: name, progressRequest: progressRequest) {
             try ControlSocketSource(name: name, runDirectory: runDirectory)
         }
         let source = try ControlSocketSource(name: name, runDirectory: runDirectory)
         let mode: MigrationMode = warm ? (StandardStreams.outputIsRegularFile ? .cold : .warm) : .live
         let convergence = Convergence(downtimeTarget: .milliseconds(downtime), maxRounds: maxRounds, autoConverge: !noThrottle)
-        var options = SendOptions(mode: mode, compression: compression.value, keepRunning: keepRunning, convergence: convergence)
+        var options = SendOptions(
+            mode: mode, compression: Compression.named(compression.method.rawValue) ?? .none, keepRunning: keepRunning,
+            convergence: convergence)
         options.sharedStorage = sharedStorage
         #if DEBUG
             // Tests prove a check can fail by breaking a send on purpose; release builds have no such switch.
@@ -83,7 +91,13 @@ struct VMSend: ParsableCommand {
         let sender = Sender(source: source, output: .standardOutput, options: options, progressRequest: progressRequest)
         if dryRun {
             let estimate = try sender.estimate()
-            if verbose {
+            if parsable {
+                StandardStreams.error(
+                    TransferStart(
+                        mode: mode.rawValue, machine: estimate.machine, uuid: "-",
+                        estimatedTotalBytes: estimate.estimatedStreamBytes
+                    ).parsable)
+            } else if verbose {
                 StandardStreams.error(
                     "would send VM '\(estimate.machine)' (\(ByteSize.format(estimate.guestBytes))): "
                         + "\(estimate.populatedPages) populated pages, \(estimate.zeroPages) of them zero; "
@@ -92,9 +106,13 @@ struct VMSend: ParsableCommand {
             return
         }
         sender.phaseObserver = watcher
-        sender.onProgress = progressPrinter()
+        sender.onStart = printer.start
+        sender.onProgress = printer.show
         let report = try sender.run()
-        if verbose { StandardStreams.error(report.summary) }
+        printer.finish(summary: report.summary, parsable: report.parsableSummary)
+        if let missed = report.missedDowntimeTarget(convergence.downtimeTarget) {
+            StandardStreams.error("vmsend: warning: \(missed)")
+        }
         if !report.sourceWasRunning {
             StandardStreams.error("vmsend: VM '\(name)' was paused before the send and stays paused")
         } else if keepRunning {
@@ -107,28 +125,6 @@ struct VMSend: ParsableCommand {
             )
         }
     }
-
-    /// Round lines with -v, tab-separated with -P, a bar redrawn in place when stderr is a terminal;
-    /// SIGUSR1 asks for a line whatever the flags.
-    private func progressPrinter() -> (RoundProgress) -> Void {
-        let terminal = isatty(2) == 1
-        let verbose = self.verbose
-        let parsable = self.parsable
-        return { progress in
-            if parsable {
-                StandardStreams.error(progress.parsable)
-            } else if progress.inProgress && terminal && verbose && !progress.onDemand {
-                StandardStreams.errorText(progress.bar)
-            } else if verbose || progress.onDemand {
-                StandardStreams.error((terminal && verbose ? "\r\u{1b}[K" : "") + progress.line)
-            }
-        }
-    }
-}
-
-enum CompressionChoice: String, ExpressibleByArgument {
-    case none, lz4
-    var value: Compression { self == .lz4 ? .lz4() : .none }
 }
 
 ToolMain.run(VMSend.self)

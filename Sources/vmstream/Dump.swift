@@ -7,7 +7,7 @@ struct Dump: ParsableCommand {
         abstract: "Print a stream's BEGIN fields and a summary, verifying every checksum.",
         discussion: "Reads the stream from standard input. -v prints a line per record; -vv adds checksums.")
 
-    @Flag(name: .short, help: "Print one line per record; repeat (-vv) to add checksums.")
+    @Flag(name: .shortAndLong, help: "Print one line per record; repeat (-vv) to add checksums.")
     var verbose: Int
 
     func run() throws {

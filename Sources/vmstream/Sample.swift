@@ -22,8 +22,7 @@ struct Sample: ParsableCommand {
     @Option(help: "A file to use as guest memory.")
     var image: String?
 
-    @Flag(help: "Compress page batches with LZ4.")
-    var lz4 = false
+    @OptionGroup var compression: CompressionOption
 
     @Option(help: "Seed of the generated memory.")
     var seed: UInt64 = 1
@@ -37,11 +36,13 @@ struct Sample: ParsableCommand {
     }
 
     func run() throws {
-        let writer = try StreamWriter(output: .standardOutput, compression: lz4 ? .lz4() : .none)
+        let writer = try StreamWriter(
+            output: .standardOutput, compression: Compression.named(compression.method.rawValue) ?? .none)
         let now = UInt64(Self.now())
         guard let image else {
             let begin = SampleStream.begin(
-                memorySize: try ByteSize.parse(size), uuid: StreamBegin.randomUUID(), creationTime: now)
+                memorySize: try ByteSize.parse(size), uuid: StreamBegin.randomUUID(), creationTime: now,
+                toolVersion: Release.version)
             try SampleStream.write(to: writer, begin: begin, seed: seed, sourcePauseTime: now)
             return
         }
@@ -57,7 +58,8 @@ struct Sample: ParsableCommand {
                 throw ToolError("\(image): cannot map: \(Errno(rawValue: errno))")
             }
             defer { munmap(mapping, Int(length)) }
-            let begin = SampleStream.begin(memorySize: UInt64(length), uuid: StreamBegin.randomUUID(), creationTime: now)
+            let begin = SampleStream.begin(
+                memorySize: UInt64(length), uuid: StreamBegin.randomUUID(), creationTime: now, toolVersion: Release.version)
             // Segments lie back to back in the image, as in a machine's memory file.
             let segmentOffsets = MemorySegment.fileOffsets(begin.machine.segments).map { Int($0) }
             try SampleStream.write(to: writer, begin: begin, seed: seed, sourcePauseTime: now) { segment, first, _, _ in

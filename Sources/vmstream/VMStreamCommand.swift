@@ -1,4 +1,5 @@
 import ArgumentParser
+import MachineDescription
 import SystemPackage
 import ToolSupport
 import VMStream
@@ -12,5 +13,6 @@ struct VMStreamCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmstream",
         abstract: "Inspect and produce vmsend migration streams.",
+        version: Release.versionLine(tool: "vmstream"),
         subcommands: [Dump.self, Sample.self])
 }

@@ -11,13 +11,13 @@ import VMStream
 
 /// Live rounds over a fake guest that keeps writing pages: whatever it wrote before the pause must arrive.
 @Suite struct LiveMigrationTests {
-    func liveSend(_ source: FakeSource, convergence: Convergence) throws -> (FileDescriptor, [RoundProgress]) {
+    func liveSend(_ source: FakeSource, convergence: Convergence) throws -> (FileDescriptor, [TransferProgress]) {
         let stream = try makeMemoryFile(size: 0)
         let sender = Sender(
             source: source, output: stream,
             options: SendOptions(mode: .live, compression: .none, keepRunning: false, convergence: convergence))
-        var rounds: [RoundProgress] = []
-        sender.onProgress = { if !$0.inProgress { rounds.append($0) } }
+        var rounds: [TransferProgress] = []
+        sender.onProgress = { if $0.event != .progress { rounds.append($0) } }
         _ = try sender.run()
         _ = try stream.seek(offset: 0, from: .start)
         return (stream, rounds)
@@ -106,12 +106,12 @@ import VMStream
         let sender = Sender(
             source: source, output: stream,
             options: SendOptions(mode: .live, compression: .none, keepRunning: false, convergence: convergence))
-        var rounds: [RoundProgress] = []
-        sender.onProgress = { if !$0.inProgress { rounds.append($0) } }
+        var rounds: [TransferProgress] = []
+        sender.onProgress = { if $0.event != .progress { rounds.append($0) } }
         _ = try sender.run()
         #expect(rounds.count == 2, "round 0, then the final round")
         #expect(source.throttles.isEmpty)
-        #expect(rounds.first.map { $0.expectedDowntime >= 10 } == true, "the fixed cost is part of the expected downtime")
+        #expect((rounds.first?.expectedDowntime ?? 0) >= 10, "the fixed cost is part of the expected downtime")
     }
 }
 

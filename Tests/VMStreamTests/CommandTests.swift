@@ -44,7 +44,7 @@ import Testing
 
     @Test(.enabled(if: available, "needs swift build first"))
     func sampleThroughDumpAndItsFailures() throws {
-        let (status, stream, _) = try runBinary(["sample", "--size", "1M", "--lz4"], input: Data())
+        let (status, stream, _) = try runBinary(["sample", "--size", "1M", "--compress", "lz4"], input: Data())
         #expect(status == 0)
         let (dumpStatus, summary, _) = try run(["dump"], input: stream)
         #expect(dumpStatus == 0)

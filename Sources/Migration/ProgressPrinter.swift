@@ -1,0 +1,70 @@
+import SystemSupport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What vmsend and vmrecv print on stderr about a transfer: nothing unless asked (as `zfs send`); with `-v` a
+/// line per round and one a second, or on a terminal a bar redrawn in place under the round lines; with `-P`
+/// tab-separated lines from a size line to a summary line. SIGUSR1 prints the progress at once in any case.
+public final class ProgressPrinter: Sendable {
+    public enum Style: Sendable, Equatable {
+        case quiet, lines, bar, parsable
+    }
+
+    public let style: Style
+
+    public init(style: Style) { self.style = style }
+
+    /// `-P` wins over `-v`; a bar only where a person watches stderr.
+    public convenience init(verbose: Bool, parsable: Bool, terminal: Bool = isatty(2) == 1) {
+        self.init(style: parsable ? .parsable : verbose ? (terminal ? .bar : .lines) : .quiet)
+    }
+
+    public func start(_ start: TransferStart) {
+        if style == .parsable { StandardError.line(start.parsable) }
+    }
+
+    /// A round's end, or a progress line that is due.
+    public func show(_ progress: TransferProgress) {
+        switch style {
+        case .quiet: break
+        case .parsable: StandardError.line(progress.parsable)
+        case .lines: StandardError.line(progress.line)
+        case .bar:
+            if progress.event != .progress { StandardError.lineReplacingBar(progress.line) }
+            StandardError.redraw(progress.bar(columns: Self.terminalColumns()))
+        }
+    }
+
+    /// The progress asked for with SIGUSR1, printed from the signal watcher's thread.
+    public func showNow(_ progress: TransferProgress) {
+        switch style {
+        case .parsable: StandardError.line(progress.parsable)
+        case .bar: StandardError.redraw(progress.bar(columns: Self.terminalColumns()))
+        case .quiet, .lines: StandardError.line(progress.line)
+        }
+    }
+
+    /// Ends the bar's line and prints the summary the style calls for.
+    public func finish(summary: String, parsable: String) {
+        StandardError.endBar()
+        switch style {
+        case .quiet: break
+        case .lines, .bar: StandardError.line(summary)
+        case .parsable: StandardError.line(parsable)
+        }
+    }
+
+    /// Connects a transfer's events and SIGUSR1 requests to this printer.
+    public func attach(to request: ProgressRequest) {
+        request.onRaise { [self] in showNow($0) }
+    }
+
+    /// The width of the terminal on stderr (it may change while the bar runs); 80 when unknown.
+    static func terminalColumns() -> Int {
+        var size = winsize()
+        if ioctl(2, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+        return 80
+    }
+}
