@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: installs what it needs, checks the format, builds with warnings as errors,
-# runs every test.
+# The README's test command: installs what it needs, checks the format and the man pages, builds with
+# warnings as errors, runs every test, then installs a release build into a staging root and checks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -9,7 +9,10 @@ scripts/install-deps.sh
 VMSEND_LINUX_GUEST=$(scripts/build-linux-guest.sh --print-dir)
 export VMSEND_LINUX_GUEST
 swift format lint --strict --recursive Sources Tests Package.swift fuzz/Sources
+mandoc -T lint -W warning man/*
 # The same flags for build and test, so the tests reuse the build.
 flags=(-Xswiftc -warnings-as-errors)
 swift build --build-tests "${flags[@]}"
 swift test --skip-build "${flags[@]}"
+# The release build as `make install` puts it in place: files, versions, man pages, completions, static runtime.
+scripts/test-install.sh

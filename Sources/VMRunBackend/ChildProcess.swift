@@ -1,9 +1,13 @@
-import Foundation
 import MachineDescription
 import Migration
 import SystemPackage
 import SystemSupport
 
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 #if canImport(Glibc)
     import Glibc
 #endif
