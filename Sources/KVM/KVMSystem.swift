@@ -1,6 +1,7 @@
 import CKVM
 import Glibc
 import SystemPackage
+import SystemSupport
 
 /// `/dev/kvm`: what the host's KVM offers, and the door to new virtual machines.
 public final class KVMSystem: Sendable {
@@ -16,7 +17,10 @@ public final class KVMSystem: Sendable {
             let hint =
                 error == .noSuchFileOrDirectory
                 ? "KVM is not available on this host (is the kvm module loaded?)"
-                : "cannot open the KVM device"
+                : error == .permissionDenied
+                    ? (FileAccess.missingPermission(path, wanted: R_OK | W_OK) ?? "needs read and write permission")
+                        + ": run it as root or as a user with that permission"
+                    : "cannot open the KVM device"
             throw KVMError(call: path, errno: error, detail: hint)
         }
         descriptor = OwnedDescriptor(fd)

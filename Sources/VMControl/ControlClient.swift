@@ -2,6 +2,7 @@ import Glibc
 import MachineDescription
 import Synchronization
 import SystemPackage
+import SystemSupport
 
 /// A connection to one vmrun's control socket. Requests are sent one at a time, each waiting
 /// for its reply; an error reply is thrown as a `ControlError` with the server's one line.
@@ -36,7 +37,14 @@ public final class ControlClient: Sendable {
             socket = try UnixSocket.connect(path: path)
         } catch let error as ControlError {
             switch error.code {
+            case .noSuchFileOrDirectory? where access(runDirectory.path, F_OK) != 0:
+                throw ControlError(
+                    "no VM named '\(name)': the run directory \(runDirectory.path) does not exist (vmrun creates it)",
+                    code: error.code)
             case .noSuchFileOrDirectory?: throw ControlError("no VM named '\(name)' (no socket at \(path))", code: error.code)
+            case .permissionDenied?:
+                let missing = FileAccess.missingPermission(path, wanted: W_OK) ?? "needs write permission on \(path)"
+                throw ControlError("cannot reach VM '\(name)': permission denied: \(missing)", code: error.code)
             case .connectionRefused?:
                 throw ControlError("no VM named '\(name)' (its vmrun is gone; stale socket at \(path))", code: error.code)
             default: throw error

@@ -1,6 +1,7 @@
 import Glibc
 import MachineDescription
 import SystemPackage
+import SystemSupport
 
 /// Where machines' sockets and console logs live: `--run-dir`, else `$VMSEND_RUN_DIR`,
 /// else `/run/vmsend` for root and `$XDG_RUNTIME_DIR/vmsend` (or `/tmp/vmsend-UID`) otherwise.
@@ -31,7 +32,12 @@ public struct RunDirectory: Sendable {
     /// Creates the directory (mode 0700) if needed and refuses one that another user owns.
     public func create() throws {
         if mkdir(path, 0o700) < 0 && errno != EEXIST {
-            throw ControlError.system("cannot create run directory \(path)", errno)
+            let error = errno
+            let parent = path.split(separator: "/").dropLast().map { "/" + $0 }.joined()
+            if error == EACCES, let missing = FileAccess.missingPermission(parent.isEmpty ? "/" : parent, wanted: W_OK | X_OK) {
+                throw ControlError("cannot create run directory \(path): permission denied: \(missing)")
+            }
+            throw ControlError.system("cannot create run directory \(path)", error)
         }
         var info = stat()
         guard stat(path, &info) == 0 else { throw ControlError.system("cannot use run directory \(path)", errno) }
@@ -39,6 +45,18 @@ public struct RunDirectory: Sendable {
         guard info.st_uid == geteuid() else {
             throw ControlError("run directory \(path) belongs to uid \(info.st_uid), not to you; use --run-dir")
         }
+    }
+
+    /// `socketNames()` for a listing the user asked for: a directory that is missing or cannot be read is an
+    /// error that names it and the permission.
+    public func listedSocketNames() throws -> [String] {
+        if access(path, F_OK) != 0 {
+            throw ControlError("no run directory \(path): no VM has run with it (vmrun creates it; see --run-dir)")
+        }
+        if let missing = FileAccess.missingPermission(path, wanted: R_OK | X_OK) {
+            throw ControlError("cannot list run directory \(path): permission denied: \(missing)")
+        }
+        return socketNames()
     }
 
     /// Names of the machines that have a socket here (live or stale), sorted.

@@ -34,7 +34,7 @@ struct List: ParsableCommand {
 
     func run() throws {
         var statuses: [MachineStatus] = []
-        for name in global.runDirectory.socketNames() {
+        for name in try global.runDirectory.listedSocketNames() {
             // A socket nobody answers on belongs to a dead vmrun: not a VM, so not listed.
             guard let client = try? global.connect(name) else { continue }
             defer { client.close() }

@@ -1,6 +1,7 @@
 import Glibc
 import MachineDescription
 import Synchronization
+import SystemSupport
 import ToolSupport
 import VMControl
 import VMM
@@ -74,8 +75,13 @@ struct VMProcess {
     private func checkKVMDevice() throws {
         let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         guard fd >= 0 else {
+            let error = errno
+            if error == EACCES, let missing = FileAccess.missingPermission("/dev/kvm", wanted: R_OK | W_OK) {
+                throw ControlError(
+                    "cannot open /dev/kvm: permission denied: \(missing); run it as root or as a user with that permission")
+            }
             throw ControlError(
-                "cannot open /dev/kvm: \(String(cString: strerror(errno))); this host cannot run VMs (is the kvm module loaded?)")
+                "cannot open /dev/kvm: \(String(cString: strerror(error))); this host cannot run VMs (is the kvm module loaded?)")
         }
         close(fd)
     }
