@@ -1,3 +1,4 @@
+import Synchronization
 import SystemSupport
 
 #if canImport(Glibc)
@@ -13,6 +14,8 @@ public final class ProgressPrinter: Sendable {
     }
 
     public let style: Style
+    /// The bar last drawn, redrawn whole at the end.
+    private let lastBar = Mutex<TransferProgress?>(nil)
 
     public init(style: Style) { self.style = style }
 
@@ -33,7 +36,7 @@ public final class ProgressPrinter: Sendable {
         case .lines: StandardError.line(progress.line)
         case .bar:
             if progress.event != .progress { StandardError.lineReplacingBar(progress.line) }
-            StandardError.redraw(progress.bar(columns: Self.terminalColumns()))
+            draw(progress)
         }
     }
 
@@ -41,13 +44,18 @@ public final class ProgressPrinter: Sendable {
     public func showNow(_ progress: TransferProgress) {
         switch style {
         case .parsable: StandardError.line(progress.parsable)
-        case .bar: StandardError.redraw(progress.bar(columns: Self.terminalColumns()))
+        case .bar: draw(progress)
         case .quiet, .lines: StandardError.line(progress.line)
         }
     }
 
-    /// Ends the bar's line and prints the summary the style calls for.
-    public func finish(summary: String, parsable: String) {
+    /// Ends the bar's line, showing all `streamBytes` done, and prints the summary the style calls for.
+    public func finish(streamBytes: UInt64, summary: String, parsable: String) {
+        if style == .bar, var last = lastBar.withLock({ $0 }) {
+            last.totalBytes = streamBytes
+            last.estimatedTotalBytes = streamBytes
+            draw(last)
+        }
         StandardError.endBar()
         switch style {
         case .quiet: break
@@ -59,6 +67,11 @@ public final class ProgressPrinter: Sendable {
     /// Connects a transfer's events and SIGUSR1 requests to this printer.
     public func attach(to request: ProgressRequest) {
         request.onRaise { [self] in showNow($0) }
+    }
+
+    private func draw(_ progress: TransferProgress) {
+        lastBar.withLock { $0 = progress }
+        StandardError.redraw(progress.bar(columns: Self.terminalColumns()))
     }
 
     /// The width of the terminal on stderr (it may change while the bar runs); 80 when unknown.

@@ -65,7 +65,8 @@ extension TransferProgress {
         let width = max(10, room - shown.count)
         let filled = Int(fraction * Double(width))
         let meter = String(repeating: "=", count: filled) + (filled < width ? ">" : "")
-        return "\(name) [\(meter.leftAligned(width))] \(shown)".trailingSpacesRemoved
+        // A terminal narrower than all that still gets one line: a wrapped one could not be redrawn.
+        return String("\(name) [\(meter.leftAligned(width))] \(shown)".prefix(max(columns - 1, 1))).trailingSpacesRemoved
     }
 }
 

@@ -78,7 +78,8 @@ struct VMRecv: ParsableCommand {
         receiver.onStart = printer.start
         receiver.onProgress = printer.show
         let report = try receiver.run()
-        printer.finish(summary: report.summary(dryRun: dryRun), parsable: report.parsableSummary)
+        printer.finish(
+            streamBytes: report.streamBytes, summary: report.summary(dryRun: dryRun), parsable: report.parsableSummary)
     }
 }
 

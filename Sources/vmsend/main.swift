@@ -109,7 +109,8 @@ struct VMSend: ParsableCommand {
         sender.onStart = printer.start
         sender.onProgress = printer.show
         let report = try sender.run()
-        printer.finish(summary: report.summary, parsable: report.parsableSummary)
+        printer.finish(
+            streamBytes: report.statistics.bytes, summary: report.summary, parsable: report.parsableSummary)
         if let missed = report.missedDowntimeTarget(convergence.downtimeTarget) {
             StandardStreams.error("vmsend: warning: \(missed)")
         }
