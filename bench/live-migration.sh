@@ -114,7 +114,7 @@ measure() {  # RATE RUN: one live migration; prints one result line
     fi
     if timing="$(python3 "$here/timed.py" -- \
             "${send_side[@]}" "$VMSEND" -v -P $vmsend_args --run-dir "$run_dir" "$src" --pipe \
-            sh -c "$with_stderr" sh "$work/recv.err" "$VMRECV" -v --run-dir "$run_dir" "$dst")"; then
+            sh -c "$with_stderr" sh "$work/recv.err" "$VMRECV" -P --run-dir "$run_dir" "$dst")"; then
         read -r _ src_rss dst_rss <<<"$timing"
         # vmrecv started the copy's vmrun: note its pid so that destroy can wait for it.
         vm_pid["$dst"]="$("$VMCTL" --run-dir "$run_dir" status --json "$dst" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')"
@@ -198,7 +198,7 @@ main() {
          "kvm modules: $(ls /sys/module | grep '^kvm' | tr '\n' ' ')"
     echo "- load average before / after: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- guest: $memory, $cpus vCPUs, working set $working_set, warm-up ${warmup} s after the first tick;" \
-         "vmsend -v -P ${vmsend_args:-(defaults)} |${pipe_limit:+ ratelimit.py $pipe_limit |} vmrecv -v; $runs runs per rate"
+         "vmsend -v -P ${vmsend_args:-(defaults)} |${pipe_limit:+ ratelimit.py $pipe_limit |} vmrecv -P; $runs runs per rate"
     echo
     python3 "$here/live_bench.py" report "$tsv"
 }

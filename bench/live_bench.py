@@ -2,12 +2,11 @@
 """Helpers of live-migration.sh: read vmctl status, parse vmsend/vmrecv output, render the table.
 
 usage: live_bench.py status < STATUS.json          -> state min_tick checks_per_vcpu failed_total
-       live_bench.py parse SEND.err RECV.err       -> the migration fields of one result line
+       live_bench.py parse SEND.err RECV.err       -> the migration fields of one result line (from -P)
        live_bench.py report RESULTS.tsv            -> markdown table, one row per dirty rate
 Result lines (tab-separated, '-' where unknown): see FIELDS. Standard library only.
 """
 import json
-import re
 import statistics
 import sys
 
@@ -29,24 +28,26 @@ def status(text):
 
 
 def parse(send_path, recv_path):
-    """rounds seconds send_seconds stream_bytes downtime_ms paused_ms throttle dirty_rate bandwidth, from -P/-v."""
+    """rounds seconds send_seconds stream_bytes downtime_ms paused_ms throttle dirty_rate bandwidth, from both
+    tools' -P lines (vmsend(8) documents them; '-' where a figure is unknown)."""
     rounds = seconds = send_seconds = stream = downtime = paused = "-"
     throttle, dirty_rates, bandwidth = 0, [], "-"
+    milliseconds = lambda micro: "-" if micro == "-" else str(round(int(micro) / 1000))
     for line in open(send_path, errors="replace"):
         fields = line.rstrip("\n").split("\t")
-        if fields[0] == "round" and len(fields) == 11:
+        if fields[0] == "round" and len(fields) == 14:
             if fields[1] == "0":
                 bandwidth = fields[6]
-            dirty_rates.append(int(fields[8]))
+            if fields[8] != "-":
+                dirty_rates.append(int(fields[8]))
             throttle = int(fields[10])  # the throttle in force during that round; the last one before switch-over
-        elif m := re.search(r", (\d+) rounds? in ([\d.]+) s .*source paused for the last (\d+) ms", line):
-            send_seconds, paused = m.group(2), m.group(3)
+        elif fields[0] == "summary" and len(fields) == 11:
+            send_seconds, paused = f"{int(fields[6]) / 1e6:.2f}", milliseconds(fields[8])
     for line in open(recv_path, errors="replace"):
-        if m := re.search(r"\((\d+) rounds?, ([\d.]+) (B|KiB|MiB|GiB|TiB) stream\) in ([\d.]+) s", line):
-            rounds, seconds = m.group(1), m.group(4)
-            stream = str(round(float(m.group(2)) * UNITS[m.group(3)]))
-        if m := re.search(r"downtime (\d+) ms from source pause to resume", line):
-            downtime = m.group(1)
+        fields = line.rstrip("\n").split("\t")
+        if fields[0] == "summary" and len(fields) == 11:
+            stream, rounds, seconds = fields[1], fields[5], f"{int(fields[6]) / 1e6:.2f}"
+            downtime = milliseconds(fields[9])
     dirty = str(max(dirty_rates)) if dirty_rates else "-"
     return "\t".join([rounds, seconds, send_seconds, stream, downtime, paused, str(throttle), dirty, bandwidth])
 
