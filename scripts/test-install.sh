@@ -86,7 +86,7 @@ ok "bash completions load and complete VM names from the run directory"
 # of its own (the Swift runtime reads the arguments from it), so nothing is left mounted.
 check_minimal_root() {
     local minimal=$work/minimal sample=$work/sample.vms library
-    mkdir -p "$minimal$prefix/bin" "$minimal/proc"
+    mkdir -p "$minimal$prefix/bin" "$minimal/proc" "$minimal/run" "$minimal/tmp"
     cp "$root"/bin/* "$minimal$prefix/bin/"
     for library in $(ldd "$root"/bin/* | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $2 ~ /^\(/ { print $1 }' | sort -u); do
         mkdir -p "$minimal$(dirname "$library")"

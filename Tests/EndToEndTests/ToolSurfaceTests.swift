@@ -26,7 +26,7 @@ import VMControl
     /// Every short flag has a long spelling, and compression is spelled the same in both tools that write streams.
     @Test(arguments: [
         ("vmsend", ["-c", "--compress", "-n", "--dry-run", "-v", "--verbose", "-P", "--parsable"]),
-        ("vmrecv", ["-n", "--dry-run", "-v", "--verbose", "-P", "--parsable"]),
+        ("vmrecv", ["-n", "--dry-run", "-v", "--verbose", "-P", "--parsable", "-F", "--force"]),
         ("vmstream", ["dump", "-v", "--verbose"]), ("vmstream", ["sample", "-c", "--compress"]),
         ("vmctl", ["console", "-f", "--follow"]),
     ])
