@@ -1,7 +1,8 @@
 # Builds vmsend/vmrecv for installation and puts them in place, as `make && sudo make install`.
 #
 #   make                      release build, Swift runtime linked in (the binaries need no Swift toolchain)
-#   make install              tools, man pages and completions under PREFIX (default /usr/local)
+#   make install              tools, man pages and completions under PREFIX (default /usr/local), from the
+#                             last `make` (it builds only when nothing was built)
 #   make uninstall            removes exactly what install put there
 #   make test                 the README's test command (scripts/test.sh)
 #
@@ -37,8 +38,13 @@ all: build
 build:
 	$(SWIFT) build $(SWIFT_BUILD_FLAGS)
 
-install: build
-	@bin=$$($(SWIFT) build $(SWIFT_BUILD_FLAGS) --show-bin-path) && set -e && \
+# Where SWIFT_BUILD_FLAGS put the binaries.
+BUILD_DIR ?= .build/release
+
+# Builds first only when nothing was built, so `sudo make install` after `make` needs no Swift in root's PATH.
+install:
+	@[ -x "$(BUILD_DIR)/vmrecv" ] || $(MAKE) --no-print-directory build
+	@bin="$(BUILD_DIR)" && set -e && \
 	$(INSTALL) -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(MANDIR)/man1" "$(DESTDIR)$(MANDIR)/man5" \
 		"$(DESTDIR)$(MANDIR)/man8" "$(DESTDIR)$(BASHCOMPDIR)" "$(DESTDIR)$(ZSHCOMPDIR)" "$(DESTDIR)$(FISHCOMPDIR)" && \
 	for tool in $(TOOLS); do \
