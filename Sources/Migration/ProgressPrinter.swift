@@ -14,14 +14,19 @@ public final class ProgressPrinter: Sendable {
     }
 
     public let style: Style
+    /// Put before each line and bar for a person (`received `): both ends may share one terminal.
+    public let label: String
     /// The bar last drawn, redrawn whole at the end.
     private let lastBar = Mutex<TransferProgress?>(nil)
 
-    public init(style: Style) { self.style = style }
+    public init(style: Style, label: String = "") {
+        self.style = style
+        self.label = label
+    }
 
     /// `-P` wins over `-v`; a bar only where a person watches stderr.
-    public convenience init(verbose: Bool, parsable: Bool, terminal: Bool = isatty(2) == 1) {
-        self.init(style: parsable ? .parsable : verbose ? (terminal ? .bar : .lines) : .quiet)
+    public convenience init(verbose: Bool, parsable: Bool, label: String = "", terminal: Bool = isatty(2) == 1) {
+        self.init(style: parsable ? .parsable : verbose ? (terminal ? .bar : .lines) : .quiet, label: label)
     }
 
     public func start(_ start: TransferStart) {
@@ -33,9 +38,9 @@ public final class ProgressPrinter: Sendable {
         switch style {
         case .quiet: break
         case .parsable: StandardError.line(progress.parsable)
-        case .lines: StandardError.line(progress.line)
+        case .lines: StandardError.line(label + progress.line)
         case .bar:
-            if progress.event != .progress { StandardError.lineReplacingBar(progress.line) }
+            if progress.event != .progress { StandardError.lineReplacingBar(label + progress.line) }
             draw(progress)
         }
     }
@@ -45,7 +50,7 @@ public final class ProgressPrinter: Sendable {
         switch style {
         case .parsable: StandardError.line(progress.parsable)
         case .bar: draw(progress)
-        case .quiet, .lines: StandardError.line(progress.line)
+        case .quiet, .lines: StandardError.line(label + progress.line)
         }
     }
 
@@ -71,7 +76,7 @@ public final class ProgressPrinter: Sendable {
 
     private func draw(_ progress: TransferProgress) {
         lastBar.withLock { $0 = progress }
-        StandardError.redraw(progress.bar(columns: Self.terminalColumns()))
+        StandardError.redraw(label + progress.bar(columns: Self.terminalColumns() - label.count))
     }
 
     /// The width of the terminal on stderr (it may change while the bar runs); 80 when unknown.

@@ -10,11 +10,14 @@ import Synchronization
 public enum StandardError {
     /// True while a bar is drawn and its line not ended.
     private static let barShown = Mutex(false)
+    /// On a terminal a line starts by clearing the one the cursor is on: another process on the same terminal
+    /// (`vmsend -v | vmrecv -v`) may have left its bar there.
+    private static let clearFirst = isatty(2) == 1 ? "\r\u{1b}[K" : ""
 
     /// Writes `line` and a newline; a bar on screen has its line ended first, keeping what it showed.
     public static func line(_ line: String) {
         barShown.withLock { shown in
-            write((shown ? "\n" : "") + line + "\n")
+            write((shown ? "\n" : "") + clearFirst + line + "\n")
             shown = false
         }
     }
@@ -22,7 +25,7 @@ public enum StandardError {
     /// Writes `line` in place of a bar on screen (a round's summary, above the bar drawn next).
     public static func lineReplacingBar(_ line: String) {
         barShown.withLock { shown in
-            write((shown ? "\r\u{1b}[K" : "") + line + "\n")
+            write((shown ? "\r\u{1b}[K" : clearFirst) + line + "\n")
             shown = false
         }
     }

@@ -50,7 +50,8 @@ struct VMRecv: ParsableCommand {
         try MachineName.validate(name)
         // vmrun may exit before reading the configuration we write to it; that is its error to report, not a signal.
         signal(SIGPIPE, SIG_IGN)
-        let printer = ProgressPrinter(verbose: verbose, parsable: parsable)
+        // Labelled: with `vmsend -v | vmrecv -v` both ends print to one terminal.
+        let printer = ProgressPrinter(verbose: verbose, parsable: parsable, label: "received ")
         let progressRequest = ProgressRequest()
         printer.attach(to: progressRequest)
         try ProgressSignal.watch(progressRequest)

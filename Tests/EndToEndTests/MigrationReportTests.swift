@@ -99,11 +99,11 @@ extension MigrationEndToEndTests {
                 "/usr/bin/script -qec \(shellQuoted(fixture.command("vmrecv", ["-v", "b"]) + " < \(file)")) /dev/null")
             #expect(receive.status == 0, "\(receive.standardOutput)")
             let receiveScreen = screen(receive.standardOutput)
-            #expect(receiveScreen.contains { $0.hasPrefix("final round 0 [") }, "\(receiveScreen)")
+            #expect(receiveScreen.contains { $0.hasPrefix("received final round 0 [") }, "\(receiveScreen)")
             #expect(receiveScreen.last?.hasPrefix("received VM 'a' (64 MiB) as 'b': ") == true, "\(receiveScreen)")
             // No message shares a line with a bar.
             for line in sendScreen + receiveScreen where line.contains("[") && line.contains("%") {
-                #expect(line.hasPrefix("round ") || line.hasPrefix("final round "), "\(line)")
+                #expect(line.hasPrefix("final round ") || line.hasPrefix("received final round "), "\(line)")
             }
             try fixture.destroyAllAndExpectNothingLeft()
         }
