@@ -113,7 +113,7 @@ import VMControl
             let before = try fixture.status(from).heartbeat?.beat ?? 0
             let migrate = try runShell("\(fixture.command("vmsend", ["-v", from])) | \(fixture.command("vmrecv", ["-v", to]))")
             #expect(migrate.status == 0, "hop \(hop): \(migrate.standardError)")
-            let line = migrate.standardError.split(separator: "\n").first { $0.hasPrefix("received") } ?? ""
+            let line = migrate.standardError.split(separator: "\n").last { $0.hasPrefix("received VM") } ?? ""
             print("hop \(hop): \(line)")
             #expect(try fixture.status(from).state == .paused)
             heartbeat = try waitForBeat(fixture, to, after: before + 2)
