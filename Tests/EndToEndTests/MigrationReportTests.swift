@@ -46,8 +46,12 @@ extension MigrationEndToEndTests {
             #expect(received.lines.allSatisfy { $0.dirtyPages == nil && $0.dirtyRate == nil && $0.throttlePercent == nil })
             #expect(sent.summary.pausedMicroseconds != nil && sent.summary.downtimeMicroseconds == nil)
             #expect(received.summary.pausedMicroseconds == nil && received.summary.downtimeMicroseconds != nil)
+            // Beside the line on the paused source, only a missed-target warning, which a loaded machine may earn.
+            #expect(sent.messages.contains { $0.hasPrefix("vmsend: VM 'a' stays paused") }, "\(sent.messages)")
             #expect(
-                sent.messages.count == 1 && sent.messages[0].hasPrefix("vmsend: VM 'a' stays paused"), "\(sent.messages)")
+                sent.messages.allSatisfy {
+                    $0.hasPrefix("vmsend: VM 'a' stays paused") || $0.hasPrefix("vmsend: warning: missed the downtime target")
+                }, "\(sent.messages)")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
