@@ -251,8 +251,9 @@ extension MigrationEndToEndTests {
             #expect(contents(existing) == Data("keep me".utf8))
             let dryRun = try runShell("\(fixture.command("vmrecv", ["-n", "b"])) < \(shellQuoted(stream))")
             #expect(dryRun.status == 1 && dryRun.standardError.contains("use -F"), "-n refuses what a receive would")
-            let forced = try runShell("\(fixture.command("vmrecv", ["-F", "b"])) < \(shellQuoted(stream))")
+            let forced = try runShell("\(fixture.command("vmrecv", ["-F", "--paused", "b"])) < \(shellQuoted(stream))")
             #expect(forced.status == 0, "\(forced.standardError)")
+            // Paused, so the received guest has not yet written past the image it was sent.
             #expect(contents(existing) == contents(fixture.file("a.img")))
             try fixture.destroyAllAndExpectNothingLeft()
         }
