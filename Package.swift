@@ -60,7 +60,7 @@ let package = Package(
             dependencies: ["Migration", "VMStream", "VMControl", "MachineDescription", "SystemSupport", system]),
 
         // Exit statuses, stderr lines: what every executable does the same way.
-        .target(name: "ToolSupport", dependencies: ["SystemSupport", argumentParser, system]),
+        .target(name: "ToolSupport", dependencies: ["MachineDescription", "SystemSupport", argumentParser, system]),
 
         .executableTarget(
             name: "vmrun", dependencies: ["VMM", "VMControl", "ToolSupport", "SystemSupport", "CLinux", argumentParser, system]),

@@ -13,4 +13,6 @@ struct VMStreamCommand: ParsableCommand {
         commandName: "vmstream",
         abstract: "Inspect and produce vmsend migration streams.",
         subcommands: [Dump.self, Sample.self])
+
+    func run() throws { throw ValidationError("missing subcommand: dump or sample") }
 }
