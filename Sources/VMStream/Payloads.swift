@@ -98,7 +98,7 @@ enum Payload {
             return "format version \(begin.formatVersion) is not \(StreamFormat.version)"
         }
         if begin.uuid.count != 16 { return "uuid has \(begin.uuid.count) bytes, not 16" }
-        if begin.machine.name.isEmpty { return "machine name is empty" }
+        if let problem = textProblem(begin) { return problem }
         if begin.machine.vcpuCount == 0 { return "vCPU count is 0" }
         let segments = begin.machine.segments
         if segments.isEmpty || segments.count > StreamFormat.maxSegments {
@@ -108,10 +108,10 @@ enum Payload {
         var total: UInt64 = 0
         for segment in segments {
             if segment.size == 0 || segment.size % page != 0 || segment.guestPhysicalBase % page != 0 {
-                return "segment \(segment.name) is not a non-empty whole number of pages"
+                return "segment \(UntrustedText.quote(segment.name)) is not a non-empty whole number of pages"
             }
             if segment.guestPhysicalBase.addingReportingOverflow(segment.size).overflow {
-                return "segment \(segment.name) ends beyond 2^64"
+                return "segment \(UntrustedText.quote(segment.name)) ends beyond 2^64"
             }
             total = min(total &+ min(segment.size, StreamFormat.maxMemoryBytes + 1), StreamFormat.maxMemoryBytes + 1)
         }
@@ -119,7 +119,7 @@ enum Payload {
         let ordered = segments.sorted { $0.guestPhysicalBase < $1.guestPhysicalBase }
         for (lower, upper) in zip(ordered, ordered.dropFirst())
         where lower.guestPhysicalBase + lower.size > upper.guestPhysicalBase {
-            return "segments \(lower.name) and \(upper.name) overlap"
+            return "segments \(UntrustedText.quote(lower.name)) and \(UntrustedText.quote(upper.name)) overlap"
         }
         if begin.machine.devices.count > StreamFormat.maxDevices { return "more than \(StreamFormat.maxDevices) devices" }
         if begin.machine.cpuid.count > StreamFormat.maxCPUIDLeaves {
@@ -127,14 +127,38 @@ enum Payload {
         }
         var names = Set<String>()
         for device in begin.machine.devices {
-            if device.name.isEmpty || !names.insert(device.name).inserted {
-                return "device name \"\(device.name)\" is empty or repeated"
-            }
+            if !names.insert(device.name).inserted { return "device name \(UntrustedText.quote(device.name)) is repeated" }
             for string in [device.name, device.kind] + device.configuration.keys + device.configuration.values
             where string.utf8.count > Int(UInt16.max) {
-                return "device \(device.name) has a string longer than 65535 bytes"
+                return "device \(UntrustedText.quote(device.name)) has a string longer than 65535 bytes"
             }
-            if device.configuration.count > Int(UInt16.max) { return "device \(device.name) has too many settings" }
+            if device.configuration.count > Int(UInt16.max) {
+                return "device \(UntrustedText.quote(device.name)) has too many settings"
+            }
+        }
+        return nil
+    }
+
+    /// Text never holds NUL; names and the fields a receiver matches on are never empty. Empty may be only the
+    /// tool's version, the CPU's vendor and model, the hypervisor's version and a setting's value.
+    private static func textProblem(_ begin: StreamBegin) -> String? {
+        let host = begin.host
+        var fields: [(what: String, text: String, mayBeEmpty: Bool)] = [
+            ("tool", begin.tool, false), ("tool version", begin.toolVersion, true),
+            ("host architecture", host.architecture, false), ("host CPU vendor", host.cpuVendor, true),
+            ("host CPU model", host.cpuModel, true), ("hypervisor", host.hypervisor, false),
+            ("hypervisor version", host.hypervisorVersion, true), ("machine name", begin.machine.name, false),
+        ]
+        fields += begin.machine.segments.map { ("segment name", $0.name, false) }
+        for device in begin.machine.devices {
+            fields += [("device name", device.name, false), ("device kind", device.kind, false)]
+            for (key, value) in device.configuration.sorted(by: { $0.key < $1.key }) {
+                fields += [("device setting name", key, false), ("device setting value", value, true)]
+            }
+        }
+        for field in fields {
+            if field.text.isEmpty && !field.mayBeEmpty { return "\(field.what) is empty" }
+            if field.text.utf8.contains(0) { return "\(field.what) \(UntrustedText.quote(field.text)) contains NUL" }
         }
         return diskProblem(begin)
     }
@@ -253,14 +277,20 @@ enum Payload {
                 let kind = try value.string16(what: "device kind")
                 let count = Int(try value.u16())
                 var configuration: [String: String] = [:]
+                var previousKey: [UInt8]?
                 for _ in 0..<count {
                     let key = try value.string16(what: "device setting")
                     let setting = try value.string16(what: "device setting")
-                    guard configuration.updateValue(setting, forKey: key) == nil else {
-                        throw fail("device \(name) repeats setting \(key)")
+                    // Keys in ascending byte order, each once: one encoding per configuration, nothing to choose.
+                    if let previousKey, !previousKey.lexicographicallyPrecedes(Array(key.utf8)) {
+                        throw fail(
+                            "device \(UntrustedText.quote(name)) lists setting \(UntrustedText.quote(key)) "
+                                + (previousKey == Array(key.utf8) ? "twice" : "out of ascending order"))
                     }
+                    previousKey = Array(key.utf8)
+                    configuration[key] = setting
                 }
-                guard value.atEnd else { throw fail("device \(name) has trailing bytes") }
+                guard value.atEnd else { throw fail("device \(UntrustedText.quote(name)) has trailing bytes") }
                 devices.append(DeviceConfig(name: name, kind: kind, version: version, configuration: configuration))
             case .cpuidLeaf:
                 guard cpuid.count < StreamFormat.maxCPUIDLeaves else {
@@ -343,12 +373,12 @@ enum Payload {
         return out.bytes
     }
 
-    static let maxChunkNameLength = 255
+    static let maxChunkNameLength = StateLimits.maximumNameLength
 
     static func chunkProblem(_ chunk: StateChunk) -> String? {
         let length = chunk.name.utf8.count
         if length == 0 || length > maxChunkNameLength { return "chunk name must have 1 to \(maxChunkNameLength) bytes" }
-        if chunk.name.utf8.contains(0) { return "chunk name contains NUL" }
+        if chunk.name.utf8.contains(0) { return "chunk name \(UntrustedText.quote(chunk.name)) contains NUL" }
         return nil
     }
 
