@@ -36,24 +36,34 @@ public struct ReceiveReport: Sendable {
 }
 
 /// Reads one stream and restores its machine. The machine is created only after BEGIN passes the
-/// compatibility checks, resumed only after END verifies, and abandoned on any failure in between.
+/// compatibility checks, resumed only after END verifies, and abandoned on any failure in between. A dry run makes
+/// the same checks in the same order (BEGIN, the configuration, every record, the state) with nothing created.
+///
+/// Reading stops at END: what follows it is not part of the stream, so the machine is resumed at once even if the
+/// transport never signals end of input (nc without -N), and bytes already waiting after END are counted in a
+/// warning, never waited for.
 public final class Receiver {
     private let input: FileDescriptor
     private let options: ReceiveOptions
     private let checkCompatibility: (StreamBegin) throws -> Void
     private let makeDestination: (MachineConfig) throws -> MigrationDestination
-    /// Called for each record type the reader skipped as ignorable.
+    private let makeCheck: (MachineConfig) throws -> IncomingCheck
+    /// Called for each record type the reader skipped as ignorable, and for bytes after END.
     public var warn: (String) -> Void = { _ in }
+    /// Told where the receive stands, so that an interrupt does the right thing.
+    public var phaseObserver: ReceivePhaseObserver?
 
     public init(
         input: FileDescriptor, options: ReceiveOptions,
         checkCompatibility: @escaping (StreamBegin) throws -> Void,
-        makeDestination: @escaping (MachineConfig) throws -> MigrationDestination
+        makeDestination: @escaping (MachineConfig) throws -> MigrationDestination,
+        makeCheck: @escaping (MachineConfig) throws -> IncomingCheck
     ) {
         self.input = input
         self.options = options
         self.checkCompatibility = checkCompatibility
         self.makeDestination = makeDestination
+        self.makeCheck = makeCheck
     }
 
     public func run() throws -> ReceiveReport {
@@ -67,7 +77,11 @@ public final class Receiver {
         try checkCompatibility(begin)
         var config = begin.machine
         config.name = options.name
+        let check = options.dryRun ? try makeCheck(config) : nil
+        defer { check?.finish() }
+        try check?.checkConfiguration(config)
         let destination = options.dryRun ? nil : try makeDestination(config)
+        phaseObserver?.receiving(destination)
         do {
             let memorySink = destination.map { GuestMemoryPageSink(memory: $0.memory) }
             let sink: PageSink = memorySink ?? discard
@@ -76,7 +90,8 @@ public final class Receiver {
             var kernel: [StateChunk] = []
             var devices: [StateChunk] = []
             var end: StreamEnd?
-            while let record = try reader.next(into: sink) {
+            while end == nil, let record = try reader.next(into: sink) {
+                phaseObserver?.streamPosition(reader.statistics.bytes)
                 switch record {
                 case .begin:
                     throw MigrationError("stream has a second BEGIN record")
@@ -96,20 +111,30 @@ public final class Receiver {
                 }
             }
             guard let end else { throw MigrationError("stream ended before its END record") }
+            let state = MachineState(kernel: kernel, devices: devices)
             var downtime: Double?
             if let destination {
-                try destination.restore(MachineState(kernel: kernel, devices: devices))
-                if !options.leavePaused {
-                    try destination.resume()
-                    downtime = Self.downtime(since: end.sourcePauseTime)
+                let finish = {
+                    try destination.restore(state)
+                    if !self.options.leavePaused {
+                        try destination.resume()
+                        downtime = Self.downtime(since: end.sourcePauseTime)
+                    }
                 }
+                if let phaseObserver { try phaseObserver.finishing(finish) } else { try finish() }
+                if !options.leavePaused { try destination.confirmRunning() }
+            } else {
+                try check?.checkState(state)
+            }
+            if let extra = reader.bytesWaitingAfterEnd(), extra > 0 {
+                warn("\(extra) byte\(extra == 1 ? "" : "s") after END ignored")
             }
             return ReceiveReport(
                 begin: begin, end: end, name: options.name, rounds: rounds,
                 streamBytes: reader.statistics.bytes, seconds: HostClock.seconds(since: started),
                 downtimeSeconds: downtime)
         } catch {
-            destination?.abandon()
+            if let destination, !(error is MachineStoppedError) { destination.abandon() }
             throw error
         }
     }
@@ -121,6 +146,22 @@ public final class Receiver {
         let seconds = (Double(HostClock.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
         return (-3600...86400).contains(seconds) ? seconds : nil
     }
+}
+
+/// A restored machine that stopped by itself right after it was resumed; it is kept, stopped, for inspection.
+public struct MachineStoppedError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Told by the receiver where it stands: what an interrupt must undo, and when it must wait.
+public protocol ReceivePhaseObserver: AnyObject {
+    /// Pages are being received into `destination` (nil for a dry run).
+    func receiving(_ destination: MigrationDestination?)
+    /// The stream has been read up to byte `bytes`.
+    func streamPosition(_ bytes: UInt64)
+    /// Restores and resumes with interrupts held off: an interrupt then comes too late to undo anything.
+    func finishing(_ work: () throws -> Void) throws
 }
 
 /// Lands pages straight in guest memory. Zero pages need nothing while memory is still fresh (round 0);

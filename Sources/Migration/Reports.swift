@@ -21,7 +21,7 @@ extension ReceiveReport {
         let guest = begin.machine.memorySize
         let rate = seconds > 0 ? Double(guest) / seconds : 0
         var line =
-            "\(dryRun ? "verified" : "received") \(ByteSize.format(guest)) VM '\(begin.machine.name)'"
+            "\(dryRun ? "verified" : "received") \(ByteSize.format(guest)) VM \(UntrustedText.quote(begin.machine.name))"
             + (name == begin.machine.name ? "" : " as '\(name)'")
             + " (\(rounds) round\(rounds == 1 ? "" : "s"), \(ByteSize.format(streamBytes)) stream) in "
             + "\(ByteSize.twoDecimals(seconds)) s (\(ByteSize.format(UInt64(rate)))/s)"
@@ -35,11 +35,13 @@ extension ReceiveReport {
 extension StreamBegin {
     /// What `vmrecv -n -v` would do with this stream.
     public func dryRunDescription(as name: String) -> String {
-        let segments = machine.segments.map { "\($0.name) \(ByteSize.format($0.size)) at \($0.guestPhysicalBase)" }
-        let devices = machine.devices.map { "\($0.name) (\($0.kind) v\($0.version))" }
-        return "would restore \(mode.rawValue) stream of VM '\(machine.name)' as '\(name)': "
+        let text = UntrustedText.escape
+        let segments = machine.segments.map { "\(text($0.name)) \(ByteSize.format($0.size)) at \($0.guestPhysicalBase)" }
+        let devices = machine.devices.map { "\(text($0.name)) (\(text($0.kind)) v\($0.version))" }
+        return "would restore \(mode.rawValue) stream of VM \(UntrustedText.quote(machine.name)) as '\(name)': "
             + "\(machine.vcpuCount) vCPUs, memory \(segments.joined(separator: ", ")), devices "
-            + "\(devices.joined(separator: ", ")); from \(host.architecture) \(host.cpuModel), \(host.hypervisor) \(host.hypervisorVersion)"
+            + "\(devices.joined(separator: ", ")); from \(text(host.architecture)) \(text(host.cpuModel)), "
+            + "\(text(host.hypervisor)) \(text(host.hypervisorVersion))"
     }
 }
 

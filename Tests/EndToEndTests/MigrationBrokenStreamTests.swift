@@ -105,10 +105,10 @@ extension MigrationEndToEndTests {
             defer { fixture.cleanUp() }
             let owner = try savedGuest(fixture)
             let result = try runShell("\(fixture.command("vmrecv", ["a"])) < \(shellQuoted(fixture.file("a.vms")))")
-            fixture.expectOneLineFailure(result, tool: "vmrecv", saying: ["'a'", "already"])
+            fixture.expectOneLineFailure(result, tool: "vmrecv", saying: ["a VM named 'a' already exists here (migrated, pid "])
             let status = try fixture.status("a")
             #expect(status.pid == owner)
-            #expect(status.state == .paused)
+            #expect(status.state == .migrated)
             #expect(fixture.processesInRunDirectory() == [owner])
             try fixture.destroyAllAndExpectNothingLeft()
         }
