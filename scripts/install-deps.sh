@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build, the tests and the demo need. Idempotent.
 set -euo pipefail
-need=(liblz4-dev libxxhash-dev pkg-config nasm netcat-openbsd lz4 time bsdutils python3)
+need=(liblz4-dev libxxhash-dev pkg-config nasm netcat-openbsd lz4 time bsdutils python3 mandoc)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -9,6 +9,7 @@ scripts/install-deps.sh
 VMSEND_LINUX_GUEST=$(scripts/build-linux-guest.sh --print-dir)
 export VMSEND_LINUX_GUEST
 swift format lint --strict --recursive Sources Tests Package.swift fuzz/Sources
+mandoc -T lint -W warning man/*
 # The same flags for build and test, so the tests reuse the build.
 flags=(-Xswiftc -warnings-as-errors)
 swift build --build-tests "${flags[@]}"
