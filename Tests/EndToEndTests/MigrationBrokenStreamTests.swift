@@ -146,12 +146,17 @@ extension MigrationEndToEndTests {
 /// Rewrites a stream with an edited BEGIN, framing every record anew so that every checksum is valid:
 /// what a stream from an incompatible host looks like.
 enum StreamEditor {
-    static func rewrite(_ stream: [UInt8], to path: String, editing edit: (inout StreamBegin) -> Void) throws {
+    static func rewrite(
+        _ stream: [UInt8], to path: String, editing edit: (inout StreamBegin) -> Void,
+        page editPage: (_ segment: Int, _ page: UInt64, _ bytes: inout [UInt8]) -> Void = { _, _, _ in },
+        state editState: (inout MachineState) -> Void = { _ in }
+    ) throws {
         let reader = StreamReader(bytes: stream)
         let output = try FileDescriptor.open(path, .writeOnly, options: [.create, .truncate], permissions: .ownerReadWrite)
         defer { try? output.close() }
         let writer = try StreamWriter(output: output)
         let slots = BatchSlots()
+        var state = MachineState(kernel: [], devices: [])
         while let record = try reader.next(into: slots) {
             switch record {
             case .begin(var begin):
@@ -161,15 +166,22 @@ enum StreamEditor {
                 try writer.writeRound(number, pages: ranges)
             case .pages(let batch):
                 for page in batch.firstPage..<batch.firstPage + UInt64(batch.count) {
-                    try writer.writePages(segment: batch.segment, firstPage: page, count: 1, from: slots.slot(page))
+                    var bytes = Array(UnsafeRawBufferPointer(start: slots.slot(page), count: StreamFormat.pageSize))
+                    editPage(batch.segment, page, &bytes)
+                    try bytes.withUnsafeBytes {
+                        try writer.writePages(segment: batch.segment, firstPage: page, count: 1, from: $0.baseAddress!)
+                    }
                 }
             case .diskExtents, .diskBlocks:
                 Issue.record("the streams rewritten here have no disks")
             case .kernelState(let chunk):
-                try writer.writeKernelState(chunk)
+                state.kernel.append(chunk)
             case .deviceState(let chunk):
-                try writer.writeDeviceState(chunk)
+                state.devices.append(chunk)
             case .end(let end):
+                editState(&state)
+                for chunk in state.kernel { try writer.writeKernelState(chunk) }
+                for chunk in state.devices { try writer.writeDeviceState(chunk) }
                 try writer.writeEnd(sourcePauseTime: end.sourcePauseTime)
             }
         }

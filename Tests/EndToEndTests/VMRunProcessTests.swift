@@ -191,3 +191,25 @@ import VMControl
         Issue.record("timed out waiting until \(what)")
     }
 }
+
+/// Usage errors look like failures: one line, `tool: …`, exit 2; help only when asked for.
+@Suite struct UsageErrorTests {
+    @Test(arguments: [
+        ("vmsend", ["--downtime", "-5", "x"], "vmsend: --downtime must be 0 or more milliseconds, not -5"),
+        ("vmsend", ["-c", "zstd", "x"], "vmsend: the value 'zstd' is invalid for '-c <compress>'"),
+        ("vmsend", ["bad/name"], "vmsend: invalid VM name 'bad/name'"),
+        ("vmrecv", [], "vmrecv: missing expected argument '<name>'"),
+        ("vmrecv", ["--bogus", "x"], "vmrecv: unknown option '--bogus'"),
+        ("vmctl", [], "vmctl: missing subcommand: list, status, pause, resume, destroy or console"),
+        ("vmctl", ["status", "a/b"], "vmctl: invalid VM name 'a/b'"),
+        ("vmstream", [], "vmstream: missing subcommand: dump or sample"),
+        ("vmrun", ["--memory", "3Q", "x"], "vmrun: invalid size '3Q'"),
+    ])
+    func usageErrorsAreOneLineAndExitTwo(tool: String, arguments: [String], line: String) throws {
+        let result = try runProcess(Products.path(tool), arguments)
+        #expect(result.status == 2, "\(result.standardError)")
+        #expect(result.standardError.hasPrefix(line), "\(result.standardError)")
+        #expect(result.standardError.split(separator: "\n").count == 1, "\(result.standardError)")
+        #expect(result.standardOutput.isEmpty)
+    }
+}
