@@ -12,7 +12,7 @@ _xxhash = ctypes.CDLL("libxxhash.so.0")
 _xxhash.XXH3_64bits_withSeed.restype = ctypes.c_uint64
 _xxhash.XXH3_64bits_withSeed.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64]
 
-BEGIN, ROUND, PAGES, KERNEL, DEVICE, END = 1, 2, 3, 4, 5, 6
+BEGIN, ROUND, PAGES, KERNEL, DEVICE, END, DISK_EXTENTS, DISK_BLOCKS = 1, 2, 3, 4, 5, 6, 7, 8
 EVIL_TEXT = [b"", b"\x00", b"a\x00b", b"\x1b[2J\x1b[31mred", b"line\nforged: ok", b"\xe2\x80\xae", b"x" * 300,
              b"\xff\xfe", b"'quoted'", b"\\x1b"]
 
@@ -44,22 +44,28 @@ class Stream:
         """The stream's bytes, every checksum and (with `fix_end`) END's totals computed anew."""
         out = bytearray(self.header)
         running = struct.unpack_from("<Q", self.header, 24)[0]
-        pages = zero = records = 0
+        pages = zero = blocks = zero_blocks = records = 0
         for rtype, flags, payload in self.records:
-            if rtype == END and fix_end and len(payload) == 48:
+            if rtype == END and fix_end and len(payload) in (48, 64):
                 pause = struct.unpack_from("<Q", payload, 32)[0]
+                disks = len(payload) == 64
                 payload = struct.pack("<6Q", pages, zero, len(out), records, pause, running)
+                if disks:
+                    payload += struct.pack("<2Q", blocks, zero_blocks)
             head = struct.pack("<HHI", rtype, flags, len(payload))
             head_sum = xxh3(head)
             record_sum = xxh3(payload, head_sum)
             out += head + struct.pack("<Q", head_sum) + payload + struct.pack("<Q", record_sum)
             running = xxh3(struct.pack("<Q", record_sum), running)
             records += 1
-            if rtype == PAGES and len(payload) >= 16:
+            if rtype in (PAGES, DISK_BLOCKS) and len(payload) >= 16:
                 count = struct.unpack_from("<I", payload, 4)[0]
                 bitmap = payload[16:16 + (count + 7) // 8]
-                pages += count
-                zero += sum(bin(byte).count("1") for byte in bitmap)
+                zeros = sum(bin(byte).count("1") for byte in bitmap)
+                if rtype == PAGES:
+                    pages, zero = pages + count, zero + zeros
+                else:
+                    blocks, zero_blocks = blocks + count, zero_blocks + zeros
         return bytes(out)
 
     def indices(self, *types):
@@ -175,9 +181,9 @@ def mutate_begin_field(rng, stream):
 
 
 def mutate_round_or_pages(rng, stream):
-    index = rng.choice(stream.indices(ROUND, PAGES))
+    index = rng.choice(stream.indices(ROUND, PAGES, DISK_EXTENTS, DISK_BLOCKS))
     payload = bytearray(stream.records[index][2])
-    if stream.records[index][0] == ROUND:
+    if stream.records[index][0] in (ROUND, DISK_EXTENTS):
         which = rng.randrange(4)
         if which == 0:
             struct.pack_into("<I", payload, 0, _u32(rng))
@@ -304,8 +310,9 @@ def end_record(rng, stream):
     if rng.random() < 0.4:
         return edited.frame() + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096)))
     data = bytearray(edited.frame())
-    end = len(data) - 24 - 48 + 16
-    field = rng.randrange(6)
+    size = len(edited.records[-1][2])
+    end = len(data) - 8 - size
+    field = rng.randrange(size // 8)
     struct.pack_into("<Q", data, end + 8 * field, _u64(rng))
     edited = Stream(bytes(data))
     return edited.frame(fix_end=False)

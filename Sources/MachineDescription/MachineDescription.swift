@@ -141,6 +141,14 @@ public struct DiskConfig: Codable, Sendable, Equatable {
 
     /// 4 KiB blocks in the disk.
     public var blockCount: UInt64 { size / Self.blockSize }
+
+    /// The 257 blocks, spread evenly over the disk, that its fingerprint samples (with its size): what a dry run
+    /// keeps of a disk that travels, so that it can check the disk's state as a receive does.
+    public var fingerprintBlocks: [UInt64] {
+        let count = blockCount
+        guard count > 0 else { return [] }
+        return (0...UInt64(256)).map { min($0 * count / 256, count - 1) }
+    }
 }
 
 /// Everything a receiver needs to recreate a machine before its state arrives.

@@ -55,7 +55,9 @@ public protocol MigrationDestination: AnyObject {
 /// when BEGIN has arrived and the state when END has verified, exactly as a real receive's machine would.
 public protocol IncomingCheck: AnyObject {
     func checkConfiguration(_ config: MachineConfig) throws
-    func checkState(_ state: MachineState) throws
+    /// `diskSamples`: per disk that travels, its blocks a fingerprint reads (`DiskConfig.fingerprintBlocks`) as the
+    /// stream left them; the others read as zeroes, as in a receive's new image.
+    func checkState(_ state: MachineState, diskSamples: [Int: [UInt64: [UInt8]]]) throws
     /// Ends the checking; called once, whatever happened.
     func finish()
 }

@@ -84,7 +84,15 @@ public final class Receiver {
         phaseObserver?.receiving(destination)
         do {
             let memorySink = destination.map { GuestMemoryPageSink(memory: $0.memory) }
-            let sink: PageSink = memorySink ?? discard
+            let samples: DiskSampleSink? = check == nil ? nil : DiskSampleSink(config: config)
+            let sink: any PageSink
+            if let memorySink {
+                sink = memorySink
+            } else if let samples {
+                sink = samples
+            } else {
+                sink = discard
+            }
             var rounds = 0
             var lastRound: UInt32?
             var kernel: [StateChunk] = []
@@ -124,7 +132,7 @@ public final class Receiver {
                 if let phaseObserver { try phaseObserver.finishing(finish) } else { try finish() }
                 if !options.leavePaused { try destination.confirmRunning() }
             } else {
-                try check?.checkState(state)
+                try check?.checkState(state, diskSamples: samples?.samples ?? [:])
             }
             if let extra = reader.bytesWaitingAfterEnd(), extra > 0 {
                 warn("\(extra) byte\(extra == 1 ? "" : "s") after END ignored")

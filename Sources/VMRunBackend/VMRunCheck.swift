@@ -17,6 +17,10 @@ import VMControl
 public final class VMRunCheck: IncomingCheck {
     private let child: ChildProcess.Spawned
     private var finished = false
+    /// Sparse stand-ins for the disks that travel, in a folder of their own: they hold only the blocks a disk's
+    /// fingerprint samples, which is all a check of its state reads. Removed by `finish`.
+    private var shadowFolder: String?
+    private var shadows: [Int: FileDescriptor] = [:]
 
     public init(name: String, vmrun: String) throws {
         child = try ChildProcess.spawn(vmrun, arguments: ["--check", name])
@@ -26,20 +30,51 @@ public final class VMRunCheck: IncomingCheck {
     deinit { finish() }
 
     public func checkConfiguration(_ config: MachineConfig) throws {
-        try ask(try MachineConfigJSON.encode(config))
+        var checked = config
+        for index in config.disks.indices where !config.disks[index].sharedStorage {
+            checked.disks[index].path = try shadow(index, size: config.disks[index].size)
+        }
+        try ask(try MachineConfigJSON.encode(checked))
     }
 
-    public func checkState(_ state: MachineState) throws {
+    public func checkState(_ state: MachineState, diskSamples: [Int: [UInt64: [UInt8]]]) throws {
+        for (disk, blocks) in diskSamples {
+            guard let file = shadows[disk] else { continue }
+            for (block, bytes) in blocks {
+                try file.writeAll(toAbsoluteOffset: Int64(block) * Int64(DiskConfig.blockSize), bytes)
+            }
+        }
         try ask(try StateEncoding.encode(state))
     }
 
-    /// Closes the child's input and waits for it to exit.
+    /// Closes the child's input, waits for it to exit, and removes the stand-in disks.
     public func finish() {
         guard !finished else { return }
         finished = true
         close(child.input)
         close(child.output)
         _ = ChildProcess.wait(child.pid)
+        for file in shadows.values { try? file.close() }
+        if let shadowFolder {
+            for index in shadows.keys { unlink("\(shadowFolder)/disk\(index).img") }
+            rmdir(shadowFolder)
+        }
+    }
+
+    /// A sparse image of `size` bytes for disk `index`, in a private folder under the system's temporary one.
+    private func shadow(_ index: Int, size: UInt64) throws -> String {
+        if shadowFolder == nil {
+            var template = Array("/tmp/vmrecv-check-XXXXXX".utf8CString)
+            guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+                throw MigrationError("cannot make a folder for the dry run's disks", errno: errno)
+            }
+            shadowFolder = String(cString: made)
+        }
+        let path = "\(shadowFolder!)/disk\(index).img"
+        let file = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate], permissions: .ownerReadWrite)
+        shadows[index] = file
+        guard ftruncate(file.rawValue, off_t(size)) == 0 else { throw MigrationError("cannot size \(path)", errno: errno) }
+        return path
     }
 
     private func ask(_ frame: [UInt8]) throws {

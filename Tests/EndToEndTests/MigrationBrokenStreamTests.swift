@@ -157,23 +157,32 @@ enum StreamEditor {
         let writer = try StreamWriter(output: output)
         let slots = BatchSlots()
         var state = MachineState(kernel: [], devices: [])
+        // Disk records number disks; the writer takes areas (segments, then disks).
+        var firstDisk = 0
+        func copy(_ batch: PageBatch, area: Int) throws {
+            for page in batch.firstPage..<batch.firstPage + UInt64(batch.count) {
+                var bytes = Array(UnsafeRawBufferPointer(start: slots.slot(page), count: StreamFormat.pageSize))
+                editPage(area, page, &bytes)
+                try bytes.withUnsafeBytes {
+                    try writer.writePages(segment: area, firstPage: page, count: 1, from: $0.baseAddress!)
+                }
+            }
+        }
         while let record = try reader.next(into: slots) {
             switch record {
             case .begin(var begin):
                 edit(&begin)
+                firstDisk = begin.machine.segments.count
                 try writer.writeBegin(begin)
             case .round(let number, let ranges):
                 try writer.writeRound(number, pages: ranges)
             case .pages(let batch):
-                for page in batch.firstPage..<batch.firstPage + UInt64(batch.count) {
-                    var bytes = Array(UnsafeRawBufferPointer(start: slots.slot(page), count: StreamFormat.pageSize))
-                    editPage(batch.segment, page, &bytes)
-                    try bytes.withUnsafeBytes {
-                        try writer.writePages(segment: batch.segment, firstPage: page, count: 1, from: $0.baseAddress!)
-                    }
-                }
-            case .diskExtents, .diskBlocks:
-                Issue.record("the streams rewritten here have no disks")
+                try copy(batch, area: batch.segment)
+            case .diskExtents(let number, let ranges):
+                let areas = ranges.map { PageRange(segment: firstDisk + $0.segment, firstPage: $0.firstPage, count: $0.count) }
+                try writer.writeRound(number, pages: areas)
+            case .diskBlocks(let batch):
+                try copy(batch, area: firstDisk + batch.segment)
             case .kernelState(let chunk):
                 state.kernel.append(chunk)
             case .deviceState(let chunk):

@@ -277,6 +277,6 @@ final class AcceptingCheck: IncomingCheck {
     var states = 0
     var finished = 0
     func checkConfiguration(_ config: MachineConfig) throws { configurations += 1 }
-    func checkState(_ state: MachineState) throws { states += 1 }
+    func checkState(_ state: MachineState, diskSamples: [Int: [UInt64: [UInt8]]]) throws { states += 1 }
     func finish() { finished += 1 }
 }

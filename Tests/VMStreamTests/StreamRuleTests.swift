@@ -107,7 +107,7 @@ import Testing
                     $0.round(0, [])
                     $0.round(0, [])
                 })?.message.hasSuffix(
-                    "ROUND 0 again, though its last ROUND record listed fewer than 65536 ranges") == true)
+                    "ROUND 0 again, though round 0's last ROUND record listed fewer than 65536 ranges") == true)
     }
 
     /// A round of 65536 one-page ranges fills a ROUND record; its continuation lists only later ranges.

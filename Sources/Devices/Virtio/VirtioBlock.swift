@@ -251,7 +251,7 @@ public final class VirtioBlock: Device, @unchecked Sendable {
         guard fingerprint == local else {
             throw DeviceError(
                 name,
-                "the image \(disk.config.path ?? "") does not hold the sender's disk (fingerprint \(hex(local)), expected \(hex(fingerprint)))"
+                "its image does not hold the sender's disk (fingerprint \(hex(local)), expected \(hex(fingerprint)))"
             )
         }
         return decoded
