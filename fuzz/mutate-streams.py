@@ -17,6 +17,8 @@ Exits 1 when any of these is not 0. Needs root (or KVM access) and the debug bui
 import argparse
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -172,6 +174,9 @@ def main():
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--report", help="write the results as Markdown to this file")
     args = parser.parse_args()
+    # SIGTERM and SIGHUP end the campaign as ^C does: through the cleanup below, which ends the source VM.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.default_int_handler)
     tools = os.path.abspath(args.build)
     work = tempfile.mkdtemp(prefix="vmmutate-")
     run_dir = os.path.join(work, "run")
@@ -185,9 +190,10 @@ def main():
         examples = {}
         lock = threading.Lock()
         counter = iter(range(args.count))
+        stop = threading.Event()
 
         def work_loop(worker):
-            while True:
+            while not stop.is_set():
                 with lock:
                     number = next(counter, None)
                 if number is None:
@@ -212,21 +218,23 @@ def main():
                     if done % 250 == 0:
                         print("%d streams, %.0f s" % (done, time.time() - started), file=sys.stderr, flush=True)
 
-        threads = [threading.Thread(target=work_loop, args=(Worker(tools, run_dir, "t%d" % index),))
+        threads = [threading.Thread(target=work_loop, args=(Worker(tools, run_dir, "m%dt%d" % (os.getpid(), index)),))
                    for index in range(args.jobs)]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:
+            # Each worker ends its stream and cleans up after it; then the source goes.
+            stop.set()
+            for thread in threads:
+                thread.join()
+            raise
     finally:
         subprocess.run([os.path.join(tools, "vmctl"), "--run-dir", run_dir, "destroy", "src"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for name in os.listdir(run_dir):
-            os.unlink(os.path.join(run_dir, name))
-        os.rmdir(run_dir)
-        for name in os.listdir(work):
-            os.unlink(os.path.join(work, name))
-        os.rmdir(work)
+        shutil.rmtree(work, ignore_errors=True)
     report = render(figures, examples, args, time.time() - started, [len(seed.frame()) for seed in seeds])
     print(report)
     if args.report:

@@ -206,7 +206,7 @@ public final class StreamReader {
         guard stored == computed else {
             var error = StreamError.checksum(record: recordNumber, what: framing.type.description, offset: framing.start)
             if framing.type == .pages, let rest = source.rest(upTo: Self.inFlightLimit, patience: .milliseconds(300)),
-                !Self.endsWithEnd(rest)
+                !StreamTail.endsWithEnd(rest)
             {
                 error.message +=
                     "; the stream ends soon after it, without END: its sender was probably interrupted and "
@@ -215,24 +215,6 @@ public final class StreamReader {
             throw error
         }
         return computed
-    }
-
-    /// Whether `bytes` are whole records (by their verified headers) of which the last is END.
-    static func endsWithEnd(_ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        var lastType: UInt16?
-        while offset + StreamFormat.recordHeaderSize <= bytes.count {
-            let (type, flags, length, checksum) = bytes.withUnsafeBytes {
-                (
-                    loadLE($0, offset, as: UInt16.self), loadLE($0, offset + 2, as: UInt16.self),
-                    loadLE($0, offset + 4, as: UInt32.self), loadLE($0, offset + 8, as: UInt64.self)
-                )
-            }
-            guard Checksum.header(type: type, flags: flags, length: length) == checksum else { return false }
-            offset += StreamFormat.recordHeaderSize + Int(length) + StreamFormat.recordTrailerSize
-            lastType = type
-        }
-        return offset == bytes.count && lastType == RecordType.end.rawValue
     }
 
     /// What a pipe and the pipes and sockets behind it may hold: 16 MiB.
