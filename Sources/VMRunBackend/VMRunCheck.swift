@@ -18,7 +18,8 @@ public final class VMRunCheck: IncomingCheck {
     private let child: ChildProcess.Spawned
     private var finished = false
     /// Sparse stand-ins for the disks that travel, in a folder of their own: they hold only the blocks a disk's
-    /// fingerprint samples, which is all a check of its state reads. Removed by `finish`.
+    /// fingerprint samples, which is all a check of its state reads. Their names go as soon as vmrun has opened
+    /// them, so that nothing is left even if this process is killed; the open files live on until `finish`.
     private var shadowFolder: String?
     private var shadows: [Int: FileDescriptor] = [:]
 
@@ -31,10 +32,18 @@ public final class VMRunCheck: IncomingCheck {
 
     public func checkConfiguration(_ config: MachineConfig) throws {
         var checked = config
+        defer { removeShadowNames() }
         for index in config.disks.indices where !config.disks[index].sharedStorage {
             checked.disks[index].path = try shadow(index, size: config.disks[index].size)
         }
         try ask(try MachineConfigJSON.encode(checked))
+    }
+
+    private func removeShadowNames() {
+        guard let shadowFolder else { return }
+        for index in shadows.keys { unlink("\(shadowFolder)/disk\(index).img") }
+        rmdir(shadowFolder)
+        self.shadowFolder = nil
     }
 
     public func checkState(_ state: MachineState, diskSamples: [Int: [UInt64: [UInt8]]]) throws {
@@ -55,10 +64,7 @@ public final class VMRunCheck: IncomingCheck {
         close(child.output)
         _ = ChildProcess.wait(child.pid)
         for file in shadows.values { try? file.close() }
-        if let shadowFolder {
-            for index in shadows.keys { unlink("\(shadowFolder)/disk\(index).img") }
-            rmdir(shadowFolder)
-        }
+        removeShadowNames()
     }
 
     /// A sparse image of `size` bytes for disk `index`, in a private folder under the system's temporary one.
