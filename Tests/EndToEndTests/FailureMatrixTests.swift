@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 import MachineDescription
+import SystemPackage
+import SystemSupport
 import Testing
 import VMControl
 
@@ -54,6 +56,12 @@ extension MigrationEndToEndTests {
             let (migration, owner) = try startMigration(fixture)
             defer { migration.remove() }
             try reach(moment, migration, fixture)
+            if moment == .roundZero, let incoming = try? fixture.status("b").pid {
+                // ps shows the machine being received as it is, not placeholder flags.
+                let words = (try? FileDescriptor.readFile("/proc/\(incoming)/cmdline", limit: 4096)) ?? []
+                let line = String(decoding: words.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+                #expect(line.contains(" b --cpus 2 --memory 128M --incoming --run-dir "), "\(line)")
+            }
             try migration.signal(victim == .vmsend ? "send" : "recv", blow.signal)
             let (send, receive) = try migration.wait()
             let sendLines = migration.standardError("send").split(separator: "\n").filter { !$0.contains("\t") }
