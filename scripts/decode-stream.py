@@ -41,6 +41,7 @@ def main():
     running, offset, number = checksum, 32, 0
     pages = zero = blocks = zero_blocks = 0
     segments, disks = [], []
+    last_round, state_started = None, False
     while True:
         if offset == len(data):
             fail("truncated before END")
@@ -56,6 +57,20 @@ def main():
             fail("checksum mismatch in record %d" % number)
         name = NAMES.get(rtype, "type %d" % rtype)
         detail = ""
+        # STREAM RULES: BEGIN first; rounds numbered one after the other (a continuation or a round's disk part
+        # keeps the number); every round before the state; at least one round before state and END.
+        if (number == 1) != (rtype == 1):
+            fail("record %d: BEGIN must be the first record, and only it" % number)
+        if rtype in (2, 7):
+            (round_number,) = struct.unpack_from("<I", payload)
+            if state_started:
+                fail("record %d: a round after the state" % number)
+            if last_round is not None and round_number not in (last_round, last_round + 1):
+                fail("record %d: round %d follows round %d" % (number, round_number, last_round))
+            last_round = round_number
+        if rtype in (4, 5, 6) and last_round is None:
+            fail("record %d: state or END before any round" % number)
+        state_started = state_started or rtype in (4, 5)
         if rtype == 1:
             position, fields = 0, []
             while position < length:
@@ -72,6 +87,8 @@ def main():
                     fields.append("disk %s size %d allocated %d flags %d" % (
                         value[19:19 + name_length].decode(), disk_size, allocated, disk_flags))
                 elif tag in (2, 3, 16, 17, 18, 20, 21, 32):
+                    if b"\0" in value:
+                        fail("text with NUL in BEGIN")
                     fields.append(value.decode())
             if bool(disks) != bool(features & DISKS):
                 fail("disks in BEGIN and the DISKS feature disagree")
@@ -116,8 +133,9 @@ def main():
         offset += 24 + length
         if rtype == 6:
             break
+    # Reading stops at END; what follows is not the stream's.
     if offset != len(data):
-        fail("data after END")
+        print("warning: %d bytes after END ignored" % (len(data) - offset), file=sys.stderr)
     extra = ", %d disk blocks (%d zero)" % (blocks, zero_blocks) if features & DISKS else ""
     print("ok: %d records, %d pages (%d zero)%s, running checksum verified" % (number, pages, zero, extra))
 

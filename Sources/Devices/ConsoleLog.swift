@@ -12,10 +12,10 @@ public final class ConsoleLog: Sendable {
     private let partial = Mutex<[UInt8]>([])
     static let longestLine = 4096
 
-    /// Opens `path` for appending, creating it (mode 0600).
+    /// Opens `path` afresh (mode 0600): a new machine never shows an old one's lines.
     public init(path: String, onLine: (@Sendable (String) -> Void)? = nil) throws(SystemError) {
         let fd = try systemCall("cannot open the console log", path: path) {
-            Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+            Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
         }
         file = FileDescriptor(rawValue: fd)
         lineObserver = onLine

@@ -9,6 +9,9 @@ public protocol Device: AnyObject, Sendable {
     static var kind: String { get }
     /// Version of the state layout `saveState` writes; a chunk of another version is refused by name.
     static var stateVersion: UInt32 { get }
+    /// The configuration keys the device understands; a configuration with any other is refused, since the device
+    /// could not honour it.
+    static var settingKeys: Set<String> { get }
 
     /// Builds the device a configuration describes; refuses settings it cannot honour, in one line.
     init(config: DeviceConfig, context: DeviceContext) throws
@@ -34,7 +37,8 @@ public protocol Device: AnyObject, Sendable {
 
     /// The device's state, to be carried as one chunk of version `stateVersion`.
     func saveState() -> [UInt8]
-    /// Refuses a chunk that does not fit this device, saying what was expected; changes nothing.
+    /// Refuses a chunk that does not fit this device, saying what was expected; changes nothing. Every device has
+    /// one (there is no default): a received chunk is never restored unchecked.
     func checkState(_ bytes: [UInt8]) throws
     /// Restores a checked chunk and re-raises any interrupt line it had asserted.
     func restoreState(_ bytes: [UInt8]) throws
@@ -45,7 +49,6 @@ extension Device {
     public func resume() {}
     public func stop() {}
     public func setDirtyLogging(_ on: Bool) { _ = on }
-    public func checkState(_ bytes: [UInt8]) throws { _ = bytes }
 }
 
 /// What a machine lends its devices.
@@ -99,7 +102,7 @@ public protocol Pacer: Sendable {
 /// Why a device refused its configuration or a state chunk; names the device.
 public struct DeviceError: Error, CustomStringConvertible, Sendable, Equatable {
     public var description: String
-    public init(_ device: String, _ message: String) { description = "device \(device): \(message)" }
+    public init(_ device: String, _ message: String) { description = "device \(UntrustedText.quote(device)): \(message)" }
 }
 
 extension DeviceConfig {
@@ -108,7 +111,10 @@ extension DeviceConfig {
         guard let text = configuration[key] else { throw DeviceError(name, "configuration has no \(key)") }
         let value = text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : UInt64(text)
         guard let value, range.contains(value) else {
-            throw DeviceError(name, "\(key) '\(text)' is not a number in \(range.lowerBound)...\(range.upperBound)")
+            throw DeviceError(
+                name,
+                "\(UntrustedText.escape(key)) \(UntrustedText.quote(text)) is not a number in \(range.lowerBound)...\(range.upperBound)"
+            )
         }
         return value
     }

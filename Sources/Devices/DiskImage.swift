@@ -87,10 +87,8 @@ public final class DiskImage: Sendable {
         withUnsafeBytes(of: config.size.littleEndian) { for byte in $0 { mix(byte) } }
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(DiskConfig.blockSize), alignment: pageSize)
         defer { block.deallocate() }
-        let count = config.blockCount
-        guard count > 0 else { return hash }
-        for sample in 0...UInt64(256) {
-            try read(into: block, at: min(sample * count / 256, count - 1) * DiskConfig.blockSize)
+        for sampled in config.fingerprintBlocks {
+            try read(into: block, at: sampled * DiskConfig.blockSize)
             for byte in block { mix(byte) }
         }
         return hash

@@ -16,6 +16,7 @@ import SystemSupport
 public final class UART16550: Device {
     public static let kind = "uart16550"
     public static let stateVersion: UInt32 = 1
+    public static let settingKeys: Set<String> = ["port", "irq"]
     /// More than a real 16550's 16 bytes: console input arrives in bursts and the guest polls.
     public static let receiveCapacity = 4096
 

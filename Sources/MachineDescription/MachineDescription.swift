@@ -141,6 +141,14 @@ public struct DiskConfig: Codable, Sendable, Equatable {
 
     /// 4 KiB blocks in the disk.
     public var blockCount: UInt64 { size / Self.blockSize }
+
+    /// The 257 blocks, spread evenly over the disk, that its fingerprint samples (with its size): what a dry run
+    /// keeps of a disk that travels, so that it can check the disk's state as a receive does.
+    public var fingerprintBlocks: [UInt64] {
+        let count = blockCount
+        guard count > 0 else { return [] }
+        return (0...UInt64(256)).map { min($0 * count / 256, count - 1) }
+    }
 }
 
 /// Everything a receiver needs to recreate a machine before its state arrives.
@@ -206,9 +214,54 @@ public struct MachineState: Sendable, Equatable {
     }
 }
 
-/// Where a machine is in its life. `incoming` is created but waiting for memory and state.
+/// Where a machine is in its life. `incoming` is created but waiting for memory and state; `migrated` is paused
+/// after a complete send, so that it never runs beside its copy (QEMU's postmigrate); `crashed` stopped by itself
+/// (a triple fault, a KVM error) and cannot run again.
 public enum RunState: String, Codable, Sendable {
-    case running, paused, incoming
+    case running, paused, incoming, migrated, crashed
+}
+
+/// A send in progress, or one whose sender went away after its stream was complete.
+public struct SendRecord: Codable, Sendable, Equatable {
+    /// The stream's UUID, as text.
+    public var stream: String
+    /// Who sends, as it introduced itself: `vmsend pid 4242`.
+    public var sender: String
+    /// When the send started, ns since the Unix epoch.
+    public var started: UInt64
+    /// The sender paused the machine for this send.
+    public var pausedBySender: Bool
+    /// The sender was writing END or had written it: a copy may be running elsewhere.
+    public var committed: Bool
+    /// The sender's connection closed before it said how the send ended.
+    public var senderGone: Bool
+
+    public init(
+        stream: String, sender: String, started: UInt64, pausedBySender: Bool = false, committed: Bool = false,
+        senderGone: Bool = false
+    ) {
+        self.stream = stream
+        self.sender = sender
+        self.started = started
+        self.pausedBySender = pausedBySender
+        self.committed = committed
+        self.senderGone = senderGone
+    }
+}
+
+/// The send that made a machine `migrated`.
+public struct MigrationRecord: Codable, Sendable, Equatable {
+    public var stream: String
+    /// When the stream was complete and taken by its reader, ns since the Unix epoch.
+    public var completed: UInt64
+    /// Where the stream went, as far as the sender could tell (a file, the command reading the pipe), if known.
+    public var destination: String?
+
+    public init(stream: String, completed: UInt64, destination: String?) {
+        self.stream = stream
+        self.completed = completed
+        self.destination = destination
+    }
 }
 
 /// What the bundled guest last reported for one vCPU through its status device.
@@ -271,10 +324,17 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public var disk: DiskCheckStatus?
     /// The last heartbeat line the guest printed, when it prints them (the Linux test guest).
     public var heartbeat: GuestHeartbeat?
+    /// Why a `crashed` machine stopped.
+    public var failure: String?
+    /// The send in progress, or the one whose sender went away with the outcome unknown.
+    public var send: SendRecord?
+    /// The send that made the machine `migrated`.
+    public var migration: MigrationRecord?
 
     public init(
         name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32,
-        disk: DiskCheckStatus? = nil, heartbeat: GuestHeartbeat? = nil
+        disk: DiskCheckStatus? = nil, heartbeat: GuestHeartbeat? = nil, failure: String? = nil, send: SendRecord? = nil,
+        migration: MigrationRecord? = nil
     ) {
         self.heartbeat = heartbeat
         self.name = name
@@ -284,5 +344,24 @@ public struct MachineStatus: Codable, Sendable, Equatable {
         self.uptimeSeconds = uptimeSeconds
         self.pid = pid
         self.disk = disk
+        self.failure = failure
+        self.send = send
+        self.migration = migration
     }
+}
+
+/// The limits on a machine's saved state that every layer shares, so that a state one layer accepts (a stream
+/// reader, `vmrecv -n`) is never refused by another for its size (the control socket that carries it to vmrun).
+public enum StateLimits {
+    /// Bytes of chunk data in all, kernel and device: a receiver holds the state until END verifies.
+    public static let maximumDataBytes = 64 << 20
+    /// Distinct kernel chunks, and device chunks (one per device, at most this many devices).
+    public static let maximumKernelChunks = 65536
+    public static let maximumDevices = 1024
+    /// Bytes of a chunk's name.
+    public static let maximumNameLength = 255
+    /// The most a whole state takes in the control socket's encoding: counts, then per chunk a u16 name length,
+    /// the name, u32 version and u32 data length, then the data.
+    public static let maximumEncodedBytes =
+        8 + (maximumKernelChunks + maximumDevices) * (2 + maximumNameLength + 8) + maximumDataBytes
 }

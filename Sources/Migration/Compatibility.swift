@@ -6,8 +6,8 @@ import VMStream
 #endif
 
 /// The checks a receiver makes on BEGIN before it creates anything. Each refusal is one line that
-/// says what differs. CPU features and device kinds are checked by the hypervisor side (`vmrun
-/// --incoming`), which alone knows what its KVM offers, also before any machine exists.
+/// says what differs. CPU features, devices and state chunks are checked by the hypervisor side (`vmrun
+/// --incoming`, or `vmrun --check` for a dry run), which alone knows what its KVM offers.
 public struct Compatibility: Sendable {
     public var architecture: String
     public var pageSize: UInt32
@@ -31,21 +31,25 @@ public struct Compatibility: Sendable {
         self.availableMemory = availableMemory
     }
 
-    public func check(_ begin: StreamBegin) throws {
+    /// Refuses, as `this host cannot run VM 'NAME': why`, a machine this host cannot run, `name` being what it is
+    /// received as. The same words as the hypervisor side's refusals.
+    public func check(_ begin: StreamBegin, as name: String) throws {
         let source = begin.host
+        func refuse(_ why: String) -> MigrationError {
+            MigrationError("this host cannot run VM \(UntrustedText.quote(name)): \(why)")
+        }
         guard source.architecture == architecture else {
-            throw MigrationError("incompatible host: the stream is for \(source.architecture), this host is \(architecture)")
+            throw refuse("the stream is for \(UntrustedText.quote(source.architecture)), this host is \(architecture)")
         }
         guard source.pageSize == pageSize else {
-            throw MigrationError(
-                "incompatible host: the stream has \(source.pageSize)-byte pages, this host \(pageSize)-byte pages")
+            throw refuse("the stream has \(source.pageSize)-byte pages, this host \(pageSize)-byte pages")
         }
         guard source.hypervisor == hypervisor else {
-            throw MigrationError("incompatible host: the stream comes from \(source.hypervisor), this host runs \(hypervisor)")
+            throw refuse("the stream comes from \(UntrustedText.quote(source.hypervisor)), this host runs \(hypervisor)")
         }
         let needed = begin.machine.memorySize
         guard needed <= availableMemory else {
-            throw MigrationError(
+            throw refuse(
                 "not enough memory: the VM has \(ByteSize.format(needed)), this host has \(ByteSize.format(availableMemory)) available"
             )
         }

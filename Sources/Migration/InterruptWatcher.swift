@@ -80,24 +80,29 @@ public final class InterruptWatcher: Sendable {
             if received == SIGUSR1 { progressRequest.raise() }
             received = 0
         }
+        let name = received == SIGINT ? "interrupted" : received == SIGTERM ? "terminated" : "hung up"
         phase.withLock { current in
             switch current {
             case .sourceRunning:
-                report("interrupted")
+                report("\(name); the source VM '\(machineName)' keeps running")
             case .sourcePaused:
                 do {
                     try reconnect().resume()
-                    report("interrupted; the source VM '\(machineName)' was resumed")
+                    report("\(name); the source VM '\(machineName)' was resumed")
                 } catch {
-                    report("interrupted; resuming the source VM '\(machineName)' failed: \(error)")
+                    report("\(name); resuming the source VM '\(machineName)' failed: \(error)")
                 }
             case .committed:
-                report("interrupted after the stream was complete; the source VM '\(machineName)' stays paused")
+                report(
+                    "\(name) after the stream was complete; the source VM '\(machineName)' stays paused, since its copy may run: "
+                        + "check the destination before 'vmctl resume --force \(machineName)'")
             }
             exit(1)
         }
     }
 
+    /// One line on stderr; on a terminal the progress line being drawn is cleared first, so the message starts a
+    /// line of its own.
     private func report(_ message: String) {
         StandardError.line("vmsend: \(message)")
     }

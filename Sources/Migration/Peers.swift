@@ -25,6 +25,15 @@ public protocol MigrationSource: AnyObject {
     func dirtyLogStop() throws
     /// Slows the guest's vCPUs to (100 - percent) % of their speed; 0 lifts the throttle.
     func setThrottle(percent: Int) throws
+    /// A send of stream `stream` (its UUID) starts: the source refuses a machine that was migrated already (unless
+    /// `force`), and from now on knows whose pause is whose and who to blame should the sender vanish.
+    func beginSend(stream: String, force: Bool) throws
+    /// END is about to be written: from now on a copy may run, so the source must never resume by itself.
+    func commitSend() throws
+    /// The send ended: `migrated` when its stream is complete and the source stays paused for good (`migrated`),
+    /// to `destination` if known. Returns whether the source recorded the migration.
+    @discardableResult
+    func finishSend(migrated: Bool, destination: String?) throws -> Bool
 }
 
 /// A machine being received: created from the stream's BEGIN, not yet running.
@@ -36,6 +45,19 @@ public protocol MigrationDestination: AnyObject {
     func restore(_ state: MachineState) throws
     /// Starts the machine; it then runs on its own.
     func resume() throws
-    /// Destroys the machine: a failed receive leaves nothing behind.
+    /// Right after `resume`: throws when the machine stopped by itself at once (it crashed), saying why.
+    func confirmRunning() throws
+    /// Destroys the machine and returns once it is gone: a failed receive leaves nothing behind.
     func abandon()
+}
+
+/// The checks of a receive with nothing created (`vmrecv -n`): the hypervisor side checks the configuration
+/// when BEGIN has arrived and the state when END has verified, exactly as a real receive's machine would.
+public protocol IncomingCheck: AnyObject {
+    func checkConfiguration(_ config: MachineConfig) throws
+    /// `diskSamples`: per disk that travels, its blocks a fingerprint reads (`DiskConfig.fingerprintBlocks`) as the
+    /// stream left them; the others read as zeroes, as in a receive's new image.
+    func checkState(_ state: MachineState, diskSamples: [Int: [UInt64: [UInt8]]]) throws
+    /// Ends the checking; called once, whatever happened.
+    func finish()
 }

@@ -52,13 +52,19 @@ public enum Downtime: Sendable, Equatable {
 }
 
 /// Reads one stream and restores its machine. The machine is created only after BEGIN passes the
-/// compatibility checks, resumed only after END verifies, and abandoned on any failure in between.
+/// compatibility checks, resumed only after END verifies, and abandoned on any failure in between. A dry run makes
+/// the same checks in the same order (BEGIN, the configuration, every record, the state) with nothing created.
+///
+/// Reading stops at END: what follows it is not part of the stream, so the machine is resumed at once even if the
+/// transport never signals end of input (nc without -N), and bytes already waiting after END are counted in a
+/// warning, never waited for.
 public final class Receiver {
     private let input: FileDescriptor
     private let options: ReceiveOptions
     private let checkCompatibility: (StreamBegin) throws -> Void
     private let makeDestination: (MachineConfig) throws -> MigrationDestination
-    /// Called for each record type the reader skipped as ignorable.
+    private let makeCheck: (MachineConfig) throws -> IncomingCheck
+    /// Called for each record type the reader skipped as ignorable, and for bytes after END.
     public var warn: (String) -> Void = { _ in }
     /// Called once BEGIN passed the checks, before any page.
     public var onStart: ((TransferStart) -> Void)?
@@ -66,16 +72,20 @@ public final class Receiver {
     public var onProgress: ((TransferProgress) -> Void)?
     /// Holds the latest progress for a line asked for from another thread (SIGUSR1).
     public var progressRequest = ProgressRequest()
+    /// Told where the receive stands, so that an interrupt does the right thing.
+    public var phaseObserver: ReceivePhaseObserver?
 
     public init(
         input: FileDescriptor, options: ReceiveOptions,
         checkCompatibility: @escaping (StreamBegin) throws -> Void,
-        makeDestination: @escaping (MachineConfig) throws -> MigrationDestination
+        makeDestination: @escaping (MachineConfig) throws -> MigrationDestination,
+        makeCheck: @escaping (MachineConfig) throws -> IncomingCheck
     ) {
         self.input = input
         self.options = options
         self.checkCompatibility = checkCompatibility
         self.makeDestination = makeDestination
+        self.makeCheck = makeCheck
     }
 
     public func run() throws -> ReceiveReport {
@@ -95,10 +105,22 @@ public final class Receiver {
         var progress = ProgressTracker(sink: onProgress, request: progressRequest, knownTotalBytes: fileLength)
         var config = begin.machine
         config.name = options.name
+        let check = options.dryRun ? try makeCheck(config) : nil
+        defer { check?.finish() }
+        try check?.checkConfiguration(config)
         let destination = options.dryRun ? nil : try makeDestination(config)
+        phaseObserver?.receiving(destination)
         do {
             let memorySink = destination.map { GuestMemoryPageSink(memory: $0.memory) }
-            let sink: PageSink = memorySink ?? discard
+            let samples: DiskSampleSink? = check == nil ? nil : DiskSampleSink(config: config)
+            let sink: any PageSink
+            if let memorySink {
+                sink = memorySink
+            } else if let samples {
+                sink = samples
+            } else {
+                sink = discard
+            }
             var rounds = 0
             var lastRound: UInt32?
             var kernel: [StateChunk] = []
@@ -112,7 +134,8 @@ public final class Receiver {
                 progress.reportRound()
                 lastRound = final ? nil : lastRound
             }
-            while let record = try reader.next(into: sink) {
+            while end == nil, let record = try reader.next(into: sink) {
+                phaseObserver?.streamPosition(reader.statistics.bytes)
                 switch record {
                 case .begin:
                     throw MigrationError("stream has a second BEGIN record")
@@ -143,21 +166,31 @@ public final class Receiver {
                 }
             }
             guard let end else { throw MigrationError("stream ended before its END record") }
+            let state = MachineState(kernel: kernel, devices: devices)
             var downtime = begin.mode == .cold ? Downtime.coldRestore : .notResumed
             if let destination {
-                try destination.restore(MachineState(kernel: kernel, devices: devices))
-                if !options.leavePaused {
-                    try destination.resume()
-                    if begin.mode != .cold {
-                        downtime = Self.downtime(since: end.sourcePauseTime).map { .measured($0) } ?? .unknown
+                let finish = {
+                    try destination.restore(state)
+                    if !self.options.leavePaused {
+                        try destination.resume()
+                        if begin.mode != .cold {
+                            downtime = Self.downtime(since: end.sourcePauseTime).map { .measured($0) } ?? .unknown
+                        }
                     }
                 }
+                if let phaseObserver { try phaseObserver.finishing(finish) } else { try finish() }
+                if !options.leavePaused { try destination.confirmRunning() }
+            } else {
+                try check?.checkState(state, diskSamples: samples?.samples ?? [:])
+            }
+            if let extra = reader.bytesWaitingAfterEnd(), extra > 0 {
+                warn("\(extra) byte\(extra == 1 ? "" : "s") after END ignored")
             }
             return ReceiveReport(
                 begin: begin, end: end, name: options.name, rounds: rounds, statistics: reader.statistics,
                 seconds: HostClock.seconds(since: started), downtime: downtime)
         } catch {
-            destination?.abandon()
+            if let destination, !(error is MachineStoppedError) { destination.abandon() }
             throw error
         }
     }
@@ -169,6 +202,22 @@ public final class Receiver {
         let seconds = (Double(HostClock.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
         return (-3600...86400).contains(seconds) ? seconds : nil
     }
+}
+
+/// A restored machine that stopped by itself right after it was resumed; it is kept, stopped, for inspection.
+public struct MachineStoppedError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Told by the receiver where it stands: what an interrupt must undo, and when it must wait.
+public protocol ReceivePhaseObserver: AnyObject {
+    /// Pages are being received into `destination` (nil for a dry run).
+    func receiving(_ destination: MigrationDestination?)
+    /// The stream has been read up to byte `bytes`.
+    func streamPosition(_ bytes: UInt64)
+    /// Restores and resumes with interrupts held off: an interrupt then comes too late to undo anything.
+    func finishing(_ work: () throws -> Void) throws
 }
 
 /// Lands pages straight in guest memory. Zero pages need nothing while memory is still fresh (round 0);

@@ -41,7 +41,8 @@ extension ReceiveReport {
     /// source's pause to the resume here`
     public func summary(dryRun: Bool) -> String {
         var line =
-            "\(dryRun ? "verified" : "received") VM '\(begin.machine.name)' (\(ByteSize.format(begin.machine.memorySize)))"
+            "\(dryRun ? "verified" : "received") VM \(UntrustedText.quote(begin.machine.name))"
+            + " (\(ByteSize.format(begin.machine.memorySize)))"
             + (name == begin.machine.name ? "" : " as '\(name)'")
             + ": \(streamFigures(statistics, rounds: rounds, seconds: seconds))"
         if statistics.compressedBatches > 0 {
@@ -68,11 +69,13 @@ extension ReceiveReport {
 extension StreamBegin {
     /// What `vmrecv -n -v` would do with this stream.
     public func dryRunDescription(as name: String) -> String {
-        let segments = machine.segments.map { "\($0.name) \(ByteSize.format($0.size)) at \($0.guestPhysicalBase)" }
-        let devices = machine.devices.map { "\($0.name) (\($0.kind) v\($0.version))" }
-        return "would restore \(mode.rawValue) stream of VM '\(machine.name)' as '\(name)': "
+        let text = UntrustedText.escape
+        let segments = machine.segments.map { "\(text($0.name)) \(ByteSize.format($0.size)) at \($0.guestPhysicalBase)" }
+        let devices = machine.devices.map { "\(text($0.name)) (\(text($0.kind)) v\($0.version))" }
+        return "would restore \(mode.rawValue) stream of VM \(UntrustedText.quote(machine.name)) as '\(name)': "
             + "\(machine.vcpuCount) vCPUs, memory \(segments.joined(separator: ", ")), devices "
-            + "\(devices.joined(separator: ", ")); from \(host.architecture) \(host.cpuModel), \(host.hypervisor) \(host.hypervisorVersion)"
+            + "\(devices.joined(separator: ", ")); from \(text(host.architecture)) \(text(host.cpuModel)), "
+            + "\(text(host.hypervisor)) \(text(host.hypervisorVersion))"
     }
 }
 

@@ -18,6 +18,10 @@ public struct SendReport: Sendable {
     public var finalRoundDiskBlocks: UInt64 = 0
     /// Whether the machine has disks whose data travelled.
     public var disksTravelled = false
+    /// The stream's UUID, as text.
+    public var stream: String
+    /// The source recorded itself as `migrated` (a vmrun of control protocol 1 cannot).
+    public var sourceMigrated: Bool
 }
 
 /// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.

@@ -53,6 +53,10 @@ public struct SendOptions: Sendable {
     public var convergence: Convergence
     public var tool: String
     public var toolVersion: String
+    /// Send a source that was migrated already (its copy is known to be gone).
+    public var force = false
+    /// Where the stream goes, as far as the sender can tell, for the source's record.
+    public var destination: String?
     #if DEBUG
         public var fault: SendFault?
     #endif

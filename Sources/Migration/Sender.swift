@@ -46,8 +46,17 @@ public final class Sender {
     public func run() throws -> SendReport {
         let started = ContinuousClock.now
         let (config, host) = try source.describe()
-        let memory = try openAreas(config)
         let writer = try StreamWriter(output: output, compression: options.compression)
+        let uuid = StreamBegin.randomUUID()
+        let stream = StreamBegin.uuidString(uuid)
+        // Before anything is sent: a migrated source is refused (a copy of it may run), and from here on the source
+        // knows this send, so that should this process vanish it can tell whether a copy may run.
+        try source.beginSend(stream: stream, force: options.force)
+        let memory: MachineAreas
+        do { memory = try openAreas(config) } catch {
+            _ = try? source.finishSend(migrated: false, destination: nil)
+            throw error
+        }
         // Paused rounds lend guest pages to the pipe (vmsplice) rather than copying them. Safe because a
         // lent page cannot change before the reader has it: after END the source stays paused, or is resumed
         // only once the pipe is drained (--keep-running). A failed send resumes it at once, but its stream
@@ -76,7 +85,7 @@ public final class Sender {
             }
             var pauseTime: UInt64 = 0
             let begin = StreamBegin(
-                tool: options.tool, toolVersion: options.toolVersion, uuid: StreamBegin.randomUUID(),
+                tool: options.tool, toolVersion: options.toolVersion, uuid: uuid,
                 creationTime: HostClock.realtimeNanoseconds(), mode: options.mode, host: host, machine: streamConfig(config),
                 diskAllocation: try (0..<config.disks.count).map { index in
                     try memory.disk(index).map { try Self.populatedBytes($0) } ?? 0
@@ -113,9 +122,13 @@ public final class Sender {
             let state = try source.saveState()
             for chunk in state.kernel { try writer.writeKernelState(chunk) }
             for chunk in state.devices { try writer.writeDeviceState(chunk) }
+            // The source learns first that a copy may run from now on: should this process die while END is being
+            // written, it keeps the machine paused instead of resuming it.
+            try source.commitSend()
             phaseObserver?.enter(.committed)
             try writer.writeEnd(sourcePauseTime: pauseTime)
         } catch {
+            defer { _ = try? source.finishSend(migrated: false, destination: nil) }
             if throttled { try? source.setThrottle(percent: 0) }
             // Resuming is safe even when END failed: a receiver resumes only after reading END whole, and a failed
             // write means it did not. (An interrupt during END cannot know that, so it leaves the source paused.)
@@ -140,11 +153,14 @@ public final class Sender {
         // or a `vmctl resume` once we have exited).
         writer.waitUntilConsumed()
         if options.keepRunning && paused { try source.resume() }
+        // A snapshot (--keep-running) leaves the source as it was; any other complete send makes it `migrated`.
+        let migrated = (try? source.finishSend(migrated: !options.keepRunning, destination: options.destination)) ?? false
         return SendReport(
             machine: config.name, mode: options.mode, guestBytes: config.memorySize, statistics: writer.statistics,
             rounds: meter.nextRound, seconds: HostClock.seconds(since: started), pausedSeconds: pausedSeconds,
             sourceWasRunning: wasRunning, finalRoundPages: final.pages, finalRoundDiskBlocks: final.diskBlocks,
-            disksTravelled: !config.disks.isEmpty && !options.sharedStorage)
+            disksTravelled: !config.disks.isEmpty && !options.sharedStorage,
+            stream: stream, sourceMigrated: migrated)
     }
 
     /// Pages of memory areas and blocks of disk areas in `ranges`.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import MachineDescription
 import SystemPackage
 import SystemSupport
 
@@ -7,7 +8,8 @@ import SystemSupport
 #endif
 
 /// The one place where the tools turn outcomes into exit statuses, as zfs does:
-/// 0 success, 1 failure (one line on stderr: `tool: what failed`), 2 invalid usage.
+/// 0 success, 1 failure, 2 invalid usage. Failures and usage errors are the same one line on stderr,
+/// `tool: what is wrong`; help is printed only when asked for (`--help`).
 public enum ToolMain {
     /// Parses `arguments` (the process's own by default), runs the command and exits.
     public static func run<Command: ParsableCommand>(_ command: Command.Type, arguments: [String]? = nil) -> Never {
@@ -25,12 +27,32 @@ public enum ToolMain {
                 exit(0)
             }
             if code == .validationFailure {
-                StandardStreams.error(command.fullMessage(for: error))
+                StandardStreams.error(UntrustedText.escapeControls(usageLine(tool: name, command.message(for: error))))
                 exit(2)
             }
-            StandardStreams.error("\(name): \(error)")
+            // Text from a stream or a peer may be in the message: one line, whatever it holds.
+            StandardStreams.error(UntrustedText.escapeControls("\(name): \(error)"))
             exit(1)
         }
+    }
+
+    /// ArgumentParser's message (`Missing expected argument '<name>'`, sometimes with a second line of hints) as
+    /// one line in the tools' form: `vmrecv: missing expected argument '<name>'`.
+    static func usageLine(tool: String, _ message: String) -> String {
+        let parts = message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: " ") }.filter { !$0.isEmpty }
+        var text = parts.joined(separator: " ")
+        if text.hasPrefix("Error: ") { text.removeFirst(7) }
+        // "Missing value" reads as the middle of a sentence after "tool: "; "VM" or "--flag" keep their case.
+        if let first = text.first, first.isUppercase, text.dropFirst().first?.isLowercase == true {
+            text = first.lowercased() + text.dropFirst()
+        }
+        return "\(tool): \(text)"
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: Character) -> String {
+        String(drop { $0 == set }.reversed().drop { $0 == set }.reversed())
     }
 }
 
@@ -46,4 +68,16 @@ public enum StandardStreams {
     public static func error(_ line: String) { StandardError.line(line) }
 
     public static var outputIsRegularFile: Bool { FileDescriptor.standardOutput.isRegularFile }
+}
+
+/// Runs `body`, turning what it throws into a usage error (exit 2): for values checked in `validate()` with
+/// the same one-line messages the libraries give.
+public func asUsageError<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        throw ValidationError("\(error)")
+    }
 }

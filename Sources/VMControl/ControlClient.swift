@@ -12,14 +12,23 @@ public final class ControlClient: Sendable {
     public let pid: Int32
     /// The machine's state when the connection was made.
     public let initialState: RunState
+    /// The protocol version both sides speak on this connection (1 with a vmrun from before version 2).
+    public let version: UInt32
     private let socket: Mutex<MessageSocket?>
 
-    private init(socket: MessageSocket, name: String, pid: Int32, state: RunState) {
+    private init(socket: MessageSocket, name: String, pid: Int32, state: RunState, version: UInt32) {
         self.socket = Mutex(socket)
         self.name = name
         self.pid = pid
         self.initialState = state
+        self.version = version
     }
+
+    /// Who this process is, as `hello` tells vmrun for its log: `vmsend pid 4242`.
+    public static let identity: String = {
+        let program = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+        return "\(program.isEmpty ? "client" : program) pid \(getpid())"
+    }()
 
     deinit { close() }
 
@@ -28,13 +37,22 @@ public final class ControlClient: Sendable {
         try connect(name: name, runDirectory: runDirectory, ownIncoming: false)
     }
 
-    /// Connects; with `ownIncoming`, claims an incoming machine (see `ControlProtocol`).
+    /// Connects; with `ownIncoming`, claims an incoming machine (see `ControlProtocol`). A vmrun of protocol version 1
+    /// refuses a newer hello and hangs up: then the connection is made again, speaking version 1.
     public static func connect(name: String, runDirectory: RunDirectory, ownIncoming: Bool) throws -> ControlClient {
+        do {
+            return try handshake(socket: try open(name: name, runDirectory: runDirectory), ownIncoming: ownIncoming)
+        } catch let error as ControlError where error.message.hasPrefix("protocol version mismatch: vmrun speaks 1,") {
+            let socket = try open(name: name, runDirectory: runDirectory)
+            return try handshake(socket: socket, ownIncoming: ownIncoming, version: 1)
+        }
+    }
+
+    private static func open(name: String, runDirectory: RunDirectory) throws -> MessageSocket {
         try MachineName.validate(name)
         let path = runDirectory.socketPath(for: name)
-        let socket: MessageSocket
         do {
-            socket = try UnixSocket.connect(path: path)
+            return try UnixSocket.connect(path: path)
         } catch let error as ControlError {
             switch error.code {
             case .noSuchFileOrDirectory? where access(runDirectory.path, F_OK) != 0:
@@ -50,21 +68,23 @@ public final class ControlClient: Sendable {
             default: throw error
             }
         }
-        return try handshake(socket: socket, ownIncoming: ownIncoming)
     }
 
     /// Says hello over an already connected socket (a socketpair in tests).
-    package static func handshake(socket: MessageSocket, ownIncoming: Bool) throws -> ControlClient {
+    package static func handshake(
+        socket: MessageSocket, ownIncoming: Bool, version wanted: UInt32 = ControlProtocol.version
+    ) throws -> ControlClient {
         do {
-            let (result, _, _) = try exchange(socket, .hello(version: ControlProtocol.version, ownIncoming: ownIncoming))
+            let hello = ControlRequest.hello(version: wanted, ownIncoming: ownIncoming, client: wanted >= 2 ? identity : nil)
+            let (result, _, _) = try exchange(socket, hello)
             guard case .hello(let version, let name, let state, let pid) = result else {
                 throw ControlError("unexpected reply to hello")
             }
-            guard version == ControlProtocol.version else {
+            guard ControlProtocol.supportedVersions.contains(version), version <= wanted else {
                 throw ControlError(
                     "protocol version mismatch: vmrun speaks \(version), this client speaks \(ControlProtocol.version)")
             }
-            return ControlClient(socket: socket, name: name, pid: pid, state: state)
+            return ControlClient(socket: socket, name: name, pid: pid, state: state, version: version)
         } catch {
             socket.close()
             throw error
@@ -82,8 +102,27 @@ public final class ControlClient: Sendable {
     }
 
     public func pause() throws { try request(.pause) }
-    public func resume() throws { try request(.resume) }
-    public func destroy() throws { try request(.destroy) }
+    /// Resumes; `force` also resumes a migrated machine or one whose send may have left a running copy.
+    public func resume(force: Bool = false) throws { try request(.resume(force: force ? true : nil)) }
+    /// Destroys the machine; its console and log are removed, or with `keepLogs` kept under a new name: returns
+    /// where they went.
+    @discardableResult
+    public func destroy(keepLogs: Bool = false) throws -> [String] {
+        if case .kept(let paths) = try request(.destroy(keepLogs: keepLogs ? true : nil)).result { return paths }
+        return []
+    }
+
+    /// This connection starts sending the machine as stream `stream`; refused for a migrated one unless `force`.
+    public func sendStart(stream: String, force: Bool) throws { try request(.sendStart(stream: stream, force: force)) }
+    /// END is about to be written: from now on a copy may run.
+    public func sendCommit() throws { try request(.sendCommit) }
+    /// The send ended: `migrated` when its stream is complete, the machine then stays paused as `migrated`.
+    public func sendFinish(migrated: Bool, destination: String?) throws {
+        try request(.sendFinish(migrated: migrated, destination: destination))
+    }
+
+    /// Whether this vmrun knows the requests of protocol version 2 (send custody, migrated and crashed states).
+    public var knowsSendCustody: Bool { version >= 2 }
 
     /// The machine's memfd, received over SCM_RIGHTS; the caller owns and closes it.
     public func memoryFile() throws -> FileDescriptor {
@@ -170,7 +209,10 @@ public final class ControlClient: Sendable {
     ) throws
         -> (result: ControlResult, payload: [UInt8], descriptor: Int32?)
     {
-        try socket.withLock { socket in
+        guard request.sinceVersion <= version else {
+            throw ControlError("vmrun (pid \(pid)) speaks control protocol \(version), which has no \(request.name)")
+        }
+        return try socket.withLock { socket in
             guard let open = socket else { throw ControlError("the control connection to '\(name)' is closed") }
             return try Self.exchange(open, request, payload: payload)
         }

@@ -9,7 +9,7 @@ import MachineDescription
 ///     u32 LE  JSON length      (1 ... ControlProtocol.maximumJSONLength)
 ///     u32 LE  payload length   (0 ... ControlProtocol.maximumPayloadLength)
 ///     JSON    a `ControlRequest` or a `ControlReply` (Swift's Codable form of an enum:
-///             `{"status":{}}`, `{"hello":{"version":1,"ownIncoming":false}}`)
+///             `{"status":{}}`, `{"hello":{"version":2,"ownIncoming":false,"client":"vmctl pid 7"}}`)
 ///     bytes   the binary payload, for bulky data only
 ///
 /// A file descriptor (the memory file) rides on the header bytes of a `memoryFile` reply as
@@ -39,29 +39,54 @@ import MachineDescription
 /// where the kernel can clear chosen pages (KVM_CLEAR_DIRTY_LOG), and then fetches leave the log as it is and
 /// the client sends `dirtyLogClear` for exactly the pages it is about to copy: a write before a page's clear is
 /// carried by that copy and not reported again; only writes after it are. A vmrun older than this answers `done`: the client then relies
-/// on clearing at fetch. Both old and new clients and servers keep working, so the version stays 1.
+/// on clearing at fetch. Both old and new clients and servers keep working, so this needed no new version.
 ///
 /// After a `destroy` reply the server removes its socket and the `vmrun` process exits.
+///
+/// Version 2 adds what keeps exactly one copy of a machine running and says why a machine is stopped:
+/// - the states `migrated` (paused after a complete send) and `crashed` (stopped by itself, with `failure`);
+/// - `hello`'s `client` (who connects, e.g. `vmsend pid 4242`, for the machine's log and status);
+/// - the send's custody: `sendStart(stream:force:)` before anything is sent (refused for a migrated machine unless
+///   `force`, for a crashed or incoming one, and while another send runs), `sendCommit` just before END is written
+///   (from then on a copy may run), `sendFinish(migrated:destination:)` once the stream was taken or the send
+///   failed. A `pause` by the sender is recorded as the send's. Should the sender's connection close without
+///   `sendFinish`, vmrun resumes a machine the sender paused if END was not committed (no copy can run), and
+///   otherwise keeps it paused and records the outcome as unknown;
+/// - `resume(force:)`: a migrated machine, one paused by a send in progress, or one whose send ended with the outcome
+///   unknown, is resumed only with `force`; a crashed one never;
+/// - `destroy(keepLogs:)`: the machine's console and log are removed, or kept under a new name.
+///
+/// Compatibility: a version 2 server accepts `hello` of version 1 or 2 and speaks the client's version on that
+/// connection; to a version 1 client it shows `migrated` and `crashed` as `paused`, and still refuses to resume them.
+/// A version 2 client that a version 1 server refuses says `hello` again, as version 1, and then does without the
+/// requests above (a send then leaves its source paused but not `migrated`). New optional fields are ignored by old
+/// decoders, and missing ones read as nil, so the old requests keep their form.
 public enum ControlProtocol {
     /// Bumped on any incompatible change to messages or their meaning.
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
+    /// The versions a server accepts in `hello`, and speaks back.
+    public static let supportedVersions: ClosedRange<UInt32> = 1...2
     /// Size of the fixed message header: two u32 LE lengths.
     public static let headerLength = 8
     public static let maximumJSONLength = 1 << 20
-    /// Large enough for the dirty bitmap of a 2 TiB segment or a machine's saved state.
-    public static let maximumPayloadLength = 64 << 20
+    /// Large enough for the dirty bitmap of a 2 TiB segment.
+    /// Holds any state a stream may carry (`StateLimits`), so a state a stream reader accepted is never refused here.
+    public static let maximumPayloadLength = max(64 << 20, StateLimits.maximumEncodedBytes)
 }
 
 /// What a client asks of a `vmrun`.
 public enum ControlRequest: Codable, Sendable, Equatable {
-    /// First request on every connection. `ownIncoming` claims an incoming machine.
-    case hello(version: UInt32, ownIncoming: Bool)
+    /// First request on every connection. `ownIncoming` claims an incoming machine; `client` (version 2) says who
+    /// connects, e.g. `vmsend pid 4242`.
+    case hello(version: UInt32, ownIncoming: Bool, client: String? = nil)
     case status
     /// The `MachineConfig` and `HostSpec` a stream needs.
     case describe
     case pause
-    case resume
-    case destroy
+    /// `force` (version 2): resume even a migrated machine, or one whose send may have produced a running copy.
+    case resume(force: Bool? = nil)
+    /// `keepLogs` (version 2): keep the console and the log under a new name instead of removing them.
+    case destroy(keepLogs: Bool? = nil)
     /// The reply carries the memfd holding guest RAM.
     case memoryFile
     /// `manualClear`: the client clears pages itself (`dirtyLogClear`); nil as older clients send it.
@@ -85,6 +110,12 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     /// Reply payload: the disk's 4 KiB blocks the guest wrote since the last fetch, one bit each; only on the
     /// connection that started dirty logging, which tracks disk writes too.
     case diskWrittenFetch(disk: Int)
+    /// Version 2: this connection starts sending the machine as stream `stream` (a UUID).
+    case sendStart(stream: String, force: Bool)
+    /// Version 2: the sender is about to write END; from now on a copy may run.
+    case sendCommit
+    /// Version 2: the send ended; `migrated` when its stream is complete and the machine stays paused for good.
+    case sendFinish(migrated: Bool, destination: String?)
 
     /// The request's name as it appears on the wire and in errors.
     public var name: String {
@@ -106,6 +137,9 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         case .consoleInput: "consoleInput"
         case .diskFile: "diskFile"
         case .diskWrittenFetch: "diskWrittenFetch"
+        case .sendStart: "sendStart"
+        case .sendCommit: "sendCommit"
+        case .sendFinish: "sendFinish"
         }
     }
 
@@ -114,7 +148,16 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         "hello", "status", "describe", "pause", "resume", "destroy", "memoryFile", "dirtyLogStart",
         "dirtyLogFetch", "dirtyLogClear", "dirtyLogStop", "throttle", "saveState", "restoreState", "consoleInput",
         "diskFile", "diskWrittenFetch",
+        "sendStart", "sendCommit", "sendFinish",
     ]
+
+    /// The protocol version that introduced the request.
+    package var sinceVersion: UInt32 {
+        switch self {
+        case .sendStart, .sendCommit, .sendFinish: 2
+        default: 1
+        }
+    }
 }
 
 /// The answer to one request.
@@ -141,4 +184,6 @@ public enum ControlResult: Codable, Sendable, Equatable {
     case dirtyLog(words: Int)
     /// The payload holds an encoded `MachineState`.
     case state
+    /// Version 2, the reply to `destroy(keepLogs: true)`: where the console and the log were kept.
+    case kept(paths: [String])
 }

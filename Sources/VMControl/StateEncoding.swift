@@ -10,7 +10,7 @@ import SystemSupport
 /// Decoding checks every length against the bytes that remain, so a bad payload is an error,
 /// never a trap or an oversized allocation.
 public enum StateEncoding {
-    public static let maximumNameLength = 255
+    public static let maximumNameLength = StateLimits.maximumNameLength
 
     public static func encode(_ state: MachineState) throws -> [UInt8] {
         var bytes = ByteWriter(

@@ -14,16 +14,21 @@ public struct DeviceCatalog: Sendable {
     public func adding(_ model: any Device.Type) -> DeviceCatalog { DeviceCatalog(models: models + [model]) }
 
     /// Refuses, before anything is created, a device list this catalog cannot build: an unknown kind, a state
-    /// version other than its model's, a name used twice.
+    /// version other than its model's, a setting its model does not know, a name used twice. (The values of the
+    /// settings are checked as the devices are built, also before the machine runs.)
     public func check(_ configs: [DeviceConfig]) throws {
         var names: Set<String> = []
         for config in configs {
-            guard names.insert(config.name).inserted else { throw MachineError("device \(config.name) listed twice") }
+            let device = "device \(UntrustedText.quote(config.name))"
+            guard names.insert(config.name).inserted else { throw MachineError("\(device) listed twice") }
             let model = try self.model(config)
             guard config.version == model.stateVersion else {
                 throw MachineError(
-                    "device \(config.name): \(config.kind) version \(config.version), this vmrun understands \(model.stateVersion)"
+                    "\(device): \(UntrustedText.escape(config.kind)) version \(config.version), this vmrun understands \(model.stateVersion)"
                 )
+            }
+            if let unknown = config.configuration.keys.filter({ !model.settingKeys.contains($0) }).sorted().first {
+                throw MachineError("\(device): unknown setting \(UntrustedText.quote(unknown)) for \(model.kind)")
             }
         }
     }
@@ -36,7 +41,7 @@ public struct DeviceCatalog: Sendable {
 
     private func model(_ config: DeviceConfig) throws -> any Device.Type {
         guard let model = models.first(where: { $0.kind == config.kind }) else {
-            throw MachineError("device \(config.name): unknown kind \(config.kind)")
+            throw MachineError("device \(UntrustedText.quote(config.name)): unknown kind \(UntrustedText.quote(config.kind))")
         }
         return model
     }

@@ -89,22 +89,27 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 
     /// Creates a machine from a received configuration, in the incoming state: memory, vCPUs and devices exist,
     /// nothing runs until `restoreState` and `resume`. Refuses what it cannot build before creating anything.
+    /// Every refusal reads `this host cannot run VM 'NAME': why`, the same whether it comes from a receive or from
+    /// `vmrun --check` (`vmrecv -n`), which creates the machine this way too and throws it away.
     public static func incoming(
         config: MachineConfig, options: MachineOptions,
         catalog: DeviceCatalog = .standard
     ) throws -> KVMMachine {
-        guard (1...GuestLayout.maxVCPUs).contains(config.vcpuCount) else {
-            throw MachineError("incoming machine: \(config.vcpuCount) vCPUs; between 1 and \(GuestLayout.maxVCPUs) are supported")
+        do {
+            guard (1...GuestLayout.maxVCPUs).contains(config.vcpuCount) else {
+                throw MachineError("it has \(config.vcpuCount) vCPUs; this vmrun runs 1 to \(GuestLayout.maxVCPUs)")
+            }
+            guard config.segments == MemorySegment.standardLayout(memorySize: config.memorySize),
+                config.memorySize % 4096 == 0, config.memorySize >= GuestLayout.reservedEnd
+            else {
+                let layout = config.segments.map { "\(UntrustedText.quote($0.name))@\($0.guestPhysicalBase)+\($0.size)" }
+                throw MachineError("its memory layout \(layout.joined(separator: ", ")) is not the standard layout")
+            }
+            try catalog.check(config.devices)
+            return try KVMMachine(config: config, options: options, catalog: catalog, incoming: true)
+        } catch {
+            throw MachineError.hostRefusal(config.name, error)
         }
-        guard config.segments == MemorySegment.standardLayout(memorySize: config.memorySize),
-            config.memorySize % 4096 == 0, config.memorySize >= GuestLayout.reservedEnd
-        else {
-            throw MachineError(
-                "incoming machine: memory layout \(config.segments.map { "\($0.name)@\($0.guestPhysicalBase)+\($0.size)" }) is not the standard layout"
-            )
-        }
-        try catalog.check(config.devices)
-        return try KVMMachine(config: config, options: options, catalog: catalog, incoming: true)
     }
 
     /// The devices of a machine running the bundled guest: COM1 and the guest's status device.
@@ -133,18 +138,32 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             try ram.register(with: vm, logDirtyPages: false)
             let vm = self.vm
             vcpus = try (0..<config.vcpuCount).map { try vm.createVCPU(id: $0) }
+            let supported = try system.supportedCPUID()
+            let offered: [kvm_cpuid_entry2]
             if incoming {
-                try Self.checkCPUID(config.cpuid, vcpu: vcpus[0], system: system)
+                offered = try Self.offeredCPUID(supported, vcpu: vcpus[0])
+                if let missing = CPUIDCompatibility.missingFeatures(guest: config.cpuid, host: offered) {
+                    throw MachineError("its CPU lacks features the guest uses (\(missing))")
+                }
             } else {
-                described.cpuid = try Self.giveCPUID(vcpus, system: system)
+                described.cpuid = try Self.giveCPUID(vcpus, supported: supported)
+                offered = try vcpus[0].cpuid()
             }
+            let xsaveLeaf = supported.first { $0.function == 0xd && $0.index == 0 }
+            let hostLimits = HostLimits(
+                cpuid: offered, xcr0: xsaveLeaf.map { UInt64($0.edx) << 32 | UInt64($0.eax) } ?? 3,
+                tscKHz: try vcpus[0].tscKHz(), tscScaling: system.checkExtension(Int32(KVM_CAP_TSC_CONTROL)) > 0)
             let migratedMSRs = vcpus[0].readableMSRs(try system.msrIndexList().filter(MSRList.isMigrated))
             disks = try config.disks.map { try DiskImage($0) }
             let heartbeats = HeartbeatMonitor()
             self.heartbeats = heartbeats
             console = try ConsoleLog(path: options.consoleLog) { heartbeats.observe($0) }
             let console = self.console
-            runner = try VCPURunner(vcpus: vcpus) { console.note($0) }
+            let name = config.name
+            runner = try VCPURunner(vcpus: vcpus) { reason in
+                console.note(reason)
+                EventLog.note(machine: name, "crashed: \(reason); every vCPU is stopped")
+            }
             let context = DeviceContext(
                 memory: ram, vcpuCount: Int(config.vcpuCount), console: console,
                 interruptLine: { irq in
@@ -157,7 +176,9 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             devices = try catalog.build(config.devices, context: context)
             dirtyLog = DirtyLog(vm: vm, ram: ram)
             registry = StateRegistry(
-                sections: vcpus.enumerated().map { VCPUStateSection(vcpu: $1, index: $0, migratedMSRs: migratedMSRs) }
+                sections: vcpus.enumerated().map {
+                    VCPUStateSection(vcpu: $1, index: $0, migratedMSRs: migratedMSRs, host: hostLimits)
+                }
                     + [VMStateSection(vm: vm)] + devices.map { DeviceStateSection(device: $0) })
             bus = try IOBus(devices: devices) { console.note($0) }
             try runner.start(bus: bus)
@@ -172,34 +193,30 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
 
     /// Before any vCPU runs (KVM refuses SET_CPUID2 afterwards): each vCPU gets the host's supported CPUID with its
     /// own APIC id. Returns vCPU 0's, which `describe` reports.
-    private static func giveCPUID(_ vcpus: [KVMVCPU], system: KVMSystem) throws -> [CPUIDLeaf] {
-        let supported = try system.supportedCPUID()
+    private static func giveCPUID(_ vcpus: [KVMVCPU], supported: [kvm_cpuid_entry2]) throws -> [CPUIDLeaf] {
         for (index, vcpu) in vcpus.enumerated() { try vcpu.setCPUID(GuestLayout.cpuid(supported, index: UInt32(index))) }
-        return try vcpus[0].cpuid().filter { !$0.isPadding }.map {
-            CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
-        }
+        return try vcpus[0].cpuid().filter { !$0.isPadding }.map(CPUIDLeaf.init)
     }
 
-    /// Refuses a guest whose CPU features this host lacks. Compares with what a vCPU here reports once given
-    /// everything KVM supports: kvm_pvm's GET_CPUID2 adds the host CPU's own bits to what was set, so the supported
-    /// list alone would understate it. The restore's SET_CPUID2 replaces this (the vCPU has not run).
-    private static func checkCPUID(_ guest: [CPUIDLeaf], vcpu: KVMVCPU, system: KVMSystem) throws {
-        guard !guest.isEmpty else { return }
-        try vcpu.setCPUID(try system.supportedCPUID())
-        if let missing = CPUIDCompatibility.missingFeatures(guest: guest, host: try vcpu.cpuid()) {
-            throw MachineError("this host cannot run the incoming guest: its CPU lacks features the guest uses (\(missing))")
-        }
+    /// What a guest may be given here, to refuse one whose CPU features this host lacks: what a vCPU reports once
+    /// given everything KVM supports (kvm_pvm's GET_CPUID2 adds the host CPU's own bits to what was set, so the
+    /// supported list alone would understate it). The restore's SET_CPUID2 replaces this (the vCPU has not run).
+    private static func offeredCPUID(_ supported: [kvm_cpuid_entry2], vcpu: KVMVCPU) throws -> [kvm_cpuid_entry2] {
+        try vcpu.setCPUID(supported)
+        return try vcpu.cpuid()
     }
 
     // MARK: ControlledMachine
 
+    /// A machine a vCPU of which stopped by itself is `crashed`, whatever it was doing: its guest cannot go on.
     public func status() -> MachineStatus {
-        let state = lifecycle.withLock { $0.state }
+        let failure = runner.failure
+        let state = failure == nil ? lifecycle.withLock { $0.state } : .crashed
         let guest = devices.lazy.compactMap { $0 as? GuestStatusDevice }.first
         return MachineStatus(
             name: config.name, state: state, memorySize: config.memorySize, vcpus: guest?.statuses ?? [],
             uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid(), disk: guest?.diskStatus,
-            heartbeat: heartbeats.heartbeat)
+            heartbeat: heartbeats.heartbeat, failure: failure)
     }
 
     public func pause() throws {
@@ -218,6 +235,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             if life.state == .incoming {
                 throw MachineError("the incoming machine has no state yet: restore its state before resuming")
             }
+            if let failure = runner.failure { throw MachineError("it has crashed (\(failure)) and cannot run again") }
             guard life.state != .running else { return }
             if let work = life.beforeFirstRun {
                 try work()
@@ -309,9 +327,27 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         try lifecycle.withLock { (life: inout Lifecycle) throws -> Void in
             try Self.checkAlive(life)
             guard life.state == .incoming else { throw MachineError("state can only be restored into an incoming machine") }
-            try registry.restore(state)
+            let chunks = try checked(state)
+            do {
+                try registry.restore(chunks)
+            } catch {
+                throw MachineError("this host's KVM refused the state of VM '\(config.name)' while it was restored: \(error)")
+            }
             life.state = .paused
         }
+    }
+
+    /// Checks `state` as `restoreState` would, restoring nothing: what `vmrun --check` answers for `vmrecv -n`.
+    public func checkState(_ state: MachineState) throws {
+        try lifecycle.withLock { (life: inout Lifecycle) throws -> Void in
+            try Self.checkAlive(life)
+            guard life.state == .incoming else { throw MachineError("state can only be checked for an incoming machine") }
+            _ = try checked(state)
+        }
+    }
+
+    private func checked(_ state: MachineState) throws -> [String: StateChunk] {
+        do { return try registry.check(state) } catch { throw MachineError.hostRefusal(config.name, error) }
     }
 
     private static func checkAlive(_ life: Lifecycle) throws {

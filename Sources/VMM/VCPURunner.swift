@@ -186,14 +186,22 @@ final class VCPURunner: Pacer, @unchecked Sendable {
         }
     }
 
+    /// A vCPU that cannot go on stops the machine: the others are parked too (as a triple fault resets a whole PC),
+    /// so a crashed guest never runs on half. Only the first failure is noted.
     private func crash(_ index: Int, _ reason: String) {
         let text = "vcpu\(index): \(reason)"
-        gate.withLock {
+        let first = gate.withLock {
             crashed.insert(index)
-            if failureText == nil { failureText = text }
+            let first = failureText == nil
+            if first { failureText = text }
+            pauseRequested = true
+            pauseFlag.store(true, ordering: .relaxed)
+            for vcpu in vcpus { vcpu.setImmediateExit(true) }
+            for (other, thread) in threads.enumerated() where other != index { pthread_kill(thread, Self.kickSignal) }
             gate.broadcast()
+            return first
         }
-        note(text)
+        if first { note(text) }
     }
 }
 

@@ -11,9 +11,13 @@ import VMControl
 /// bitmaps and state come over the socket because KVM answers VM ioctls only in vmrun's process.
 public final class ControlSocketSource: MigrationSource {
     private let client: ControlClient
+    /// Resume even a machine whose send is in progress: for the interrupt handler, which undoes its own send's
+    /// pause over a connection of its own.
+    private let resumesWithForce: Bool
 
-    public init(name: String, runDirectory: RunDirectory) throws {
+    public init(name: String, runDirectory: RunDirectory, resumesWithForce: Bool = false) throws {
         client = try ControlClient.connect(name: name, runDirectory: runDirectory)
+        self.resumesWithForce = resumesWithForce
     }
 
     deinit { client.close() }
@@ -31,7 +35,7 @@ public final class ControlSocketSource: MigrationSource {
     }
     public func diskWrittenFetch(_ index: Int) throws -> [UInt64] { try client.diskWrittenFetch(index) }
     public func pause() throws { try client.pause() }
-    public func resume() throws { try client.resume() }
+    public func resume() throws { try client.resume(force: resumesWithForce) }
     public func saveState() throws -> MachineState { try client.saveState() }
     public func dirtyLogStart() throws -> Bool { try client.dirtyLogStart(manualClear: true) }
     public func dirtyLogFetch(segment: Int) throws -> [UInt64] { try client.dirtyLogFetch(segment: segment) }
@@ -40,6 +44,19 @@ public final class ControlSocketSource: MigrationSource {
     }
     public func dirtyLogStop() throws { try client.dirtyLogStop() }
     public func setThrottle(percent: Int) throws { try client.setThrottle(percent: percent) }
+
+    /// A vmrun of protocol version 1 knows no send custody: the send goes on without it (see `ControlProtocol`).
+    public func beginSend(stream: String, force: Bool) throws {
+        if client.knowsSendCustody { try client.sendStart(stream: stream, force: force) }
+    }
+    public func commitSend() throws {
+        if client.knowsSendCustody { try client.sendCommit() }
+    }
+    public func finishSend(migrated: Bool, destination: String?) throws -> Bool {
+        guard client.knowsSendCustody else { return false }
+        try client.sendFinish(migrated: migrated, destination: destination)
+        return migrated
+    }
 }
 
 /// A machine created by `vmrun --incoming` for a stream being received. This connection owns it:
@@ -51,19 +68,22 @@ public final class IncomingMachine: MigrationDestination {
     public let memory: any GuestMemory
     private let client: ControlClient
     private let disks: IncomingDisks
+    private let name: String
 
-    /// Creates the disks, starts `vmrun --incoming NAME` with `config` and connects to it as its owner.
+    /// Creates the disks, starts `vmrun --incoming NAME` with `config` and connects to it as its owner. Its refusals
+    /// come back as they are (`this host cannot run VM 'NAME': why`), without vmrun's name in front.
     public init(config: MachineConfig, runDirectory: RunDirectory, vmrun: String, disks placement: DiskPlacementChoice) throws {
         let disks = try IncomingDisks(config: config, placement: placement)
+        let started: Int32?
         do {
             let json = try MachineConfigJSON.encode(disks.config)
             let result = try ChildProcess.run(
                 vmrun, arguments: ["--incoming", "--run-dir", runDirectory.path, config.name],
                 input: json)
             guard result.status == 0 else {
-                let reason = result.lastErrorLine ?? "vmrun exited with status \(result.status)"
-                throw MigrationError(reason)
+                throw MigrationError(result.lastErrorLine ?? "vmrun exited with status \(result.status)")
             }
+            started = Self.startedPid(result.standardOutput)
         } catch {
             disks.remove()
             throw error
@@ -72,6 +92,11 @@ public final class IncomingMachine: MigrationDestination {
         do {
             client = try ControlClient.connect(name: config.name, runDirectory: runDirectory, ownIncoming: true)
         } catch {
+            // Someone else's machine may answer on the name by now: end only the process we started.
+            if let started {
+                kill(started, SIGTERM)
+                waitUntilGone(started)
+            }
             disks.remove()
             throw error
         }
@@ -79,13 +104,15 @@ public final class IncomingMachine: MigrationDestination {
             let ram = try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: true)
             memory = MachineAreas(memory: ram, disks: disks.config.disks, stores: try disks.stores())
         } catch {
-            try? client.destroy()
+            _ = try? client.destroy()
             client.close()
+            waitUntilGone(client.pid)
             disks.remove()
             throw error
         }
         self.client = client
         self.disks = disks
+        name = config.name
     }
 
     deinit { client.close() }
@@ -98,10 +125,33 @@ public final class IncomingMachine: MigrationDestination {
 
     public func resume() throws { try client.resume() }
 
+    /// A guest that crashes as it starts (a stale page under its code, a state its CPU cannot take) does so within a
+    /// few milliseconds: the machine is watched for a quarter of a second.
+    public func confirmRunning() throws {
+        let deadline = ContinuousClock.now + .milliseconds(250)
+        repeat {
+            let status = try client.status()
+            if status.state == .crashed {
+                throw MachineStoppedError(
+                    "VM '\(name)' crashed right after it was resumed (\(UntrustedText.escape(status.failure ?? "no reason given"))); "
+                        + "it is kept, stopped, for inspection: 'vmctl destroy \(name)' removes it")
+            }
+            usleep(25_000)
+        } while ContinuousClock.now < deadline
+    }
+
+    /// Destroys the machine and its disks, and waits for its vmrun to exit: when this returns, nothing of it is left.
     public func abandon() {
-        try? client.destroy()
+        _ = try? client.destroy()
         client.close()
+        waitUntilGone(client.pid)
         disks.remove()
+    }
+
+    /// The pid in vmrun's `'NAME' is waiting for its state (pid N)` line.
+    static func startedPid(_ output: String) -> Int32? {
+        guard let marker = output.split(separator: "(pid ", maxSplits: 1).dropFirst().first else { return nil }
+        return Int32(marker.prefix { $0.isNumber })
     }
 
     /// `vmrun` beside this executable, else the first on PATH.

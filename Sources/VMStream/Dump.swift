@@ -26,29 +26,40 @@ public struct StreamDumper {
             }
             if verbosity >= 1, let info = reader.lastRecord { output(line(record, info)) }
         }
+        // Reading stopped at END, as a receiver's does: what waits after it is counted, never waited for.
+        if let extra = reader.bytesWaitingAfterEnd(), extra > 0 {
+            output("warning: \(extra) byte\(extra == 1 ? "" : "s") after END ignored")
+        }
         summarize(reader.statistics)
     }
 
+    /// Every text field came from the stream: it is printed escaped (`UntrustedText`), so a stream cannot forge a
+    /// line or drive the terminal, and an empty one shows as `""`.
     private func describe(_ begin: StreamBegin) {
+        let text = UntrustedText.escape
         output("BEGIN record")
         output("\tformat version = \(begin.formatVersion)")
-        output("\ttool = \(begin.tool) \(begin.toolVersion)")
+        output("\ttool = \(text(begin.tool)) \(text(begin.toolVersion))")
         output("\tuuid = \(begin.uuidString)")
         output("\tcreation time = \(Self.utc(begin.creationTime)) (\(begin.creationTime) ns)")
         output("\tmode = \(begin.mode.rawValue)")
         let host = begin.host
-        output("\thost = \(host.architecture), \(host.cpuVendor), \(host.cpuModel), page size \(host.pageSize)")
-        output("\thypervisor = \(host.hypervisor) \(host.hypervisorVersion)")
+        output(
+            "\thost = \(text(host.architecture)), \(text(host.cpuVendor)), \(text(host.cpuModel)), page size \(host.pageSize)")
+        output("\thypervisor = \(text(host.hypervisor)) \(text(host.hypervisorVersion))")
         let machine = begin.machine
-        output("\tmachine = \(machine.name), \(machine.vcpuCount) vCPUs, \(machine.memorySize) bytes")
+        output("\tmachine = \(text(machine.name)), \(machine.vcpuCount) vCPUs, \(machine.memorySize) bytes")
         for (index, segment) in machine.segments.enumerated() {
             output(
-                "\tsegment \(index) = \(segment.name) at 0x\(String(segment.guestPhysicalBase, radix: 16)), \(segment.size) bytes (\(segment.size / UInt64(StreamFormat.pageSize)) pages)"
+                "\tsegment \(index) = \(text(segment.name)) at 0x\(String(segment.guestPhysicalBase, radix: 16)), \(segment.size) bytes (\(segment.size / UInt64(StreamFormat.pageSize)) pages)"
             )
         }
         for device in machine.devices {
-            let settings = device.configuration.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            output("\tdevice \(device.name) = \(device.kind) version \(device.version)\(settings.isEmpty ? "" : " " + settings)")
+            let settings = device.configuration.sorted { $0.key < $1.key }.map { "\(text($0.key))=\(text($0.value))" }
+                .joined(separator: " ")
+            output(
+                "\tdevice \(text(device.name)) = \(text(device.kind)) version \(device.version)\(settings.isEmpty ? "" : " " + settings)"
+            )
         }
         for (index, disk) in machine.disks.enumerated() {
             let allocated = index < begin.diskAllocation.count ? begin.diskAllocation[index] : 0
@@ -81,7 +92,7 @@ public struct StreamDumper {
             text += " \(area) \(batch.segment) \(unit) \(batch.firstPage)-\(batch.firstPage + UInt64(batch.count) - 1)"
             text += " zero \(batch.zeroPages) \(PageCodecs.name(of: batch.encoding))"
         case .kernelState(let chunk), .deviceState(let chunk):
-            text += " name \(chunk.name) version \(chunk.version) size \(chunk.data.count)"
+            text += " name \(UntrustedText.escape(chunk.name)) version \(chunk.version) size \(chunk.data.count)"
         case .end(let end):
             text +=
                 " pages \(end.pages) zero \(end.zeroPages) records \(end.records) bytes \(end.bytes) pause time \(end.sourcePauseTime)"

@@ -2,7 +2,7 @@
 public struct StreamError: Error, CustomStringConvertible, Equatable, Sendable {
     public enum Kind: Sendable, Equatable {
         case badMagic, unsupportedVersion, unsupportedFeature, checksumMismatch, truncated, lengthTooLarge,
-            malformed, outOfOrder, unknownRecord, dataAfterEnd, terminal, io, misuse
+            malformed, outOfOrder, unknownRecord, terminal, io, misuse
     }
 
     public var kind: Kind

@@ -23,13 +23,13 @@ public enum StreamFormat {
     /// Memory segments a machine may have.
     public static let maxSegments = 64
     /// Devices, disks and CPUID leaves BEGIN may list, so decoding it stays small.
-    public static let maxDevices = 1024
+    public static let maxDevices = StateLimits.maximumDevices
     public static let maxDisks = 64
     public static let maxCPUIDLeaves = 4096
     /// Distinct state chunks of one kind (kernel or device) a stream may carry.
-    public static let maxStateChunks = 65536
+    public static let maxStateChunks = StateLimits.maximumKernelChunks
     /// Bytes of kernel and device state data in all: a receiver holds the state until END verifies.
-    public static let maxStateBytes = 64 << 20
+    public static let maxStateBytes = StateLimits.maximumDataBytes
     /// Guest memory in all segments (2^48 bytes, 256 TiB): sizes a receiver can add up safely.
     public static let maxMemoryBytes: UInt64 = 1 << 48
     /// Record flag: a reader that does not know the record's type skips it with a warning.
@@ -131,7 +131,10 @@ public struct StreamBegin: Sendable, Equatable {
     public var areaCount: Int { machine.segments.count + machine.disks.count }
 
     /// The UUID in its usual 8-4-4-4-12 text form.
-    public var uuidString: String {
+    public var uuidString: String { Self.uuidString(uuid) }
+
+    /// A UUID's 16 bytes in the usual text form.
+    public static func uuidString(_ uuid: [UInt8]) -> String {
         let hex = uuid.map { byte in String(byte, radix: 16).leftPadded(to: 2) }
         guard hex.count == 16 else { return hex.joined() }
         return [hex[0..<4], hex[4..<6], hex[6..<8], hex[8..<10], hex[10..<16]].map { $0.joined() }.joined(separator: "-")

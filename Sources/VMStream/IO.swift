@@ -25,6 +25,15 @@ extension ByteSink {
 protocol ByteSource: AnyObject {
     /// Fills `buffers` in order; returns fewer bytes than asked only at end of input.
     func read(_ buffers: [UnsafeMutableRawBufferPointer]) throws -> Int
+    /// Bytes that could be read now without waiting, nil when that cannot be told; reads nothing.
+    func bytesWaiting() -> UInt64?
+    /// The rest of a pipe or socket when it ends within `limit` more bytes, each read coming within `patience`;
+    /// nil otherwise, and for a file or memory, whose end says nothing about the writer.
+    func rest(upTo limit: Int, patience: Duration) -> [UInt8]?
+}
+
+extension ByteSource {
+    func rest(upTo limit: Int, patience: Duration) -> [UInt8]? { nil }
 }
 
 final class FileSink: ByteSink {
@@ -77,6 +86,35 @@ final class FileSource: ByteSource {
             throw StreamError(.io, "cannot read the stream: \(error)")
         }
     }
+
+    func rest(upTo limit: Int, patience: Duration) -> [UInt8]? {
+        guard !descriptor.isRegularFile else { return nil }
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var rest: [UInt8] = []
+        while rest.count <= limit {
+            var ready = [pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0)]
+            guard pollDescriptors(&ready, timeout: patience) > 0 else { return nil }
+            let count = retryingInterrupts {
+                chunk.withUnsafeMutableBytes { Glibc.read(descriptor.rawValue, $0.baseAddress, $0.count) }
+            }
+            if count == 0 { return rest }
+            if count < 0 { return nil }
+            rest += chunk[0..<count]
+        }
+        return nil
+    }
+
+    /// A file's bytes past the offset; what a pipe or socket holds (FIONREAD).
+    func bytesWaiting() -> UInt64? {
+        if descriptor.isRegularFile {
+            var info = Glibc.stat()
+            let offset = lseek(descriptor.rawValue, 0, SEEK_CUR)
+            guard fstat(descriptor.rawValue, &info) == 0, offset >= 0 else { return nil }
+            return UInt64(max(0, Int64(info.st_size) - Int64(offset)))
+        }
+        var count: Int32 = 0
+        return ioctl(descriptor.rawValue, UInt(FIONREAD), &count) == 0 ? UInt64(max(count, 0)) : nil
+    }
 }
 
 /// A stream held in memory: golden files, sweeps and the fuzzer read from it.
@@ -96,6 +134,8 @@ final class MemorySource: ByteSource {
         }
         return total
     }
+
+    func bytesWaiting() -> UInt64? { UInt64(bytes.count - position) }
 }
 
 /// Collects a written stream in memory.

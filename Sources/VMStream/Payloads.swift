@@ -98,7 +98,7 @@ enum Payload {
             return "format version \(begin.formatVersion) is not \(StreamFormat.version)"
         }
         if begin.uuid.count != 16 { return "uuid has \(begin.uuid.count) bytes, not 16" }
-        if begin.machine.name.isEmpty { return "machine name is empty" }
+        if let problem = textProblem(begin) { return problem }
         if begin.machine.vcpuCount == 0 { return "vCPU count is 0" }
         let segments = begin.machine.segments
         if segments.isEmpty || segments.count > StreamFormat.maxSegments {
@@ -108,10 +108,10 @@ enum Payload {
         var total: UInt64 = 0
         for segment in segments {
             if segment.size == 0 || segment.size % page != 0 || segment.guestPhysicalBase % page != 0 {
-                return "segment \(segment.name) is not a non-empty whole number of pages"
+                return "segment \(UntrustedText.quote(segment.name)) is not a non-empty whole number of pages"
             }
             if segment.guestPhysicalBase.addingReportingOverflow(segment.size).overflow {
-                return "segment \(segment.name) ends beyond 2^64"
+                return "segment \(UntrustedText.quote(segment.name)) ends beyond 2^64"
             }
             total = min(total &+ min(segment.size, StreamFormat.maxMemoryBytes + 1), StreamFormat.maxMemoryBytes + 1)
         }
@@ -119,7 +119,7 @@ enum Payload {
         let ordered = segments.sorted { $0.guestPhysicalBase < $1.guestPhysicalBase }
         for (lower, upper) in zip(ordered, ordered.dropFirst())
         where lower.guestPhysicalBase + lower.size > upper.guestPhysicalBase {
-            return "segments \(lower.name) and \(upper.name) overlap"
+            return "segments \(UntrustedText.quote(lower.name)) and \(UntrustedText.quote(upper.name)) overlap"
         }
         if begin.machine.devices.count > StreamFormat.maxDevices { return "more than \(StreamFormat.maxDevices) devices" }
         if begin.machine.cpuid.count > StreamFormat.maxCPUIDLeaves {
@@ -127,42 +127,13 @@ enum Payload {
         }
         var names = Set<String>()
         for device in begin.machine.devices {
-            if device.name.isEmpty || !names.insert(device.name).inserted {
-                return "device name \"\(device.name)\" is empty or repeated"
-            }
+            if !names.insert(device.name).inserted { return "device name \(UntrustedText.quote(device.name)) is repeated" }
             for string in [device.name, device.kind] + device.configuration.keys + device.configuration.values
             where string.utf8.count > Int(UInt16.max) {
-                return "device \(device.name) has a string longer than 65535 bytes"
+                return "device \(UntrustedText.quote(device.name)) has a string longer than 65535 bytes"
             }
-            if device.configuration.count > Int(UInt16.max) { return "device \(device.name) has too many settings" }
-        }
-        return diskProblem(begin)
-    }
-
-    /// Disks: few enough, named once, whole 4 KiB blocks, a serial virtio-blk can report, a path exactly when the
-    /// storage is shared, and no more allocated than the disk holds.
-    static func diskProblem(_ begin: StreamBegin) -> String? {
-        let disks = begin.machine.disks
-        if disks.count > StreamFormat.maxDisks { return "more than \(StreamFormat.maxDisks) disks" }
-        if begin.diskAllocation.count != disks.count {
-            return "\(begin.diskAllocation.count) disk allocations for \(disks.count) disks"
-        }
-        var names = Set<String>()
-        for (disk, allocated) in zip(disks, begin.diskAllocation) {
-            if disk.name.isEmpty || !names.insert(disk.name).inserted { return "disk name \"\(disk.name)\" is empty or repeated" }
-            if disk.size == 0 || disk.size % DiskConfig.blockSize != 0 || disk.size > StreamFormat.maxMemoryBytes {
-                return "disk \(disk.name) is not a non-empty whole number of 4 KiB blocks up to 2^48 bytes"
-            }
-            if allocated > disk.size { return "disk \(disk.name) has \(allocated) bytes allocated of \(disk.size)" }
-            if disk.serial.utf8.count > DiskConfig.maximumSerialLength {
-                return "disk \(disk.name) has a serial longer than \(DiskConfig.maximumSerialLength) bytes"
-            }
-            if disk.sharedStorage != (disk.path?.isEmpty == false) {
-                return "disk \(disk.name) must name its image exactly when its storage is shared"
-            }
-            for string in [disk.name, disk.serial, disk.path ?? ""]
-            where string.utf8.count > Int(UInt16.max) || string.utf8.contains(0) {
-                return "disk \(disk.name) has a string longer than 65535 bytes or holding NUL"
+            if device.configuration.count > Int(UInt16.max) {
+                return "device \(UntrustedText.quote(device.name)) has too many settings"
             }
         }
         return nil
@@ -253,14 +224,20 @@ enum Payload {
                 let kind = try value.string16(what: "device kind")
                 let count = Int(try value.u16())
                 var configuration: [String: String] = [:]
+                var previousKey: [UInt8]?
                 for _ in 0..<count {
                     let key = try value.string16(what: "device setting")
                     let setting = try value.string16(what: "device setting")
-                    guard configuration.updateValue(setting, forKey: key) == nil else {
-                        throw fail("device \(name) repeats setting \(key)")
+                    // Keys in ascending byte order, each once: one encoding per configuration, nothing to choose.
+                    if let previousKey, !previousKey.lexicographicallyPrecedes(Array(key.utf8)) {
+                        throw fail(
+                            "device \(UntrustedText.quote(name)) lists setting \(UntrustedText.quote(key)) "
+                                + (previousKey == Array(key.utf8) ? "twice" : "out of ascending order"))
                     }
+                    previousKey = Array(key.utf8)
+                    configuration[key] = setting
                 }
-                guard value.atEnd else { throw fail("device \(name) has trailing bytes") }
+                guard value.atEnd else { throw fail("device \(UntrustedText.quote(name)) has trailing bytes") }
                 devices.append(DeviceConfig(name: name, kind: kind, version: version, configuration: configuration))
             case .cpuidLeaf:
                 guard cpuid.count < StreamFormat.maxCPUIDLeaves else {
@@ -343,12 +320,12 @@ enum Payload {
         return out.bytes
     }
 
-    static let maxChunkNameLength = 255
+    static let maxChunkNameLength = StateLimits.maximumNameLength
 
     static func chunkProblem(_ chunk: StateChunk) -> String? {
         let length = chunk.name.utf8.count
         if length == 0 || length > maxChunkNameLength { return "chunk name must have 1 to \(maxChunkNameLength) bytes" }
-        if chunk.name.utf8.contains(0) { return "chunk name contains NUL" }
+        if chunk.name.utf8.contains(0) { return "chunk name \(UntrustedText.quote(chunk.name)) contains NUL" }
         return nil
     }
 

@@ -25,6 +25,15 @@ struct StreamRules {
     private var deviceChunks: Set<String> = []
     private var stateBytes = 0
     private var lastRound: UInt32?
+    /// The round's last list record held the most ranges a record may: only then may another of its kind and number
+    /// follow.
+    private var roundRecordFull = false
+    /// The round's last list record was a DISK EXTENTS (its disk part), not a ROUND.
+    private var lastListWasDisks = false
+    /// The last range the current round listed, so a continuation lists only ranges after it.
+    private var lastRangeOfRound: PageRange?
+    /// A state chunk came: no ROUND may follow.
+    private var stateStarted = false
     /// The current ROUND record's list and how far its pages have arrived.
     private var ranges: [PageRange] = []
     private var rangeIndex = 0
@@ -48,7 +57,8 @@ struct StreamRules {
         return ranges[rangeIndex...].reduce(0) { $0 + $1.count } - pageInRange
     }
 
-    /// Checks that any record but BEGIN may come now.
+    /// Checks that any record but BEGIN may come now. An ignorable record of an unknown type may come wherever a
+    /// ROUND may: after BEGIN, outside a round that still misses pages, before END.
     func checkStarted(_ type: RecordType) throws(RuleViolation) {
         guard begin != nil else { throw RuleViolation("stream does not start with BEGIN") }
         guard !ended else { throw RuleViolation("record after END") }
@@ -74,7 +84,7 @@ struct StreamRules {
         let base = disk ? "disk \(area - memoryAreas)" : "segment \(area)"
         guard named else { return base }
         let name = disk ? machine.disks[area - memoryAreas].name : machine.segments[area].name
-        return "\(base) (\(name), \(areaUnits[area]) \(disk ? "blocks" : "pages"))"
+        return "\(base) (\(UntrustedText.escape(name)), \(areaUnits[area]) \(disk ? "blocks" : "pages"))"
     }
 
     /// `page 8 of segment 0`, `block 8 of disk 0`.
@@ -112,15 +122,34 @@ struct StreamRules {
         if let stray = newRanges.first(where: { isDisk($0.segment) != disks }) {
             throw RuleViolation(.malformed, "\(areaName(stray.segment)) listed in a \(disks ? "DISK EXTENTS" : "ROUND") record")
         }
+        let kind = disks ? "DISK EXTENTS" : "ROUND"
         if roundPending {
-            throw RuleViolation("ROUND \(number) while round \(lastRound ?? 0) still misses \(missingPages) listed pages")
+            throw RuleViolation("\(kind) \(number) while round \(lastRound ?? 0) still misses \(missingPages) listed pages")
         }
-        if let lastRound, number < lastRound { throw RuleViolation("round \(number) follows round \(lastRound)") }
+        if stateStarted { throw RuleViolation("\(kind) \(number) after state chunks: every round comes before the state") }
+        var previous: PageRange?
+        if let lastRound {
+            if number == lastRound {
+                // The same number continues the round's list: after a list record of the same kind too full to hold
+                // more, or as the round's disk part after its memory part.
+                let continues = disks == lastListWasDisks && roundRecordFull
+                guard continues || (disks && !lastListWasDisks) else {
+                    throw RuleViolation(
+                        "\(kind) \(number) again, though round \(number)'s last \(lastListWasDisks ? "DISK EXTENTS" : "ROUND") record "
+                            + (disks == lastListWasDisks
+                                ? "listed fewer than \(StreamFormat.maxRangesPerRound) ranges" : "came after its disk part"))
+                }
+                previous = lastRangeOfRound
+            } else {
+                guard lastRound < UInt32.max, number == lastRound + 1 else {
+                    throw RuleViolation("round \(number) follows round \(lastRound): rounds are numbered one after the other")
+                }
+            }
+        }
         guard newRanges.count <= StreamFormat.maxRangesPerRound else {
             throw RuleViolation(
                 .malformed, "\(newRanges.count) ranges (at most \(StreamFormat.maxRangesPerRound) per ROUND record)")
         }
-        var previous: PageRange?
         for range in newRanges {
             guard range.count > 0 else { throw RuleViolation(.malformed, "empty page range") }
             try checkInside(area: range.segment, first: range.firstPage, count: range.count)
@@ -133,6 +162,9 @@ struct StreamRules {
             previous = range
         }
         lastRound = number
+        lastListWasDisks = disks
+        roundRecordFull = newRanges.count == StreamFormat.maxRangesPerRound
+        lastRangeOfRound = previous
         ranges = newRanges
         rangeIndex = 0
         pageInRange = 0
@@ -169,6 +201,11 @@ struct StreamRules {
 
     mutating func accept(chunk: StateChunk, device: Bool) throws(RuleViolation) {
         try checkStarted(device ? .deviceState : .kernelState)
+        guard lastRound != nil else {
+            throw RuleViolation(
+                "\(device ? RecordType.deviceState : .kernelState) before any ROUND: the state follows the rounds")
+        }
+        stateStarted = true
         if let problem = Payload.chunkProblem(chunk) { throw RuleViolation(.malformed, problem) }
         stateBytes += chunk.data.count
         guard stateBytes <= StreamFormat.maxStateBytes else {
@@ -176,17 +213,18 @@ struct StreamRules {
         }
         if device {
             guard deviceNames.contains(chunk.name) else {
-                throw RuleViolation(.malformed, "device state for \(chunk.name), a device BEGIN does not list")
+                throw RuleViolation(
+                    .malformed, "device state for \(UntrustedText.quote(chunk.name)), a device BEGIN does not list")
             }
             guard deviceChunks.insert(chunk.name).inserted else {
-                throw RuleViolation("device state chunk \(chunk.name) repeated")
+                throw RuleViolation("device state chunk \(UntrustedText.quote(chunk.name)) repeated")
             }
         } else {
             guard kernelChunks.count < StreamFormat.maxStateChunks else {
                 throw RuleViolation(.malformed, "too many kernel state chunks")
             }
             guard kernelChunks.insert(chunk.name).inserted else {
-                throw RuleViolation("kernel state chunk \(chunk.name) repeated")
+                throw RuleViolation("kernel state chunk \(UntrustedText.quote(chunk.name)) repeated")
             }
         }
     }
@@ -194,6 +232,7 @@ struct StreamRules {
     /// Checks END against what was counted; `records` and `bytes` count what came before END.
     mutating func accept(end: StreamEnd, records: UInt64, bytes: UInt64, running: UInt64) throws(RuleViolation) {
         try checkStarted(.end)
+        guard lastRound != nil else { throw RuleViolation("END before any ROUND: a stream has at least one round") }
         var wrong: [String] = []
         if end.pages != pages { wrong.append("pages \(end.pages) (counted \(pages))") }
         if end.zeroPages != zeroPages { wrong.append("zero pages \(end.zeroPages) (counted \(zeroPages))") }

@@ -90,6 +90,13 @@ public final class StreamReader {
     /// The first error; the stream is not read past it.
     private var failure: StreamError?
 
+    /// After END: how many bytes follow it that could be read now (all of the rest, for a file), without reading
+    /// or waiting for them; nil when that cannot be told. A reader warns about them and ignores them.
+    public func bytesWaitingAfterEnd() -> UInt64? {
+        guard rules.ended else { return nil }
+        return source.bytesWaiting()
+    }
+
     /// The next record, with its pages already delivered into `sink`; nil after a verified END and end of input.
     public func next(into sink: some PageSink) throws -> StreamRecord? {
         if let failure { throw failure }
@@ -101,14 +108,11 @@ public final class StreamReader {
         }
     }
 
+    /// Bytes after END are not the stream's: once END has verified, `next` returns nil without reading on, so a
+    /// transport that never signals end of input cannot hold a reader up. See `bytesWaitingAfterEnd`.
     private func readNext(into sink: some PageSink) throws -> StreamRecord? {
         if !headerRead { try readHeader() }
-        if rules.ended {
-            var extra: UInt8 = 0
-            let count = try withUnsafeMutableBytes(of: &extra) { try source.read([$0]) }
-            if count > 0 { throw StreamError(.dataAfterEnd, "data after END at byte \(offset)") }
-            return nil
-        }
+        if rules.ended { return nil }
         while true {
             if let record = try readRecord(into: sink) { return record }
         }
@@ -192,14 +196,29 @@ public final class StreamReader {
     }
 
     /// Reads the trailer and compares it with the hasher's digest.
+    ///
+    /// A PAGES record whose checksum fails shortly before a pipe ends without END is what a sender interrupted in
+    /// its final round leaves: it lends paused pages to the pipe and resumes its source, which changes them in
+    /// flight. The message says so then; damage in a stream that goes on to its END is reported plainly.
     private func verify(_ framing: Framing) throws -> UInt64 {
         let stored = try readU64()
         let computed = hasher.digest
         guard stored == computed else {
-            throw StreamError.checksum(record: recordNumber, what: framing.type.description, offset: framing.start)
+            var error = StreamError.checksum(record: recordNumber, what: framing.type.description, offset: framing.start)
+            if framing.type == .pages, let rest = source.rest(upTo: Self.inFlightLimit, patience: .milliseconds(300)),
+                !StreamTail.endsWithEnd(rest)
+            {
+                error.message +=
+                    "; the stream ends soon after it, without END: its sender was probably interrupted and "
+                    + "its source resumed while these pages were in flight"
+            }
+            throw error
         }
         return computed
     }
+
+    /// What a pipe and the pipes and sockets behind it may hold: 16 MiB.
+    static let inFlightLimit = 16 << 20
 
     /// Reads one record; nil when it was an ignorable unknown record that was skipped.
     private func readRecord(into sink: some PageSink) throws -> StreamRecord? {
@@ -242,6 +261,7 @@ public final class StreamReader {
             }
             try skip(framing.length)
             checksum = try verify(framing)
+            try rule(place) { () throws(RuleViolation) in try rules.checkStarted(framing.type) }
             warningHandler("skipped \(place): unknown ignorable record type, \(length) bytes")
             record = nil
         } else {

@@ -26,9 +26,11 @@ struct WireDecoder {
     }
 
     /// UTF-8 text; invalid encodings are an error, not a repair.
+    /// UTF-8 without NUL (man/vmstream.5): a NUL would cut a name short wherever it is handed to C.
     mutating func text(_ count: Int, what: String) throws -> String {
         let utf8 = try raw(count)
         guard let string = String(validating: utf8, as: UTF8.self) else { throw fail("\(what) is not valid UTF-8") }
+        guard !utf8.contains(0) else { throw fail("\(what) contains NUL") }
         return string
     }
 

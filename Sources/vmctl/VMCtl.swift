@@ -3,6 +3,7 @@ import Glibc
 import MachineDescription
 import SystemPackage
 import SystemSupport
+import ToolSupport
 import VMControl
 
 /// `vmctl`: look at and manage the VMs that vmrun runs.
@@ -44,6 +45,7 @@ struct List: ParsableCommand {
             print(try encodeJSON(statuses))
             return
         }
+        // A state that came from a peer is shown escaped; names are already of the run directory's safe alphabet.
         let rows =
             [["NAME", "STATE", "VCPUS", "MEMORY", "PID"]]
             + statuses.map {
@@ -59,6 +61,8 @@ struct Status: ParsableCommand {
     @Flag(help: "Print the status as JSON (MachineStatus).") var json = false
     @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
+    func validate() throws { try asUsageError { try MachineName.validate(name) } }
+
     func run() throws {
         let client = try global.connect(name)
         defer { client.close() }
@@ -68,7 +72,7 @@ struct Status: ParsableCommand {
             return
         }
         var rows = [
-            ["name:", status.name], ["state:", status.state.rawValue], ["pid:", String(status.pid)],
+            ["name:", status.name], ["state:", status.stateDescription], ["pid:", String(status.pid)],
             ["memory:", ByteSize.format(status.memorySize)], ["uptime:", formatSeconds(status.uptimeSeconds)],
         ]
         for (index, vcpu) in status.vcpus.enumerated() {
@@ -96,29 +100,43 @@ struct Pause: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
+    func validate() throws { try asUsageError { try MachineName.validate(name) } }
     func run() throws { try global.connect(name).pause() }
 }
 
 struct Resume: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a paused VM's vCPUs again.")
+    static let configuration = CommandConfiguration(
+        abstract: "Run a paused VM's vCPUs again.",
+        discussion: "A migrated VM, or one whose send may have started a copy elsewhere, is resumed only with --force.")
     @OptionGroup var global: GlobalOptions
+    @Flag(help: "Resume even a migrated VM: only when its copy is known never to have started, or to be gone.")
+    var force = false
     @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
-    func run() throws { try global.connect(name).resume() }
+    func validate() throws { try asUsageError { try MachineName.validate(name) } }
+    func run() throws { try global.connect(name).resume(force: force) }
 }
 
 struct Destroy: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop a VM for good; its vmrun exits and removes the socket.")
+    static let configuration = CommandConfiguration(
+        abstract: "Stop a VM for good; its vmrun exits and removes the socket, the console and the log.")
     @OptionGroup var global: GlobalOptions
+    @Flag(help: "Keep the VM's console and log, renamed with the time (NAME.console.20261121T104512Z).")
+    var keepLogs = false
     @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
     /// How long to wait for the vmrun process to be gone after it acknowledged.
     static let exitTimeout: Duration = .seconds(10)
 
+    func validate() throws { try asUsageError { try MachineName.validate(name) } }
+
     func run() throws {
         let client = try global.connect(name)
-        try client.destroy()
+        let kept = try client.destroy(keepLogs: keepLogs)
         client.close()
+        if keepLogs {
+            print(kept.isEmpty ? "vmctl: '\(name)' had no console or log to keep" : "kept: " + kept.joined(separator: " "))
+        }
         let deadline = ContinuousClock.now + Self.exitTimeout
         while processIsAlive(client.pid) {
             guard ContinuousClock.now < deadline else {
@@ -139,6 +157,8 @@ struct Console: ParsableCommand {
 
     /// The most input sent from standard input in one go.
     static let maximumInput = 1 << 20
+
+    func validate() throws { try asUsageError { try MachineName.validate(name) } }
 
     func run() throws {
         let client = try global.connect(name)

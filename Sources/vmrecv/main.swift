@@ -45,9 +45,13 @@ struct VMRecv: ParsableCommand {
     @Argument(help: "The name the VM gets on this host.")
     var name: String
 
+    func validate() throws {
+        try asUsageError { try MachineName.validate(name) }
+    }
+
     func run() throws {
-        // Before anything is read: a name vmrun would refuse only after the stream started.
-        try MachineName.validate(name)
+        // Before any other thread starts: an interrupt destroys what was created and says so.
+        let interrupts = ReceiveInterruptWatcher(machineName: name)
         // vmrun may exit before reading the configuration we write to it; that is its error to report, not a signal.
         signal(SIGPIPE, SIG_IGN)
         // Labelled: with `vmsend -v | vmrecv -v` both ends print to one terminal.
@@ -56,8 +60,11 @@ struct VMRecv: ParsableCommand {
         printer.attach(to: progressRequest)
         try ProgressSignal.watch(progressRequest)
         let runDirectory = RunDirectory.resolve(flag: runDir)
-        if !dryRun, (try? ControlClient.connect(name: name, runDirectory: runDirectory)) != nil {
-            throw MigrationError("a VM named '\(name)' is already running here")
+        // Before anything is read, with -n too: a receive refuses a name in use, so a dry run says so as well.
+        if let existing = try? ControlClient.connect(name: name, runDirectory: runDirectory) {
+            let state = (try? existing.status().state) ?? existing.initialState
+            existing.close()
+            throw MigrationError("a VM named '\(name)' already exists here (\(state.rawValue), pid \(existing.pid))")
         }
         let compatibility = Compatibility.local()
         let vmrun = IncomingMachine.locateVMRun()
@@ -67,17 +74,19 @@ struct VMRecv: ParsableCommand {
         let receiver = Receiver(
             input: .standardInput, options: ReceiveOptions(name: name, leavePaused: paused, dryRun: dryRun),
             checkCompatibility: { begin in
-                try compatibility.check(begin)
+                try compatibility.check(begin, as: name)
                 try disks.checkRoom(for: begin, as: name)
                 if verbose && dryRun { StandardStreams.error(begin.dryRunDescription(as: name)) }
             },
             makeDestination: { config in
                 try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun, disks: disks)
-            })
+            },
+            makeCheck: { _ in try VMRunCheck(name: name, vmrun: vmrun) })
         receiver.warn = { StandardStreams.error("vmrecv: warning: \($0)") }
         receiver.progressRequest = progressRequest
         receiver.onStart = printer.start
         receiver.onProgress = printer.show
+        receiver.phaseObserver = interrupts
         let report = try receiver.run()
         printer.finish(
             streamBytes: report.streamBytes, summary: report.summary(dryRun: dryRun), parsable: report.parsableSummary)

@@ -35,7 +35,9 @@ struct BackgroundLauncher {
         } else {
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         }
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        // Until the VM process holds the name, it writes nowhere: NAME.log may belong to a machine that runs now.
+        // It opens a fresh log of its own once the name is its (see `VMProcess`); errors before that come back here.
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         posix_spawn_file_actions_adddup2(&actions, ready[1], 3)
 
@@ -85,17 +87,22 @@ struct BackgroundLauncher {
         var status: Int32 = 0
         waitpid(pid, &status, 0)
         if let answer, !answer.isEmpty { throw ControlError(answer) }
-        throw ControlError("the VM process ended before it was ready; see \(logPath)")
+        throw ControlError("the VM process ended before it was ready; see \(logPath) if it exists")
     }
 
-    /// The options the VM process needs, spelled out so it never depends on this one's cwd.
+    /// The options the VM process needs, spelled out so it never depends on this one's cwd, and so `ps` shows the
+    /// machine it really runs: an incoming machine's vCPUs and memory are its configuration's.
     private func childArguments() -> [String] {
-        var arguments = [
-            plan.name, "--cpus", String(plan.cpus), "--memory", command.memory,
-            "--guest-working-set", String(plan.options.guestWorkingSet),
-            "--guest-dirty-rate", String(plan.options.guestDirtyRate),
-            "--run-dir", plan.runDirectory.path, "--ready-fd", "3",
-        ]
+        var arguments = [plan.name, "--cpus", String(plan.cpus), "--memory", Self.exactSize(plan.memorySize)]
+        if command.incoming {
+            arguments.append("--incoming")
+        } else {
+            arguments += [
+                "--guest-working-set", String(plan.options.guestWorkingSet),
+                "--guest-dirty-rate", String(plan.options.guestDirtyRate),
+            ]
+        }
+        arguments += ["--run-dir", plan.runDirectory.path, "--ready-fd", "3"]
         if let image = plan.options.memoryImage { arguments += ["--memory-image", image] }
         for disk in plan.options.disks { arguments += ["--disk", disk.path! + (disk.readOnly ? ",readonly" : "")] }
         if plan.options.guestDiskRate > 0 { arguments += ["--guest-disk-rate", String(plan.options.guestDiskRate)] }
@@ -105,8 +112,16 @@ struct BackgroundLauncher {
             if let line = linux.commandLine { arguments += ["--cmdline", line] }
         }
         if command.paused { arguments.append("--paused") }
-        if command.incoming { arguments.append("--incoming") }
         return arguments
+    }
+
+    /// `2G`, `96M`, `4100K` or bytes: the largest unit that divides `bytes`, as `--memory` reads it back.
+    static func exactSize(_ bytes: UInt64) -> String {
+        for (unit, size) in [("T", UInt64(1) << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
+        where bytes >= size && bytes % size == 0 {
+            return "\(bytes / size)\(unit)"
+        }
+        return String(bytes)
     }
 
     /// The VM process's one line: "ready", an error, or nil if it timed out.

@@ -40,21 +40,38 @@ struct VMProcess {
             }
         }
         signal(SIGPIPE, SIG_IGN)
-        try checkKVMDevice()
+        try Self.checkKVMDevice()
         let socket = try ControlSocket.claim(name: plan.name, runDirectory: plan.runDirectory)
+        // The name is ours now: so are NAME.log and NAME.console, started afresh (never another machine's lines).
+        let logPath = plan.runDirectory.processLogPath(for: plan.name)
+        let files = [plan.options.consoleLog] + (readyFd == nil ? [] : [logPath])
+        if readyFd != nil {
+            let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+            if log >= 0 {
+                dup2(log, 1)
+                dup2(log, 2)
+                close(log)
+            }
+        }
         let machine: KVMMachine
         do {
             if let config = plan.incomingConfig {
+                // Worded whole by the machine: `this host cannot run VM 'NAME': why`.
                 machine = try KVMMachine.incoming(config: config, options: plan.options)
             } else {
-                machine = try KVMMachine.boot(
-                    name: plan.name, vcpus: plan.cpus, memorySize: plan.memorySize, options: plan.options)
+                do {
+                    machine = try KVMMachine.boot(
+                        name: plan.name, vcpus: plan.cpus, memorySize: plan.memorySize, options: plan.options)
+                } catch {
+                    throw ControlError("cannot create the VM '\(plan.name)': \(error)")
+                }
             }
         } catch {
+            for path in files { unlink(path) }
             socket.release()
-            throw ControlError("cannot create the VM '\(plan.name)': \(error)")
+            throw error
         }
-        let server = try ControlServer(socket: socket, machine: machine)
+        let server = try ControlServer(socket: socket, machine: machine, ownedFiles: files)
         installStopSignals(writingTo: server.stopDescriptor)
         return server
     }
@@ -72,7 +89,7 @@ struct VMProcess {
         }
     }
 
-    private func checkKVMDevice() throws {
+    static func checkKVMDevice() throws {
         let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         guard fd >= 0 else {
             let error = errno

@@ -3,6 +3,7 @@ import Glibc
 import MachineDescription
 import SystemPackage
 import SystemSupport
+import ToolSupport
 import VMControl
 import VMM
 
@@ -17,11 +18,15 @@ struct VMRun: ParsableCommand {
     @Argument(help: "The VM's name; its socket is <run dir>/NAME.sock.")
     var name: String
 
-    @Option(help: "Number of vCPUs.")
-    var cpus: Int = 1
+    @Option(parsing: .unconditional, help: "Number of vCPUs (default 1; with --incoming, the configuration's).")
+    var cpus: Int?
 
-    @Option(help: "Guest RAM, e.g. 512M, 6G, 4.5G. Beyond 3G, the rest sits from 4 GiB up.")
-    var memory: String = "256M"
+    @Option(
+        parsing: .unconditional,
+        help:
+            "Guest RAM, e.g. 512M, 6G, 4.5G (default 256M; with --incoming, the configuration's). Beyond 3G, the rest sits from 4 GiB up."
+    )
+    var memory: String?
 
     @Option(help: "Guest RAM the bundled guest works over, split between its vCPUs (default: 64M or half the RAM).")
     var guestWorkingSet: String?
@@ -63,12 +68,40 @@ struct VMRun: ParsableCommand {
     @Flag(help: "Create the VM in the incoming state from a MachineConfig JSON document on stdin (used by vmrecv).")
     var incoming = false
 
+    @Flag(
+        help:
+            "Create nothing: check a configuration and a state read from stdin against this host's KVM, as --incoming and a restore would (used by vmrecv -n)."
+    )
+    var check = false
+
     /// Internal: this is the background VM process; report readiness on this descriptor.
     @Option(help: .private)
     var readyFd: Int32?
 
+    static let defaultCPUs = 1
+    static let defaultMemory = "256M"
+
+    /// Every value that can be wrong without looking at the host is a usage error (exit 2).
     func validate() throws {
-        guard (1...255).contains(cpus) else { throw ValidationError("--cpus must be 1 to 255") }
+        try asUsageError { try MachineName.validate(name) }
+        if let cpus, !(1...255).contains(cpus) { throw ValidationError("--cpus must be 1 to 255, not \(cpus)") }
+        let memorySize = try asUsageError { try ByteSize.parse(memory ?? Self.defaultMemory) }
+        if memory != nil || !(incoming || check) {
+            try asUsageError { try MachinePlan.checkMemoryShape(memorySize, flag: "--memory \(memory ?? Self.defaultMemory)") }
+        }
+        _ = try asUsageError { try ByteSize.parseRate(guestDirtyRate) }
+        _ = try asUsageError { try ByteSize.parseRate(guestDiskRate) }
+        if let guestWorkingSet {
+            let workingSet = try asUsageError { try ByteSize.parse(guestWorkingSet) }
+            if !(incoming || check), workingSet > memorySize {
+                throw ValidationError(
+                    "--guest-working-set \(guestWorkingSet) is larger than the guest's memory (\(ByteSize.format(memorySize)))")
+            }
+        }
+        if incoming && check { throw ValidationError("--incoming and --check exclude each other") }
+        if check && (paused || foreground || memoryImage != nil || readyFd != nil || !disks.isEmpty || kernel != nil) {
+            throw ValidationError("--check runs in the foreground and creates nothing: it takes no other option but --run-dir")
+        }
     }
 
     func run() throws {
@@ -78,7 +111,7 @@ struct VMRun: ParsableCommand {
 
     /// Runs the command; returns the exit status.
     func execute() throws -> Int32 {
-        try MachineName.validate(name)
+        if check { return try IncomingCheckMode(name: name).run() }
         let runDirectory = RunDirectory.resolve(flag: runDir)
         let plan = try MachinePlan(command: self, runDirectory: runDirectory)
         if readyFd == nil && !foreground {
@@ -111,7 +144,6 @@ struct MachinePlan {
     init(command: VMRun, runDirectory: RunDirectory) throws {
         name = command.name
         self.runDirectory = runDirectory
-        cpus = UInt32(command.cpus)
         let rate = try ByteSize.parseRate(command.guestDirtyRate)
         var image = command.memoryImage
         if let path = image {
@@ -124,24 +156,25 @@ struct MachinePlan {
             incomingJSON = try readStandardInput(limit: Self.maximumConfigLength)
             var config = try decodeMachineConfig(incomingJSON)
             config.name = command.name
-            guard (1...255).contains(config.vcpuCount) else {
-                throw ControlError("--incoming: the machine has \(config.vcpuCount) vCPUs; vmrun supports 1 to 255")
+            try Self.checkIncoming(config)
+            // The flags are only shown (in ps); they may not say something else than the configuration.
+            if let flag = command.cpus, flag != Int(config.vcpuCount) {
+                throw ControlError("--incoming: --cpus \(flag), but the configuration has \(config.vcpuCount) vCPUs")
+            }
+            if let flag = command.memory, try ByteSize.parse(flag) != config.memorySize {
+                throw ControlError("--incoming: --memory \(flag), but the configuration has \(config.memorySize) bytes")
             }
             incomingConfig = config
+            cpus = config.vcpuCount
             memorySize = config.memorySize
         } else {
-            memorySize = try ByteSize.parse(command.memory)
+            cpus = UInt32(command.cpus ?? VMRun.defaultCPUs)
+            memorySize = try ByteSize.parse(command.memory ?? VMRun.defaultMemory)
             incomingConfig = nil
             incomingJSON = []
         }
-        try Self.checkMemorySize(
-            memorySize, flag: command.incoming ? "the incoming machine's memory" : "--memory \(command.memory)")
+        if !command.incoming { try Self.checkMemorySize(memorySize, flag: "--memory \(command.memory ?? VMRun.defaultMemory)") }
         let workingSet = try command.guestWorkingSet.map(ByteSize.parse) ?? min(64 << 20, memorySize / 2)
-        guard workingSet <= memorySize else {
-            throw ControlError(
-                "--guest-working-set \(command.guestWorkingSet ?? "") is larger than the guest's memory (\(ByteSize.format(memorySize)))"
-            )
-        }
         let disks = try command.disks.enumerated().map { try Self.disk($1, index: $0, machine: command.name) }
         var linux: LinuxBootOptions?
         if let kernel = command.kernel {
@@ -194,10 +227,28 @@ struct MachinePlan {
             path: RunDirectory.absolute(path))
     }
 
-    /// Refuses sizes that are not whole pages, too small to hold the guest, or more than the host has.
-    static func checkMemorySize(_ size: UInt64, flag: String) throws {
+    /// What vmrun checks of a received configuration before it creates anything, for `--incoming` and `--check` alike
+    /// (the machine's own checks follow as it is created).
+    static func checkIncoming(_ config: MachineConfig) throws {
+        do {
+            guard (1...255).contains(config.vcpuCount) else {
+                throw ControlError("it has \(config.vcpuCount) vCPUs; vmrun runs 1 to 255")
+            }
+            try checkMemorySize(config.memorySize, flag: "its memory (\(ByteSize.format(config.memorySize)))")
+        } catch {
+            throw MachineError.hostRefusal(config.name, error)
+        }
+    }
+
+    /// Refuses sizes that are not whole pages or too small to hold the guest: what is wrong whatever the host.
+    static func checkMemoryShape(_ size: UInt64, flag: String) throws {
         guard size >= 4 << 20 else { throw ControlError("\(flag) is too small: the guest needs at least 4M") }
         guard size % 4096 == 0 else { throw ControlError("\(flag) is not a whole number of 4 KiB pages") }
+    }
+
+    /// Refuses sizes of the wrong shape, or more than the host has.
+    static func checkMemorySize(_ size: UInt64, flag: String) throws {
+        try checkMemoryShape(size, flag: flag)
         if let hostMemory = hostMemorySize(), size > hostMemory {
             throw ControlError("\(flag) is more than this host has (\(ByteSize.format(hostMemory)) of RAM)")
         }

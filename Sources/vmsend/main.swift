@@ -23,12 +23,12 @@ struct VMSend: ParsableCommand {
 
     @OptionGroup var compression: CompressionOption
 
-    @Option(name: .long, help: "Live: the pause to aim for, in milliseconds.")
+    @Option(name: .long, parsing: .unconditional, help: "Live: the pause to aim for, in milliseconds.")
     var downtime: Int = Int(
         Convergence.defaultDowntimeTarget.components.seconds * 1000
             + Convergence.defaultDowntimeTarget.components.attoseconds / 1_000_000_000_000_000)
 
-    @Option(name: .long, help: "Live: switch over after this many rounds at most.")
+    @Option(name: .long, parsing: .unconditional, help: "Live: switch over after this many rounds at most.")
     var maxRounds: Int = Convergence.defaultMaxRounds
 
     @Flag(name: .long, help: "Live: never slow the guest down to converge.")
@@ -42,6 +42,14 @@ struct VMSend: ParsableCommand {
 
     @Flag(name: [.customShort("n"), .customLong("dry-run")], help: "Send nothing; with -v or -P, estimate the stream's size.")
     var dryRun = false
+
+    @Flag(name: .long, help: "Send a VM that was migrated already (only when its copy is known to be gone).")
+    var force = false
+
+    @Flag(
+        name: .long,
+        help: "Destroy the VM once its stream, written to a file, has been read back and verified.")
+    var destroySource = false
 
     @Flag(name: .shortAndLong, help: "Print each round, progress (a bar on a terminal) and a summary on stderr.")
     var verbose = false
@@ -60,8 +68,19 @@ struct VMSend: ParsableCommand {
     var name: String
 
     func validate() throws {
-        guard downtime >= 0 else { throw ValidationError("--downtime must be 0 or more milliseconds") }
-        guard maxRounds >= 2 else { throw ValidationError("--max-rounds must be at least 2") }
+        try asUsageError { try MachineName.validate(name) }
+        guard downtime >= 0 else { throw ValidationError("--downtime must be 0 or more milliseconds, not \(downtime)") }
+        guard maxRounds >= 2 else { throw ValidationError("--max-rounds must be at least 2, not \(maxRounds)") }
+        if destroySource {
+            guard !keepRunning, !dryRun else { throw ValidationError("--destroy-source excludes --keep-running and --dry-run") }
+            // Through a pipe vmsend cannot learn whether the receiver restored the machine; a file it can read back.
+            guard StandardStreams.outputIsRegularFile else {
+                throw ValidationError(
+                    "--destroy-source needs standard output to be a file vmsend can read back and verify; through a pipe, "
+                        + "destroy the source once the receiver succeeded: vmsend \(name) | ssh dst vmrecv \(name) && vmctl destroy \(name)"
+                )
+            }
+        }
     }
 
     func run() throws {
@@ -72,7 +91,8 @@ struct VMSend: ParsableCommand {
         let printer = ProgressPrinter(verbose: verbose, parsable: parsable)
         printer.attach(to: progressRequest)
         let watcher = InterruptWatcher(machineName: name, progressRequest: progressRequest) {
-            try ControlSocketSource(name: name, runDirectory: runDirectory)
+            // Undoes this send's own pause over a connection of its own, which vmrun would otherwise refuse.
+            try ControlSocketSource(name: name, runDirectory: runDirectory, resumesWithForce: true)
         }
         let source = try ControlSocketSource(name: name, runDirectory: runDirectory)
         let mode: MigrationMode = warm ? (StandardStreams.outputIsRegularFile ? .cold : .warm) : .live
@@ -81,6 +101,8 @@ struct VMSend: ParsableCommand {
             mode: mode, compression: Compression.named(compression.method.rawValue) ?? .none, keepRunning: keepRunning,
             convergence: convergence)
         options.sharedStorage = sharedStorage
+        options.force = force
+        options.destination = OutputDestination.describe()
         #if DEBUG
             // Tests prove a check can fail by breaking a send on purpose; release builds have no such switch.
             options.fault = try getenv("VMSEND_TEST_FAULT").map { name in
@@ -114,17 +136,53 @@ struct VMSend: ParsableCommand {
         if let missed = report.missedDowntimeTarget(convergence.downtimeTarget) {
             StandardStreams.error("vmsend: warning: \(missed)")
         }
-        if !report.sourceWasRunning {
-            StandardStreams.error("vmsend: VM '\(name)' was paused before the send and stays paused")
-        } else if keepRunning {
-            StandardStreams.error("vmsend: VM '\(name)' was resumed (--keep-running); the stream is a snapshot of it")
+        let vmctl = "vmctl" + (runDir.map { " --run-dir \($0)" } ?? "")
+        if keepRunning {
+            StandardStreams.error(
+                report.sourceWasRunning
+                    ? "vmsend: VM '\(name)' was resumed (--keep-running); the stream is a snapshot of it"
+                    : "vmsend: VM '\(name)' was paused before the send and stays paused; the stream is a snapshot of it")
+        } else if destroySource {
+            try destroyAfterVerifying(report, runDirectory: runDirectory, vmctl: vmctl)
+        } else if report.sourceMigrated {
+            StandardStreams.error(
+                "vmsend: VM '\(name)' is migrated (stream \(report.stream)) and stays paused so that it never runs beside its copy: "
+                    + "'\(vmctl) destroy \(name)' removes it; '\(vmctl) resume --force \(name)' runs it again if the copy never started"
+            )
         } else {
-            let flag = runDir.map { " --run-dir \($0)" } ?? ""
             StandardStreams.error(
                 "vmsend: VM '\(name)' stays paused here and must not run alongside its copy: "
-                    + "'vmctl\(flag) destroy \(name)' removes it; 'vmctl\(flag) resume \(name)' resumes it if the copy never started"
+                    + "'\(vmctl) destroy \(name)' removes it; '\(vmctl) resume \(name)' resumes it if the copy never started"
             )
         }
+    }
+
+    /// --destroy-source: reads the file back through a reader of its own, and destroys the source only when every
+    /// checksum of it verifies; a file that does not verify cannot make a copy, so the source is resumed instead.
+    private func destroyAfterVerifying(_ report: SendReport, runDirectory: RunDirectory, vmctl: String) throws {
+        let path = "/proc/self/fd/1"
+        let verdict: Error?
+        do {
+            let file = try FileDescriptor.open(path, .readOnly)
+            defer { try? file.close() }
+            let reader = try StreamReader(input: file)
+            while try reader.next(into: DiscardingPageSink()) != nil {}
+            verdict = reader.statistics.records == 0 ? ToolError("the file is empty") : nil
+        } catch {
+            verdict = error
+        }
+        let client = try ControlClient.connect(name: name, runDirectory: runDirectory)
+        defer { client.close() }
+        if let verdict {
+            if report.sourceWasRunning { try? client.resume(force: true) }
+            throw ToolError(
+                "the stream read back from \(OutputDestination.describe() ?? "standard output") does not verify (\(verdict)); "
+                    + "VM '\(name)' was not destroyed\(report.sourceWasRunning ? " and was resumed" : "")")
+        }
+        try client.destroy()
+        StandardStreams.error(
+            "vmsend: VM '\(name)' was destroyed after its stream (\(report.stream)) was read back and verified from \(OutputDestination.describe() ?? "standard output")"
+        )
     }
 }
 

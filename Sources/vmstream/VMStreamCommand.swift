@@ -15,4 +15,6 @@ struct VMStreamCommand: ParsableCommand {
         abstract: "Inspect and produce vmsend migration streams.",
         version: Release.versionLine(tool: "vmstream"),
         subcommands: [Dump.self, Sample.self])
+
+    func run() throws { throw ValidationError("missing subcommand: dump or sample") }
 }

@@ -105,10 +105,10 @@ extension MigrationEndToEndTests {
             defer { fixture.cleanUp() }
             let owner = try savedGuest(fixture)
             let result = try runShell("\(fixture.command("vmrecv", ["a"])) < \(shellQuoted(fixture.file("a.vms")))")
-            fixture.expectOneLineFailure(result, tool: "vmrecv", saying: ["'a'", "already"])
+            fixture.expectOneLineFailure(result, tool: "vmrecv", saying: ["a VM named 'a' already exists here (migrated, pid "])
             let status = try fixture.status("a")
             #expect(status.pid == owner)
-            #expect(status.state == .paused)
+            #expect(status.state == .migrated)
             #expect(fixture.processesInRunDirectory() == [owner])
             try fixture.destroyAllAndExpectNothingLeft()
         }
@@ -146,30 +146,51 @@ extension MigrationEndToEndTests {
 /// Rewrites a stream with an edited BEGIN, framing every record anew so that every checksum is valid:
 /// what a stream from an incompatible host looks like.
 enum StreamEditor {
-    static func rewrite(_ stream: [UInt8], to path: String, editing edit: (inout StreamBegin) -> Void) throws {
+    static func rewrite(
+        _ stream: [UInt8], to path: String, editing edit: (inout StreamBegin) -> Void,
+        page editPage: (_ segment: Int, _ page: UInt64, _ bytes: inout [UInt8]) -> Void = { _, _, _ in },
+        state editState: (inout MachineState) -> Void = { _ in }
+    ) throws {
         let reader = StreamReader(bytes: stream)
         let output = try FileDescriptor.open(path, .writeOnly, options: [.create, .truncate], permissions: .ownerReadWrite)
         defer { try? output.close() }
         let writer = try StreamWriter(output: output)
         let slots = BatchSlots()
+        var state = MachineState(kernel: [], devices: [])
+        // Disk records number disks; the writer takes areas (segments, then disks).
+        var firstDisk = 0
+        func copy(_ batch: PageBatch, area: Int) throws {
+            for page in batch.firstPage..<batch.firstPage + UInt64(batch.count) {
+                var bytes = Array(UnsafeRawBufferPointer(start: slots.slot(page), count: StreamFormat.pageSize))
+                editPage(area, page, &bytes)
+                try bytes.withUnsafeBytes {
+                    try writer.writePages(segment: area, firstPage: page, count: 1, from: $0.baseAddress!)
+                }
+            }
+        }
         while let record = try reader.next(into: slots) {
             switch record {
             case .begin(var begin):
                 edit(&begin)
+                firstDisk = begin.machine.segments.count
                 try writer.writeBegin(begin)
             case .round(let number, let ranges):
                 try writer.writeRound(number, pages: ranges)
             case .pages(let batch):
-                for page in batch.firstPage..<batch.firstPage + UInt64(batch.count) {
-                    try writer.writePages(segment: batch.segment, firstPage: page, count: 1, from: slots.slot(page))
-                }
-            case .diskExtents, .diskBlocks:
-                Issue.record("the streams rewritten here have no disks")
+                try copy(batch, area: batch.segment)
+            case .diskExtents(let number, let ranges):
+                let areas = ranges.map { PageRange(segment: firstDisk + $0.segment, firstPage: $0.firstPage, count: $0.count) }
+                try writer.writeRound(number, pages: areas)
+            case .diskBlocks(let batch):
+                try copy(batch, area: firstDisk + batch.segment)
             case .kernelState(let chunk):
-                try writer.writeKernelState(chunk)
+                state.kernel.append(chunk)
             case .deviceState(let chunk):
-                try writer.writeDeviceState(chunk)
+                state.devices.append(chunk)
             case .end(let end):
+                editState(&state)
+                for chunk in state.kernel { try writer.writeKernelState(chunk) }
+                for chunk in state.devices { try writer.writeDeviceState(chunk) }
                 try writer.writeEnd(sourcePauseTime: end.sourcePauseTime)
             }
         }

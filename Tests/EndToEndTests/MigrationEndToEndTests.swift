@@ -9,7 +9,7 @@ import VMControl
     import Foundation
 #endif
 
-/// vmsend and vmrecv as a user runs them: real processes, real pipes, files and sockets (issues 4 and 5).
+/// vmsend and vmrecv as a user runs them: real processes, real pipes, files and sockets.
 ///
 /// One suite, run one test at a time: migrations of guests that dirty memory flat out compete for
 /// the two cores, and one at a time keeps each test's rounds about its own guest.

@@ -26,7 +26,7 @@ extension MigrationEndToEndTests {
             let result = try runShell(pipeline(send, receive))
             #expect(result.status == 0, "\(source) -> \(copy): \(result.standardError)", sourceLocation: sourceLocation)
             let paused = try fixture.status(source)
-            #expect(paused.state == .paused, sourceLocation: sourceLocation)
+            #expect(paused.state == .migrated, sourceLocation: sourceLocation)
             if expectChecksOK {
                 try fixture.expectContinues(copy, from: paused, sourceLocation: sourceLocation)
             }

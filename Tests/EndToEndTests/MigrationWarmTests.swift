@@ -41,14 +41,14 @@ extension MigrationEndToEndTests {
             }
             #expect(result.status == 0, "\(result.standardError)", sourceLocation: sourceLocation)
             if transport == .pipe {
-                // A was paused before the send (to leave its input unread), so vmsend leaves it paused as it was.
+                // A was paused before the send (to leave its input unread); after a complete send it is migrated.
                 #expect(
-                    result.standardError.contains("vmsend: VM '\(source)' was paused before the send and stays paused"),
+                    result.standardError.contains("vmsend: VM '\(source)' is migrated (stream "),
                     "\(result.standardError)", sourceLocation: sourceLocation)
             }
 
             let after = try fixture.status(source)
-            #expect(after.state == .paused, sourceLocation: sourceLocation)
+            #expect(after.state == .migrated, sourceLocation: sourceLocation)
             #expect(after.vcpus.map(\.tick) == paused.vcpus.map(\.tick), "the source ran on", sourceLocation: sourceLocation)
             try fixture.expectContinues(copy, from: paused, sourceLocation: sourceLocation)
 
@@ -97,7 +97,8 @@ extension MigrationEndToEndTests {
             #expect(try fixture.vmctl(["pause", "a"]).status == 0)
             let plain = try runShell("\(fixture.command("vmsend", ["--warm", "a"])) > \(shellQuoted(fixture.file("plain.vms")))")
             #expect(plain.status == 0, "\(plain.standardError)")
-            let compressed = try migrateWarm(fixture, from: "a", to: "b", via: .file, options: ["-c", "lz4"])
+            // The first send made A migrated: sending it again needs --force (the first stream was never restored).
+            let compressed = try migrateWarm(fixture, from: "a", to: "b", via: .file, options: ["-c", "lz4", "--force"])
             let uncompressed = fixture.size(of: "plain.vms")
             #expect(compressed > 0 && compressed < uncompressed, "lz4 \(compressed) bytes, plain \(uncompressed) bytes")
             print("lz4 stream \(compressed) bytes, uncompressed \(uncompressed) bytes")
@@ -187,7 +188,7 @@ extension MigrationEndToEndTests {
             #expect(result.status == 0, "\(result.standardError)")
             let lines = result.standardError.split(separator: "\n")
             #expect(
-                lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' stays paused"), "unasked output: \(result.standardError)")
+                lines.count == 1 && lines[0].hasPrefix("vmsend: VM 'a' is migrated"), "unasked output: \(result.standardError)")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 

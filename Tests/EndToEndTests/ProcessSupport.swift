@@ -46,7 +46,8 @@ func runProcess(
     posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
     var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
-    // Its own process group, so a timeout kills a whole pipeline; SIGPIPE as a shell user has it.
+    // Its own process group, so a timeout kills a whole pipeline; SIGPIPE and a signal mask as a shell user has them
+    // (the test runner's threads block signals, which a shell's `wait` would then never see).
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
@@ -54,8 +55,11 @@ func runProcess(
     sigemptyset(&defaults)
     sigaddset(&defaults, SIGPIPE)
     posix_spawnattr_setsigdefault(&attributes, &defaults)
+    var unblocked = sigset_t()
+    sigemptyset(&unblocked)
+    posix_spawnattr_setsigmask(&attributes, &unblocked)
     posix_spawnattr_setpgroup(&attributes, 0)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF))
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
     var pid: pid_t = 0
     let spawned = posix_spawn(&pid, executable, &actions, &attributes, &argv, environ)
     for fd in [output[1], errors[1], stdinPipe[0]] { close(fd) }

@@ -36,22 +36,26 @@ import VMControl
     @Test func nonsenseIsAOneLineError() throws {
         let fixture = VMFixture()
         defer { fixture.cleanUp() }
-        let cases: [([String], String)] = [
+        // Values wrong whatever the host are usage errors (2); what this host cannot do, or bad input, fails (1).
+        let cases: [([String], Int32, String)] = [
             (
-                ["--memory", "12Q", "x"],
+                ["--memory", "12Q", "x"], 2,
                 "vmrun: invalid size '12Q': expected a number with an optional unit K, M, G or T, e.g. 512M or 4.5G\n"
             ),
-            (["--memory", "1000T", "x"], "is more than this host has"),
-            (["--memory", "1K", "x"], "vmrun: --memory 1K is too small: the guest needs at least 4M\n"),
-            (["--guest-dirty-rate", "fast", "x"], "vmrun: invalid rate 'fast'"),
-            (["--guest-working-set", "1G", "--memory", "64M", "x"], "is larger than the guest's memory (64 MiB)"),
-            (["bad/name"], "vmrun: invalid VM name 'bad/name'"),
-            (["--memory-image", "/nonexistent/image", "x"], "vmrun: cannot read memory image /nonexistent/image"),
-            (["--incoming", "x"], "vmrun: --incoming needs a MachineConfig JSON document on standard input; got nothing\n"),
+            (["--memory", "1000T", "x"], 1, "is more than this host has"),
+            (["--memory", "1K", "x"], 2, "vmrun: --memory 1K is too small: the guest needs at least 4M\n"),
+            (["--memory", "3Q", "x"], 2, "vmrun: invalid size '3Q'"),
+            (["--cpus", "-1", "x"], 2, "vmrun: --cpus must be 1 to 255, not -1\n"),
+            (["--guest-dirty-rate", "fast", "x"], 2, "vmrun: invalid rate 'fast'"),
+            (["--guest-working-set", "1G", "--memory", "64M", "x"], 2, "is larger than the guest's memory (64 MiB)"),
+            (["bad/name"], 2, "vmrun: invalid VM name 'bad/name'"),
+            (["--bogus", "x"], 2, "vmrun: unknown option '--bogus'"),
+            (["--memory-image", "/nonexistent/image", "x"], 1, "vmrun: cannot read memory image /nonexistent/image"),
+            (["--incoming", "x"], 1, "vmrun: --incoming needs a MachineConfig JSON document on standard input; got nothing\n"),
         ]
-        for (arguments, message) in cases {
+        for (arguments, status, message) in cases {
             let result = try fixture.vmrun(arguments)
-            #expect(result.status == 1, "\(arguments)")
+            #expect(result.status == status, "\(arguments): \(result.standardError)")
             #expect(result.standardError.contains(message), "\(arguments): \(result.standardError)")
             #expect(result.standardError.split(separator: "\n").count == 1, "\(arguments): \(result.standardError)")
         }
@@ -125,7 +129,7 @@ import VMControl
         let again = try fixture.vmrun(["--memory", "32M", "one"])
         #expect(again.status == 1)
         let owner = try fixture.status("one").pid
-        #expect(again.standardError == "vmrun: a VM named 'one' is already running (pid \(owner))\n")
+        #expect(again.standardError == "vmrun: a VM named 'one' already exists (running, pid \(owner))\n")
         #expect(try fixture.status("one").state == .running)
 
         #expect(try fixture.vmctl(["destroy", "one"]).status == 0)
@@ -185,5 +189,27 @@ import VMControl
             usleep(50_000)
         }
         Issue.record("timed out waiting until \(what)")
+    }
+}
+
+/// Usage errors look like failures: one line, `tool: …`, exit 2; help only when asked for.
+@Suite struct UsageErrorTests {
+    @Test(arguments: [
+        ("vmsend", ["--downtime", "-5", "x"], "vmsend: --downtime must be 0 or more milliseconds, not -5"),
+        ("vmsend", ["-c", "zstd", "x"], "vmsend: the value 'zstd' is invalid for '-c <compress>'"),
+        ("vmsend", ["bad/name"], "vmsend: invalid VM name 'bad/name'"),
+        ("vmrecv", [], "vmrecv: missing expected argument '<name>'"),
+        ("vmrecv", ["--bogus", "x"], "vmrecv: unknown option '--bogus'"),
+        ("vmctl", [], "vmctl: missing subcommand: list, status, pause, resume, destroy or console"),
+        ("vmctl", ["status", "a/b"], "vmctl: invalid VM name 'a/b'"),
+        ("vmstream", [], "vmstream: missing subcommand: dump or sample"),
+        ("vmrun", ["--memory", "3Q", "x"], "vmrun: invalid size '3Q'"),
+    ])
+    func usageErrorsAreOneLineAndExitTwo(tool: String, arguments: [String], line: String) throws {
+        let result = try runProcess(Products.path(tool), arguments)
+        #expect(result.status == 2, "\(result.standardError)")
+        #expect(result.standardError.hasPrefix(line), "\(result.standardError)")
+        #expect(result.standardError.split(separator: "\n").count == 1, "\(result.standardError)")
+        #expect(result.standardOutput.isEmpty)
     }
 }

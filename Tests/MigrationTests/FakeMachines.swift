@@ -229,6 +229,15 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
 
     func setThrottle(percent: Int) throws { throttles.append(percent) }
 
+    /// What the sender told about its send, in order: `begin`, `commit`, `finish migrated` or `finish`.
+    var sendEvents: [String] = []
+    func beginSend(stream: String, force: Bool) throws { sendEvents.append("begin") }
+    func commitSend() throws { sendEvents.append("commit") }
+    func finishSend(migrated: Bool, destination: String?) throws -> Bool {
+        sendEvents.append(migrated ? "finish migrated" : "finish")
+        return migrated
+    }
+
     func bytes(page: UInt64) throws -> [UInt8] { guestMemory.bytes(page: page) }
 }
 
@@ -251,6 +260,7 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
 
     func restore(_ state: MachineState) throws { restored = state }
     func resume() throws { resumed = true }
+    func confirmRunning() throws {}
     func abandon() { abandoned = true }
 
     func bytes(page: UInt64) throws -> [UInt8] { guestMemory.bytes(page: page) }
@@ -259,4 +269,14 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
     func populatedPageCount() throws -> UInt64 {
         try memory.populatedPages(segment: 0).reduce(0) { $0 + UInt64($1.count) }
     }
+}
+
+/// A dry run's checks that accept everything, counting what they were shown.
+final class AcceptingCheck: IncomingCheck {
+    var configurations = 0
+    var states = 0
+    var finished = 0
+    func checkConfiguration(_ config: MachineConfig) throws { configurations += 1 }
+    func checkState(_ state: MachineState, diskSamples: [Int: [UInt64: [UInt8]]]) throws { states += 1 }
+    func finish() { finished += 1 }
 }

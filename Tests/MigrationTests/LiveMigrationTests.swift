@@ -31,7 +31,8 @@ import VMStream
                 let destination = try FakeDestination(config: config)
                 made.append(destination)
                 return destination
-            })
+            },
+            makeCheck: { _ in AcceptingCheck() })
         _ = try receiver.run()
         let destination = try #require(made.first)
         for page in 0..<(source.config.memorySize / 4096) {

@@ -39,7 +39,7 @@ import VMStream
     func receive(_ stream: FileDescriptor, leavePaused: Bool = false) throws -> (ReceiveReport, Recorder) {
         let receiver = Receiver(
             input: stream, options: ReceiveOptions(name: "copy", leavePaused: leavePaused), checkCompatibility: { _ in },
-            makeDestination: { try FakeDestination(config: $0) })
+            makeDestination: { try FakeDestination(config: $0) }, makeCheck: { _ in AcceptingCheck() })
         let recorder = Recorder()
         receiver.onStart = { recorder.start = $0 }
         receiver.onProgress = { recorder.events.append($0) }
@@ -90,7 +90,7 @@ import VMStream
     @Test func aMissedDowntimeTargetNamesBothFigures() throws {
         let report = SendReport(
             machine: "a", mode: .live, guestBytes: 1 << 20, statistics: StreamStatistics(), rounds: 3, seconds: 1,
-            pausedSeconds: 0.2, sourceWasRunning: true)
+            pausedSeconds: 0.2, sourceWasRunning: true, stream: "5c3e7a52-0d6f-4c1a-9a43-2f1e0b7d9c11", sourceMigrated: true)
         let missed = try #require(report.missedDowntimeTarget(.milliseconds(50)))
         #expect(missed.contains("target of 50 ms") && missed.contains("paused 200 ms"))
         #expect(report.missedDowntimeTarget(.milliseconds(300)) == nil)

@@ -36,12 +36,13 @@ import VMStream
         defer { destinations = made }
         let receiver = Receiver(
             input: stream, options: ReceiveOptions(name: name),
-            checkCompatibility: { try compatibility.check($0) },
+            checkCompatibility: { try compatibility.check($0, as: name) },
             makeDestination: { config in
                 let destination = try FakeDestination(config: config)
                 made.append(destination)
                 return destination
-            })
+            },
+            makeCheck: { _ in AcceptingCheck() })
         return try receiver.run()
     }
 

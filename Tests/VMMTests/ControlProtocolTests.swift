@@ -47,10 +47,11 @@ import Testing
         let hello = try JSONEncoderBridge.encode(ControlRequest.hello(version: 1, ownIncoming: false))
         #expect(hello == #"{"hello":{"ownIncoming":false,"version":1}}"#)
         let every: [ControlRequest] = [
-            .hello(version: 1, ownIncoming: true), .status, .describe, .pause, .resume, .destroy, .memoryFile,
+            .hello(version: 1, ownIncoming: true), .status, .describe, .pause, .resume(), .destroy(), .memoryFile,
             .dirtyLogStart(manualClear: true), .dirtyLogFetch(segment: 0), .dirtyLogClear(segment: 0, firstPage: 64),
             .dirtyLogStop, .throttle(percent: 20), .saveState,
             .restoreState, .consoleInput, .diskFile(disk: 0), .diskWrittenFetch(disk: 0),
+            .sendStart(stream: "s", force: false), .sendCommit, .sendFinish(migrated: true, destination: nil),
         ]
         #expect(Set(every.map(\.name)) == ControlRequest.allNames, "every request is known by its wire name")
     }

@@ -56,7 +56,9 @@ import VMControl
         defer { connection.close() }
         let socket = connection.socket
         try socket.send(ControlRequest.hello(version: 99, ownIncoming: false))
-        #expect(try replyError(socket)?.contains("protocol version mismatch: vmrun speaks 1, the client speaks 99") == true)
+        #expect(
+            try replyError(socket)?.contains(
+                "protocol version mismatch: vmrun speaks \(ControlProtocol.version), the client speaks 99") == true)
         #expect(try socket.receive() == nil)
     }
 
@@ -90,7 +92,7 @@ import VMControl
         let connection = try RawConnection()
         defer { connection.close() }
         let (served, socket) = (connection.served, connection.socket)
-        try socket.send(ControlRequest.destroy)
+        try socket.send(ControlRequest.destroy())
         #expect(try replyError(socket) == "the first request must be hello, not destroy")
         #expect(try socket.receive() == nil)
         #expect(served.machine.record.withLock { $0.destroyed } == 0)
@@ -236,7 +238,7 @@ import VMControl
         defer { directory.remove() }
         let served = try ServerThread(directory: directory)
         defer { _ = served.finish() }
-        #expect(throws: ControlError("a VM named 'fake' is already running (pid \(getpid()))")) {
+        #expect(throws: ControlError("a VM named 'fake' already exists (running, pid \(getpid()))")) {
             try ControlSocket.claim(name: "fake", runDirectory: directory.runDirectory)
         }
     }

@@ -12,6 +12,7 @@ import Testing
 final class ScratchDevice: Device {
     static let kind = "scratch"
     static let stateVersion: UInt32 = 1
+    static let settingKeys: Set<String> = ["port"]
     let name: String
     let regions: [IORegion]
     private let bytes = Mutex([UInt8](repeating: 0, count: 8))
@@ -102,7 +103,7 @@ struct DeviceMachineTests {
 
         #expect {
             try KVMMachine.incoming(config: source.config, options: MachineOptions(consoleLog: scratch.file("refused")))
-        } throws: { "\($0)".contains("unknown kind scratch") }
+        } throws: { "\($0)".contains("this host cannot run VM 'with-scratch': device 'scratch0': unknown kind 'scratch'") }
         let target = try KVMMachine.incoming(
             config: source.config, options: MachineOptions(consoleLog: scratch.file("target")),
             catalog: catalog)
@@ -110,7 +111,9 @@ struct DeviceMachineTests {
         copyMemory(from: source, to: target)
         var broken = state
         broken.devices[2].data = [1, 2, 3]
-        #expect { try target.restoreState(broken) } throws: { "\($0)".contains("device scratch0: state is 3 bytes, expected 8") }
+        #expect { try target.restoreState(broken) } throws: {
+            "\($0)" == "this host cannot run VM 'with-scratch': device 'scratch0': state is 3 bytes, expected 8"
+        }
         #expect(target.status().state == .incoming)  // a refused chunk restores nothing
         try target.restoreState(state)
         var byte: UInt8 = 0

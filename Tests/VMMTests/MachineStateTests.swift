@@ -99,7 +99,9 @@ struct MachineStateTests {
         #expect(target.failure?.contains("KVM_EXIT_SHUTDOWN") == true)
         #expect(eventually { scratch.read("target").contains("vmrun: vcpu") })
         try target.pause()  // crashed vCPUs count as parked
-        #expect(target.status().state == .paused)
+        #expect(target.status().state == .crashed)
+        #expect(target.status().failure == target.failure)
+        #expect { try target.resume() } throws: { "\($0)".contains("has crashed") && "\($0)".contains("cannot run again") }
     }
 
     @Test func incomingRefusesWhatItDoesNotKnow() throws {
@@ -112,7 +114,7 @@ struct MachineStateTests {
         var unknownKind = good
         unknownKind.devices[0].kind = "virtio-net"
         #expect { try KVMMachine.incoming(config: unknownKind, options: options) } throws: {
-            "\($0)".contains("unknown kind virtio-net")
+            "\($0)" == "this host cannot run VM 'in': device 'uart0': unknown kind 'virtio-net'"
         }
         var newerVersion = good
         newerVersion.devices[1].version = 99

@@ -38,6 +38,7 @@ import Testing
     @Test func unknownIgnorableHeaderFlagsAreAccepted() {
         var builder = Fixture.Builder(flags: 0x8)
         builder.begin()
+        builder.round(0, [])
         builder.end(pages: 0, zeroPages: 0)
         #expect(error(builder.bytes) == nil)
     }
@@ -151,19 +152,28 @@ import Testing
         #expect(error(builder.bytes)?.message == "record 1 (KERNEL STATE) at byte 32: stream does not start with BEGIN")
     }
 
-    @Test func dataAfterEnd() throws {
+    /// Reading stops at END: bytes after it are not read, only counted, whatever they hold (even a record).
+    @Test func bytesAfterEndAreCountedNotRead() throws {
         let bytes = try Fixture.sample()
-        #expect(error(bytes + [0]) == StreamError(.dataAfterEnd, "data after END at byte \(bytes.count)"))
         var builder = Fixture.Builder()
         builder.begin()
+        builder.round(0, [])
         builder.end(pages: 0, zeroPages: 0)
+        let ended = builder.bytes.count
         builder.chunk(.kernelState, "vcpu0/regs")
-        #expect(error(builder.bytes)?.kind == .dataAfterEnd)
+        for (stream, extra) in [(bytes, 0), (bytes + [0], 1), (builder.bytes, builder.bytes.count - ended)] {
+            let reader = StreamReader(bytes: stream)
+            #expect(reader.bytesWaitingAfterEnd() == nil)
+            #expect(throws: Never.self) { while try reader.next(into: DiscardingPageSink()) != nil {} }
+            #expect(reader.bytesWaitingAfterEnd() == UInt64(extra))
+            #expect(try reader.next(into: DiscardingPageSink()) == nil)
+        }
     }
 
     @Test func missingEnd() {
         var builder = Fixture.Builder()
         builder.begin()
+        builder.round(0, [])
         builder.chunk(.kernelState, "vcpu0/regs")
         #expect(error(builder.bytes) == StreamError(.truncated, "stream truncated at byte \(builder.bytes.count) (before END)"))
     }
@@ -172,16 +182,18 @@ import Testing
     func repeatedChunkName(type: RecordType) {
         var builder = Fixture.Builder()
         builder.begin()
+        builder.round(0, [])
         builder.chunk(type, "uart0")
         builder.chunk(type, "uart0")
-        #expect(error(builder.bytes)?.message.hasSuffix("state chunk uart0 repeated") == true)
+        #expect(error(builder.bytes)?.message.hasSuffix("state chunk 'uart0' repeated") == true)
     }
 
     @Test func deviceStateForAnUnlistedDevice() {
         var builder = Fixture.Builder()
         builder.begin()
+        builder.round(0, [])
         builder.chunk(.deviceState, "virtio-net0")
-        #expect(error(builder.bytes)?.message.hasSuffix("device state for virtio-net0, a device BEGIN does not list") == true)
+        #expect(error(builder.bytes)?.message.hasSuffix("device state for 'virtio-net0', a device BEGIN does not list") == true)
     }
 
     @Test func endTotalsAndRunningChecksumAreChecked() {
@@ -193,6 +205,7 @@ import Testing
         #expect(error(builder.bytes)?.message.hasSuffix("END totals disagree: pages 5 (counted 4)") == true)
         var chain = Fixture.Builder()
         chain.begin()
+        chain.round(0, [])
         chain.running ^= 1
         chain.end(pages: 0, zeroPages: 0)
         #expect(error(chain.bytes)?.kind == .checksumMismatch)
@@ -210,6 +223,7 @@ import Testing
     @Test func unknownRecordTypes() {
         var ignorable = Fixture.Builder()
         ignorable.begin()
+        ignorable.round(0, [])
         ignorable.record(0x7000, flags: StreamFormat.ignorableFlag, [1, 2, 3])
         ignorable.end(pages: 0, zeroPages: 0)
         let reader = StreamReader(bytes: ignorable.bytes)
@@ -220,7 +234,7 @@ import Testing
         let skippedRecord = 16 + 3 + 8
         #expect(
             warnings == [
-                "skipped record 2 (type 28672) at byte \(ignorable.bytes.count - endRecord - skippedRecord): unknown ignorable record type, 3 bytes"
+                "skipped record 3 (type 28672) at byte \(ignorable.bytes.count - endRecord - skippedRecord): unknown ignorable record type, 3 bytes"
             ])
 
         var required = Fixture.Builder()
@@ -258,13 +272,14 @@ import Testing
         ]
         var overlapping = Fixture.Builder()
         overlapping.record(RecordType.begin.rawValue, Payload.encodeBegin(begin))
-        #expect(error(overlapping.bytes)?.message.hasSuffix("segments a and b overlap") == true)
+        #expect(error(overlapping.bytes)?.message.hasSuffix("segments 'a' and 'b' overlap") == true)
     }
 
     /// A receiver keeps state until END verifies: the stream may not make it keep more than the limit.
     @Test func stateBeyondItsTotalLimit() {
         var builder = Fixture.Builder()
         builder.begin()
+        builder.round(0, [])
         let big = [UInt8](repeating: 7, count: StreamFormat.maxPayloadLength - 4096)
         for index in 0...(StreamFormat.maxStateBytes / big.count) {
             builder.record(

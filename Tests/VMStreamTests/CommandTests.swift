@@ -54,7 +54,10 @@ import Testing
         #expect(sampleStatus == 2)
         let (usageStatus, _, usage) = try run(["dump", "--bogus"])
         #expect(usageStatus == 2)
-        #expect(usage.contains("Unknown option '--bogus'"))
+        #expect(usage == "vmstream: unknown option '--bogus'\n", "one line in the tools' form, no help")
+        let (bareStatus, _, bare) = try run([])
+        #expect(bareStatus == 2)
+        #expect(bare == "vmstream: missing subcommand: dump or sample\n")
     }
 
     @Test(.enabled(if: available, "needs swift build first"))

@@ -15,6 +15,7 @@ import SystemSupport
 public final class VirtioBlock: Device, @unchecked Sendable {
     public static let kind = "virtio-blk"
     public static let stateVersion: UInt32 = 1
+    public static let settingKeys: Set<String> = ["mmio", "irq", "disk"]
     public static let deviceID: UInt32 = 2
     public static let queueSize: UInt16 = 256
     /// Data segments per request without indirect descriptors' help; the queue holds two such requests.
@@ -45,7 +46,8 @@ public final class VirtioBlock: Device, @unchecked Sendable {
         let base = try config.number("mmio", in: 0x1_0000...0xffff_f000)
         guard base % 0x1000 == 0 else { throw DeviceError(config.name, "mmio 0x\(String(base, radix: 16)) is not 4 KiB aligned") }
         guard let diskName = config.configuration["disk"], let disk = context.disks[diskName] else {
-            throw DeviceError(config.name, "names no disk the machine has (disk '\(config.configuration["disk"] ?? "")')")
+            throw DeviceError(
+                config.name, "names no disk the machine has (disk \(UntrustedText.quote(config.configuration["disk"] ?? "")))")
         }
         regions = [IORegion(.mmio, base: base, length: VirtioMMIORegisters.windowSize)]
         line = try context.interruptLine(UInt32(try config.number("irq", in: 1...23)))
@@ -249,7 +251,7 @@ public final class VirtioBlock: Device, @unchecked Sendable {
         guard fingerprint == local else {
             throw DeviceError(
                 name,
-                "the image \(disk.config.path ?? "") does not hold the sender's disk (fingerprint \(hex(local)), expected \(hex(fingerprint)))"
+                "its image does not hold the sender's disk (fingerprint \(hex(local)), expected \(hex(fingerprint)))"
             )
         }
         return decoded

@@ -19,6 +19,7 @@ import SystemSupport
 final class GuestStatusDevice: Device {
     static let kind = "guest-status"
     static let stateVersion: UInt32 = 1
+    static let settingKeys: Set<String> = ["port", "working-set", "dirty-rate", "writes-per-tick", "disk-rate"]
     /// How often the VMM asks each vCPU to check its slice.
     static let checkInterval: UInt64 = 200_000_000
     /// Writes per tick when not paced: large enough that the tick exit is cheap next to the work.

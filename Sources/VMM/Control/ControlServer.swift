@@ -24,11 +24,15 @@ public final class ControlServer: Sendable {
     private let socket: ControlSocket
     private let machine: any ControlledMachine
     private let ownerTimeout: Duration
+    /// The machine's console and log: removed when it ends, or kept under another name if `destroy` asks so.
+    private let ownedFiles: [String]
     private let wakeRead: Int32
     /// Writing a byte here ends `serve`; safe to do from a signal handler.
     public let stopDescriptor: Int32
 
-    public init(socket: ControlSocket, machine: any ControlledMachine, ownerTimeout: Duration = .seconds(30)) throws {
+    public init(
+        socket: ControlSocket, machine: any ControlledMachine, ownerTimeout: Duration = .seconds(30), ownedFiles: [String] = []
+    ) throws {
         var pipeEnds: [Int32] = [0, 0]
         guard pipe(&pipeEnds) == 0 else {
             throw ControlError("cannot create a pipe: \(String(cString: strerror(errno)))")
@@ -38,6 +42,7 @@ public final class ControlServer: Sendable {
         self.socket = socket
         self.machine = machine
         self.ownerTimeout = ownerTimeout
+        self.ownedFiles = ownedFiles
         self.wakeRead = pipeEnds[0]
         self.stopDescriptor = pipeEnds[1]
     }
@@ -53,13 +58,15 @@ public final class ControlServer: Sendable {
         _ = write(stopDescriptor, &byte, 1)
     }
 
-    /// Serves until the machine is destroyed, stopped or abandoned; then destroys it and
-    /// removes the socket.
+    /// Serves until the machine is destroyed, stopped or abandoned; then destroys it and removes the socket and its
+    /// files: a machine that ended (or an incoming one that was never restored) leaves nothing in the run directory,
+    /// and a new machine of the same name never inherits its console.
     public func serve() -> Outcome {
-        var session = Session(machine: machine, name: socket.name, ownerDeadline: .now + ownerTimeout)
+        var session = Session(machine: machine, name: socket.name, ownerDeadline: .now + ownerTimeout, ownedFiles: ownedFiles)
         let outcome = session.run(listening: socket.listeningDescriptor, wake: wakeRead, releaseSocket: socket.release)
         session.closeAll()
         machine.destroy()
+        for path in ownedFiles { unlink(path) }
         socket.release()
         return outcome
     }

@@ -9,6 +9,10 @@ struct Connection {
     let id: Int
     let socket: MessageSocket
     var greeted = false
+    /// The protocol version spoken on this connection, from its hello.
+    var version = ControlProtocol.version
+    /// Who connected, as its hello said (`vmsend pid 4242`), for the machine's log.
+    var client = "a client"
 }
 
 /// The loop state of one `serve` call; lives on the serving thread only.
@@ -25,12 +29,25 @@ struct Session {
     var dirtyLogOwner: Int?
     /// The connection whose throttle is in force; its close lifts it.
     var throttleOwner: Int?
+    /// Sends of this machine: who sends, whether it is migrated.
+    var custody: SendCustody
+    /// The machine's console and log, kept under a new name by `destroy(keepLogs: true)`.
+    let ownedFiles: [String]
 
-    init(machine: any ControlledMachine, name: String, ownerDeadline: ContinuousClock.Instant) {
+    init(machine: any ControlledMachine, name: String, ownerDeadline: ContinuousClock.Instant, ownedFiles: [String] = []) {
         self.machine = machine
         self.name = name
         self.ownerDeadline = ownerDeadline
+        self.ownedFiles = ownedFiles
         incomingPending = machine.status().state == .incoming
+        custody = SendCustody(name: name)
+    }
+
+    /// The machine's status as clients see it (a version 1 client knows neither `migrated` nor `crashed`).
+    func status(for connection: Connection) -> MachineStatus {
+        var status = custody.overlay(machine.status())
+        if connection.version < 2, status.state == .migrated || status.state == .crashed { status.state = .paused }
+        return status
     }
 
     /// What to do with a connection after a request.
@@ -102,6 +119,14 @@ struct Session {
             owner = nil
             if incomingPending { return .ownerLeft }
         }
+        if let (resume, line) = custody.senderLeft(connection: id, state: machine.status().state) {
+            if resume {
+                do { try machine.resume() } catch {
+                    EventLog.note(machine: name, "resuming after the sender left failed: \(error)")
+                }
+            }
+            EventLog.note(machine: name, line)
+        }
         return nil
     }
 
@@ -143,8 +168,8 @@ struct Session {
         let isOwner = owner == connection.id
         do {
             switch request {
-            case .hello(let version, let ownIncoming):
-                guard version == ControlProtocol.version else {
+            case .hello(let version, let ownIncoming, let client):
+                guard ControlProtocol.supportedVersions.contains(version) else {
                     return reply(
                         connection,
                         .error(
@@ -153,6 +178,8 @@ struct Session {
                         ), then: .drop)
                 }
                 if connection.greeted { throw ControlError("hello was already said on this connection") }
+                connections[index].version = version
+                if let client { connections[index].client = String(client.prefix(200)) }
                 if ownIncoming {
                     guard incomingPending else { throw ControlError("'\(name)' is not an incoming machine") }
                     if owner != nil {
@@ -163,21 +190,42 @@ struct Session {
                 connections[index].greeted = true
                 return reply(
                     connection,
-                    .ok(.hello(version: ControlProtocol.version, name: name, state: machine.status().state, pid: getpid())))
+                    .ok(.hello(version: version, name: name, state: status(for: connections[index]).state, pid: getpid())))
             case .status:
-                return reply(connection, .ok(.status(machine.status())))
+                return reply(connection, .ok(.status(status(for: connection))))
             case .describe:
                 return reply(connection, .ok(.describe(config: machine.config, host: machine.host)))
             case .pause:
                 if incomingPending { throw wrongState("pause", "it has not been restored yet") }
                 try perform("pause") { try machine.pause() }
-            case .resume:
+                if let line = custody.paused(by: connection.id) { EventLog.note(machine: name, line) }
+            case .resume(let force):
                 if incomingPending { throw wrongState("resume", "its state has not been restored yet") }
+                let current = custody.overlay(machine.status())
+                try custody.checkResume(
+                    force: force ?? false, connection: connection.id, state: machine.status().state, failure: current.failure)
                 try perform("resume") { try machine.resume() }
-            case .destroy:
+                if current.state == .migrated || current.send?.senderGone == true {
+                    EventLog.note(
+                        machine: name, "resumed by \(connection.client) with --force; it was \(current.stateDescription)")
+                }
+                custody.resumed()
+            case .destroy(let keepLogs):
                 machine.destroy()
+                EventLog.note(machine: name, "destroyed by \(connection.client)")
+                let kept = keepLogs == true ? keepFiles() : nil
                 releaseSocket()
-                return reply(connection, .ok(.done), then: .finish(.destroyed))
+                return reply(connection, .ok(kept.map { .kept(paths: $0) } ?? .done), then: .finish(.destroyed))
+            case .sendStart(let stream, let force):
+                try custody.start(
+                    stream: stream, force: force, connection: connection.id, client: connection.client,
+                    state: machine.status().state)
+                EventLog.note(machine: name, "\(connection.client) starts sending stream \(stream)\(force ? " (--force)" : "")")
+            case .sendCommit:
+                try custody.commit(connection: connection.id)
+            case .sendFinish(let migrated, let destination):
+                EventLog.note(
+                    machine: name, try custody.finish(connection: connection.id, migrated: migrated, destination: destination))
             case .memoryFile:
                 if incomingPending && !isOwner {
                     throw ControlError("only the connection that owns the incoming machine '\(name)' may write its memory")
@@ -226,7 +274,9 @@ struct Session {
                 throttleOwner = percent == 0 ? nil : connection.id
             case .saveState:
                 let state = machine.status().state
-                guard state == .paused, !incomingPending else { throw wrongState("saveState", "it is \(state); pause it first") }
+                guard state == .paused, !incomingPending else {
+                    throw wrongState("saveState", state == .crashed ? "it has crashed" : "it is \(state); pause it first")
+                }
                 let saved = try perform("saveState") { try machine.saveState() }
                 return reply(connection, .ok(.state), payload: try StateEncoding.encode(saved))
             case .restoreState:
@@ -235,7 +285,8 @@ struct Session {
                     throw ControlError("only the connection that owns the incoming machine '\(name)' may restore it")
                 }
                 let state = try StateEncoding.decode(payload)
-                try perform("restoreState") { try machine.restoreState(state) }
+                // The machine words its refusals whole (`this host cannot run VM ...`): passed on as they are.
+                try machine.restoreState(state)
                 // Restored whole: from here on a paused machine like any other, kept if its owner leaves
                 // (`vmrecv --paused`), never half-restored.
                 incomingPending = false
@@ -259,6 +310,15 @@ struct Session {
             return reply(connection, .ok(.done))
         } catch {
             return reply(connection, .error(message: "\(error)"))
+        }
+    }
+
+    /// Moves the console and the log aside (`NAME.console.20261121T104512Z`); returns where they went.
+    private func keepFiles() -> [String] {
+        let stamp = UTCTime.format(HostClock.realtimeNanoseconds()).filter { $0 != "-" && $0 != ":" }
+        return ownedFiles.compactMap { path in
+            let kept = path + "." + stamp
+            return rename(path, kept) == 0 ? kept : nil
         }
     }
 

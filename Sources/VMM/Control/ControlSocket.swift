@@ -54,8 +54,8 @@ public final class ControlSocket: Sendable {
         }
         probe.setReceiveTimeout(seconds: 5)
         let owner = try? ControlClient.handshake(socket: probe, ownIncoming: false)
-        let who = owner.map { "pid \($0.pid)" } ?? "its socket at \(path) answers"
+        let who = owner.map { "\($0.initialState.rawValue), pid \($0.pid)" } ?? "its socket at \(path) answers"
         owner?.close()
-        throw ControlError("a VM named '\(name)' is already running (\(who))")
+        throw ControlError("a VM named '\(name)' already exists (\(who))")
     }
 }

@@ -38,3 +38,12 @@ enum CPUIDCompatibility {
         }
     }
 }
+
+extension CPUIDLeaf {
+    /// A leaf as KVM's struct holds it.
+    init(_ entry: kvm_cpuid_entry2) {
+        self.init(
+            function: entry.function, index: entry.index, flags: entry.flags, eax: entry.eax, ebx: entry.ebx, ecx: entry.ecx,
+            edx: entry.edx)
+    }
+}

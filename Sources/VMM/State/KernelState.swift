@@ -3,6 +3,19 @@ import KVM
 import MachineDescription
 import SystemSupport
 
+/// What this host offers, for checking received kernel chunks: its CPU's features and XSAVE components as KVM
+/// reports them, and its TSC.
+struct HostLimits {
+    var cpuid: [kvm_cpuid_entry2]
+    var xcr0: UInt64
+    var tscKHz: UInt32
+    var tscScaling: Bool
+
+    /// KVM_MAX_CPUID_ENTRIES and the most MSRs KVM_SET_MSRS takes in one call.
+    static let maxCPUIDEntries = 256
+    static let maxMSRs = 255
+}
+
 /// Kernel chunks are raw KVM structs: version 1 is the x86-64 KVM ABI of `linux/kvm.h`, and every length is
 /// checked against this host's structs.
 let kernelStateVersion: UInt32 = 1
@@ -14,6 +27,8 @@ struct VCPUStateSection: StateSection {
     let index: Int
     /// The MSRs saved: the allow-list, less what this host's KVM refuses.
     let migratedMSRs: [UInt32]
+    /// What a received chunk is checked against: this host's CPU and its KVM.
+    let host: HostLimits
 
     /// Saved in this order: MP_STATE first (reading it can change LAPIC state), events last.
     static let structItems: [VCPUStateItem] = [.mpState, .regs, .sregs, .xsave, .xcrs, .debugregs, .lapic]
@@ -49,19 +64,58 @@ struct VCPUStateSection: StateSection {
                     "state chunk \(prefix)\(item.rawValue): \(count) bytes, this host's KVM expects \(vcpu.size(of: item))")
             }
         }
-        guard let khz = Self.tscKHz(chunks.data(prefix + "tsc-khz")) else {
-            throw MachineError("state chunk \(prefix)tsc-khz: \(chunks.data(prefix + "tsc-khz").count) bytes, expected 4")
+        guard let cpuid = CPUIDList.decode(chunks.data(prefix + "cpuid")), cpuid.count <= HostLimits.maxCPUIDEntries else {
+            throw MachineError(
+                "state chunk \(prefix)cpuid: not a kvm_cpuid2 of at most \(HostLimits.maxCPUIDEntries) entries (\(chunks.data(prefix + "cpuid").count) bytes)"
+            )
         }
-        guard khz < 100_000_000 else { throw MachineError("state chunk \(prefix)tsc-khz: \(khz) kHz is not a TSC frequency") }
-        guard CPUIDList.decode(chunks.data(prefix + "cpuid")) != nil else {
-            throw MachineError("state chunk \(prefix)cpuid: malformed kvm_cpuid2 (\(chunks.data(prefix + "cpuid").count) bytes)")
+        if let missing = CPUIDCompatibility.missingFeatures(guest: cpuid.map(CPUIDLeaf.init), host: host.cpuid) {
+            throw MachineError("state chunk \(prefix)cpuid: this host's CPU lacks features it gives the guest (\(missing))")
         }
-        guard let msrs = MSRList.decode(chunks.data(prefix + "msrs")) else {
-            throw MachineError("state chunk \(prefix)msrs: malformed kvm_msrs")
+        let xcr0 = KernelStateShape.allowedXCR0(guest: cpuid, hostXCR0: host.xcr0)
+        try shape(.mpState) { try KernelStateShape.mpState($0) }
+        try shape(.sregs) { try KernelStateShape.sregs($0) }
+        try shape(.xsave) { try KernelStateShape.xsave($0, allowed: xcr0) }
+        try shape(.xcrs) { try KernelStateShape.xcrs($0, allowed: xcr0) }
+        try shape(.debugregs) { try KernelStateShape.debugregs($0) }
+        try shape(.events) { try KernelStateShape.events($0) }
+        try checkTSC(chunks.data(prefix + "tsc-khz"))
+        guard let msrs = MSRList.decode(chunks.data(prefix + "msrs")), msrs.count <= HostLimits.maxMSRs else {
+            throw MachineError("state chunk \(prefix)msrs: not a kvm_msrs of at most \(HostLimits.maxMSRs) entries")
         }
-        // Only MSRs a sender may migrate: a stream must not set MCG_CTL or anything else off the list.
+        // Only MSRs a sender may migrate (never MCG_CTL), and only those this host's KVM takes.
         if let foreign = msrs.first(where: { !MSRList.isMigrated($0.index) }) {
             throw MachineError("state chunk \(prefix)msrs: MSR 0x\(String(foreign.index, radix: 16)) is not one that migrates")
+        }
+        if let unknown = msrs.first(where: { !migratedMSRs.contains($0.index) }) {
+            throw MachineError(
+                "state chunk \(prefix)msrs: MSR 0x\(String(unknown.index, radix: 16)) is not one this host's KVM has")
+        }
+
+        func shape(_ item: VCPUStateItem, _ check: ([UInt8]) throws -> Void) throws {
+            do { try check(chunks.data(prefix + item.rawValue)) } catch {
+                throw MachineError("state chunk \(prefix)\(item.rawValue): \(error)")
+            }
+        }
+    }
+
+    /// The guest's TSC must tick as it did: within 250 ppm of this host's (nothing is set then), or at a rate this
+    /// host's KVM scales to (KVM_CAP_TSC_CONTROL), no further than 8 times off. Without scaling KVM would take a
+    /// faster rate and make the guest's TSC jump to catch up, so that is refused too.
+    private func checkTSC(_ bytes: [UInt8]) throws {
+        guard let khz = Self.tscKHz(bytes) else {
+            throw MachineError("state chunk \(prefix)tsc-khz: \(bytes.count) bytes, expected 4")
+        }
+        let here = Double(host.tscKHz)
+        if khz > 0, abs(Double(khz) - here) / here <= 250e-6 { return }
+        let name = "state chunk \(prefix)tsc-khz"
+        guard host.tscScaling else {
+            throw MachineError(
+                "\(name): the guest's TSC runs at \(khz) kHz, this host's at \(host.tscKHz) kHz, and this host's KVM cannot scale it"
+            )
+        }
+        guard Double(khz) >= here / 8, Double(khz) <= here * 8 else {
+            throw MachineError("\(name): \(khz) kHz, expected within 8 times this host's \(host.tscKHz) kHz")
         }
     }
 
@@ -71,7 +125,7 @@ struct VCPUStateSection: StateSection {
         // The TSC frequency only when it differs by more than 250 ppm from this host's.
         let saved = Self.tscKHz(chunks.data(prefix + "tsc-khz"))!
         let here = try vcpu.tscKHz()
-        if saved != 0, abs(Double(saved) - Double(here)) / Double(here) > 250e-6 { try vcpu.setTSCKHz(saved) }
+        if abs(Double(saved) - Double(here)) / Double(here) > 250e-6 { try vcpu.setTSCKHz(saved) }
         try vcpu.setCPUIDState(chunks.data(prefix + "cpuid"))
         for item in Self.structItems { try vcpu.setState(item, chunks.data(prefix + item.rawValue)) }
         let msrs = MSRList.decode(chunks.data(prefix + "msrs"))!
@@ -120,6 +174,9 @@ struct VMStateSection: StateSection {
         for (chip, name) in Self.irqchips.enumerated() {
             let id = chunks.data(name).withUnsafeBytes { loadLE($0, 0, as: UInt32.self) }
             guard id == UInt32(chip) else { throw MachineError("state chunk \(name): holds chip \(id), expected chip \(chip)") }
+        }
+        do { try KernelStateShape.clock(chunks.data("vm/clock")) } catch {
+            throw MachineError("state chunk vm/clock: \(error)")
         }
     }
 

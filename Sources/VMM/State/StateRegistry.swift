@@ -35,7 +35,7 @@ struct StateRegistry {
         var byName: [String: StateChunk] = [:]
         for (chunks, kind) in [(state.kernel, "kernel"), (state.devices, "device")] {
             for chunk in chunks where byName.updateValue(chunk, forKey: chunk.name) != nil {
-                throw MachineError("\(kind) state chunk \(chunk.name) appears twice")
+                throw MachineError("\(kind) state chunk \(UntrustedText.quote(chunk.name)) appears twice")
             }
         }
         var expected: [String: (version: UInt32, isDevice: Bool)] = [:]
@@ -43,7 +43,7 @@ struct StateRegistry {
             for (name, version) in section.chunkVersions { expected[name] = (version, section.isDevice) }
         }
         if let unknown = Set(byName.keys).subtracting(expected.keys).sorted().first {
-            throw MachineError("state chunk \(unknown) is not known to this vmrun")
+            throw MachineError("state chunk \(UntrustedText.quote(unknown)) is not known to this vmrun")
         }
         if let missing = Set(expected.keys).subtracting(byName.keys).sorted().first {
             throw MachineError("state chunk \(missing) is missing")
@@ -51,7 +51,9 @@ struct StateRegistry {
         for (name, chunk) in byName.sorted(by: { $0.key < $1.key }) {
             let want = expected[name]!
             if want.isDevice != state.devices.contains(where: { $0.name == name }) {
-                throw MachineError("state chunk \(name) is \(want.isDevice ? "device" : "kernel") state, sent as the other kind")
+                throw MachineError(
+                    "state chunk \(name) is \(want.isDevice ? "device" : "kernel") state, sent as \(want.isDevice ? "kernel" : "device") state"
+                )
             }
             if chunk.version != want.version {
                 throw MachineError("state chunk \(name): version \(chunk.version), this vmrun understands \(want.version)")
@@ -61,9 +63,8 @@ struct StateRegistry {
         return byName
     }
 
-    /// Checks, then restores section by section in order.
-    func restore(_ state: MachineState) throws {
-        let chunks = try check(state)
+    /// Restores section by section in order, from what `check` returned.
+    func restore(_ chunks: [String: StateChunk]) throws {
         for section in sections { try section.restore(chunks) }
     }
 }
