@@ -137,7 +137,7 @@ public final class Receiver {
             while end == nil, let record = try reader.next(into: sink) {
                 phaseObserver?.streamPosition(reader.statistics.bytes)
                 switch record {
-                case .begin:
+                case .begin, .resume:
                     throw MigrationError("stream has a second BEGIN record")
                 case .round(let number, let ranges), .diskExtents(let number, let ranges):
                     let pages = ranges.reduce(UInt64(0)) { $0 + $1.count }

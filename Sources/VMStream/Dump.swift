@@ -19,6 +19,7 @@ public struct StreamDumper {
     public func dump(_ reader: StreamReader) throws {
         reader.warningHandler = { output("warning: \($0)") }
         while let record = try reader.next(into: DiscardingPageSink()) {
+            if case .resume(let point) = record { return try dumpContinuation(reader, point) }
             if case .begin(let begin) = record {
                 describe(begin)
                 // Ignorable flags a reader skipped over: say that they were there.
@@ -31,6 +32,36 @@ public struct StreamDumper {
             output("warning: \(extra) byte\(extra == 1 ? "" : "s") after END ignored")
         }
         summarize(reader.statistics)
+    }
+
+    /// A continuation (`vmsend -t`): where it continues from, then each record checked as far as can be without the
+    /// stream's start (framing, checksums and their chain, END's totals).
+    private func dumpContinuation(_ reader: StreamReader, _ point: ResumePoint) throws {
+        output("RESUME record")
+        output("\tcontinues stream = \(point.uuidString)")
+        output("\tfrom record = \(point.record) at byte \(point.offset)")
+        output("\trunning checksum = \(hex(point.running))")
+        output("\tsend = \(point.attempt) of the stream")
+        output("\t(records are checked for framing and checksums only: the stream's BEGIN and earlier records are elsewhere)")
+        while let info = try reader.nextUnanchored() {
+            guard verbosity >= 1 else { continue }
+            var text = "record \(info.number) \(info.type) offset \(info.offset) length \(info.payloadLength)"
+            if verbosity >= 2 {
+                text +=
+                    " header checksum \(hex(info.headerChecksum)) checksum \(hex(info.checksum)) running \(hex(info.runningChecksum))"
+            }
+            output(text)
+        }
+        if let extra = reader.bytesWaitingAfterEnd(), extra > 0 {
+            output("warning: \(extra) byte\(extra == 1 ? "" : "s") after END ignored")
+        }
+        let statistics = reader.statistics
+        output("SUMMARY:")
+        for type in statistics.byType.keys.sorted() {
+            let totals = statistics.byType[type]!
+            output("\tTotal \(type) records = \(totals.count)\t(bytes = \(totals.bytes))")
+        }
+        output("\tRecords continued = \(statistics.records), from record \(point.record) to the stream's END")
     }
 
     /// Every text field came from the stream: it is printed escaped (`UntrustedText`), so a stream cannot forge a
@@ -98,6 +129,8 @@ public struct StreamDumper {
                 " pages \(end.pages) zero \(end.zeroPages) records \(end.records) bytes \(end.bytes) pause time \(end.sourcePauseTime)"
             if end.diskBlocks > 0 { text += " disk blocks \(end.diskBlocks) zero \(end.diskZeroBlocks)" }
             text += " stream checksum \(hex(end.streamChecksum))"
+        case .resume(let point):
+            text += " continues \(point.uuidString) from record \(point.record)"
         }
         if verbosity >= 2 {
             text +=

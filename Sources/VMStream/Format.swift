@@ -8,8 +8,11 @@ public enum StreamFormat {
     /// Must-understand feature: the machine has disks (BEGIN lists them; DISK EXTENTS and DISK BLOCKS records
     /// carry their data; END counts their blocks).
     public static let disksFeature: UInt32 = 1
+    /// Must-understand feature: the stream continues an interrupted one (`vmsend -t`); a RESUME record comes in place
+    /// of BEGIN, and only a receiver holding that stream's partial receive can use it.
+    public static let continuationFeature: UInt32 = 2
     /// Must-understand features this reader implements.
-    public static let knownFeatures: UInt32 = disksFeature
+    public static let knownFeatures: UInt32 = disksFeature | continuationFeature
     public static let headerSize = 32
     public static let recordHeaderSize = 16
     public static let recordTrailerSize = 8
@@ -49,8 +52,11 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let end = RecordType(rawValue: 6)
     public static let diskExtents = RecordType(rawValue: 7)
     public static let diskBlocks = RecordType(rawValue: 8)
+    public static let resume = RecordType(rawValue: 9)
 
-    public static let known: [RecordType] = [.begin, .round, .pages, .kernelState, .deviceState, .end, .diskExtents, .diskBlocks]
+    public static let known: [RecordType] = [
+        .begin, .round, .pages, .kernelState, .deviceState, .end, .diskExtents, .diskBlocks, .resume,
+    ]
 
     /// A list of a round (ROUND, DISK EXTENTS) or the data it lists (PAGES, DISK BLOCKS).
     var isRoundPart: Bool { self == .round || self == .pages || self == .diskExtents || self == .diskBlocks }
@@ -67,6 +73,7 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
         case .end: "END"
         case .diskExtents: "DISK EXTENTS"
         case .diskBlocks: "DISK BLOCKS"
+        case .resume: "RESUME"
         default: "type \(rawValue)"
         }
     }
@@ -110,6 +117,9 @@ public struct StreamBegin: Sendable, Equatable {
     public var machine: MachineConfig
     /// Per disk of `machine`, the bytes its image held when the stream began: what a receiver needs room for.
     public var diskAllocation: [UInt64]
+    /// Sent with `vmsend -s`: should the stream break, its source keeps what a continuation needs, so a receiver
+    /// may keep a partial receive.
+    public var resumable = false
 
     public init(
         formatVersion: UInt32 = StreamFormat.version, tool: String, toolVersion: String, uuid: [UInt8],
@@ -208,6 +218,8 @@ public enum StreamRecord: Sendable, Equatable {
     case diskExtents(number: UInt32, ranges: [PageRange])
     /// Disk blocks already delivered into the sink (at area `segments + disk`).
     case diskBlocks(PageBatch)
+    /// A continuation's RESUME record, in place of BEGIN: where the stream it continues broke off.
+    case resume(ResumePoint)
 }
 
 /// Where a record sits in the stream, for `vmstream dump`.

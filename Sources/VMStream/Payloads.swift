@@ -21,11 +21,15 @@ enum BeginTag: UInt16, CaseIterable {
     case device = 35
     case cpuidLeaf = 36
     case disk = 37
+    /// Ignorable (bit 15): readers before resumable streams skip it.
+    case resumable = 0x8007
 
     /// Tags at or above this value may be skipped by a reader that does not know them.
     static let ignorableBit: UInt16 = 0x8000
 
     var repeats: Bool { self == .segment || self == .device || self == .cpuidLeaf || self == .disk }
+    /// Fields a writer may leave out.
+    var optional: Bool { self == .resumable }
 }
 
 /// Payload encodings of each record type (man/vmstream.5, RECORD TYPES).
@@ -89,6 +93,7 @@ enum Payload {
                 for word in [leaf.function, leaf.index, leaf.flags, leaf.eax, leaf.ebx, leaf.ecx, leaf.edx] { value.u32(word) }
             }
         }
+        if begin.resumable { field(.resumable) { $0.u8(1) } }
         return out.bytes
     }
 
@@ -161,6 +166,7 @@ enum Payload {
         var cpuid: [CPUIDLeaf] = []
         var disks: [DiskConfig] = []
         var diskAllocation: [UInt64] = []
+        var resumable = false
 
         while !decoder.atEnd {
             let rawTag = try decoder.u16()
@@ -264,12 +270,17 @@ enum Payload {
                         name: name, size: size, readOnly: flags & 1 != 0, serial: serial, path: path.isEmpty ? nil : path,
                         sharedStorage: flags & 2 != 0))
                 diskAllocation.append(allocated)
+            case .resumable:
+                try exact(1)
+                let flag = try value.u8()
+                guard flag == 1 else { throw fail("field \(tag) holds \(flag), not 1") }
+                resumable = true
             }
         }
-        for tag in BeginTag.allCases where !tag.repeats && !seen.contains(tag.rawValue) {
+        for tag in BeginTag.allCases where !tag.repeats && !tag.optional && !seen.contains(tag.rawValue) {
             throw fail("field \(tag) is missing")
         }
-        let begin = StreamBegin(
+        var begin = StreamBegin(
             formatVersion: formatVersion!, tool: tool!, toolVersion: toolVersion!, uuid: uuid!,
             creationTime: creationTime!, mode: mode!,
             host: HostSpec(
@@ -278,6 +289,7 @@ enum Payload {
             machine: MachineConfig(
                 name: machineName!, vcpuCount: vcpuCount!, segments: segments, devices: devices, cpuid: cpuid, disks: disks),
             diskAllocation: diskAllocation)
+        begin.resumable = resumable
         if let problem = beginProblem(begin) { throw fail(problem) }
         return begin
     }

@@ -1,4 +1,5 @@
 import MachineDescription
+import SystemSupport
 
 /// A rule of record order or content that a record breaks; the caller adds where the record is.
 struct RuleViolation: Error {
@@ -51,6 +52,11 @@ struct StreamRules {
         let range = ranges[rangeIndex]
         return (range.segment, range.firstPage + pageInRange, range.count - pageInRange)
     }
+
+    /// The round the last list record named, while the stream is still in its rounds.
+    var currentRound: UInt32? { stateStarted ? nil : lastRound }
+    /// Pages or blocks the current list still misses.
+    var missingUnits: UInt64 { missingPages }
 
     private var missingPages: UInt64 {
         guard roundPending else { return 0 }
@@ -248,6 +254,76 @@ struct StreamRules {
                 .checksumMismatch, "stream checksum mismatch: END says \(hex(end.streamChecksum)), records give \(hex(running))")
         }
         ended = true
+    }
+}
+
+extension StreamRules {
+    /// A continuation read without its BEGIN reached a verified END.
+    mutating func markEnded() { ended = true }
+
+    /// Everything but BEGIN (from which the rest is derived): where a reader stands, for a partial receive.
+    func encodeProgress(into out: inout ByteWriter) {
+        out.u32(lastRound ?? 0)
+        out.bool(lastRound != nil)
+        out.bool(roundRecordFull)
+        out.bool(lastListWasDisks)
+        out.bool(stateStarted)
+        out.bool(lastRangeOfRound != nil)
+        let last = lastRangeOfRound ?? PageRange(segment: 0, firstPage: 0, count: 0)
+        out.u32(UInt32(ranges.count))
+        for range in [last] + ranges {
+            out.u32(UInt32(range.segment))
+            out.u64(range.firstPage)
+            out.u64(range.count)
+        }
+        out.u32(UInt32(rangeIndex))
+        for value in [pageInRange, pages, zeroPages, diskBlocks, diskZeroBlocks, UInt64(stateBytes)] { out.u64(value) }
+        for names in [kernelChunks, deviceChunks] {
+            out.u32(UInt32(names.count))
+            for name in names.sorted() { out.string16(name) }
+        }
+    }
+
+    mutating func decodeProgress(from decoder: inout WireDecoder) throws {
+        let round = try decoder.u32()
+        lastRound = try decoder.u8() != 0 ? round : nil
+        roundRecordFull = try decoder.u8() != 0
+        lastListWasDisks = try decoder.u8() != 0
+        stateStarted = try decoder.u8() != 0
+        let hasLast = try decoder.u8() != 0
+        func range() throws -> PageRange {
+            let area = Int(try decoder.u32())
+            guard area < areaUnits.count else { throw decoder.fail("area \(area) does not exist") }
+            return PageRange(segment: area, firstPage: try decoder.u64(), count: try decoder.u64())
+        }
+        let count = Int(try decoder.u32())
+        guard count <= StreamFormat.maxRangesPerRound, count * 20 <= decoder.remaining else {
+            throw decoder.fail("range count \(count) does not fit")
+        }
+        let last = try range()
+        lastRangeOfRound = hasLast ? last : nil
+        var list: [PageRange] = []
+        list.reserveCapacity(count)
+        for _ in 0..<count { list.append(try range()) }
+        ranges = list
+        rangeIndex = Int(try decoder.u32())
+        guard rangeIndex <= ranges.count else { throw decoder.fail("range index past the list") }
+        pageInRange = try decoder.u64()
+        pages = try decoder.u64()
+        zeroPages = try decoder.u64()
+        diskBlocks = try decoder.u64()
+        diskZeroBlocks = try decoder.u64()
+        stateBytes = Int(clamping: try decoder.u64())
+        guard rangeIndex == ranges.count || pageInRange < ranges[rangeIndex].count else {
+            throw decoder.fail("position past its range")
+        }
+        for device in [false, true] {
+            let count = Int(try decoder.u32())
+            guard count <= StreamFormat.maxStateChunks else { throw decoder.fail("too many chunk names") }
+            var names = Set<String>()
+            for _ in 0..<count { names.insert(try decoder.string16(what: "chunk name")) }
+            if device { deviceChunks = names } else { kernelChunks = names }
+        }
     }
 }
 

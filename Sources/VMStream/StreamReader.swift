@@ -61,6 +61,14 @@ public final class StreamReader {
     /// Must-understand feature bits from the stream header.
     private var headerFeatures: UInt32 = 0
     private var hasDisks: Bool { headerFeatures & StreamFormat.disksFeature != 0 }
+    private var isContinuation: Bool { headerFeatures & StreamFormat.continuationFeature != 0 }
+    /// A continuation's RESUME, once read; `adopt` then gives the reader the partial receive it continues.
+    public private(set) var resumePoint: ResumePoint?
+    private var adopted = false
+    /// The reader as it stood after the last verified record: what a partial receive keeps.
+    private var lastGood: ReaderCheckpoint?
+    /// Sends of this stream seen: 1, or the continuation's attempt.
+    private var attempt: UInt32 = 1
     /// The stream's BEGIN, once read.
     public var begin: StreamBegin? { rules.begin }
 
@@ -111,7 +119,13 @@ public final class StreamReader {
     /// Bytes after END are not the stream's: once END has verified, `next` returns nil without reading on, so a
     /// transport that never signals end of input cannot hold a reader up. See `bytesWaitingAfterEnd`.
     private func readNext(into sink: some PageSink) throws -> StreamRecord? {
-        if !headerRead { try readHeader() }
+        if !headerRead {
+            try readHeader()
+            if isContinuation { return .resume(try readResume()) }
+        }
+        if isContinuation && !adopted {
+            throw StreamError(.misuse, "a continuation is read on only after `adopt` gave it the partial receive it continues")
+        }
         if rules.ended { return nil }
         while true {
             if let record = try readRecord(into: sink) { return record }
@@ -195,6 +209,154 @@ public final class StreamReader {
         var headerChecksum: UInt64
     }
 
+    /// Where this reader stands after its last verified record, once BEGIN has verified: what a partial receive keeps
+    /// when the stream breaks. The caller adds the state chunks and rounds it collected.
+    public func checkpoint() -> ReaderCheckpoint? {
+        if failure == nil, rules.begin != nil {
+            return ReaderCheckpoint(
+                rules: rules, features: headerFeatures & ~StreamFormat.continuationFeature, offset: offset,
+                recordNumber: recordNumber, running: running, statistics: statistics, attempt: attempt)
+        }
+        return lastGood
+    }
+
+    /// The RESUME record that opens a continuation, in place of BEGIN. Its own checksum verifies it; it is not part of
+    /// the stream it continues, so it neither counts nor chains.
+    private func readResume() throws -> ResumePoint {
+        var header = [UInt8](repeating: 0, count: StreamFormat.recordHeaderSize)
+        try header.withUnsafeMutableBytes { try readExactly([$0]) }
+        var decoder = WireDecoder(header) { StreamError(.malformed, $0) }
+        let rawType = try decoder.u16()
+        let flags = try decoder.u16()
+        let length = try decoder.u32()
+        let headerChecksum = try decoder.u64()
+        guard Checksum.header(type: rawType, flags: flags, length: length) == headerChecksum else {
+            throw StreamError.checksum(record: 1, what: "header", offset: UInt64(StreamFormat.headerSize))
+        }
+        let framing = Framing(
+            start: UInt64(StreamFormat.headerSize), type: RecordType(rawValue: rawType), flags: flags, length: Int(length),
+            headerChecksum: headerChecksum)
+        guard framing.type == .resume, flags == 0, framing.length == ResumePoint.payloadSize else {
+            throw StreamError(
+                .outOfOrder, "record 1 (\(framing.type)) at byte \(StreamFormat.headerSize): a continuation starts with RESUME")
+        }
+        hasher.reset(seed: headerChecksum)
+        var payload = [UInt8](repeating: 0, count: framing.length)
+        try payload.withUnsafeMutableBytes { try readExactly([$0]) }
+        payload.withUnsafeBytes { hasher.update($0) }
+        _ = try verify(framing)
+        let point = try ResumePoint.decode(payload) {
+            StreamError.malformed(.resume, record: 1, offset: UInt64(StreamFormat.headerSize), $0)
+        }
+        resumePoint = point
+        return point
+    }
+
+    /// Takes up a continuation from the partial receive it continues: refuses, before reading any record of it, a
+    /// continuation of another stream or from another place than where `checkpoint` stands.
+    public func adopt(_ checkpoint: ReaderCheckpoint) throws {
+        guard let point = resumePoint, !adopted else {
+            throw StreamError(.misuse, "only a continuation, after its RESUME, takes up a partial receive")
+        }
+        let held = checkpoint.point
+        guard point.uuid == held.uuid else {
+            throw StreamError(
+                .outOfOrder,
+                "this stream continues stream \(point.uuidString), but the partial receive here is of stream \(held.uuidString)")
+        }
+        guard point.record == held.record, point.offset == held.offset, point.running == held.running else {
+            throw StreamError(
+                .outOfOrder,
+                "this continuation starts at record \(point.record) (byte \(point.offset), running checksum \(hex(point.running))), "
+                    + "but the partial receive here continues from record \(held.record) (byte \(held.offset), running checksum "
+                    + "\(hex(held.running))): it was made from another token")
+        }
+        guard checkpoint.features & ~StreamFormat.disksFeature == 0,
+            checkpoint.features == headerFeatures & ~StreamFormat.continuationFeature
+        else {
+            throw StreamError(.outOfOrder, "the continuation's header features do not match the stream it continues")
+        }
+        rules = checkpoint.rules
+        offset = checkpoint.offset
+        recordNumber = checkpoint.recordNumber
+        running = checkpoint.running
+        statistics = checkpoint.statistics
+        attempt = max(point.attempt, checkpoint.attempt)
+        adopted = true
+    }
+
+    /// A continuation read without the partial receive it continues (`vmstream dump`): each record's framing and
+    /// checksum verify and chain from RESUME's running checksum, and END's totals and checksum are checked; their
+    /// contents are not, since the stream's BEGIN and rules are elsewhere. Nil after END.
+    public func nextUnanchored() throws -> RecordInfo? {
+        if let failure { throw failure }
+        do {
+            if !headerRead { try readHeader() }
+            guard let point = try resumePoint ?? (isContinuation ? readResume() : nil), !adopted else {
+                throw StreamError(.misuse, "only a continuation is read without its BEGIN")
+            }
+            if rules.ended { return nil }
+            if recordNumber == 0 {
+                recordNumber = point.record - 1
+                offset = point.offset
+                running = point.running
+            }
+            let start = offset
+            var header = [UInt8](repeating: 0, count: StreamFormat.recordHeaderSize)
+            let count = try header.withUnsafeMutableBytes { try source.read([$0]) }
+            offset += UInt64(count)
+            if count == 0 { throw StreamError(.truncated, "stream truncated at byte \(offset) (before END)") }
+            recordNumber += 1
+            guard count == header.count else {
+                throw StreamError(.truncated, "stream truncated at byte \(offset) (inside record \(recordNumber))")
+            }
+            var decoder = WireDecoder(header) { StreamError(.malformed, $0) }
+            let rawType = try decoder.u16()
+            let flags = try decoder.u16()
+            let length = try decoder.u32()
+            let headerChecksum = try decoder.u64()
+            guard Checksum.header(type: rawType, flags: flags, length: length) == headerChecksum else {
+                throw StreamError.checksum(record: recordNumber, what: "header", offset: start)
+            }
+            let framing = Framing(
+                start: start, type: RecordType(rawValue: rawType), flags: flags, length: Int(length),
+                headerChecksum: headerChecksum)
+            guard framing.length <= StreamFormat.maxPayloadLength else {
+                throw StreamError(.lengthTooLarge, "record \(recordNumber) at byte \(start) has payload length \(length)")
+            }
+            hasher.reset(seed: headerChecksum)
+            var endPayload: [UInt8] = []
+            if framing.type == .end, framing.length <= Payload.endSizeWithDisks {
+                endPayload = [UInt8](repeating: 0, count: framing.length)
+                try endPayload.withUnsafeMutableBytes { try readExactly([$0]) }
+                endPayload.withUnsafeBytes { hasher.update($0) }
+            } else {
+                try skip(framing.length)
+            }
+            let checksum = try verify(framing)
+            let before = running
+            running = Checksum.chain(running, checksum)
+            statistics.count(framing.type, bytes: Int(offset - start))
+            if framing.type == .end {
+                let fail: @Sendable (String) -> StreamError = { [recordNumber] in
+                    StreamError.malformed(.end, record: recordNumber, offset: start, $0)
+                }
+                let end = try Payload.decodeEnd(endPayload, disks: hasDisks, fail: fail)
+                guard end.records == recordNumber - 1, end.bytes == start, end.streamChecksum == before else {
+                    throw fail("END's totals or checksum disagree with the records before it")
+                }
+                rules.markEnded()
+            }
+            lastRecord = RecordInfo(
+                number: recordNumber, offset: start, type: framing.type, flags: flags, payloadLength: framing.length,
+                headerChecksum: headerChecksum, checksum: checksum, runningChecksum: framing.type == .end ? before : running)
+            return lastRecord
+        } catch let error as StreamError {
+            failure = error
+            throw error
+        }
+    }
+
     /// Reads the trailer and compares it with the hasher's digest.
     ///
     /// A PAGES record whose checksum fails shortly before a pipe ends without END is what a sender interrupted in
@@ -222,6 +384,11 @@ public final class StreamReader {
 
     /// Reads one record; nil when it was an ignorable unknown record that was skipped.
     private func readRecord(into sink: some PageSink) throws -> StreamRecord? {
+        if rules.begin != nil {
+            lastGood = ReaderCheckpoint(
+                rules: rules, features: headerFeatures & ~StreamFormat.continuationFeature, offset: offset,
+                recordNumber: recordNumber, running: running, statistics: statistics, attempt: attempt)
+        }
         let start = offset
         var header = [UInt8](repeating: 0, count: StreamFormat.recordHeaderSize)
         let count = try header.withUnsafeMutableBytes { try source.read([$0]) }
@@ -326,6 +493,8 @@ public final class StreamReader {
                 try rules.accept(end: end, records: records, bytes: bytes, running: checksum)
             }
             return .end(end)
+        case .resume:
+            throw StreamError(.outOfOrder, "\(place): RESUME comes only first, in place of BEGIN, in a continuation")
         default:
             // `readRecord` skips ignorable unknown types before this; an unknown type never reads as END.
             throw StreamError(.unknownRecord, "\(place) has an unknown type that is not ignorable")

@@ -28,6 +28,11 @@ public final class StreamWriter {
     private let lanesWanted: Int
 
     public private(set) var statistics = StreamStatistics()
+    /// Bytes that went to the output: all of `statistics.bytes`, or for a continuation its header, RESUME and the
+    /// records from the resume point on.
+    public private(set) var bytesWritten: UInt64 = 0
+    /// A continuation's resume point until it is reached: records before it are made and checksummed, not written.
+    private var resumeAt: ResumePoint?
 
     /// Pages written with `mayChange: false` go into a pipe by reference (vmsplice), not copied; the caller
     /// then must keep them unchanged until `waitUntilConsumed` returns. Off by default; no effect on files.
@@ -53,8 +58,20 @@ public final class StreamWriter {
     /// Returns once the reader has taken every byte written so far, or has gone; at once for a file.
     public func waitUntilConsumed() { sink.waitUntilConsumed() }
 
+    /// Makes this writer write a continuation (`vmsend -t`): the same calls as for the whole stream, but records before
+    /// `point.record` are only made and checksummed; at that record the running checksum and offset must equal the
+    /// point's (else the source is not what it was), and the output gets a continuation header, RESUME, and the rest.
+    /// Call before `writeBegin`.
+    public func continueFrom(_ point: ResumePoint) throws {
+        guard rules.begin == nil else { throw StreamError(.misuse, "a continuation is set up before BEGIN") }
+        resumeAt = point
+    }
+
     /// Writes the stream header and the BEGIN record; must come first.
     public func writeBegin(_ begin: StreamBegin) throws {
+        if let point = resumeAt, point.uuid != begin.uuid {
+            throw StreamError(.misuse, "BEGIN's stream \(begin.uuidString) is not the one being continued (\(point.uuidString))")
+        }
         try guarded { () throws(RuleViolation) in try self.rules.accept(begin: begin) }
         let payload = Payload.encodeBegin(begin)
         guard payload.count <= StreamFormat.maxPayloadLength else {
@@ -69,7 +86,10 @@ public final class StreamWriter {
         header.u32(0)  // reserved
         running = Checksum.hash(header.bytes)
         header.u64(running)
-        try emit { try self.sink.write([header.bytes.withUnsafeBytes { $0 }]) }
+        if resumeAt == nil {
+            try emit { try self.sink.write([header.bytes.withUnsafeBytes { $0 }]) }
+            bytesWritten += UInt64(header.bytes.count)
+        }
         statistics.bytes += UInt64(header.bytes.count)
         try writeRecord(.begin, payload: payload)
     }
@@ -229,6 +249,43 @@ public final class StreamWriter {
             try self.rules.accept(end: end, records: records, bytes: bytes, running: checksum)
         }
         try writeRecord(.end, payload: Payload.encodeEnd(end, disks: rules.begin?.machine.disks.isEmpty == false))
+        if let point = resumeAt {
+            throw StreamError(
+                .misuse, "the resume point, record \(point.record), lies past this stream's END (record \(statistics.records))")
+        }
+    }
+
+    /// At a continuation's resume point: checks the stream made so far is the one the receiver verified, then writes
+    /// the continuation's header and RESUME record.
+    private func startContinuation(_ point: ResumePoint) throws {
+        guard statistics.bytes == point.offset, running == point.running else {
+            throw StreamError(
+                .checksumMismatch,
+                "the stream made again differs from the one sent before at record \(point.record): running checksum "
+                    + "\(hex(running)) at byte \(statistics.bytes), where the receiver verified \(hex(point.running)) at byte "
+                    + "\(point.offset); the source changed since")
+        }
+        var header = ByteWriter()
+        header.raw(StreamFormat.magic)
+        header.u32(StreamFormat.version)
+        let disks = rules.begin?.machine.disks.isEmpty == false
+        header.u32((disks ? StreamFormat.disksFeature : 0) | StreamFormat.continuationFeature)
+        header.u32(0)
+        header.u32(0)
+        header.u64(Checksum.hash(header.bytes))
+        let payload = point.encode()
+        let headerChecksum = Checksum.header(type: RecordType.resume.rawValue, flags: 0, length: UInt32(payload.count))
+        var record = ByteWriter()
+        record.u16(RecordType.resume.rawValue)
+        record.u16(0)
+        record.u32(UInt32(payload.count))
+        record.u64(headerChecksum)
+        record.raw(payload)
+        record.u64(Checksum.hash(payload, seed: headerChecksum))
+        let bytes = header.bytes + record.bytes
+        try emit { try bytes.withUnsafeBytes { try self.sink.write([$0]) } }
+        bytesWritten += UInt64(bytes.count)
+        resumeAt = nil
     }
 
     private func checkRoundComplete(_ type: RecordType) throws {
@@ -257,9 +314,21 @@ public final class StreamWriter {
         var trailer = ByteWriter()
         let checksum = hasher.digest
         trailer.u64(checksum)
-        try header.bytes.withUnsafeBytes { head in
+        if let point = resumeAt, statistics.records + 1 >= point.record { try startContinuation(point) }
+        if resumeAt == nil {
+            try emitRecord(header: header.bytes, prefix: prefix, data: data, trailer: trailer.bytes, lend: lend)
+            bytesWritten += UInt64(header.bytes.count + length + trailer.bytes.count)
+        }
+        running = Checksum.chain(running, checksum)
+        statistics.count(type, bytes: header.bytes.count + length + trailer.bytes.count)
+    }
+
+    private func emitRecord(
+        header: [UInt8], prefix: [UInt8], data: [UnsafeRawBufferPointer], trailer: [UInt8], lend: Bool
+    ) throws {
+        try header.withUnsafeBytes { head in
             try prefix.withUnsafeBytes { prefixBytes in
-                try trailer.bytes.withUnsafeBytes { tail in
+                try trailer.withUnsafeBytes { tail in
                     try emit {
                         if lend && !data.isEmpty {
                             try self.sink.write([head, prefixBytes])
@@ -272,8 +341,6 @@ public final class StreamWriter {
                 }
             }
         }
-        running = Checksum.chain(running, checksum)
-        statistics.count(type, bytes: header.bytes.count + length + trailer.bytes.count)
     }
 
     private func checkUsable() throws {

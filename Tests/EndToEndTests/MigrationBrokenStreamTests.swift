@@ -192,6 +192,8 @@ enum StreamEditor {
                 for chunk in state.kernel { try writer.writeKernelState(chunk) }
                 for chunk in state.devices { try writer.writeDeviceState(chunk) }
                 try writer.writeEnd(sourcePauseTime: end.sourcePauseTime)
+            case .resume:
+                throw StreamError(.misuse, "a continuation cannot be rewritten")
             }
         }
     }

@@ -60,7 +60,8 @@ import Testing
         let reader = StreamReader(bytes: try Self.readGolden(Self.diskPath))
         var types: [RecordType] = []
         while try reader.next(into: DiscardingPageSink()) != nil { types.append(reader.lastRecord!.type) }
-        #expect(Set(types) == Set(RecordType.known))
+        // RESUME opens continuations only (ResumeTests).
+        #expect(Set(types) == Set(RecordType.known).subtracting([.resume]))
         #expect(reader.begin?.machine.disks.map(\.name) == ["vda"])
         #expect(reader.statistics.diskBlocks == 8 + 2)
         #expect(reader.statistics.pages == 16 + 16)
