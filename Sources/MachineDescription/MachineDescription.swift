@@ -330,6 +330,10 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public var send: SendRecord?
     /// The send that made the machine `migrated`.
     public var migration: MigrationRecord?
+    /// A resumable send's state kept here, for `vmsend -t`.
+    public var resumable: ResumableSend?
+    /// The partial receive an incoming machine holds (`vmrecv -s`).
+    public var partial: PartialReceive?
 
     public init(
         name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32,

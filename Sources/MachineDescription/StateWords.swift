@@ -32,7 +32,9 @@ extension MachineStatus {
         switch state {
         case .migrated: return "migrated" + (migration.map { " (\($0.summary))" } ?? "")
         case .crashed: return "crashed" + (failure.map { " (\(UntrustedText.escape($0)))" } ?? "")
-        default: return state.rawValue + (send.map { " (\($0.summary))" } ?? "")
+        default:
+            if let partial { return "incoming, partial receive (\(partial.summary))" }
+            return state.rawValue + (send.map { " (\($0.summary))" } ?? "")
         }
     }
 }

@@ -117,8 +117,30 @@ public final class ControlClient: Sendable {
     /// END is about to be written: from now on a copy may run.
     public func sendCommit() throws { try request(.sendCommit) }
     /// The send ended: `migrated` when its stream is complete, the machine then stays paused as `migrated`.
-    public func sendFinish(migrated: Bool, destination: String?) throws {
-        try request(.sendFinish(migrated: migrated, destination: destination))
+    public func sendFinish(migrated: Bool, destination: String?, delivered: Bool? = nil) throws {
+        try request(.sendFinish(migrated: migrated, destination: destination, delivered: delivered))
+    }
+
+    /// Should this send break, the machine stays paused and `terms` are kept for a continuation (`vmsend -s`).
+    public func sendResumable(_ terms: ResumeTerms) throws { try request(.sendResumable(terms: terms)) }
+    /// Starts a send that continues `stream` from a token of its send `attempt`; returns the kept terms and the
+    /// number of this send.
+    public func sendContinue(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32) {
+        guard
+            case .continuing(let terms, let number) = try request(.sendContinue(stream: stream, attempt: attempt, force: force))
+                .result
+        else { throw unexpected("sendContinue") }
+        return (terms, number)
+    }
+    /// The incoming machine keeps what arrived as a partial receive; `checkpoint` is the receiver's.
+    public func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws {
+        try request(.keepPartial(partial: partial), payload: checkpoint)
+    }
+    /// The partial receive an incoming machine holds, for its new owner.
+    public func partialState() throws -> (partial: PartialReceive, checkpoint: [UInt8]) {
+        let reply = try request(.partialState)
+        guard case .partial(let partial) = reply.result else { throw unexpected("partialState") }
+        return (partial, reply.payload)
     }
 
     /// Whether this vmrun knows the requests of protocol version 2 (send custody, migrated and crashed states).

@@ -56,6 +56,19 @@ import MachineDescription
 ///   unknown, is resumed only with `force`; a crashed one never;
 /// - `destroy(keepLogs:)`: the machine's console and log are removed, or kept under a new name.
 ///
+/// Resumable transfers, in version 2 as optional requests (an older vmrun answers `unknown request`, and the tools say
+/// it cannot resume):
+/// - `sendResumable(terms)`, from the sender after `sendStart`: should this send break before it is complete, the
+///   machine stays paused and the terms are kept for `terms.windowSeconds` (`status` shows them as `resumable`);
+///   after that they are dropped and a machine the send paused is resumed. A `saveState` while terms are kept
+///   returns the state saved first, so a stream made again is the same stream.
+/// - `sendContinue(stream:attempt:force:)` starts a send that continues `stream` (as `sendStart` does), from a token
+///   of send `attempt`; refused with one line when nothing is kept for it (expired, completed, another stream), or
+///   when a later send of it started since (unless `force`). The reply is the kept terms and this send's number.
+/// - `keepPartial(partial)`, from the owner of an incoming machine, payload the receiver's checkpoint: the machine
+///   holds a partial receive, stays when its owner leaves, and waits for a new owner without a deadline.
+///   `partialState`, from a new owner, returns the record and the checkpoint. `restoreState` ends it.
+///
 /// Compatibility: a version 2 server accepts `hello` of version 1 or 2 and speaks the client's version on that
 /// connection; to a version 1 client it shows `migrated` and `crashed` as `paused`, and still refuses to resume them.
 /// A version 2 client that a version 1 server refuses says `hello` again, as version 1, and then does without the
@@ -115,7 +128,17 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     /// Version 2: the sender is about to write END; from now on a copy may run.
     case sendCommit
     /// Version 2: the send ended; `migrated` when its stream is complete and the machine stays paused for good.
-    case sendFinish(migrated: Bool, destination: String?)
+    /// `delivered` (resumable sends): false when not a byte went out, so a continuation that wrote nothing does not
+    /// count as a send of its stream.
+    case sendFinish(migrated: Bool, destination: String?, delivered: Bool? = nil)
+    /// The send in progress may be continued should it break (`vmsend -s`).
+    case sendResumable(terms: ResumeTerms)
+    /// A send that continues stream `stream` from a token of its send `attempt` (`vmsend -t`).
+    case sendContinue(stream: String, attempt: UInt32, force: Bool)
+    /// Payload: the receiver's checkpoint. The incoming machine keeps it as a partial receive.
+    case keepPartial(partial: PartialReceive)
+    /// Reply payload: the checkpoint of the partial receive.
+    case partialState
 
     /// The request's name as it appears on the wire and in errors.
     public var name: String {
@@ -140,6 +163,10 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         case .sendStart: "sendStart"
         case .sendCommit: "sendCommit"
         case .sendFinish: "sendFinish"
+        case .sendResumable: "sendResumable"
+        case .sendContinue: "sendContinue"
+        case .keepPartial: "keepPartial"
+        case .partialState: "partialState"
         }
     }
 
@@ -148,13 +175,13 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         "hello", "status", "describe", "pause", "resume", "destroy", "memoryFile", "dirtyLogStart",
         "dirtyLogFetch", "dirtyLogClear", "dirtyLogStop", "throttle", "saveState", "restoreState", "consoleInput",
         "diskFile", "diskWrittenFetch",
-        "sendStart", "sendCommit", "sendFinish",
+        "sendStart", "sendCommit", "sendFinish", "sendResumable", "sendContinue", "keepPartial", "partialState",
     ]
 
     /// The protocol version that introduced the request.
     package var sinceVersion: UInt32 {
         switch self {
-        case .sendStart, .sendCommit, .sendFinish: 2
+        case .sendStart, .sendCommit, .sendFinish, .sendResumable, .sendContinue, .keepPartial, .partialState: 2
         default: 1
         }
     }
@@ -186,4 +213,8 @@ public enum ControlResult: Codable, Sendable, Equatable {
     case state
     /// Version 2, the reply to `destroy(keepLogs: true)`: where the console and the log were kept.
     case kept(paths: [String])
+    /// The reply to `sendContinue`: the kept terms, and the number of the send that now starts.
+    case continuing(terms: ResumeTerms, attempt: UInt32)
+    /// The reply to `partialState`; the payload holds the checkpoint.
+    case partial(PartialReceive)
 }

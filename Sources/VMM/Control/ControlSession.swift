@@ -33,6 +33,10 @@ struct Session {
     var custody: SendCustody
     /// The machine's console and log, kept under a new name by `destroy(keepLogs: true)`.
     let ownedFiles: [String]
+    /// The state saved for a resumable send, given again to its continuations so they make the same stream.
+    var resumableState: MachineState?
+    /// A partial receive this incoming machine holds (`vmrecv -s`), and the receiver's checkpoint.
+    var partial: (record: PartialReceive, checkpoint: [UInt8])?
 
     init(machine: any ControlledMachine, name: String, ownerDeadline: ContinuousClock.Instant, ownedFiles: [String] = []) {
         self.machine = machine
@@ -47,6 +51,7 @@ struct Session {
     func status(for connection: Connection) -> MachineStatus {
         var status = custody.overlay(machine.status())
         if connection.version < 2, status.state == .migrated || status.state == .crashed { status.state = .paused }
+        status.partial = partial?.record
         return status
     }
 
@@ -63,10 +68,16 @@ struct Session {
             ]
             fds += connections.map { pollfd(fd: $0.socket.fd, events: Int16(POLLIN), revents: 0) }
             var timeout: Duration?
-            if incomingPending && owner == nil {
+            // A partial receive waits for its continuation without a deadline.
+            if incomingPending && owner == nil && partial == nil {
                 let left = ContinuousClock.now.duration(to: ownerDeadline)
                 if left <= .zero { return .ownerNeverCame }
                 timeout = left
+            }
+            expireResumeTerms()
+            if let expires = custody.resume?.expires {
+                let left = Duration.nanoseconds(Int64(clamping: expires) - Int64(clamping: HostClock.realtimeNanoseconds()))
+                timeout = min(timeout ?? left, max(left, .milliseconds(1)))
             }
             let ready = pollDescriptors(&fds, timeout: timeout)
             if ready < 0 { return .stopped }
@@ -83,6 +94,18 @@ struct Session {
                 }
             }
         }
+    }
+
+    /// Drops resume terms whose window passed, resuming the machine their send paused.
+    private mutating func expireResumeTerms() {
+        guard let (resume, line) = custody.expireResume(state: machine.status().state) else { return }
+        resumableState = nil
+        if resume {
+            do { try machine.resume() } catch {
+                EventLog.note(machine: name, "resuming after the resume window failed: \(error)")
+            }
+        }
+        EventLog.note(machine: name, line)
     }
 
     mutating func closeAll() {
@@ -117,8 +140,9 @@ struct Session {
         }
         if owner == id {
             owner = nil
-            if incomingPending { return .ownerLeft }
+            if incomingPending && partial == nil { return .ownerLeft }
         }
+        defer { if custody.resume == nil { resumableState = nil } }
         if let (resume, line) = custody.senderLeft(connection: id, state: machine.status().state) {
             if resume {
                 do { try machine.resume() } catch {
@@ -166,6 +190,8 @@ struct Session {
     {
         let connection = connections[index]
         let isOwner = owner == connection.id
+        expireResumeTerms()
+        defer { if custody.resume == nil { resumableState = nil } }
         do {
             switch request {
             case .hello(let version, let ownIncoming, let client):
@@ -223,9 +249,35 @@ struct Session {
                 EventLog.note(machine: name, "\(connection.client) starts sending stream \(stream)\(force ? " (--force)" : "")")
             case .sendCommit:
                 try custody.commit(connection: connection.id)
-            case .sendFinish(let migrated, let destination):
+            case .sendResumable(let terms):
+                try custody.makeResumable(terms, connection: connection.id)
+                resumableState = nil
                 EventLog.note(
-                    machine: name, try custody.finish(connection: connection.id, migrated: migrated, destination: destination))
+                    machine: name,
+                    "stream \(terms.stream) is resumable: should it break, the VM stays paused for \(Int(terms.windowSeconds.rounded())) s"
+                )
+            case .sendContinue(let stream, let attempt, let force):
+                let (terms, number) = try custody.continueSend(
+                    stream: stream, attempt: attempt, force: force, connection: connection.id, client: connection.client,
+                    state: machine.status().state)
+                EventLog.note(machine: name, "\(connection.client) continues stream \(stream) (send \(number))")
+                return reply(connection, .ok(.continuing(terms: terms, attempt: number)))
+            case .keepPartial(let record):
+                guard incomingPending, isOwner else {
+                    throw ControlError("only the connection that owns the incoming machine '\(name)' may keep a partial receive")
+                }
+                partial = (record, payload)
+                EventLog.note(machine: name, "keeps a partial receive (\(record.summary))")
+            case .partialState:
+                guard incomingPending, isOwner, let partial else {
+                    throw ControlError("'\(name)' holds no partial receive for this connection")
+                }
+                return reply(connection, .ok(.partial(partial.record)), payload: partial.checkpoint)
+            case .sendFinish(let migrated, let destination, let delivered):
+                EventLog.note(
+                    machine: name,
+                    try custody.finish(
+                        connection: connection.id, migrated: migrated, destination: destination, delivered: delivered ?? true))
             case .memoryFile:
                 if incomingPending && !isOwner {
                     throw ControlError("only the connection that owns the incoming machine '\(name)' may write its memory")
@@ -277,7 +329,9 @@ struct Session {
                 guard state == .paused, !incomingPending else {
                     throw wrongState("saveState", state == .crashed ? "it has crashed" : "it is \(state); pause it first")
                 }
-                let saved = try perform("saveState") { try machine.saveState() }
+                // A resumable stream made again must carry the very state its first send did (the clocks in it move on).
+                let saved = try resumableState ?? perform("saveState") { try machine.saveState() }
+                if custody.resume != nil { resumableState = saved }
                 return reply(connection, .ok(.state), payload: try StateEncoding.encode(saved))
             case .restoreState:
                 guard incomingPending else { throw wrongState("restoreState", "it is not incoming") }
@@ -287,6 +341,7 @@ struct Session {
                 let state = try StateEncoding.decode(payload)
                 // The machine words its refusals whole (`this host cannot run VM ...`): passed on as they are.
                 try machine.restoreState(state)
+                partial = nil
                 // Restored whole: from here on a paused machine like any other, kept if its owner leaves
                 // (`vmrecv --paused`), never half-restored.
                 incomingPending = false

@@ -10,6 +10,21 @@ struct SendCustody {
     private(set) var send: SendRecord?
     private(set) var senderConnection: Int?
     private(set) var migration: MigrationRecord?
+    /// A resumable send's terms, kept while the send runs and for a window after it broke.
+    private(set) var resume: ResumeHold?
+    /// How the last kept terms ended, so that a token for them is refused saying why.
+    private var resumeEnded: (stream: String, reason: String)?
+
+    /// What a resumable send keeps for `vmsend -t`.
+    struct ResumeHold {
+        var terms: ResumeTerms
+        /// Sends of the stream started: 1, plus one per continuation.
+        var attempts: UInt32 = 1
+        /// A send of the stream paused the machine: it is resumed when the terms expire.
+        var pausedBySend = false
+        /// When the terms go, ns since the epoch; nil while a send of the stream runs.
+        var expires: UInt64?
+    }
 
     init(name: String) { self.name = name }
 
@@ -20,6 +35,10 @@ struct SendCustody {
         if status.state == .paused, migration != nil { shown.state = .migrated }
         shown.send = send
         shown.migration = migration
+        shown.resumable = resume.map {
+            ResumableSend(
+                stream: $0.terms.stream, attempts: $0.attempts, windowSeconds: $0.terms.windowSeconds, expires: $0.expires)
+        }
         return shown
     }
 
@@ -40,6 +59,87 @@ struct SendCustody {
         }
         send = SendRecord(stream: stream, sender: client, started: HostClock.realtimeNanoseconds())
         senderConnection = connection
+        // A new stream replaces what was kept for continuing another one.
+        if let resume { drop(resume, "was dropped when a new send of the VM started") }
+    }
+
+    /// The send in progress may be continued should it break: its terms are kept.
+    mutating func makeResumable(_ terms: ResumeTerms, connection: Int) throws {
+        guard connection == senderConnection, let send, send.stream == terms.stream else { throw notSender("sendResumable") }
+        guard terms.windowSeconds > 0, terms.windowSeconds <= 7 * 86400, terms.uuid.count == 16 else {
+            throw ControlError("sendResumable: a resume window of \(terms.windowSeconds) s or a bad stream identity")
+        }
+        resume = ResumeHold(terms: terms)
+    }
+
+    /// A send that continues `stream` from a token of its send `attempt`. Returns the kept terms and this send's number.
+    mutating func continueSend(
+        stream: String, attempt: UInt32, force: Bool, connection: Int, client: String, state: RunState
+    ) throws -> (ResumeTerms, UInt32) {
+        switch state {
+        case .crashed: throw ControlError("VM '\(name)' has crashed: there is nothing to send; destroy it")
+        case .incoming: throw ControlError("VM '\(name)' is incoming: it has no state to send yet")
+        default: break
+        }
+        guard var hold = resume, hold.terms.stream == stream else {
+            if let resumeEnded, resumeEnded.stream == stream {
+                throw ControlError("the token is for stream \(stream), whose resume state \(resumeEnded.reason)")
+            }
+            if let migration, migration.stream == stream {
+                throw ControlError("the token was used: stream \(stream) is complete (\(migration.summary))")
+            }
+            if let resume {
+                throw ControlError(
+                    "the token is for stream \(stream), but VM '\(name)' keeps resume state for stream \(resume.terms.stream)")
+            }
+            throw ControlError("stale token: VM '\(name)' keeps no resume state for stream \(stream)")
+        }
+        if let send, !send.senderGone { throw ControlError("VM '\(name)' is being sent already (\(send.summary))") }
+        guard attempt <= hold.attempts else {
+            throw ControlError("the token names send \(attempt) of stream \(stream), which never started here")
+        }
+        if attempt < hold.attempts && !force {
+            throw ControlError(
+                "stale token: send \(hold.attempts) of stream \(stream) started since, from a later token; use the token "
+                    + "vmrecv printed last (--force if that send never reached the receiver)")
+        }
+        hold.attempts += 1
+        hold.expires = nil
+        resume = hold
+        send = SendRecord(
+            stream: stream, sender: client, started: HostClock.realtimeNanoseconds(), pausedBySender: hold.pausedBySend)
+        senderConnection = connection
+        return (hold.terms, hold.attempts)
+    }
+
+    /// A send of the kept stream ended before it was complete: the terms are kept for the window, from now.
+    private mutating func hold(after record: SendRecord) -> String? {
+        guard var hold = resume, hold.terms.stream == record.stream else { return nil }
+        hold.pausedBySend = hold.pausedBySend || record.pausedBySender
+        let expires = HostClock.realtimeNanoseconds() + UInt64(hold.terms.windowSeconds * 1e9)
+        hold.expires = expires
+        resume = hold
+        return "send \(hold.attempts) of stream \(record.stream) broke off; the VM stays paused for vmsend -t until "
+            + UTCTime.format(expires)
+    }
+
+    /// The kept terms go, and why; the reason words a later refusal.
+    private mutating func drop(_ hold: ResumeHold, _ reason: String) {
+        resumeEnded = (hold.terms.stream, reason)
+        resume = nil
+    }
+
+    /// Drops terms whose window has passed. Returns whether to resume the machine (a send of the stream paused it, and
+    /// no complete stream left it) and the line for the log.
+    mutating func expireResume(state: RunState) -> (resume: Bool, log: String)? {
+        guard let hold = resume, let expires = hold.expires, HostClock.realtimeNanoseconds() >= expires else { return nil }
+        drop(hold, "expired at \(UTCTime.format(expires)) (resume window \(Int(hold.terms.windowSeconds.rounded())) s)")
+        let resume = hold.pausedBySend && state == .paused && migration == nil && send == nil
+        return (
+            resume,
+            "the resume window of stream \(hold.terms.stream) passed"
+                + (resume ? ": no copy can run, so the VM was resumed" : "; the VM stays as it is")
+        )
     }
 
     /// A pause by the sender is the send's: should the sender go away, vmrun knows whose pause it was.
@@ -56,11 +156,22 @@ struct SendCustody {
     }
 
     /// The sender says how its send ended; returns the line for the machine's log.
-    mutating func finish(connection: Int, migrated: Bool, destination: String?) throws -> String {
+    mutating func finish(connection: Int, migrated: Bool, destination: String?, delivered: Bool = true) throws -> String {
         guard connection == senderConnection, let finished = send else { throw notSender("sendFinish") }
         send = nil
         senderConnection = nil
-        guard migrated else { return "send of stream \(finished.stream) by \(UntrustedText.escape(finished.sender)) ended" }
+        guard migrated else {
+            let ended = "send of stream \(finished.stream) by \(UntrustedText.escape(finished.sender)) ended"
+            // A continuation that wrote nothing is not a send of the stream: the token it came with stays good.
+            if !delivered, var held = resume, held.terms.stream == finished.stream, held.attempts > 1 {
+                held.attempts -= 1
+                resume = held
+            }
+            return hold(after: finished).map { ended + "; " + $0 } ?? ended
+        }
+        if let resume, resume.terms.stream == finished.stream {
+            drop(resume, "was used: the stream completed at \(UTCTime.format(HostClock.realtimeNanoseconds()))")
+        }
         let record = MigrationRecord(
             stream: finished.stream, completed: HostClock.realtimeNanoseconds(), destination: destination)
         migration = record
@@ -84,6 +195,7 @@ struct SendCustody {
     /// The machine runs again (a forced resume): it is no longer migrated, and a gone sender's record is history.
     mutating func resumed() {
         migration = nil
+        if let resume { drop(resume, "was dropped when the VM was resumed") }
         if send?.senderGone == true { send = nil }
         if send != nil { send?.pausedBySender = false }
     }
@@ -95,6 +207,10 @@ struct SendCustody {
         senderConnection = nil
         record.senderGone = true
         let who = "\(UntrustedText.escape(record.sender)) (stream \(record.stream))"
+        if !record.committed, state == .paused, let line = hold(after: record) {
+            send = nil
+            return (false, "\(who) went away; \(line)")
+        }
         if state != .paused || (!record.committed && !record.pausedBySender) {
             send = nil
             return (false, "\(who) went away before finishing its send; the VM stays \(state.rawValue) as it was")
