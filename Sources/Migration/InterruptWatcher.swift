@@ -13,6 +13,8 @@ public enum SendPhase: Sendable {
     case sourcePaused
     /// END is being written or was written: the copy may already run, so the source stays paused.
     case committed
+    /// The source keeps a resumable stream (`vmsend -s`, `-t`): it stays paused for a continuation.
+    case resumable
 }
 
 /// Turns SIGINT, SIGTERM and SIGHUP into a clean stop: a source the sender paused is resumed, over a
@@ -92,6 +94,10 @@ public final class InterruptWatcher: Sendable {
                 } catch {
                     report("\(name); resuming the source VM '\(machineName)' failed: \(error)")
                 }
+            case .resumable:
+                report(
+                    "\(name); the source VM '\(machineName)' stays paused so that the stream can be continued "
+                        + "(vmsend -t, within the resume window)")
             case .committed:
                 report(
                     "\(name) after the stream was complete; the source VM '\(machineName)' stays paused, since its copy may run: "

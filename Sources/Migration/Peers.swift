@@ -34,6 +34,25 @@ public protocol MigrationSource: AnyObject {
     /// to `destination` if known. Returns whether the source recorded the migration.
     @discardableResult
     func finishSend(migrated: Bool, destination: String?) throws -> Bool
+    /// The send in progress is resumable: should it break, the source stays paused and keeps `terms`.
+    func makeResumable(_ terms: ResumeTerms) throws
+    /// A send that continues `stream` from a token of its send `attempt`: the kept terms and this send's number.
+    func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32)
+}
+
+extension MigrationSource {
+    /// `delivered`: whether any byte of the stream went out; a backend that does not care ignores it.
+    @discardableResult
+    public func finishSend(migrated: Bool, destination: String?, delivered: Bool) throws -> Bool {
+        try finishSend(migrated: migrated, destination: destination)
+    }
+    /// A backend that cannot keep a stream for continuing says so; the send then is an ordinary one.
+    public func makeResumable(_ terms: ResumeTerms) throws {
+        throw MigrationError("this source cannot keep a stream for continuing")
+    }
+    public func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32) {
+        throw MigrationError("this source cannot continue a stream")
+    }
 }
 
 /// A machine being received: created from the stream's BEGIN, not yet running.
@@ -49,6 +68,14 @@ public protocol MigrationDestination: AnyObject {
     func confirmRunning() throws
     /// Destroys the machine and returns once it is gone: a failed receive leaves nothing behind.
     func abandon()
+    /// Keeps the machine, never running, as a partial receive that a continuation can take up (`vmrecv -s`).
+    func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws
+}
+
+extension MigrationDestination {
+    public func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws {
+        throw MigrationError("this destination cannot keep a partial receive")
+    }
 }
 
 /// The checks of a receive with nothing created (`vmrecv -n`): the hypervisor side checks the configuration

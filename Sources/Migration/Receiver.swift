@@ -15,6 +15,9 @@ public struct ReceiveOptions: Sendable {
     public var leavePaused: Bool
     /// Read and verify the whole stream, create nothing (`zfs recv -n`).
     public var dryRun: Bool
+    /// Should a resumable stream break (end early, fail a checksum), keep what verified as a partial receive
+    /// (`vmrecv -s`).
+    public var keepPartial = false
 
     public init(name: String, leavePaused: Bool = false, dryRun: Bool = false) {
         self.name = name
@@ -34,6 +37,8 @@ public struct ReceiveReport: Sendable {
     public var streamBytes: UInt64 { statistics.bytes }
     public var seconds: Double
     public var downtime: Downtime
+    /// Where a continuation took the stream up, and the stream bytes it carried.
+    public var continuedFrom: ResumePoint?
     /// The downtime in seconds, when there was one to measure.
     public var downtimeSeconds: Double? {
         if case .measured(let seconds) = downtime { seconds } else { nil }
@@ -74,6 +79,9 @@ public final class Receiver {
     public var progressRequest = ProgressRequest()
     /// Told where the receive stands, so that an interrupt does the right thing.
     public var phaseObserver: ReceivePhaseObserver?
+    /// Takes up the partial receive a continuation continues: the machine holding it and its checkpoint. Throws
+    /// when there is none; leaves it as it was when the continuation is refused.
+    public var takeUpPartial: ((ResumePoint) throws -> (MigrationDestination, ReaderCheckpoint))?
 
     public init(
         input: FileDescriptor, options: ReceiveOptions,
@@ -95,10 +103,26 @@ public final class Receiver {
         let reader = try StreamReader(input: input)
         reader.warningHandler = warn
         let discard = DiscardingPageSink()
-        guard case .begin(let begin)? = try reader.next(into: discard) else {
+        let begin: StreamBegin
+        var takenUp: (destination: MigrationDestination, checkpoint: ReaderCheckpoint)?
+        switch try reader.next(into: discard) {
+        case .begin(let first)?:
+            begin = first
+        case .resume(let point)?:
+            guard let takeUpPartial, !options.dryRun else {
+                throw MigrationError(
+                    "this stream continues stream \(point.uuidString) from record \(point.record) (vmsend -t): only the "
+                        + "partial receive it continues can take it (vmrecv -s NAME)")
+            }
+            let (machine, checkpoint) = try takeUpPartial(point)
+            // Refused before a single record of it is read; the partial receive stays as it was.
+            try reader.adopt(checkpoint)
+            takenUp = (machine, checkpoint)
+            begin = checkpoint.begin
+        default:
             throw MigrationError("stream does not start with a BEGIN record")
         }
-        try checkCompatibility(begin)
+        if takenUp == nil { try checkCompatibility(begin) }
         onStart?(
             TransferStart(
                 mode: begin.mode.rawValue, machine: options.name, uuid: begin.uuidString, estimatedTotalBytes: fileLength))
@@ -108,8 +132,11 @@ public final class Receiver {
         let check = options.dryRun ? try makeCheck(config) : nil
         defer { check?.finish() }
         try check?.checkConfiguration(config)
-        let destination = options.dryRun ? nil : try makeDestination(config)
+        let destination = try takenUp?.destination ?? (options.dryRun ? nil : makeDestination(config))
         phaseObserver?.receiving(destination)
+        var rounds = takenUp?.checkpoint.rounds ?? 0
+        var kernel: [StateChunk] = takenUp?.checkpoint.kernel ?? []
+        var devices: [StateChunk] = takenUp?.checkpoint.devices ?? []
         do {
             let memorySink = destination.map { GuestMemoryPageSink(memory: $0.memory) }
             let samples: DiskSampleSink? = check == nil ? nil : DiskSampleSink(config: config)
@@ -121,10 +148,8 @@ public final class Receiver {
             } else {
                 sink = discard
             }
-            var rounds = 0
-            var lastRound: UInt32?
-            var kernel: [StateChunk] = []
-            var devices: [StateChunk] = []
+            var lastRound = takenUp?.checkpoint.round
+            memorySink?.freshMemory = rounds <= 1
             var end: StreamEnd?
             /// Reports the round under way as ended; the one ended by state or END was sent with the source paused.
             func endRound(final: Bool) {
@@ -188,11 +213,40 @@ public final class Receiver {
             }
             return ReceiveReport(
                 begin: begin, end: end, name: options.name, rounds: rounds, statistics: reader.statistics,
-                seconds: HostClock.seconds(since: started), downtime: downtime)
+                seconds: HostClock.seconds(since: started), downtime: downtime, continuedFrom: reader.resumePoint)
         } catch {
-            if let destination, !(error is MachineStoppedError) { destination.abandon() }
-            throw error
+            guard let destination, !(error is MachineStoppedError) else { throw error }
+            guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint() else {
+                destination.abandon()
+                throw error
+            }
+            guard begin.resumable else {
+                destination.abandon()
+                throw MigrationError("\(error); nothing was kept: the stream was not sent with vmsend -s")
+            }
+            checkpoint.kernel = kernel
+            checkpoint.devices = devices
+            checkpoint.rounds = rounds
+            let token = checkpoint.token
+            let partial = PartialReceive(
+                stream: begin.uuidString, sourceMachine: begin.machine.name, token: token.text,
+                records: checkpoint.recordsVerified, bytes: checkpoint.point.offset, round: checkpoint.round,
+                unitsExpected: checkpoint.unitsExpected, kept: HostClock.realtimeNanoseconds())
+            do {
+                try destination.keepPartial(partial, checkpoint: checkpoint.encode())
+            } catch let keepError {
+                destination.abandon()
+                throw MigrationError("\(error); keeping the partial receive failed (\(keepError)), so nothing was kept")
+            }
+            throw PartialReceiveKept(partial: partial, cause: "\(error)", name: options.name)
         }
+    }
+
+    /// A transport that ended or garbled what it carried: what a continuation can repair. Anything else (a stream
+    /// that breaks the rules, a host that cannot run the machine) would break again the same way.
+    static func isBreak(_ error: any Error) -> Bool {
+        guard let error = error as? StreamError else { return false }
+        return error.kind == .truncated || error.kind == .checksumMismatch || error.kind == .io
     }
 
     /// Seconds from the source's pause (ns since the epoch, from END) to now; nil when the source never
@@ -201,6 +255,18 @@ public final class Receiver {
         guard sourcePauseTime != 0 else { return nil }
         let seconds = (Double(HostClock.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
         return (-3600...86400).contains(seconds) ? seconds : nil
+    }
+}
+
+/// A receive broke off and was kept as a partial receive (`vmrecv -s`): says how to continue it, in one line.
+public struct PartialReceiveKept: Error, CustomStringConvertible, Sendable {
+    public let partial: PartialReceive
+    public let cause: String
+    public let name: String
+
+    public var description: String {
+        "stream interrupted after \(partial.records) records (\(ByteSize.format(partial.bytes))): \(cause); resume with: "
+            + "vmsend -t \(partial.token) \(UntrustedText.escape(partial.sourceMachine)) | ... vmrecv -s \(name)"
     }
 }
 

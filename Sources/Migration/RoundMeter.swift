@@ -22,6 +22,10 @@ public struct SendReport: Sendable {
     public var stream: String
     /// The source recorded itself as `migrated` (a vmrun of control protocol 1 cannot).
     public var sourceMigrated: Bool
+    /// Bytes that went out: the whole stream, or a continuation's header, RESUME and the records after its point.
+    public var bytesWritten: UInt64 = 0
+    /// Where a continuation took the stream up.
+    public var continuedFrom: ResumePoint?
 }
 
 /// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.

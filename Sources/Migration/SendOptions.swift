@@ -57,6 +57,12 @@ public struct SendOptions: Sendable {
     public var force = false
     /// Where the stream goes, as far as the sender can tell, for the source's record.
     public var destination: String?
+    /// Should the stream break, the source stays paused and keeps what a continuation needs for `resumeWindow`
+    /// (`vmsend -s`); BEGIN says so, so a receiver may keep what arrived. Live streams are marked, not kept.
+    public var resumable = false
+    public var resumeWindow: Duration = .seconds(600)
+    /// Continue the stream this token names (`vmsend -t`) instead of starting one.
+    public var continuation: ResumeToken?
     #if DEBUG
         public var fault: SendFault?
     #endif

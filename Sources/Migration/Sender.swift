@@ -20,7 +20,8 @@ import VMStream
 public final class Sender {
     private let source: MigrationSource
     private let output: FileDescriptor
-    private let options: SendOptions
+    /// A continuation takes its stream's codec, mode and storage from what the source kept.
+    private var options: SendOptions
     /// Told when the source is paused and when END starts, so an interrupt does the right thing.
     public var phaseObserver: InterruptWatcher?
     /// Called once the send knows what it sends, before round 0.
@@ -46,12 +47,43 @@ public final class Sender {
     public func run() throws -> SendReport {
         let started = ContinuousClock.now
         let (config, host) = try source.describe()
+        var uuid = StreamBegin.randomUUID()
+        var creationTime = HostClock.realtimeNanoseconds()
+        var keptPauseTime: UInt64?
+        var keptDiskAllocation: [UInt64]?
+        var resumePoint: ResumePoint?
+        if let token = options.continuation {
+            guard token.machine == config.name else {
+                throw MigrationError(
+                    "the token is for VM '\(UntrustedText.escape(token.machine))', not '\(config.name)': it belongs to another machine"
+                )
+            }
+            guard token.mode != .live else { throw Self.liveContinuation(token) }
+            let (terms, attempt) = try source.continueSend(
+                stream: token.point.uuidString, attempt: token.point.attempt, force: options.force)
+            guard let mode = MigrationMode(rawValue: terms.mode), terms.uuid == token.point.uuid else {
+                _ = try? source.finishSend(migrated: false, destination: nil)
+                throw MigrationError("the source kept unreadable terms for stream \(terms.stream)")
+            }
+            uuid = terms.uuid
+            creationTime = terms.creationTime
+            keptPauseTime = terms.pauseTime
+            keptDiskAllocation = terms.diskAllocation
+            options.mode = mode
+            options.compression = Compression.named(terms.compression) ?? .none
+            options.sharedStorage = terms.sharedStorage
+            resumePoint = token.point
+            resumePoint?.attempt = attempt
+        }
         let writer = try StreamWriter(output: output, compression: options.compression)
-        let uuid = StreamBegin.randomUUID()
+        if let resumePoint { try writer.continueFrom(resumePoint) }
         let stream = StreamBegin.uuidString(uuid)
         // Before anything is sent: a migrated source is refused (a copy of it may run), and from here on the source
         // knows this send, so that should this process vanish it can tell whether a copy may run.
-        try source.beginSend(stream: stream, force: options.force)
+        if resumePoint == nil { try source.beginSend(stream: stream, force: options.force) }
+        // Kept for a continuation: should the send break, the source stays paused (and this process does not resume it).
+        var keptForResume = resumePoint != nil
+        if keptForResume { phaseObserver?.enter(.resumable) }
         let memory: MachineAreas
         do { memory = try openAreas(config) } catch {
             _ = try? source.finishSend(migrated: false, destination: nil)
@@ -84,12 +116,14 @@ public final class Sender {
                 return HostClock.realtimeNanoseconds()
             }
             var pauseTime: UInt64 = 0
-            let begin = StreamBegin(
+            var begin = StreamBegin(
                 tool: options.tool, toolVersion: options.toolVersion, uuid: uuid,
-                creationTime: HostClock.realtimeNanoseconds(), mode: options.mode, host: host, machine: streamConfig(config),
-                diskAllocation: try (0..<config.disks.count).map { index in
-                    try memory.disk(index).map { try Self.populatedBytes($0) } ?? 0
-                })
+                creationTime: creationTime, mode: options.mode, host: host, machine: streamConfig(config),
+                diskAllocation: try keptDiskAllocation
+                    ?? (0..<config.disks.count).map { index in
+                        try memory.disk(index).map { try Self.populatedBytes($0) } ?? 0
+                    })
+            begin.resumable = options.resumable || resumePoint != nil
             if options.mode == .live {
                 try writer.writeBegin(begin)
                 let manualClear = try source.dirtyLogStart()
@@ -112,7 +146,18 @@ public final class Sender {
                 final = Self.split(rest.ranges, memorySegments: memory.memorySegments)
                 try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
             } else {
-                pauseTime = try pause()
+                pauseTime = try keptPauseTime ?? pause()
+                if options.resumable && resumePoint == nil {
+                    try source.makeResumable(
+                        ResumeTerms(
+                            stream: stream, uuid: uuid, creationTime: creationTime, pauseTime: pauseTime,
+                            mode: options.mode.rawValue, compression: options.compression.description,
+                            sharedStorage: options.sharedStorage, diskAllocation: begin.diskAllocation,
+                            windowSeconds: Double(options.resumeWindow.components.seconds)
+                                + Double(options.resumeWindow.components.attoseconds) / 1e18))
+                    keptForResume = true
+                    phaseObserver?.enter(.resumable)
+                }
                 try writer.writeBegin(begin)
                 let populated = try Self.populatedRanges(memory)
                 final = Self.split(populated, memorySegments: memory.memorySegments)
@@ -128,8 +173,14 @@ public final class Sender {
             phaseObserver?.enter(.committed)
             try writer.writeEnd(sourcePauseTime: pauseTime)
         } catch {
-            defer { _ = try? source.finishSend(migrated: false, destination: nil) }
+            // A continuation that wrote nothing does not count as a send of its stream: its token stays good.
+            defer { _ = try? source.finishSend(migrated: false, destination: nil, delivered: writer.bytesWritten > 0) }
             if throttled { try? source.setThrottle(percent: 0) }
+            if keptForResume {
+                throw MigrationError(
+                    "\(error); the source VM '\(config.name)' stays paused so that stream \(stream) can be continued: "
+                        + "vmsend -t with the token the receiver printed (vmrecv -s), within the resume window")
+            }
             // Resuming is safe even when END failed: a receiver resumes only after reading END whole, and a failed
             // write means it did not. (An interrupt during END cannot know that, so it leaves the source paused.)
             guard paused else {
@@ -160,7 +211,14 @@ public final class Sender {
             rounds: meter.nextRound, seconds: HostClock.seconds(since: started), pausedSeconds: pausedSeconds,
             sourceWasRunning: wasRunning, finalRoundPages: final.pages, finalRoundDiskBlocks: final.diskBlocks,
             disksTravelled: !config.disks.isEmpty && !options.sharedStorage,
-            stream: stream, sourceMigrated: migrated)
+            stream: stream, sourceMigrated: migrated, bytesWritten: writer.bytesWritten, continuedFrom: resumePoint)
+    }
+
+    /// Continuing a live stream would need the dirty pages since it broke; not done yet, so refused plainly.
+    public static func liveContinuation(_ token: ResumeToken) -> MigrationError {
+        MigrationError(
+            "stream \(token.point.uuidString) was live: continuing a live stream is not supported; "
+                + "run 'vmrecv -A NAME' where it was received and send again")
     }
 
     /// Pages of memory areas and blocks of disk areas in `ranges`.

@@ -57,6 +57,19 @@ public final class ControlSocketSource: MigrationSource {
         try client.sendFinish(migrated: migrated, destination: destination)
         return migrated
     }
+    public func finishSend(migrated: Bool, destination: String?, delivered: Bool) throws -> Bool {
+        guard client.knowsSendCustody else { return false }
+        try client.sendFinish(migrated: migrated, destination: destination, delivered: delivered)
+        return migrated
+    }
+    public func makeResumable(_ terms: ResumeTerms) throws {
+        guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) cannot keep a resumable send") }
+        try client.sendResumable(terms)
+    }
+    public func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32) {
+        guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) cannot continue a stream") }
+        return try client.sendContinue(stream: stream, attempt: attempt, force: force)
+    }
 }
 
 /// A machine created by `vmrun --incoming` for a stream being received. This connection owns it:
@@ -115,7 +128,82 @@ public final class IncomingMachine: MigrationDestination {
         name = config.name
     }
 
+    /// Takes up the partial receive the incoming machine `name` holds (`vmrecv -s` before): owns it again, maps its
+    /// memory and reopens its disks. Returns it with the receiver's checkpoint.
+    public static func takeUp(name: String, runDirectory: RunDirectory) throws -> (IncomingMachine, [UInt8]) {
+        try checkHoldsPartial(name: name, runDirectory: runDirectory, doing: "to continue")
+        let client: ControlClient
+        do {
+            client = try ControlClient.connect(name: name, runDirectory: runDirectory, ownIncoming: true)
+        } catch {
+            throw MigrationError("there is no partial receive named '\(name)' here to continue (\(error))")
+        }
+        do {
+            guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) keeps no partial receive") }
+            let (_, checkpoint) = try client.partialState()
+            let (config, _) = try client.describe()
+            let disks = try IncomingDisks(reopening: config)
+            let ram = try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: true)
+            let memory = MachineAreas(memory: ram, disks: config.disks, stores: try disks.stores())
+            return (IncomingMachine(client: client, memory: memory, disks: disks, name: name), checkpoint)
+        } catch {
+            // The partial receive stays as it was: closing the connection leaves it to the next owner.
+            client.close()
+            throw error
+        }
+    }
+
+    private init(client: ControlClient, memory: any GuestMemory, disks: IncomingDisks, name: String) {
+        self.client = client
+        self.memory = memory
+        self.disks = disks
+        self.name = name
+    }
+
     deinit { client.close() }
+
+    public func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws {
+        try client.keepPartial(partial, checkpoint: checkpoint)
+    }
+
+    /// Aborts the partial receive the incoming machine `name` holds (`vmrecv -A`): its vmrun and the disk images the
+    /// receive created go. Returns what it held.
+    public static func abortPartial(name: String, runDirectory: RunDirectory) throws -> PartialReceive {
+        try checkHoldsPartial(name: name, runDirectory: runDirectory, doing: "to abort")
+        let client: ControlClient
+        do {
+            client = try ControlClient.connect(name: name, runDirectory: runDirectory, ownIncoming: true)
+        } catch {
+            throw MigrationError("the partial receive '\(name)' is in use (\(error)); nothing was aborted")
+        }
+        let partial: PartialReceive
+        let disks: IncomingDisks
+        do {
+            partial = try client.partialState().partial
+            disks = try IncomingDisks(reopening: try client.describe().config)
+        } catch {
+            client.close()
+            throw MigrationError("VM '\(name)' holds no partial receive; nothing was aborted (\(error))")
+        }
+        _ = try? client.destroy()
+        client.close()
+        waitUntilGone(client.pid)
+        disks.remove()
+        return partial
+    }
+
+    /// Asks before claiming: claiming an incoming machine that holds no partial receive (a receive starting up) and
+    /// leaving it would end that receive.
+    private static func checkHoldsPartial(name: String, runDirectory: RunDirectory, doing: String) throws {
+        guard let client = try? ControlClient.connect(name: name, runDirectory: runDirectory) else {
+            throw MigrationError("there is no partial receive named '\(name)' here \(doing)")
+        }
+        defer { client.close() }
+        let status = try client.status()
+        guard status.partial != nil else {
+            throw MigrationError("VM '\(name)' holds no partial receive (it is \(status.state.rawValue)); nothing \(doing)")
+        }
+    }
 
     /// The disks reach stable storage first: the guest must never run ahead of its disk.
     public func restore(_ state: MachineState) throws {

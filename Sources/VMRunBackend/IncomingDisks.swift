@@ -76,6 +76,27 @@ final class IncomingDisks {
         }
     }
 
+    /// The images a partial receive created before (`config` as its vmrun holds it): opened again to go on writing
+    /// them, and removed should the receive fail, as if created here.
+    init(reopening config: MachineConfig) throws {
+        self.config = config
+        do {
+            for (index, disk) in config.disks.enumerated() where !disk.sharedStorage {
+                guard let path = disk.path else { throw MigrationError("disk \(disk.name) of the partial receive has no image") }
+                let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+                guard fd >= 0 else {
+                    throw MigrationError(
+                        "cannot open the partial receive's disk image \(path): \(String(cString: strerror(errno)))")
+                }
+                files[index] = FileDescriptor(rawValue: fd)
+                created.append(path)
+            }
+        } catch {
+            for file in files.values { try? file.close() }
+            throw error
+        }
+    }
+
     deinit { for file in files.values { try? file.close() } }
 
     /// A shared image must be there, readable and writable, and exactly the disk's size.

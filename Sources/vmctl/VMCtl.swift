@@ -91,6 +91,14 @@ struct Status: ParsableCommand {
         if let disk = status.disk {
             rows.append(["disk:", "\(disk.writes) blocks written, checks \(disk.checksPassed) ok, \(disk.checksFailed) failed"])
         }
+        if let resumable = status.resumable { rows.append(["resumable:", resumable.summary]) }
+        if let partial = status.partial {
+            rows.append(["partial:", partial.summary])
+            rows.append([
+                "resume with:",
+                "vmsend -t \(partial.token) \(UntrustedText.escape(partial.sourceMachine)) | ... vmrecv -s \(status.name)",
+            ])
+        }
         printTable(rows)
     }
 }

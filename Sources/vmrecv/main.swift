@@ -5,6 +5,7 @@ import SystemPackage
 import ToolSupport
 import VMControl
 import VMRunBackend
+import VMStream
 
 #if canImport(Glibc)
     import Glibc
@@ -42,14 +43,34 @@ struct VMRecv: ParsableCommand {
     @Flag(name: [.customShort("F"), .customLong("force")], help: "Overwrite disk images that already exist.")
     var force = false
 
+    @Flag(
+        name: [.customShort("s"), .customLong("resumable")],
+        help: "Should the stream break, keep what verified as a partial receive that vmsend -t can continue.")
+    var resumable = false
+
+    @Flag(
+        name: [.customShort("A"), .customLong("abort")],
+        help: "Abort the partial receive NAME holds: its vmrun and the disk images it created go.")
+    var abort = false
+
     @Argument(help: "The name the VM gets on this host.")
     var name: String
 
     func validate() throws {
         try asUsageError { try MachineName.validate(name) }
+        if resumable && dryRun { throw ValidationError("-s keeps a partial receive; -n creates nothing") }
+        if abort && (resumable || dryRun || paused || force || diskDir != nil) {
+            throw ValidationError("-A takes only the name (and --run-dir)")
+        }
     }
 
     func run() throws {
+        if abort {
+            let partial = try IncomingMachine.abortPartial(name: name, runDirectory: RunDirectory.resolve(flag: runDir))
+            StandardStreams.error(
+                "vmrecv: partial receive of stream \(partial.stream) into '\(name)' aborted; nothing of it is left")
+            return
+        }
         // Before any other thread starts: an interrupt destroys what was created and says so.
         let interrupts = ReceiveInterruptWatcher(machineName: name)
         // vmrun may exit before reading the configuration we write to it; that is its error to report, not a signal.
@@ -61,10 +82,17 @@ struct VMRecv: ParsableCommand {
         try ProgressSignal.watch(progressRequest)
         let runDirectory = RunDirectory.resolve(flag: runDir)
         // Before anything is read, with -n too: a receive refuses a name in use, so a dry run says so as well.
+        // A partial receive of the name is taken up by a continuation only; any other stream is refused once its
+        // first record shows what it is.
+        var heldPartial: PartialReceive?
         if let existing = try? ControlClient.connect(name: name, runDirectory: runDirectory) {
-            let state = (try? existing.status().state) ?? existing.initialState
+            let status = try? existing.status()
             existing.close()
-            throw MigrationError("a VM named '\(name)' already exists here (\(state.rawValue), pid \(existing.pid))")
+            heldPartial = status?.partial
+            if heldPartial == nil || dryRun {
+                let state = status?.state ?? existing.initialState
+                throw MigrationError("a VM named '\(name)' already exists here (\(state.rawValue), pid \(existing.pid))")
+            }
         }
         let compatibility = Compatibility.local()
         let vmrun = IncomingMachine.locateVMRun()
@@ -72,14 +100,24 @@ struct VMRecv: ParsableCommand {
         let disks = DiskPlacementChoice(directory: diskDir ?? runDirectory.path, overwrite: force)
         let name = self.name
         let receiver = Receiver(
-            input: .standardInput, options: ReceiveOptions(name: name, leavePaused: paused, dryRun: dryRun),
+            input: .standardInput,
+            options: {
+                var options = ReceiveOptions(name: name, leavePaused: paused, dryRun: dryRun)
+                options.keepPartial = resumable
+                return options
+            }(),
             checkCompatibility: { begin in
                 try compatibility.check(begin, as: name)
                 try disks.checkRoom(for: begin, as: name)
                 if verbose && dryRun { StandardStreams.error(begin.dryRunDescription(as: name)) }
             },
             makeDestination: { config in
-                try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun, disks: disks)
+                if let heldPartial {
+                    throw MigrationError(
+                        "VM '\(name)' holds a partial receive of stream \(heldPartial.stream): continue it with the token "
+                            + "'vmctl status \(name)' shows (vmsend -t), or abort it with 'vmrecv -A \(name)'")
+                }
+                return try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun, disks: disks)
             },
             makeCheck: { _ in try VMRunCheck(name: name, vmrun: vmrun) })
         receiver.warn = { StandardStreams.error("vmrecv: warning: \($0)") }
@@ -87,6 +125,14 @@ struct VMRecv: ParsableCommand {
         receiver.onStart = printer.start
         receiver.onProgress = printer.show
         receiver.phaseObserver = interrupts
+        receiver.takeUpPartial = { point in
+            let (machine, bytes) = try IncomingMachine.takeUp(name: name, runDirectory: runDirectory)
+            do {
+                return (machine, try ReaderCheckpoint.decode(bytes))
+            } catch {
+                throw MigrationError("the partial receive '\(name)' cannot be continued: \(error)")
+            }
+        }
         let report = try receiver.run()
         printer.finish(
             streamBytes: report.streamBytes, summary: report.summary(dryRun: dryRun), parsable: report.parsableSummary)

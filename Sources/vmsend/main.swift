@@ -51,6 +51,22 @@ struct VMSend: ParsableCommand {
         help: "Destroy the VM once its stream, written to a file, has been read back and verified.")
     var destroySource = false
 
+    @Flag(
+        name: [.customShort("s"), .customLong("resumable")],
+        help: "Warm: should the stream break, keep the VM paused so that vmsend -t can continue it (see --resume-window).")
+    var resumable = false
+
+    @Option(
+        name: [.customShort("t"), .customLong("resume-token")],
+        help: ArgumentHelp("Continue the broken stream this token names (vmrecv -s printed it).", valueName: "token"))
+    var resumeToken: String?
+
+    @Option(
+        name: .long, parsing: .unconditional,
+        help: ArgumentHelp("With -s: how long the VM keeps a broken stream for vmsend -t (e.g. 90s, 10m, 1h).", valueName: "time")
+    )
+    var resumeWindow: String = "10m"
+
     @Flag(name: .shortAndLong, help: "Print each round, progress (a bar on a terminal) and a summary on stderr.")
     var verbose = false
 
@@ -69,6 +85,18 @@ struct VMSend: ParsableCommand {
 
     func validate() throws {
         try asUsageError { try MachineName.validate(name) }
+        _ = try Self.parseWindow(resumeWindow)
+        if resumable && !warm {
+            throw ValidationError("-s needs --warm: continuing a live stream is not supported yet")
+        }
+        if let resumeToken {
+            _ = try asUsageError { try ResumeToken(parsing: resumeToken) }
+            guard !warm, compression.method == .none, !sharedStorage, !keepRunning, !dryRun, !destroySource else {
+                throw ValidationError(
+                    "-t continues a stream with the settings it was started with: drop --warm, -c, --shared-storage, "
+                        + "--keep-running, -n and --destroy-source")
+            }
+        }
         guard downtime >= 0 else { throw ValidationError("--downtime must be 0 or more milliseconds, not \(downtime)") }
         guard maxRounds >= 2 else { throw ValidationError("--max-rounds must be at least 2, not \(maxRounds)") }
         if destroySource {
@@ -81,6 +109,17 @@ struct VMSend: ParsableCommand {
                 )
             }
         }
+    }
+
+    /// A resume window: seconds, or a number with s, m or h; more than 0 and at most a week.
+    static func parseWindow(_ text: String) throws -> Duration {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        let unit = text.last.flatMap { units[$0] }
+        let number = unit == nil ? text : String(text.dropLast())
+        guard let value = Double(number), value.isFinite, value > 0, value * (unit ?? 1) <= 7 * 86400 else {
+            throw ValidationError("--resume-window must be a time above 0 and at most a week (90, 90s, 10m, 1h), not '\(text)'")
+        }
+        return .milliseconds(Int64((value * (unit ?? 1) * 1000).rounded(.up)))
     }
 
     func run() throws {
@@ -103,6 +142,14 @@ struct VMSend: ParsableCommand {
         options.sharedStorage = sharedStorage
         options.force = force
         options.destination = OutputDestination.describe()
+        options.resumable = resumable
+        options.resumeWindow = try Self.parseWindow(resumeWindow)
+        if let resumeToken {
+            let token = try ResumeToken(parsing: resumeToken)
+            // Refused before anything is asked of the source: a live stream's pages went on changing.
+            if token.mode == .live { throw Sender.liveContinuation(token) }
+            options.continuation = token
+        }
         #if DEBUG
             // Tests prove a check can fail by breaking a send on purpose; release builds have no such switch.
             options.fault = try getenv("VMSEND_TEST_FAULT").map { name in
@@ -135,6 +182,11 @@ struct VMSend: ParsableCommand {
             streamBytes: report.statistics.bytes, summary: report.summary, parsable: report.parsableSummary)
         if let missed = report.missedDowntimeTarget(convergence.downtimeTarget) {
             StandardStreams.error("vmsend: warning: \(missed)")
+        }
+        if let point = report.continuedFrom, verbose {
+            StandardStreams.error(
+                "vmsend: continued stream \(report.stream) from record \(point.record) (byte \(point.offset)): "
+                    + "\(report.bytesWritten) bytes written of \(report.statistics.bytes)")
         }
         let vmctl = "vmctl" + (runDir.map { " --run-dir \($0)" } ?? "")
         if keepRunning {
