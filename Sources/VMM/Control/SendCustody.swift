@@ -53,6 +53,11 @@ struct SendCustody {
         if let send, !send.senderGone {
             throw ControlError("VM '\(name)' is being sent already (\(send.summary))")
         }
+        if !force, let resume {
+            throw ControlError(
+                "VM '\(name)' keeps stream \(resume.terms.stream) for a continuation (vmsend -t): a new send would drop it; "
+                    + "use --force to start over")
+        }
         if !force, let reason = secondCopyRisk(state: state) {
             throw ControlError(
                 "VM '\(name)' \(reason): sending it again could start a second copy; if that copy is gone, use --force")
