@@ -52,8 +52,21 @@ import Testing
             .dirtyLogStop, .throttle(percent: 20), .saveState,
             .restoreState, .consoleInput, .diskFile(disk: 0), .diskWrittenFetch(disk: 0),
             .sendStart(stream: "s", force: false), .sendCommit, .sendFinish(migrated: true, destination: nil),
+            .sendResumable(terms: ResumableSendTests.terms(window: 1)), .sendContinue(stream: "s", attempt: 1, force: false),
+            .keepPartial(
+                partial: PartialReceive(
+                    stream: "s", sourceMachine: "a", token: "t", records: 2, bytes: 3, round: 0, unitsExpected: 1, kept: 0)),
+            .partialState,
         ]
         #expect(Set(every.map(\.name)) == ControlRequest.allNames, "every request is known by its wire name")
+    }
+
+    /// Senders from before resumable sends say `sendFinish` without `delivered`.
+    @Test func sendFinishStaysCompatible() throws {
+        let old = #"{"sendFinish":{"migrated":false}}"#
+        #expect(
+            try MessageSocket.decode(ControlRequest.self, from: Array(old.utf8))
+                == .sendFinish(migrated: false, destination: nil, delivered: nil))
     }
 
     /// Clients from before manual clearing send `{"dirtyLogStart":{}}` and know only `done`; old servers ignore the flag.
