@@ -25,8 +25,19 @@ import VMControl
 
     /// Every short flag has a long spelling, and compression is spelled the same in both tools that write streams.
     @Test(arguments: [
-        ("vmsend", ["-c", "--compress", "-n", "--dry-run", "-v", "--verbose", "-P", "--parsable"]),
-        ("vmrecv", ["-n", "--dry-run", "-v", "--verbose", "-P", "--parsable", "-F", "--force"]),
+        (
+            "vmsend",
+            [
+                "-c", "--compress", "-n", "--dry-run", "-v", "--verbose", "-P", "--parsable", "-s", "--resumable", "-t",
+                "--resume-token",
+            ]
+        ),
+        (
+            "vmrecv",
+            [
+                "-n", "--dry-run", "-v", "--verbose", "-P", "--parsable", "-F", "--force", "-s", "--resumable", "-A", "--abort",
+            ]
+        ),
         ("vmstream", ["dump", "-v", "--verbose"]), ("vmstream", ["sample", "-c", "--compress"]),
         ("vmctl", ["console", "-f", "--follow"]),
     ])
