@@ -178,6 +178,14 @@ extension MigrationEndToEndTests {
             #expect(forced.standardError.contains("vmrecv: stream interrupted after "), "\(forced.standardError)")
             let later = try ResumeToken(parsing: try #require(try fixture.status("b").partial?.token))
             #expect(later.point.record > token.point.record && later.point.attempt == 3)
+            // The receiver is the last judge: a continuation from an older place is refused before it takes anything.
+            let behind = try runShell("\(vmsend(["-t", token.text, "--force", "a"])) | \(vmrecv(["-s", "b"]))")
+            #expect(
+                behind.standardError.contains(
+                    "vmrecv: this continuation starts at record \(token.point.record) (byte \(token.point.offset), "),
+                "\(behind.standardError)")
+            #expect(behind.standardError.contains("but the partial receive here continues from record \(later.point.record)"))
+            #expect(try fixture.status("b").partial?.token == later.text, "the partial receive stays as it was")
 
             // The window passes: the source resumes (its send paused it) and the token is refused saying so.
             try waitUntil("a resumes when its resume window passes", timeout: .seconds(15)) {
