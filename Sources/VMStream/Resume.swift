@@ -47,7 +47,10 @@ public struct ResumePoint: Sendable, Equatable {
             attempt: try decoder.u32())
         guard try decoder.u32() == 0 else { throw fail("reserved field is not 0") }
         // Record 1 is BEGIN, which a receiver must have verified to keep anything.
-        guard point.record >= 2, point.offset >= UInt64(StreamFormat.headerSize), point.attempt >= 2 else {
+        // Bounded far above any stream, so that offsets counted on from it never overflow.
+        guard point.record >= 2, point.record < 1 << 56, point.offset >= UInt64(StreamFormat.headerSize),
+            point.offset < 1 << 60, point.attempt >= 2
+        else {
             throw fail("record \(point.record), byte \(point.offset), send \(point.attempt) cannot continue a stream")
         }
         return point

@@ -155,6 +155,22 @@ import Testing
         #expect(throws: StreamError.self) { try StreamDumper(verbosity: 0) { _ in }.dump(StreamReader(bytes: damaged)) }
     }
 
+    /// Damage anywhere in a continuation is a StreamError from a dump, never a crash, and never passes unnoticed.
+    @Test func aDamagedContinuationNeverCrashesADump() throws {
+        let whole = try Self.sample(.lz4())
+        let (checkpoint, _) = Self.readUntilBroken(Array(whole[..<(whole.count - 2_000)]))
+        let rest = try Self.continuation(.lz4(), from: try #require(checkpoint))
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<300 {
+            var damaged = rest
+            let position = round < 120 ? round : Int.random(in: 0..<damaged.count, using: &generator)
+            damaged[position] ^= UInt8.random(in: 1...255, using: &generator)
+            #expect(throws: StreamError.self, "byte \(position)") {
+                try StreamDumper(verbosity: 2) { _ in }.dump(StreamReader(bytes: damaged))
+            }
+        }
+    }
+
     @Test func aTokenRoundTripsAndEachDamageIsOneClearLine() throws {
         let token = ResumeToken(
             point: ResumePoint(uuid: Fixture.uuid, record: 9, offset: 4_242, running: 77, attempt: 2), machine: "demo",
