@@ -50,15 +50,14 @@ struct VMRecv: ParsableCommand {
     }
 
     func run() throws {
-        // Before any other thread starts: an interrupt destroys what was created and says so.
-        let interrupts = ReceiveInterruptWatcher(machineName: name)
+        let progressRequest = ProgressRequest()
+        // Before any other thread starts: an interrupt destroys what was created and says so; SIGUSR1 asks for a line.
+        let interrupts = ReceiveInterruptWatcher(machineName: name, progressRequest: progressRequest)
         // vmrun may exit before reading the configuration we write to it; that is its error to report, not a signal.
         signal(SIGPIPE, SIG_IGN)
         // Labelled: with `vmsend -v | vmrecv -v` both ends print to one terminal.
         let printer = ProgressPrinter(verbose: verbose, parsable: parsable, label: "received ")
-        let progressRequest = ProgressRequest()
         printer.attach(to: progressRequest)
-        try ProgressSignal.watch(progressRequest)
         let runDirectory = RunDirectory.resolve(flag: runDir)
         // Before anything is read, with -n too: a receive refuses a name in use, so a dry run says so as well.
         if let existing = try? ControlClient.connect(name: name, runDirectory: runDirectory) {
