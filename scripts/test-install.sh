@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Proves the install step: `make install` into a staging root puts every file where it belongs, the tools
 # report one version, the man pages render, the completions load in bash and complete VM names, no Swift
-# runtime library is linked, and vmrecv and vmstream run in a root holding only the tools and the .so files
-# ldd names (what a destination host without a Swift toolchain has). Run by scripts/test.sh.
+# runtime library is linked, and vmrecv and vmstream run in a root holding only the tools, /dev/kvm and the .so
+# files ldd names (what a destination host without a Swift toolchain has). Run by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d /tmp/vmsend-install-test.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+cleanup() {
+    # The sample VM of the minimal-root check, should the script stop while it runs.
+    if [ -S "$work/vms/sample.sock" ]; then "$work/dest$prefix/bin/vmctl" --run-dir "$work/vms" destroy sample || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
 fail() { echo "test-install: FAIL: $*" >&2; exit 1; }
 ok() { echo "test-install: ok: $*"; }
 
@@ -93,9 +98,18 @@ check_minimal_root() {
         mkdir -p "$minimal$(dirname "$library")"
         cp -L "$library" "$minimal$library"
     done
-    "$root/bin/vmstream" sample --size 4M --compress lz4 >"$sample"
+    # vmrecv -n checks a stream against this host's KVM through vmrun --check, so the stream is a real machine's.
+    local vms=$work/vms
+    mkdir "$vms" "$minimal/dev"
+    : >"$minimal/dev/kvm"
+    "$root/bin/vmrun" --run-dir "$vms" --memory 32M --guest-working-set 4M sample >"$work/vmrun.log" 2>&1 \
+        || { cat "$work/vmrun.log" >&2; fail "vmrun from the install tree"; }
+    "$root/bin/vmsend" --run-dir "$vms" --warm -c lz4 sample >"$sample" 2>"$work/vmsend.log" \
+        || { "$root/bin/vmctl" --run-dir "$vms" destroy sample; cat "$work/vmsend.log" >&2; fail "vmsend from the install tree"; }
+    "$root/bin/vmctl" --run-dir "$vms" destroy sample || fail "vmctl destroy from the install tree"
     unshare --mount --fork sh -c '
         mount -t proc proc "$1/proc" &&
+        mount --bind /dev/kvm "$1/dev/kvm" &&
         chroot "$1" "$2/bin/vmrecv" --version &&
         chroot "$1" "$2/bin/vmstream" dump <"$3" &&
         chroot "$1" "$2/bin/vmrecv" --dry-run --parsable copy <"$3"' - "$minimal" "$prefix" "$sample" \
@@ -105,10 +119,12 @@ check_minimal_root() {
     grep -q "^summary" "$work/minimal.out" || fail "vmrecv -n -P in the minimal root"
     ok "vmrecv --version, vmstream dump and vmrecv -n run in a root of only: $(cd "$minimal" && find . -type f -not -path ".$prefix/*" | sort | tr '\n' ' ')"
 }
-if [ "$(id -u)" = 0 ] && unshare --mount true 2>/dev/null; then
-    check_minimal_root
-else
+if [ "$(id -u)" != 0 ] || ! unshare --mount true 2>/dev/null; then
     echo "test-install: skipped the minimal root: chroot and mount need root" >&2
+elif [ ! -c /dev/kvm ]; then
+    echo "test-install: skipped the minimal root: vmrecv -n needs /dev/kvm, which this host lacks" >&2
+else
+    check_minimal_root
 fi
 
 # Uninstall removes every file install put there.

@@ -21,13 +21,11 @@ public enum SendPhase: Sendable {
 /// connection of its own (the main thread may be blocked in a write), before the process exits 1.
 /// SIGUSR1 asks for a progress line.
 ///
-/// The signals are blocked in every thread and taken by `sigwait` on a watcher thread, so no async-signal
-/// restrictions apply and the phase lock makes "resume" and "commit" mutually exclusive.
+/// The phase lock makes "resume" and "commit" mutually exclusive.
 public final class InterruptWatcher: Sendable {
     private let phase = Mutex(SendPhase.sourceRunning)
     private let reconnect: @Sendable () throws -> MigrationSource
     private let machineName: String
-    private let progressRequest: ProgressRequest
 
     /// Blocks the signals now; call before any other thread starts.
     public init(
@@ -35,20 +33,8 @@ public final class InterruptWatcher: Sendable {
         reconnect: @escaping @Sendable () throws -> MigrationSource
     ) {
         self.machineName = machineName
-        self.progressRequest = progressRequest
         self.reconnect = reconnect
-        var signals = Self.watchedSignals
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(
-            &thread, nil,
-            { argument in
-                let watcher = Unmanaged<InterruptWatcher>.fromOpaque(argument!).takeRetainedValue()
-                watcher.watch()
-                return nil
-            }, box)
-        pthread_detach(thread)
+        StopSignals.watch(progressRequest: progressRequest) { [self] name in stop(name) }
     }
 
     /// Moves the send to `next`; the watcher sees either the old or the new phase, never half of it.
@@ -65,24 +51,7 @@ public final class InterruptWatcher: Sendable {
         }
     }
 
-    private static var watchedSignals: sigset_t {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGHUP)
-        sigaddset(&set, SIGUSR1)
-        return set
-    }
-
-    private func watch() {
-        var signals = Self.watchedSignals
-        var received: Int32 = 0
-        while sigwait(&signals, &received) != 0 || received == SIGUSR1 {
-            if received == SIGUSR1 { progressRequest.raise() }
-            received = 0
-        }
-        let name = received == SIGINT ? "interrupted" : received == SIGTERM ? "terminated" : "hung up"
+    private func stop(_ name: String) {
         phase.withLock { current in
             switch current {
             case .sourceRunning:

@@ -10,7 +10,6 @@ import SystemSupport
 /// restored and resumed an interrupt waits for that to end, and then comes too late to undo it: the receive
 /// finishes as if it had not come.
 ///
-/// The signals are blocked in every thread and taken by `sigwait` on a thread of its own (as `InterruptWatcher`).
 public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sendable {
     private enum Phase {
         case starting
@@ -25,21 +24,10 @@ public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sen
     /// Stream bytes read so far, for the message.
     private let bytesRead = Atomic<UInt64>(0)
 
-    /// Blocks the signals now; call before any other thread starts.
-    public init(machineName: String) {
+    /// Blocks the signals now; call before any other thread starts. SIGUSR1 raises `progressRequest`.
+    public init(machineName: String, progressRequest: ProgressRequest) {
         self.machineName = machineName
-        var signals = Self.watchedSignals
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(
-            &thread, nil,
-            { argument in
-                let watcher = Unmanaged<ReceiveInterruptWatcher>.fromOpaque(argument!).takeRetainedValue()
-                watcher.watch()
-                return nil
-            }, box)
-        pthread_detach(thread)
+        StopSignals.watch(progressRequest: progressRequest) { [self] name in stop(name) }
     }
 
     public func receiving(_ destination: MigrationDestination?) {
@@ -60,20 +48,7 @@ public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sen
         }
     }
 
-    private static var watchedSignals: sigset_t {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGHUP)
-        return set
-    }
-
-    private func watch() {
-        var signals = Self.watchedSignals
-        var received: Int32 = 0
-        while sigwait(&signals, &received) != 0 {}
-        let name = received == SIGINT ? "interrupted" : received == SIGTERM ? "terminated" : "hung up"
+    private func stop(_ name: String) {
         gate.withLock {
             switch phase {
             case .starting:
@@ -92,7 +67,6 @@ public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sen
     }
 
     private func report(_ message: String) {
-        let line = Array("vmrecv: \(message)\n".utf8)
-        line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+        StandardError.line("vmrecv: \(message)")
     }
 }

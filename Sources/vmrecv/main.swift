@@ -71,15 +71,14 @@ struct VMRecv: ParsableCommand {
                 "vmrecv: partial receive of stream \(partial.stream) into '\(name)' aborted; nothing of it is left")
             return
         }
-        // Before any other thread starts: an interrupt destroys what was created and says so.
-        let interrupts = ReceiveInterruptWatcher(machineName: name)
+        let progressRequest = ProgressRequest()
+        // Before any other thread starts: an interrupt destroys what was created and says so; SIGUSR1 asks for a line.
+        let interrupts = ReceiveInterruptWatcher(machineName: name, progressRequest: progressRequest)
         // vmrun may exit before reading the configuration we write to it; that is its error to report, not a signal.
         signal(SIGPIPE, SIG_IGN)
         // Labelled: with `vmsend -v | vmrecv -v` both ends print to one terminal.
         let printer = ProgressPrinter(verbose: verbose, parsable: parsable, label: "received ")
-        let progressRequest = ProgressRequest()
         printer.attach(to: progressRequest)
-        try ProgressSignal.watch(progressRequest)
         let runDirectory = RunDirectory.resolve(flag: runDir)
         // Before anything is read, with -n too: a receive refuses a name in use, so a dry run says so as well.
         // A partial receive of the name is taken up by a continuation only; any other stream is refused once its

@@ -115,7 +115,7 @@ import VMControl
             #expect(migrate.status == 0, "hop \(hop): \(migrate.standardError)")
             let line = migrate.standardError.split(separator: "\n").last { $0.hasPrefix("received VM") } ?? ""
             print("hop \(hop): \(line)")
-            #expect(try fixture.status(from).state == .paused)
+            #expect(try fixture.status(from).state == .migrated)
             heartbeat = try waitForBeat(fixture, to, after: before + 2)
             expectHealthy(heartbeat, "after hop \(hop)")
             try expectQuietKernel(fixture, to)

@@ -46,11 +46,11 @@ extension MigrationEndToEndTests {
             #expect(received.lines.allSatisfy { $0.dirtyPages == nil && $0.dirtyRate == nil && $0.throttlePercent == nil })
             #expect(sent.summary.pausedMicroseconds != nil && sent.summary.downtimeMicroseconds == nil)
             #expect(received.summary.pausedMicroseconds == nil && received.summary.downtimeMicroseconds != nil)
-            // Beside the line on the paused source, only a missed-target warning, which a loaded machine may earn.
-            #expect(sent.messages.contains { $0.hasPrefix("vmsend: VM 'a' stays paused") }, "\(sent.messages)")
+            // Beside the line on the migrated source, only a missed-target warning, which a loaded machine may earn.
+            #expect(sent.messages.contains { $0.hasPrefix("vmsend: VM 'a' is migrated") }, "\(sent.messages)")
             #expect(
                 sent.messages.allSatisfy {
-                    $0.hasPrefix("vmsend: VM 'a' stays paused") || $0.hasPrefix("vmsend: warning: missed the downtime target")
+                    $0.hasPrefix("vmsend: VM 'a' is migrated") || $0.hasPrefix("vmsend: warning: missed the downtime target")
                 }, "\(sent.messages)")
             try fixture.destroyAllAndExpectNothingLeft()
         }
@@ -97,7 +97,7 @@ extension MigrationEndToEndTests {
             #expect(send.standardOutput.contains("\rfinal round 0 ["), "\(send.standardOutput)")
             #expect(sendScreen.contains { $0.hasPrefix("final round 0 [") && $0.contains("100%") }, "\(sendScreen)")
             #expect(sendScreen.contains { $0.hasPrefix("sent VM 'a' (64 MiB): ") }, "\(sendScreen)")
-            #expect(sendScreen.contains { $0.hasPrefix("vmsend: VM 'a' stays paused") }, "\(sendScreen)")
+            #expect(sendScreen.contains { $0.hasPrefix("vmsend: VM 'a' is migrated") }, "\(sendScreen)")
 
             let receive = try runShell(
                 "/usr/bin/script -qec \(shellQuoted(fixture.command("vmrecv", ["-v", "b"]) + " < \(file)")) /dev/null")

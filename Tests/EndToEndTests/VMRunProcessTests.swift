@@ -196,7 +196,7 @@ import VMControl
 @Suite struct UsageErrorTests {
     @Test(arguments: [
         ("vmsend", ["--downtime", "-5", "x"], "vmsend: --downtime must be 0 or more milliseconds, not -5"),
-        ("vmsend", ["-c", "zstd", "x"], "vmsend: the value 'zstd' is invalid for '-c <compress>'"),
+        ("vmsend", ["-c", "zstd", "x"], "vmsend: the value 'zstd' is invalid for '-c <method>'"),
         ("vmsend", ["bad/name"], "vmsend: invalid VM name 'bad/name'"),
         ("vmrecv", [], "vmrecv: missing expected argument '<name>'"),
         ("vmrecv", ["--bogus", "x"], "vmrecv: unknown option '--bogus'"),
