@@ -111,6 +111,35 @@ extension MigrationEndToEndTests {
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
+        /// Files as transport: a stream cut short in a file is kept from it, and the continuation, saved to a second
+        /// file that `vmstream dump` reads on its own, completes the copy.
+        @Test func aStreamSavedInTwoFilesIsReceivedFromThem() throws {
+            try VMFixture.requireMachine()
+            let fixture = VMFixture()
+            defer { fixture.cleanUp() }
+            let before = try fixture.startGuest("a", cpus: 1, memory: "64M", workingSet: "8M")
+            let first = shellQuoted(fixture.file("first.vms"))
+            let rest = shellQuoted(fixture.file("rest.vms"))
+            _ = try runShell("\(fixture.command("vmsend", ["-s", "--warm", "-c", "lz4", "a"])) | head -c 1500000 > \(first)")
+            let kept = try runShell("\(fixture.command("vmrecv", ["-s", "b"])) < \(first)")
+            expectOneLine(kept.standardError, "vmrecv", saying: ["stream interrupted after", "vmrecv -s b"])
+            let token = try ResumeToken(parsing: try #require(try fixture.status("b").partial?.token))
+            let continued = try runShell("\(fixture.command("vmsend", ["-t", token.text, "a"])) > \(rest)")
+            #expect(continued.status == 0, "\(continued.standardError)")
+            let dump = try runShell("\(shellQuoted(Products.path("vmstream"))) dump < \(rest)")
+            #expect(dump.status == 0, "\(dump.standardError)")
+            #expect(dump.standardOutput.contains("\tcontinues stream = \(token.point.uuidString)\n"))
+            #expect(dump.standardOutput.contains("\tfrom record = \(token.point.record) at byte \(token.point.offset)\n"))
+            #expect(fixture.size(of: "rest.vms") < fixture.size(of: "first.vms") * 20, "only the rest travels")
+            let received = try runShell("\(fixture.command("vmrecv", ["-s", "b"])) < \(rest)")
+            #expect(received.status == 0, "\(received.standardError)")
+            try fixture.expectContinues("b", from: before)
+            #expect(try fixture.status("a").state == .migrated)
+            unlink(fixture.file("first.vms"))
+            unlink(fixture.file("rest.vms"))
+            try fixture.destroyAllAndExpectNothingLeft()
+        }
+
         func tokenText(_ point: ResumePoint, machine: String = "a", mode: MigrationMode = .warm) -> String {
             ResumeToken(point: point, machine: machine, mode: mode).text
         }
