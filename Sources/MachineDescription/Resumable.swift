@@ -42,17 +42,25 @@ public struct ResumableSend: Codable, Sendable, Equatable {
     /// When the terms are dropped (and the machine resumed, if the send paused it), ns since the Unix epoch; nil
     /// while a send of the stream runs.
     public var expires: UInt64?
+    /// The last send wrote the whole stream, END included: the machine is migrated, and a continuation needs
+    /// `--force` (its receiver may have missed the end all the same, the sender cannot tell).
+    public var completed: Bool?
 
-    public init(stream: String, attempts: UInt32, windowSeconds: Double, expires: UInt64?) {
+    public init(stream: String, attempts: UInt32, windowSeconds: Double, expires: UInt64?, completed: Bool = false) {
         self.stream = stream
         self.attempts = attempts
         self.windowSeconds = windowSeconds
         self.expires = expires
+        self.completed = completed
     }
 
     public var summary: String {
         let window = "window \(Int(windowSeconds.rounded())) s"
         guard let expires else { return "stream \(stream), send \(attempts) of it in progress (\(window))" }
+        if completed == true {
+            return "stream \(stream) went out whole; kept for vmsend -t --force, should its receiver have missed "
+                + "the end, until \(UTCTime.format(expires)) (\(window))"
+        }
         return "stream \(stream) broke after \(attempts) send\(attempts == 1 ? "" : "s"); kept for vmsend -t until "
             + "\(UTCTime.format(expires)) (\(window))"
     }

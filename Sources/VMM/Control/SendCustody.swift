@@ -24,6 +24,8 @@ struct SendCustody {
         var pausedBySend = false
         /// When the terms go, ns since the epoch; nil while a send of the stream runs.
         var expires: UInt64?
+        /// The last send wrote END: the machine is migrated, and only a forced continuation goes on.
+        var completed = false
     }
 
     init(name: String) { self.name = name }
@@ -37,7 +39,8 @@ struct SendCustody {
         shown.migration = migration
         shown.resumable = resume.map {
             ResumableSend(
-                stream: $0.terms.stream, attempts: $0.attempts, windowSeconds: $0.terms.windowSeconds, expires: $0.expires)
+                stream: $0.terms.stream, attempts: $0.attempts, windowSeconds: $0.terms.windowSeconds, expires: $0.expires,
+                completed: $0.completed)
         }
         return shown
     }
@@ -100,6 +103,13 @@ struct SendCustody {
             throw ControlError("stale token: VM '\(name)' keeps no resume state for stream \(stream)")
         }
         if let send, !send.senderGone { throw ControlError("VM '\(name)' is being sent already (\(send.summary))") }
+        // A writer cannot tell whether END reached its reader: a stream that went out whole is continued only when
+        // the user says its receiver kept a partial receive, since otherwise its copy may run.
+        if hold.completed && !force {
+            throw ControlError(
+                "the token was used: stream \(stream) went out whole and VM '\(name)' is migrated; if its receiver "
+                    + "still holds a partial receive (vmrecv -s printed this token), continue with --force")
+        }
         guard attempt <= hold.attempts else {
             throw ControlError("the token names send \(attempt) of stream \(stream), which never started here")
         }
@@ -110,6 +120,7 @@ struct SendCustody {
         }
         hold.attempts += 1
         hold.expires = nil
+        hold.completed = false
         resume = hold
         send = SendRecord(
             stream: stream, sender: client, started: HostClock.realtimeNanoseconds(), pausedBySender: hold.pausedBySend)
@@ -138,7 +149,11 @@ struct SendCustody {
     /// no complete stream left it) and the line for the log.
     mutating func expireResume(state: RunState) -> (resume: Bool, log: String)? {
         guard let hold = resume, let expires = hold.expires, HostClock.realtimeNanoseconds() >= expires else { return nil }
-        drop(hold, "expired at \(UTCTime.format(expires)) (resume window \(Int(hold.terms.windowSeconds.rounded())) s)")
+        drop(
+            hold,
+            hold.completed
+                ? "was used: the stream went out whole, and its resume window passed at \(UTCTime.format(expires))"
+                : "expired at \(UTCTime.format(expires)) (resume window \(Int(hold.terms.windowSeconds.rounded())) s)")
         let resume = hold.pausedBySend && state == .paused && migration == nil && send == nil
         return (
             resume,
@@ -174,8 +189,11 @@ struct SendCustody {
             }
             return hold(after: finished).map { ended + "; " + $0 } ?? ended
         }
-        if let resume, resume.terms.stream == finished.stream {
-            drop(resume, "was used: the stream completed at \(UTCTime.format(HostClock.realtimeNanoseconds()))")
+        if var resume, resume.terms.stream == finished.stream {
+            // Kept for the window all the same: the last bytes may have been lost behind the sender's back.
+            resume.completed = true
+            resume.expires = HostClock.realtimeNanoseconds() + UInt64(resume.terms.windowSeconds * 1e9)
+            self.resume = resume
         }
         let record = MigrationRecord(
             stream: finished.stream, completed: HostClock.realtimeNanoseconds(), destination: destination)
