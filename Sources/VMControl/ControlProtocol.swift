@@ -63,8 +63,10 @@ import MachineDescription
 ///   after that they are dropped and a machine the send paused is resumed. A `saveState` while terms are kept
 ///   returns the state saved first, so a stream made again is the same stream.
 /// - `sendContinue(stream:attempt:force:)` starts a send that continues `stream` (as `sendStart` does), from a token
-///   of send `attempt`; refused with one line when nothing is kept for it (expired, completed, another stream), or
-///   when a later send of it started since (unless `force`). The reply is the kept terms and this send's number.
+///   of send `attempt`; refused with one line when nothing is kept for it (expired, another stream), and unless
+///   `force` when a later send of it started since or its last send wrote it whole (the machine is then migrated,
+///   but the terms are kept for the window: a writer cannot tell whether END reached its reader). The reply is the
+///   kept terms and this send's number.
 /// - `keepPartial(partial)`, from the owner of an incoming machine, payload the receiver's checkpoint: the machine
 ///   holds a partial receive, stays when its owner leaves, and waits for a new owner without a deadline.
 ///   `partialState`, from a new owner, returns the record and the checkpoint. `restoreState` ends it.
