@@ -41,11 +41,11 @@ def parse(send_path, recv_path):
             if fields[8] != "-":
                 dirty_rates.append(int(fields[8]))
             throttle = int(fields[10])  # the throttle in force during that round; the last one before switch-over
-        elif fields[0] == "summary" and len(fields) == 11:
+        elif fields[0] == "summary" and len(fields) >= 11:
             send_seconds, paused = f"{int(fields[6]) / 1e6:.2f}", milliseconds(fields[8])
     for line in open(recv_path, errors="replace"):
         fields = line.rstrip("\n").split("\t")
-        if fields[0] == "summary" and len(fields) == 11:
+        if fields[0] == "summary" and len(fields) >= 11:
             stream, rounds, seconds = fields[1], fields[5], f"{int(fields[6]) / 1e6:.2f}"
             downtime = milliseconds(fields[9])
     dirty = str(max(dirty_rates)) if dirty_rates else "-"

@@ -22,6 +22,8 @@ public struct SendReport: Sendable {
     public var stream: String
     /// The source recorded itself as `migrated` (a vmrun of control protocol 1 cannot).
     public var sourceMigrated: Bool
+    /// Where the source's pause went; empty when the send did not pause it.
+    public var switchOver = SwitchOverTimes()
 }
 
 /// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.
