@@ -107,7 +107,6 @@ public final class Sender {
                     manualClear: manualClear)
                 pauseTime = try pause()
                 rest.merge(try fetchDirty(memory))
-                try source.dirtyLogStop()
                 switchOver.lap(.dirtyLog)
                 #if DEBUG
                     switch options.fault {
@@ -139,6 +138,9 @@ public final class Sender {
             try writer.writeEnd(sourcePauseTime: pauseTime)
             switchOver.lap(.end)
             pausedSeconds = HostClock.seconds(since: pausedAt)
+            // Not in the pause: turning logging off re-registers guest RAM with KVM, which costs milliseconds. Before
+            // any resume (--keep-running); should it fail, the disconnect stops it.
+            if options.mode == .live { try? source.dirtyLogStop() }
         } catch {
             defer { _ = try? source.finishSend(migrated: false, destination: nil) }
             if throttled { try? source.setThrottle(percent: 0) }
