@@ -103,7 +103,7 @@ measure() {  # RATE RUN: one live migration; prints one result line
     local rate="$1" run="$2" src dst ok=ok timing seconds_rss fields state tick checks failed
     local src_rss=- dst_rss=- copy_new_checks=- copy_failed=-
     src="src$run" dst="dst$run"
-    start_source "$src" "$rate" || { destroy "$src"; printf '%s\t%d\tfail%s\n' "$rate" "$run" "$(printf '\t-%.0s' {1..14})"; return; }
+    start_source "$src" "$rate" || { destroy "$src"; printf '%s\t%d\tfail%s\n' "$rate" "$run" "$(printf '\t-%.0s' {1..22})"; return; }
     local with_stderr='f="$1"; shift; exec "$@" 2>"$f"' send_side
     send_side=(sh -c "$with_stderr" sh)
     if [ -n "$pipe_limit" ]; then  # vmsend's stream leaves through a slow link
@@ -121,7 +121,7 @@ measure() {  # RATE RUN: one live migration; prints one result line
         read -r state tick checks failed < <(vm_status "$dst") || true
         wait_for_checks "$dst" "$checks" || ok=fail
         read -r state tick checks failed < <(vm_status "$src") || true
-        if [ "$state" != paused ]; then say "FAIL: source $src is '$state' after the migration, not paused"; ok=fail; fi
+        if [ "$state" != migrated ]; then say "FAIL: source $src is '$state' after the migration, not migrated"; ok=fail; fi
     else
         say "FAIL: migration $rate run $run failed"
         ok=fail
@@ -164,7 +164,7 @@ main() {
     done
     [[ "$runs" =~ ^[1-9][0-9]*$ ]] && [[ "$cpus" =~ ^[1-9][0-9]*$ ]] && [[ "$warmup" =~ ^[0-9.]+$ ]] || usage
     [ -n "$rates" ] || usage
-    downtime_target=50  # vmsend's default; --downtime in --vmsend-args overrides it
+    downtime_target=20  # vmsend's default; --downtime in --vmsend-args overrides it
     if [[ " $vmsend_args " =~ \ --downtime[\ =]([0-9]+) ]]; then downtime_target="${BASH_REMATCH[1]}"; fi
     local name upper missing=()
     for name in vmrun vmsend vmrecv vmctl; do
@@ -181,14 +181,17 @@ main() {
     mkdir -p "$run_dir"
     local tsv="$work/results.tsv" load_before rate run
     load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
-    for rate in $rates; do
-        for ((run = 1; run <= runs; run++)); do
-            say "rate $rate, run $run/$runs"
-            measure "$rate" "$run" > "$work/line"  # not in $(...): a subshell would hide its VMs from cleanup
-            cat "$work/line" >&2
-            cat "$work/line" >> "$tsv"
-        done
-    done
+    # Every rate's runs, in a random order (the machine's load drifts; no rate gets all the quiet minutes).
+    local order
+    seed="${BENCH_SEED:-$RANDOM}"
+    # shellcheck disable=SC2086  # the rates are words
+    order="$(python3 "$here/run_order.py" --seed "$seed" --runs "$runs" $rates)"
+    while read -r run rate; do
+        say "rate $rate, run $run/$runs"
+        measure "$rate" "$run" > "$work/line"  # not in $(...): a subshell would hide its VMs from cleanup
+        cat "$work/line" >&2
+        cat "$work/line" >> "$tsv"
+    done <<<"$order"
     if [ -n "$results" ]; then cp "$tsv" "$results"; cp "$work/raw.log" "${results%.tsv}.log"; fi
     echo "## Live-migration benchmark"
     echo
@@ -198,12 +201,13 @@ main() {
          "kvm modules: $(ls /sys/module | grep '^kvm' | tr '\n' ' ')"
     echo "- load average before / after: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- guest: $memory, $cpus vCPUs, working set $working_set, warm-up ${warmup} s after the first tick;" \
-         "vmsend -v -P ${vmsend_args:-(defaults)} |${pipe_limit:+ ratelimit.py $pipe_limit |} vmrecv -P; $runs runs per rate"
+         "vmsend -v -P ${vmsend_args:-(defaults)} |${pipe_limit:+ ratelimit.py $pipe_limit |} vmrecv -P; $runs runs per rate," \
+         "in a random order (BENCH_SEED=$seed)"
     echo
     python3 "$here/live_bench.py" report "$tsv"
 }
 
-work="" run_dir="" VMCTL=""
+work="" run_dir="" VMCTL="" seed=""
 declare -A vm_pid=()  # VM name -> its vmrun's pid
 cleanup() {
     if [ -n "$run_dir" ] && [ -n "$VMCTL" ]; then

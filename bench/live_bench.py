@@ -7,12 +7,16 @@ usage: live_bench.py status < STATUS.json          -> state min_tick checks_per_
 Result lines (tab-separated, '-' where unknown): see FIELDS. Standard library only.
 """
 import json
+import math
 import statistics
 import sys
 
+# The downtime's phases, as the -P summary lines end (vmsend's five, then vmrecv's three); see vmsend(8).
+PHASES = ["pause", "dirty log", "final pages", "state", "END", "END read", "restore", "resume"]
 FIELDS = ["rate", "run", "ok", "rounds", "seconds", "send_seconds", "stream_bytes", "downtime_ms", "paused_ms",
-          "throttle_pct", "dirty_rate_bps", "bandwidth_bps", "new_checks", "checks_failed", "src_rss_kib",
-          "dst_rss_kib", "warmup_s"]
+          "throttle_pct", "dirty_rate_bps", "bandwidth_bps"] + [f"{p}_ms" for p in PHASES] + [
+          "new_checks", "checks_failed", "src_rss_kib", "dst_rss_kib", "warmup_s"]
+QEMU_DEFAULT_DOWNTIME_MS = 300  # QEMU's downtime-limit default
 UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 MB = 1e6
 
@@ -32,7 +36,9 @@ def parse(send_path, recv_path):
     tools' -P lines (vmsend(8) documents them; '-' where a figure is unknown)."""
     rounds = seconds = send_seconds = stream = downtime = paused = "-"
     throttle, dirty_rates, bandwidth = 0, [], "-"
+    phases = ["-"] * len(PHASES)
     milliseconds = lambda micro: "-" if micro == "-" else str(round(int(micro) / 1000))
+    fine_ms = lambda micro: "-" if micro == "-" else f"{int(micro) / 1000:.2f}"
     for line in open(send_path, errors="replace"):
         fields = line.rstrip("\n").split("\t")
         if fields[0] == "round" and len(fields) == 14:
@@ -41,15 +47,19 @@ def parse(send_path, recv_path):
             if fields[8] != "-":
                 dirty_rates.append(int(fields[8]))
             throttle = int(fields[10])  # the throttle in force during that round; the last one before switch-over
-        elif fields[0] == "summary" and len(fields) == 11:
+        elif fields[0] == "summary" and len(fields) >= 11:
             send_seconds, paused = f"{int(fields[6]) / 1e6:.2f}", milliseconds(fields[8])
+            if len(fields) == 11 + len(PHASES):
+                phases[:5] = map(fine_ms, fields[11:16])
     for line in open(recv_path, errors="replace"):
         fields = line.rstrip("\n").split("\t")
-        if fields[0] == "summary" and len(fields) == 11:
+        if fields[0] == "summary" and len(fields) >= 11:
             stream, rounds, seconds = fields[1], fields[5], f"{int(fields[6]) / 1e6:.2f}"
-            downtime = milliseconds(fields[9])
+            downtime = fine_ms(fields[9])
+            if len(fields) == 11 + len(PHASES):
+                phases[5:] = map(fine_ms, fields[16:19])
     dirty = str(max(dirty_rates)) if dirty_rates else "-"
-    return "\t".join([rounds, seconds, send_seconds, stream, downtime, paused, str(throttle), dirty, bandwidth])
+    return "\t".join([rounds, seconds, send_seconds, stream, downtime, paused, str(throttle), dirty, bandwidth] + phases)
 
 
 def number(text):
@@ -102,7 +112,36 @@ def report(path):
             f"{rss(runs, 'src_rss_kib')} / {rss(runs, 'dst_rss_kib')} |",
         ]))
     print("\n".join(out))
+    print()
+    print(downtime_table(rows))
     return 0
+
+
+def percentile(values, fraction):
+    """Nearest rank: the smallest value with at least `fraction` of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def downtime_table(rows):
+    """Where the downtime goes: per rate, the downtime's median, 95th percentile and maximum, the median of each
+    phase, and how far below QEMU's default limit the median is. Successful runs only."""
+    out = ["| guest dirty rate | runs | downtime median ms | p95 ms | max ms | "
+           + " | ".join(f"{p} ms" for p in PHASES) + f" | QEMU default {QEMU_DEFAULT_DOWNTIME_MS} ms / median |",
+           "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in PHASES) + " | ---: |"]
+    for rate, runs in rows.items():
+        good = [r for r in runs if r["ok"] == "ok" and number(r["downtime_ms"]) is not None]
+        if not good:
+            continue
+        downtimes = [number(r["downtime_ms"]) for r in good]
+        median = statistics.median(downtimes)
+        phases = []
+        for phase in PHASES:
+            values = [number(r[f"{phase}_ms"]) for r in good if number(r[f"{phase}_ms"]) is not None]
+            phases.append(f"{statistics.median(values):.1f}" if values else "-")
+        out.append(f"| {rate} | {len(good)} | {median:.1f} | {percentile(downtimes, 0.95):.1f} | {max(downtimes):.1f} | "
+                   + " | ".join(phases) + f" | {QEMU_DEFAULT_DOWNTIME_MS / median:.0f}x |")
+    return "\n".join(out)
 
 
 def main(argv):

@@ -37,6 +37,8 @@ public struct ReceiveReport: Sendable {
     public var streamBytes: UInt64 { statistics.bytes }
     public var seconds: Double
     public var downtime: Downtime
+    /// Where the downtime went here: END's arrival after the source's pause, the restore, the resume.
+    public var switchOver = SwitchOverTimes()
     /// Where a continuation took the stream up, and the stream bytes it carried.
     public var continuedFrom: ResumePoint?
     /// The downtime in seconds, when there was one to measure.
@@ -193,11 +195,18 @@ public final class Receiver {
             guard let end else { throw MigrationError("stream ended before its END record") }
             let state = MachineState(kernel: kernel, devices: devices)
             var downtime = begin.mode == .cold ? Downtime.coldRestore : .notResumed
+            var switchOver = SwitchOverTimes()
+            if begin.mode != .cold, let arrival = Self.downtime(since: end.sourcePauseTime) {
+                switchOver.record(.arrival, arrival)
+            }
             if let destination {
                 let finish = {
+                    switchOver.start()
                     try destination.restore(state)
+                    switchOver.lap(.restore)
                     if !self.options.leavePaused {
                         try destination.resume()
+                        switchOver.lap(.resume)
                         if begin.mode != .cold {
                             downtime = Self.downtime(since: end.sourcePauseTime).map { .measured($0) } ?? .unknown
                         }
@@ -213,7 +222,8 @@ public final class Receiver {
             }
             return ReceiveReport(
                 begin: begin, end: end, name: options.name, rounds: rounds, statistics: reader.statistics,
-                seconds: HostClock.seconds(since: started), downtime: downtime, continuedFrom: reader.resumePoint)
+                seconds: HostClock.seconds(since: started), downtime: downtime,
+                switchOver: downtime == .coldRestore ? SwitchOverTimes() : switchOver, continuedFrom: reader.resumePoint)
         } catch {
             guard let destination, !(error is MachineStoppedError) else { throw error }
             guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint() else {

@@ -5,7 +5,8 @@ import VMStream
 /// rates are stream bytes per second, and downtime is from the source's pause to the resume of the copy.
 extension SendReport {
     /// `sent VM 'demo' (2 GiB): 1.0 GiB stream in 3 rounds, 0.61 s (1.6 GiB/s); 262144 pages, 131072 of them zero
-    /// (not sent); the source was paused 35 ms before the stream ended`
+    /// (not sent); the source was paused 15 ms before the stream ended (pause 2 ms, dirty log 1 ms, final pages 9 ms, state
+    /// 2 ms, END 1 ms)`
     public var summary: String {
         let stats = statistics
         var line =
@@ -14,7 +15,7 @@ extension SendReport {
         if stats.compressedBatches > 0 { line += "; compression ratio \(ByteSize.twoDecimals(stats.compressionRatio))" }
         if disksTravelled { line += "; \(stats.diskBlocks) disk blocks, \(stats.diskZeroBlocks) of them zero" }
         if sourceWasRunning {
-            line += "; the source was paused \(milliseconds(pausedSeconds)) before the stream ended"
+            line += "; the source was paused \(milliseconds(pausedSeconds)) before the stream ended (\(switchOver.text))"
         }
         if disksTravelled { line += " (final round: \(finalRoundPages) pages, \(finalRoundDiskBlocks) disk blocks)" }
         return line
@@ -24,7 +25,7 @@ extension SendReport {
     public var parsableSummary: String {
         parsableSummaryLine(
             statistics, guestBytes: guestBytes, rounds: rounds, seconds: seconds,
-            paused: sourceWasRunning ? pausedSeconds : nil, downtime: nil)
+            paused: sourceWasRunning ? pausedSeconds : nil, downtime: nil, switchOver: switchOver)
     }
 
     /// A live send whose source was paused longer than the target before the stream even ended.
@@ -37,8 +38,8 @@ extension SendReport {
 }
 
 extension ReceiveReport {
-    /// `received VM 'demo' (2 GiB) as 'copy': 1.0 GiB stream in 3 rounds, 0.61 s (1.6 GiB/s); downtime 42 ms from the
-    /// source's pause to the resume here`
+    /// `received VM 'demo' (2 GiB) as 'copy': 1.0 GiB stream in 3 rounds, 0.61 s (1.6 GiB/s); downtime 19 ms from the
+    /// source's pause to the resume here (END read 15 ms, restore 3 ms, resume 1 ms)`
     public func summary(dryRun: Bool) -> String {
         var line =
             "\(dryRun ? "verified" : "received") VM \(UntrustedText.quote(begin.machine.name))"
@@ -50,7 +51,8 @@ extension ReceiveReport {
         }
         guard !dryRun else { return line }
         switch downtime {
-        case .measured(let seconds): line += "; downtime \(milliseconds(seconds)) from the source's pause to the resume here"
+        case .measured(let seconds):
+            line += "; downtime \(milliseconds(seconds)) from the source's pause to the resume here (\(switchOver.text))"
         case .coldRestore: line += "; a cold restore, so no downtime"
         case .notResumed: line += "; left paused: the downtime lasts until it is resumed"
         case .unknown: line += "; downtime unknown (the source was not paused by the send, or the clocks disagree)"
@@ -62,7 +64,7 @@ extension ReceiveReport {
     public var parsableSummary: String {
         parsableSummaryLine(
             statistics, guestBytes: begin.machine.memorySize, rounds: rounds, seconds: seconds, paused: nil,
-            downtime: downtimeSeconds)
+            downtime: downtimeSeconds, switchOver: switchOver)
     }
 }
 
@@ -88,15 +90,16 @@ private func streamFigures(_ stats: StreamStatistics, rounds: Int, seconds: Doub
 
 /// The `summary` line of `-P`, the same fields from both tools.
 private func parsableSummaryLine(
-    _ stats: StreamStatistics, guestBytes: UInt64, rounds: Int, seconds: Double, paused: Double?, downtime: Double?
+    _ stats: StreamStatistics, guestBytes: UInt64, rounds: Int, seconds: Double, paused: Double?, downtime: Double?,
+    switchOver: SwitchOverTimes
 ) -> String {
-    [
+    ([
         "summary", "\(stats.bytes)", "\(guestBytes)", "\(stats.pages + stats.diskBlocks)",
         "\(stats.zeroPages + stats.diskZeroBlocks)", "\(rounds)",
         microseconds(seconds), "\(UInt64(seconds > 0 ? Double(stats.bytes) / seconds : 0))",
         paused.map(microseconds) ?? "-", downtime.map(microseconds) ?? "-",
         ByteSize.twoDecimals(stats.compressionRatio),
-    ].joined(separator: "\t")
+    ] + switchOver.parsableFields).joined(separator: "\t")
 }
 
 func microseconds(_ seconds: Double) -> String { "\(Int64((seconds * 1e6).rounded()))" }

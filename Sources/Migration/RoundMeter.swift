@@ -26,6 +26,8 @@ public struct SendReport: Sendable {
     public var bytesWritten: UInt64 = 0
     /// Where a continuation took the stream up.
     public var continuedFrom: ResumePoint?
+    /// Where the source's pause went; empty when the send did not pause it.
+    public var switchOver = SwitchOverTimes()
 }
 
 /// What a send would write, for `vmsend -n -v`, found without pausing or sending anything.

@@ -12,7 +12,7 @@ public struct Convergence: Sendable {
     /// The pause's fixed cost besides sending pages; nil measures it from the source's answers.
     public var switchOverCost: Duration?
 
-    public static let defaultDowntimeTarget: Duration = .milliseconds(50)
+    public static let defaultDowntimeTarget: Duration = .milliseconds(20)
     public static let defaultMaxRounds = 30
 
     public init(

@@ -102,9 +102,15 @@ public final class Sender {
         var pausedAt = ContinuousClock.now
         var throttled = false
         var final = (pages: UInt64(0), diskBlocks: UInt64(0))
+        var switchOver = SwitchOverTimes()
+        var pausedSeconds = 0.0
         do {
+            /// Pauses the source; returns when, on the realtime clock, for END. The downtime counts from the request,
+            /// not its answer: the vCPUs may stop at once, and stopping them and draining devices is part of it.
             func pause() throws -> UInt64 {
                 pausedAt = .now
+                switchOver.start()
+                let requested = HostClock.realtimeNanoseconds()
                 guard wasRunning else { return 0 }
                 if let phaseObserver {
                     try phaseObserver.pausing { try source.pause() }
@@ -112,8 +118,8 @@ public final class Sender {
                     try source.pause()
                 }
                 paused = true
-                pausedAt = .now
-                return HostClock.realtimeNanoseconds()
+                switchOver.lap(.pause)
+                return requested
             }
             var pauseTime: UInt64 = 0
             var begin = StreamBegin(
@@ -135,7 +141,7 @@ public final class Sender {
                     manualClear: manualClear)
                 pauseTime = try pause()
                 rest.merge(try fetchDirty(memory))
-                try source.dirtyLogStop()
+                switchOver.lap(.dirtyLog)
                 #if DEBUG
                     switch options.fault {
                     case .dropFinalDirtyPages?: rest = DirtyPages(pageCounts: rest.pageCounts)
@@ -145,6 +151,7 @@ public final class Sender {
                 #endif
                 final = Self.split(rest.ranges, memorySegments: memory.memorySegments)
                 try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
+                switchOver.lap(.finalPages)
             } else {
                 pauseTime = try keptPauseTime ?? pause()
                 if options.resumable && resumePoint == nil {
@@ -163,15 +170,22 @@ public final class Sender {
                 final = Self.split(populated, memorySegments: memory.memorySegments)
                 announce(begin, populated: populated, writer: writer)
                 try sendRound(0, pages: populated, isFinal: true, memory: memory, writer: writer, meter: &meter)
+                switchOver.lap(.finalPages)
             }
             let state = try source.saveState()
             for chunk in state.kernel { try writer.writeKernelState(chunk) }
             for chunk in state.devices { try writer.writeDeviceState(chunk) }
+            switchOver.lap(.state)
             // The source learns first that a copy may run from now on: should this process die while END is being
             // written, it keeps the machine paused instead of resuming it.
             try source.commitSend()
             phaseObserver?.enter(.committed)
             try writer.writeEnd(sourcePauseTime: pauseTime)
+            switchOver.lap(.end)
+            pausedSeconds = HostClock.seconds(since: pausedAt)
+            // Not in the pause: turning logging off re-registers guest RAM with KVM, which costs milliseconds. Before
+            // any resume (--keep-running); should it fail, the disconnect stops it.
+            if options.mode == .live { try? source.dirtyLogStop() }
         } catch {
             // A continuation that wrote nothing does not count as a send of its stream: its token stays good.
             defer { _ = try? source.finishSend(migrated: false, destination: nil, delivered: writer.bytesWritten > 0) }
@@ -199,7 +213,6 @@ public final class Sender {
         // A source resumed later (vmctl resume, --keep-running) runs at full speed again. The stream is
         // complete, so a failure here must not fail the send: vmrun lifts the throttle when we disconnect.
         if throttled { try? source.setThrottle(percent: 0) }
-        let pausedSeconds = HostClock.seconds(since: pausedAt)
         // Lent pages must reach the reader before the guest may write them again (after --keep-running,
         // or a `vmctl resume` once we have exited).
         writer.waitUntilConsumed()
@@ -211,7 +224,8 @@ public final class Sender {
             rounds: meter.nextRound, seconds: HostClock.seconds(since: started), pausedSeconds: pausedSeconds,
             sourceWasRunning: wasRunning, finalRoundPages: final.pages, finalRoundDiskBlocks: final.diskBlocks,
             disksTravelled: !config.disks.isEmpty && !options.sharedStorage,
-            stream: stream, sourceMigrated: migrated, bytesWritten: writer.bytesWritten, continuedFrom: resumePoint)
+            stream: stream, sourceMigrated: migrated, bytesWritten: writer.bytesWritten, continuedFrom: resumePoint,
+            switchOver: wasRunning ? switchOver : SwitchOverTimes())
     }
 
     /// Continuing a live stream would need the dirty pages since it broke; not done yet, so refused plainly.

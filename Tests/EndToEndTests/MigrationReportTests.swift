@@ -46,6 +46,18 @@ extension MigrationEndToEndTests {
             #expect(received.lines.allSatisfy { $0.dirtyPages == nil && $0.dirtyRate == nil && $0.throttlePercent == nil })
             #expect(sent.summary.pausedMicroseconds != nil && sent.summary.downtimeMicroseconds == nil)
             #expect(received.summary.pausedMicroseconds == nil && received.summary.downtimeMicroseconds != nil)
+            // Each side times its own phases of the pause; together they make up what each side saw of it.
+            let sourcePhases = sent.summary.switchOverMicroseconds
+            let destinationPhases = received.summary.switchOverMicroseconds
+            #expect(sourcePhases[0..<5].allSatisfy { $0 != nil } && sourcePhases[5...].allSatisfy { $0 == nil })
+            #expect(destinationPhases[0..<5].allSatisfy { $0 == nil } && destinationPhases[5...].allSatisfy { $0 != nil })
+            let sourceTotal = sourcePhases.compactMap { $0 }.reduce(0, +)
+            let paused = try #require(sent.summary.pausedMicroseconds)
+            #expect(sourceTotal <= paused + 1000 && sourceTotal + 1000 >= paused, "\(sourcePhases) vs \(paused)")
+            let downtime = try #require(received.summary.downtimeMicroseconds)
+            let (arrival, restore, resume) = (destinationPhases[5]!, destinationPhases[6]!, destinationPhases[7]!)
+            #expect(
+                arrival + 1000 >= paused && arrival + restore + resume <= downtime + 1000, "\(destinationPhases) vs \(downtime)")
             // Beside the line on the migrated source, only a missed-target warning, which a loaded machine may earn.
             #expect(sent.messages.contains { $0.hasPrefix("vmsend: VM 'a' is migrated") }, "\(sent.messages)")
             #expect(

@@ -4,7 +4,7 @@ import Testing
 
 extension MigrationEndToEndTests {
     /// A short run of fuzz/mutate-streams.py, so that the campaign keeps working as the tools change; the full run
-    /// (10,000 streams) and its figures are in fuzz/RESULTS-mutation.md.
+    /// (1,000 streams) and its figures are in fuzz/RESULTS-mutation.md.
     @Suite struct MutationCampaignTests {
         @Test func aShortCampaignFindsNoDisagreementCrashHangOrLeftover() throws {
             try VMFixture.requireMachine()

@@ -39,6 +39,8 @@ struct ParsableOutput {
         var pausedMicroseconds: UInt64?
         var downtimeMicroseconds: UInt64?
         var compressionRatio: Double
+        /// Pause, dirty log, final pages, state, END (vmsend's); END read, restore, resume (vmrecv's).
+        var switchOverMicroseconds: [UInt64?]
     }
 
     var size: Size
@@ -84,8 +86,9 @@ struct ParsableOutput {
                     zeroPages: try reader.number(4), rounds: Int(try reader.number(5)),
                     elapsedMicroseconds: try reader.number(6), rate: try reader.number(7),
                     pausedMicroseconds: try reader.optional(8), downtimeMicroseconds: try reader.optional(9),
-                    compressionRatio: try reader.ratio(10))
-                try reader.expectCount(11)
+                    compressionRatio: try reader.ratio(10),
+                    switchOverMicroseconds: try (11..<19).map { try reader.optional($0) })
+                try reader.expectCount(19)
             default:
                 guard line.hasPrefix("\(tool): ") else { throw reader.error("neither a -P line nor a \(tool) message") }
                 messages.append(line)
