@@ -13,11 +13,13 @@ import SystemSupport
 public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sendable {
     private enum Phase {
         case starting
-        case receiving(MigrationDestination?)
+        /// What undoes everything created so far; nil when nothing was.
+        case receiving(undo: (() -> Void)?)
         case finished
     }
 
-    /// `@unchecked Sendable`: the phase, and the destination in it, are only touched with `gate` held.
+    /// `@unchecked Sendable`: the phase is only touched with `gate` held. What its undo touches (the incoming machine,
+    /// the dry run's check) may also be undone by the receive itself, so undoing is safe to run twice.
     private let gate = Gate()
     private var phase = Phase.starting
     private let machineName: String
@@ -30,8 +32,16 @@ public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sen
         StopSignals.watch(progressRequest: progressRequest) { [self] name in stop(name) }
     }
 
-    public func receiving(_ destination: MigrationDestination?) {
-        gate.withLock { phase = .receiving(destination) }
+    public func creating<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> Void) throws -> Made {
+        try gate.withLock {
+            let made = try make()
+            let earlier: (() -> Void)? = if case .receiving(let undo) = phase { undo } else { nil }
+            phase = .receiving(undo: {
+                undo(made)
+                earlier?()
+            })
+            return made
+        }
     }
 
     public func streamPosition(_ bytes: UInt64) { bytesRead.store(bytes, ordering: .relaxed) }
@@ -55,9 +65,9 @@ public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sen
                 report("\(name) before anything was created")
             case .receiving(nil):
                 report("\(name)\(position()); nothing was created")
-            case .receiving(let destination?):
-                destination.abandon()
-                report("\(name)\(position()); the incoming VM '\(machineName)' was destroyed")
+            case .receiving(let undo?):
+                undo()
+                report("\(name)\(position()); what the receive created was removed")
             case .finished:
                 // Restored and resumed already: the receive completes as if the signal had not come.
                 return

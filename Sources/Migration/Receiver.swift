@@ -131,14 +131,20 @@ public final class Receiver {
         var progress = ProgressTracker(sink: onProgress, request: progressRequest, knownTotalBytes: fileLength)
         var config = begin.machine
         config.name = options.name
-        let check = options.dryRun ? try makeCheck(config) : nil
+        /// Made with interrupts held off, so that an interrupt undoes all of it and nothing is left.
+        func created<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> Void) throws -> Made {
+            try phaseObserver?.creating(make, undo: undo) ?? make()
+        }
+        let check = options.dryRun ? try created({ try makeCheck(config) }, undo: { $0.finish() }) : nil
         defer { check?.finish() }
         try check?.checkConfiguration(config)
-        let destination = try takenUp?.destination ?? (options.dryRun ? nil : makeDestination(config))
-        phaseObserver?.receiving(destination)
+        let destination =
+            try options.dryRun
+            ? nil : created({ try takenUp?.destination ?? makeDestination(config) }, undo: { $0.abandon() })
         var rounds = takenUp?.checkpoint.rounds ?? 0
         var kernel: [StateChunk] = takenUp?.checkpoint.kernel ?? []
         var devices: [StateChunk] = takenUp?.checkpoint.devices ?? []
+        var resumed = false
         do {
             let memorySink = destination.map { GuestMemoryPageSink(memory: $0.memory) }
             let samples: DiskSampleSink? = check == nil ? nil : DiskSampleSink(config: config)
@@ -206,13 +212,14 @@ public final class Receiver {
                     switchOver.lap(.restore)
                     if !self.options.leavePaused {
                         try destination.resume()
+                        resumed = true
                         switchOver.lap(.resume)
                         if begin.mode != .cold {
                             downtime = Self.downtime(since: end.sourcePauseTime).map { .measured($0) } ?? .unknown
                         }
                     }
                 }
-                if let phaseObserver { try phaseObserver.finishing(finish) } else { try finish() }
+                try finishing(finish)
                 if !options.leavePaused { try destination.confirmRunning() }
             } else {
                 try check?.checkState(state, diskSamples: samples?.samples ?? [:])
@@ -225,31 +232,51 @@ public final class Receiver {
                 seconds: HostClock.seconds(since: started), downtime: downtime,
                 switchOver: downtime == .coldRestore ? SwitchOverTimes() : switchOver, continuedFrom: reader.resumePoint)
         } catch {
-            guard let destination, !(error is MachineStoppedError) else { throw error }
-            guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint() else {
-                destination.abandon()
-                throw error
+            // A copy that was resumed has run: it is never destroyed here, whatever failed after.
+            guard let destination, !resumed, !(error is MachineStoppedError) else { throw error }
+            try finishing {
+                try self.settle(
+                    error, destination: destination, begin: begin, reader: reader, rounds: rounds, kernel: kernel,
+                    devices: devices)
             }
-            guard begin.resumable else {
-                destination.abandon()
-                throw MigrationError("\(error); nothing was kept: the stream was not sent with vmsend -s")
-            }
-            checkpoint.kernel = kernel
-            checkpoint.devices = devices
-            checkpoint.rounds = rounds
-            let token = checkpoint.token
-            let partial = PartialReceive(
-                stream: begin.uuidString, sourceMachine: begin.machine.name, token: token.text,
-                records: checkpoint.recordsVerified, bytes: checkpoint.point.offset, round: checkpoint.round,
-                unitsExpected: checkpoint.unitsExpected, kept: HostClock.realtimeNanoseconds())
-            do {
-                try destination.keepPartial(partial, checkpoint: checkpoint.encode())
-            } catch let keepError {
-                destination.abandon()
-                throw MigrationError("\(error); keeping the partial receive failed (\(keepError)), so nothing was kept")
-            }
-            throw PartialReceiveKept(partial: partial, cause: "\(error)", name: options.name)
+            throw error
         }
+    }
+
+    /// Runs `work` with interrupts held off, when something watches them.
+    private func finishing(_ work: () throws -> Void) throws {
+        if let phaseObserver { try phaseObserver.finishing(work) } else { try work() }
+    }
+
+    /// After a failure: keeps the partial receive (`-s`, and a break a continuation can repair) or abandons the
+    /// machine; throws what the receive then reports.
+    private func settle(
+        _ error: any Error, destination: MigrationDestination, begin: StreamBegin, reader: StreamReader, rounds: Int,
+        kernel: [StateChunk], devices: [StateChunk]
+    ) throws -> Never {
+        guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint() else {
+            destination.abandon()
+            throw error
+        }
+        guard begin.resumable else {
+            destination.abandon()
+            throw MigrationError("\(error); nothing was kept: the stream was not sent with vmsend -s")
+        }
+        checkpoint.kernel = kernel
+        checkpoint.devices = devices
+        checkpoint.rounds = rounds
+        let token = checkpoint.token
+        let partial = PartialReceive(
+            stream: begin.uuidString, sourceMachine: begin.machine.name, token: token.text,
+            records: checkpoint.recordsVerified, bytes: checkpoint.point.offset, round: checkpoint.round,
+            unitsExpected: checkpoint.unitsExpected, kept: HostClock.realtimeNanoseconds())
+        do {
+            try destination.keepPartial(partial, checkpoint: checkpoint.encode())
+        } catch let keepError {
+            destination.abandon()
+            throw MigrationError("\(error); keeping the partial receive failed (\(keepError)), so nothing was kept")
+        }
+        throw PartialReceiveKept(partial: partial, cause: "\(error)", name: options.name)
     }
 
     /// A transport that ended or garbled what it carried: what a continuation can repair. Anything else (a stream
@@ -288,11 +315,13 @@ public struct MachineStoppedError: Error, CustomStringConvertible, Sendable {
 
 /// Told by the receiver where it stands: what an interrupt must undo, and when it must wait.
 public protocol ReceivePhaseObserver: AnyObject {
-    /// Pages are being received into `destination` (nil for a dry run).
-    func receiving(_ destination: MigrationDestination?)
+    /// Makes what the receive lands in (the incoming machine, a dry run's check) with interrupts held off; an
+    /// interrupt from then on calls `undo` with it (and with what was made before).
+    func creating<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> Void) throws -> Made
     /// The stream has been read up to byte `bytes`.
     func streamPosition(_ bytes: UInt64)
-    /// Restores and resumes with interrupts held off: an interrupt then comes too late to undo anything.
+    /// Ends the receive (restore and resume, or undoing a failure) with interrupts held off: an interrupt then comes
+    /// too late to undo anything.
     func finishing(_ work: () throws -> Void) throws
 }
 

@@ -1,5 +1,6 @@
 import MachineDescription
 import Migration
+import Synchronization
 import SystemPackage
 import VMControl
 
@@ -78,6 +79,7 @@ public final class ControlSocketSource: MigrationSource {
 /// Its disks are files this receiver creates (`IncomingDisks`) before vmrun starts: blocks land in them here,
 /// they reach stable storage before the state goes in, and a receive that fails removes them.
 public final class IncomingMachine: MigrationDestination {
+    private let abandoned = Mutex(false)
     public let memory: any GuestMemory
     private let client: ControlClient
     private let disks: IncomingDisks
@@ -229,11 +231,16 @@ public final class IncomingMachine: MigrationDestination {
     }
 
     /// Destroys the machine and its disks, and waits for its vmrun to exit: when this returns, nothing of it is left.
+    /// Once, whichever thread comes first (a failed receive, or an interrupt); a second call waits for the first.
     public func abandon() {
-        _ = try? client.destroy()
-        client.close()
-        waitUntilGone(client.pid)
-        disks.remove()
+        abandoned.withLock { abandoned in
+            guard !abandoned else { return }
+            abandoned = true
+            _ = try? client.destroy()
+            client.close()
+            waitUntilGone(client.pid)
+            disks.remove()
+        }
     }
 
     /// The pid in vmrun's `'NAME' is waiting for its state (pid N)` line.

@@ -1,5 +1,6 @@
 import MachineDescription
 import Migration
+import Synchronization
 import SystemPackage
 import SystemSupport
 import VMControl
@@ -16,7 +17,7 @@ import VMControl
 /// `refused: REASON`. The process ends when its stdin closes, so it never outlives this one.
 public final class VMRunCheck: IncomingCheck {
     private let child: ChildProcess.Spawned
-    private var finished = false
+    private let finished = Mutex(false)
     /// Sparse stand-ins for the disks that travel, in a folder of their own: they hold only the blocks a disk's
     /// fingerprint samples, which is all a check of its state reads. Their names go as soon as vmrun has opened
     /// them, so that nothing is left even if this process is killed; the open files live on until `finish`.
@@ -57,14 +58,17 @@ public final class VMRunCheck: IncomingCheck {
     }
 
     /// Closes the child's input, waits for it to exit, and removes the stand-in disks.
+    /// Once, whichever thread comes first (the receive, or an interrupt); a second call waits for the first.
     public func finish() {
-        guard !finished else { return }
-        finished = true
-        close(child.input)
-        close(child.output)
-        _ = ChildProcess.wait(child.pid)
-        for file in shadows.values { try? file.close() }
-        removeShadowNames()
+        finished.withLock { finished in
+            guard !finished else { return }
+            finished = true
+            close(child.input)
+            close(child.output)
+            _ = ChildProcess.wait(child.pid)
+            for file in shadows.values { try? file.close() }
+            removeShadowNames()
+        }
     }
 
     /// A sparse image of `size` bytes for disk `index`, in a private folder under the system's temporary one.

@@ -124,6 +124,9 @@ struct VMSend: ParsableCommand {
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
+        // Where this stream starts in the file, what --destroy-source reads back: the end of what is there for `>>`
+        // (an appending descriptor writes there whatever its offset), else the descriptor's offset.
+        let streamStart = destroySource ? try Self.writeOffset(of: .standardOutput) : 0
         let runDirectory = RunDirectory.resolve(flag: runDir)
         let name = self.name
         let progressRequest = ProgressRequest()
@@ -195,7 +198,7 @@ struct VMSend: ParsableCommand {
                     ? "vmsend: VM '\(name)' was resumed (--keep-running); the stream is a snapshot of it"
                     : "vmsend: VM '\(name)' was paused before the send and stays paused; the stream is a snapshot of it")
         } else if destroySource {
-            try destroyAfterVerifying(report, runDirectory: runDirectory, vmctl: vmctl)
+            try destroyAfterVerifying(report, from: streamStart, runDirectory: runDirectory)
         } else if report.sourceMigrated {
             StandardStreams.error(
                 "vmsend: VM '\(name)' is migrated (stream \(report.stream)) and stays paused so that it never runs beside its copy: "
@@ -209,17 +212,34 @@ struct VMSend: ParsableCommand {
         }
     }
 
-    /// --destroy-source: reads the file back through a reader of its own, and destroys the source only when every
-    /// checksum of it verifies; a file that does not verify cannot make a copy, so the source is resumed instead.
-    private func destroyAfterVerifying(_ report: SendReport, runDirectory: RunDirectory, vmctl: String) throws {
-        let path = "/proc/self/fd/1"
+    /// Where the next write to `file` lands.
+    static func writeOffset(of file: FileDescriptor) throws -> Int64 {
+        if fcntl(file.rawValue, F_GETFL) & O_APPEND != 0 { return try file.seek(offset: 0, from: .end) }
+        return try file.seek(offset: 0, from: .current)
+    }
+
+    /// --destroy-source: makes the file durable, reads this very stream back from where it started through a reader
+    /// of its own, and destroys the source only when it is whole: every checksum verifies, it is the stream just sent
+    /// (its UUID) and as long. A file that fails any of this cannot make a copy, so the source is resumed instead.
+    private func destroyAfterVerifying(_ report: SendReport, from start: Int64, runDirectory: RunDirectory) throws {
         let verdict: Error?
         do {
-            let file = try FileDescriptor.open(path, .readOnly)
+            guard fsync(1) == 0 else { throw ToolError("it cannot be made durable: \(String(cString: strerror(errno)))") }
+            let file = try FileDescriptor.open("/proc/self/fd/1", .readOnly)
             defer { try? file.close() }
+            _ = try file.seek(offset: start, from: .start)
             let reader = try StreamReader(input: file)
-            while try reader.next(into: DiscardingPageSink()) != nil {}
-            verdict = reader.statistics.records == 0 ? ToolError("the file is empty") : nil
+            var uuid: String?
+            while let record = try reader.next(into: DiscardingPageSink()) {
+                if case .begin(let begin) = record { uuid = begin.uuidString }
+            }
+            if uuid != report.stream {
+                verdict = ToolError("it holds stream \(uuid ?? "none"), not \(report.stream)")
+            } else if reader.statistics.bytes != report.statistics.bytes {
+                verdict = ToolError("\(reader.statistics.bytes) bytes of it were read back, \(report.statistics.bytes) were sent")
+            } else {
+                verdict = nil
+            }
         } catch {
             verdict = error
         }

@@ -72,6 +72,13 @@ extension MigrationEndToEndTests {
             #expect(fixture.files() == ["a.vms"], "\(fixture.files())")
             #expect(try runShell("\(fixture.command("vmrecv", ["a"])) < \(file)").status == 0, "the file restores")
             try fixture.expectRunning("a")
+            // Appended after other bytes (>>): what is read back is this stream, from where it starts.
+            let appended = fixture.file("appended.vms")
+            #expect(FileManager.default.createFile(atPath: appended, contents: Data("not a stream\n".utf8)))
+            let again = try runShell(
+                "\(fixture.command("vmsend", ["--warm", "--destroy-source", "a"])) >> \(shellQuoted(appended))")
+            #expect(again.status == 0, "\(again.standardError)")
+            #expect(!fixture.exists("a.sock"), "destroyed after its own stream verified")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 

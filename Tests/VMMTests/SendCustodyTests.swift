@@ -56,6 +56,11 @@ import VMControl
             "\($0)".contains("sending it again could start a second copy; if that copy is gone, use --force")
         }
         #expect(machine.state == .paused, "a refused resume changes nothing")
+        // A client that skips custody (as one of protocol 1 does) cannot read a stream's makings either.
+        #expect { try user.saveState() } throws: { "\($0)".contains("saveState is refused outside a send of it") }
+        #expect { try user.dirtyLogStart(manualClear: false) } throws: {
+            "\($0)".contains("dirtyLogStart is refused outside a send of it")
+        }
         try user.resume(force: true)
         #expect(machine.state == .running)
         #expect(try user.status().state == .running)

@@ -287,6 +287,7 @@ struct Session {
                 return .keep
             case .dirtyLogStart(let manualClear):
                 if incomingPending { throw wrongState("dirtyLogStart", "it is incoming") }
+                try custody.checkStreamRead("dirtyLogStart", connection: connection.id, state: machine.status().state)
                 if let other = dirtyLogOwner, other != connection.id {
                     throw ControlError("dirty logging on '\(name)' is already in use by another connection")
                 }
@@ -329,6 +330,7 @@ struct Session {
                 guard state == .paused, !incomingPending else {
                     throw wrongState("saveState", state == .crashed ? "it has crashed" : "it is \(state); pause it first")
                 }
+                try custody.checkStreamRead("saveState", connection: connection.id, state: state)
                 // A resumable stream made again must carry the very state its first send did (the clocks in it move on).
                 let saved = try resumableState ?? perform("saveState") { try machine.saveState() }
                 if custody.resume != nil { resumableState = saved }

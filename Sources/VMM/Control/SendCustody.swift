@@ -201,6 +201,16 @@ struct SendCustody {
         return "migrated (\(record.summary)); it stays paused so that it never runs beside its copy"
     }
 
+    /// Refuses `request` (saving the state, starting dirty logging: what a stream is made of) on a machine whose copy
+    /// may run elsewhere, unless asked by the connection whose send custody accepted (`--force` included). A client
+    /// that skips custody, such as one of control protocol 1, cannot make a second copy this way.
+    func checkStreamRead(_ request: String, connection: Int, state: RunState) throws {
+        guard connection != senderConnection, let reason = secondCopyRisk(state: state) else { return }
+        throw ControlError(
+            "VM '\(name)' \(reason): \(request) is refused outside a send of it (vmsend, which asks for --force if that "
+                + "copy is gone)")
+    }
+
     /// Refuses a resume that could run a second copy, unless forced or asked by the sender undoing its own pause; a
     /// crashed machine never resumes.
     func checkResume(force: Bool, connection: Int, state: RunState, failure: String?) throws {
