@@ -5,7 +5,7 @@ import SystemSupport
 public enum SwitchOverPhase: String, CaseIterable, Sendable {
     /// The source's vCPUs stopped and its devices drained.
     case pause
-    /// The last dirty bitmaps fetched and dirty logging stopped (live only).
+    /// The last dirty bitmaps fetched (live only; logging stops after END, outside the pause).
     case dirtyLog = "dirty log"
     /// The final round's pages and disk blocks written.
     case finalPages = "final pages"

@@ -108,7 +108,7 @@ struct VMRecv: ParsableCommand {
             checkCompatibility: { begin in
                 try compatibility.check(begin, as: name)
                 try disks.checkRoom(for: begin, as: name)
-                if verbose && dryRun { StandardStreams.error(begin.dryRunDescription(as: name)) }
+                if verbose && dryRun && !parsable { StandardStreams.error(begin.dryRunDescription(as: name)) }
             },
             makeDestination: { config in
                 if let heldPartial {
