@@ -139,6 +139,8 @@ extension MigrationEndToEndTests {
             #expect(try runShell("\(fixture.command("vmsend", ["--warm", "a"])) > \(stream)").status == 0)
             // The writer holds the pipe open for a minute after the stream and 8 bytes of garbage.
             let writerPid = fixture.file("writer.pid")
+            // Ended whatever the test finds: the writer would hold its pipe open for a minute.
+            defer { killRecordedProcess(writerPid) }
             let pipeline =
                 "sh -c 'cat \(stream); printf garbage!; echo $$ > \(writerPid); exec sleep 60' | "
                 + "{ \(fixture.command("vmrecv", ["b"])) 2> \(fixture.file("recv.err")); echo $? > \(fixture.file("recv.status")); }"
@@ -154,10 +156,8 @@ extension MigrationEndToEndTests {
             #expect(
                 try String(contentsOfFile: fixture.file("recv.err"), encoding: .utf8)
                     == "vmrecv: warning: 8 bytes after END ignored\n")
-            if let pid = (try? String(contentsOfFile: writerPid, encoding: .utf8)).flatMap({ Int32($0.filter(\.isNumber)) }) {
-                kill(pid, SIGTERM)
-            }
-            for name in ["writer.pid", "recv.err", "recv.status"] { unlink(fixture.file(name)) }
+            killRecordedProcess(writerPid)
+            for name in ["recv.err", "recv.status"] { unlink(fixture.file(name)) }
             try fixture.expectRunning("b")
             #expect(try fixture.status("a").state == .migrated)
             try fixture.expectOnly(["a", "b"], plus: ["a.vms"])
@@ -175,6 +175,8 @@ extension MigrationEndToEndTests {
             // The listener and vmrecv, then the sender; each nc's pid is kept to end it afterwards.
             let listenPid = fixture.file("listen.pid")
             let sendPid = fixture.file("sendnc.pid")
+            // Ended whatever the test finds: neither nc ever exits by itself.
+            defer { for file in [listenPid, sendPid] { killRecordedProcess(file) } }
             let listen =
                 "sh -c 'echo $$ > \(listenPid); exec nc -l 127.0.0.1 \(port)' | { \(fixture.command("vmrecv", ["b"])) "
                 + "2> \(fixture.file("recv.err")); echo $? > \(fixture.file("recv.status")); }"
@@ -194,12 +196,8 @@ extension MigrationEndToEndTests {
             #expect(status == "0\n", "\((try? String(contentsOfFile: fixture.file("recv.err"), encoding: .utf8)) ?? "")")
             try fixture.expectRunning("b")
             try waitUntil("the source is migrated") { try fixture.status("a").state == .migrated }
-            for file in [listenPid, sendPid] {
-                if let pid = (try? String(contentsOfFile: file, encoding: .utf8)).flatMap({ Int32($0.filter(\.isNumber)) }) {
-                    kill(pid, SIGTERM)
-                }
-            }
-            for file in ["listen.pid", "sendnc.pid", "recv.err", "recv.status", "send.err"] { unlink(fixture.file(file)) }
+            for file in [listenPid, sendPid] { killRecordedProcess(file) }
+            for file in ["recv.err", "recv.status", "send.err"] { unlink(fixture.file(file)) }
             try fixture.expectOnly(["a", "b"])
             try fixture.destroyAllAndExpectNothingLeft()
         }
@@ -209,4 +207,13 @@ extension MigrationEndToEndTests {
 /// Seconds of a duration, for messages.
 func secondsOf(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+/// Ends the process whose pid a test's shell wrote to `file` (a process the test started), and removes the file;
+/// nothing when there is no file.
+func killRecordedProcess(_ file: String) {
+    if let pid = (try? String(contentsOfFile: file, encoding: .utf8)).flatMap({ Int32($0.filter(\.isNumber)) }) {
+        kill(pid, SIGTERM)
+    }
+    unlink(file)
 }
