@@ -40,17 +40,13 @@ public struct SendEstimate: Sendable {
     public var estimatedStreamBytes: UInt64
 }
 
-/// Measures rounds for the switch-over: stream bytes and time per round, bandwidth over all rounds; and
-/// reports them as progress.
+/// Measures rounds for the switch-over (the page bandwidth of the last one) and reports them as progress.
 struct RoundMeter {
     let writer: StreamWriter
     private(set) var nextRound = 0
     private var progress: ProgressTracker
     private var roundStart = ContinuousClock.now
-    private var roundStartBytes: UInt64 = 0
     private var roundStartDataBytes: UInt64 = 0
-    private var sendingSeconds = 0.0
-    private var sentBytes: UInt64 = 0
     /// The vCPU throttle in force, for progress lines.
     var throttle = 0
 
@@ -62,9 +58,6 @@ struct RoundMeter {
     /// Pages the last finished round sent.
     var lastRoundPages: UInt64 { progress.state.pagesDone }
 
-    /// Stream bytes per second while sending; 0 before anything was measured.
-    var bandwidth: Double { sendingSeconds > 0 ? Double(sentBytes) / sendingSeconds : 0 }
-
     /// Bytes of non-zero guest pages per second in the last round: what the downtime estimate needs,
     /// compressed or not, for rounds like the next one. Zero pages cost a scan, not a transfer.
     private(set) var lastRoundPageBandwidth = 0.0
@@ -72,7 +65,6 @@ struct RoundMeter {
     mutating func startRound(_ number: Int, pages: UInt64, isFinal: Bool) {
         nextRound = number + 1
         roundStart = .now
-        roundStartBytes = writer.statistics.bytes
         roundStartDataBytes = writer.statistics.pageDataBytes
         progress.startRound(number, pages: pages, isFinal: isFinal, totalBytes: writer.statistics.bytes)
     }
@@ -83,8 +75,6 @@ struct RoundMeter {
 
     mutating func finishRound() {
         let seconds = HostClock.seconds(since: roundStart)
-        sendingSeconds += seconds
-        sentBytes += writer.statistics.bytes - roundStartBytes
         let dataBytes = writer.statistics.pageDataBytes - roundStartDataBytes
         lastRoundPageBandwidth = seconds > 0 ? Double(dataBytes) / seconds : 0
         progress.finishRound(totalBytes: writer.statistics.bytes)
