@@ -13,8 +13,8 @@ import SystemSupport
 public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sendable {
     private enum Phase {
         case starting
-        /// What undoes everything created so far; nil when nothing was.
-        case receiving(undo: (() -> Void)?)
+        /// What undoes everything created so far, saying what it undid; nil when nothing was created.
+        case receiving(undo: (() -> [String])?)
         case finished
     }
 
@@ -32,14 +32,11 @@ public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sen
         StopSignals.watch(progressRequest: progressRequest) { [self] name in stop(name) }
     }
 
-    public func creating<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> Void) throws -> Made {
+    public func creating<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> String) throws -> Made {
         try gate.withLock {
             let made = try make()
-            let earlier: (() -> Void)? = if case .receiving(let undo) = phase { undo } else { nil }
-            phase = .receiving(undo: {
-                undo(made)
-                earlier?()
-            })
+            let earlier: (() -> [String])? = if case .receiving(let undo) = phase { undo } else { nil }
+            phase = .receiving(undo: { [undo(made)] + (earlier?() ?? []) })
             return made
         }
     }
@@ -66,8 +63,7 @@ public final class ReceiveInterruptWatcher: ReceivePhaseObserver, @unchecked Sen
             case .receiving(nil):
                 report("\(name)\(position()); nothing was created")
             case .receiving(let undo?):
-                undo()
-                report("\(name)\(position()); what the receive created was removed")
+                report("\(name)\(position()); \(undo().joined(separator: ", "))")
             case .finished:
                 // Restored and resumed already: the receive completes as if the signal had not come.
                 return

@@ -132,15 +132,28 @@ public final class Receiver {
         var config = begin.machine
         config.name = options.name
         /// Made with interrupts held off, so that an interrupt undoes all of it and nothing is left.
-        func created<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> Void) throws -> Made {
+        func created<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> String) throws -> Made {
             try phaseObserver?.creating(make, undo: undo) ?? make()
         }
-        let check = options.dryRun ? try created({ try makeCheck(config) }, undo: { $0.finish() }) : nil
+        let check =
+            options.dryRun
+            ? try created(
+                { try makeCheck(config) },
+                undo: { check in
+                    check.finish()
+                    return "nothing was created"
+                }) : nil
         defer { check?.finish() }
         try check?.checkConfiguration(config)
         let destination =
             try options.dryRun
-            ? nil : created({ try takenUp?.destination ?? makeDestination(config) }, undo: { $0.abandon() })
+            ? nil
+            : created(
+                { try takenUp?.destination ?? makeDestination(config) },
+                undo: { [name = options.name] machine in
+                    machine.abandon()
+                    return "the incoming VM '\(name)' was destroyed"
+                })
         var rounds = takenUp?.checkpoint.rounds ?? 0
         var kernel: [StateChunk] = takenUp?.checkpoint.kernel ?? []
         var devices: [StateChunk] = takenUp?.checkpoint.devices ?? []
@@ -316,8 +329,8 @@ public struct MachineStoppedError: Error, CustomStringConvertible, Sendable {
 /// Told by the receiver where it stands: what an interrupt must undo, and when it must wait.
 public protocol ReceivePhaseObserver: AnyObject {
     /// Makes what the receive lands in (the incoming machine, a dry run's check) with interrupts held off; an
-    /// interrupt from then on calls `undo` with it (and with what was made before).
-    func creating<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> Void) throws -> Made
+    /// interrupt from then on calls `undo` with it (and with what was made before), which says what it undid.
+    func creating<Made>(_ make: () throws -> Made, undo: @escaping (Made) -> String) throws -> Made
     /// The stream has been read up to byte `bytes`.
     func streamPosition(_ bytes: UInt64)
     /// Ends the receive (restore and resume, or undoing a failure) with interrupts held off: an interrupt then comes
