@@ -78,7 +78,8 @@ def pairwise(ours, peer, key):
 def ratio(values):
     if not values:
         return "-"
-    return f"{cell(values, 2)}x; ours faster in {sum(v > 1 for v in values)} of {len(values)}"
+    middle, _, spread = cell(values, 2).partition(" ")
+    return f"{middle}x {spread}; ours faster in {sum(v > 1 for v in values)} of {len(values)}"
 
 
 def migration_table(rows):
