@@ -97,16 +97,10 @@ def parse_beat(line):
 
 
 class Console:
-    """A serial console log that only grows: the beats printed after a given offset."""
+    """A serial console log that only grows (each machine has a new one): its beats as they come."""
 
     def __init__(self, path):
         self.path = path
-
-    def size(self):
-        try:
-            return os.path.getsize(self.path)
-        except OSError:
-            return 0
 
     def text(self, start=0):
         try:
@@ -117,9 +111,6 @@ class Console:
             return ""
         end = data.rfind(b"\n")
         return data[:end + 1].decode(errors="replace").replace("\r", "") if end >= 0 else ""
-
-    def beats(self, start=0):
-        return [b for b in (parse_beat(line) for line in self.text(start).splitlines()) if b]
 
     def wait_beats(self, start, count, timeout, alive=lambda: True, stall=None):
         """The first `count` beats after offset `start`, each with the monotonic time it was seen. With `stall`,
@@ -314,7 +305,7 @@ class Ours:
     def move(self, result, send_options, receive_input=None):
         """vmsend SEND_OPTIONS CURRENT | vmrecv NEW (or, with receive_input, vmsend into that file, then vmrecv from
         it), then the guest is judged on NEW. total_s: from the start of vmrecv (and of vmsend, in a pipe) until both
-        exited (vmrecv exits once the copy runs)."""
+        exited (vmrecv watches the copy for a quarter of a second after resuming it, then exits)."""
         source = self.current
         self.hop += 1
         target = f"lx{self.hop}"
