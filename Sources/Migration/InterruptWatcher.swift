@@ -7,8 +7,10 @@ import SystemSupport
 
 /// Where a send stands, as seen from the thread that handles interrupts.
 public enum SendPhase: Sendable {
-    /// The source runs (or was never touched): an interrupt only stops the send.
+    /// The source runs: an interrupt only stops the send.
     case sourceRunning
+    /// The source was paused before the send, which leaves it so: an interrupt only stops the send.
+    case sourceLeftPaused
     /// The sender paused the source: an interrupt must resume it.
     case sourcePaused
     /// END is being written or was written: the copy may already run, so the source stays paused.
@@ -56,6 +58,8 @@ public final class InterruptWatcher: Sendable {
             switch current {
             case .sourceRunning:
                 report("\(name); the source VM '\(machineName)' keeps running")
+            case .sourceLeftPaused:
+                report("\(name); the source VM '\(machineName)' stays paused, as it was before the send")
             case .sourcePaused:
                 do {
                     try reconnect().resume()

@@ -98,6 +98,7 @@ public final class Sender {
         // A source that was paused before the send (vmctl pause, vmrun --paused) is left as it was:
         // never resumed, on failure or with --keep-running.
         let wasRunning = try source.isRunning()
+        if !wasRunning { phaseObserver?.enter(.sourceLeftPaused) }
         var paused = false
         var pausedAt = ContinuousClock.now
         var throttled = false

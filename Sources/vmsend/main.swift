@@ -207,7 +207,7 @@ struct VMSend: ParsableCommand {
         } else {
             StandardStreams.error(
                 "vmsend: VM '\(name)' stays paused here and must not run alongside its copy: "
-                    + "'\(vmctl) destroy \(name)' removes it; '\(vmctl) resume \(name)' resumes it if the copy never started"
+                    + "'\(vmctl) destroy \(name)' removes it; '\(vmctl) resume --force \(name)' resumes it if the copy never started"
             )
         }
     }

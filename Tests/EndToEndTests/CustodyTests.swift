@@ -17,6 +17,39 @@ extension MigrationEndToEndTests {
             #expect(sent.status == 0, "\(sent.standardError)")
         }
 
+        /// A send interrupted while it blocks on a full pipe leaves a source that was paused before it as it was.
+        @Test func anInterruptedSendOfAPausedSourceLeavesItPaused() throws {
+            try VMFixture.requireMachine()
+            let fixture = VMFixture()
+            defer { fixture.cleanUp() }
+            try fixture.startGuest("a", memory: "64M", workingSet: "16M")
+            #expect(try fixture.vmctl(["pause", "a"]).status == 0)
+            let pidFile = fixture.file("vmsend.pid")
+            let readerPidFile = fixture.file("reader.pid")
+            let errors = fixture.file("vmsend.err")
+            defer { for file in [pidFile, readerPidFile] { killRecordedProcess(file) } }
+            // The reader never reads: vmsend blocks once the pipe is full, until the interrupt.
+            let started = try runShell(
+                "(sh -c 'echo $$ > \(pidFile); exec \(fixture.command("vmsend", ["--warm", "a"]))' 2> \(shellQuoted(errors)) "
+                    + "| sh -c 'echo $$ > \(readerPidFile); exec sleep 30' &) > /dev/null 2>&1")
+            #expect(started.status == 0)
+            try waitUntil("vmsend blocks on the full pipe") {
+                guard let pid = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap({ Int32($0.filter(\.isNumber)) })
+                else { return false }
+                return blockedSystemCall(pid).map { [1, 20, 278].contains($0) } == true
+            }
+            killRecordedProcess(pidFile)
+            try waitUntil("vmsend says why it stopped") { (try? fixture.text(of: errors))?.isEmpty == false }
+            usleep(200_000)
+            expectOneLine(
+                try fixture.text(of: errors), "vmsend",
+                saying: ["terminated; the source VM 'a' stays paused, as it was before the send"])
+            #expect(try fixture.status("a").state == .paused)
+            killRecordedProcess(readerPidFile)
+            unlink(errors)
+            try fixture.destroyAllAndExpectNothingLeft()
+        }
+
         @Test func aMigratedSourceIsNeitherResumedNorSentAgainUnlessForced() throws {
             try VMFixture.requireMachine()
             let fixture = VMFixture()
