@@ -301,30 +301,13 @@ public final class StreamReader {
                 offset = point.offset
                 running = point.running
             }
-            let start = offset
-            var header = [UInt8](repeating: 0, count: StreamFormat.recordHeaderSize)
-            let count = try header.withUnsafeMutableBytes { try source.read([$0]) }
-            offset += UInt64(count)
-            if count == 0 { throw StreamError(.truncated, "stream truncated at byte \(offset) (before END)") }
-            recordNumber += 1
-            guard count == header.count else {
-                throw StreamError(.truncated, "stream truncated at byte \(offset) (inside record \(recordNumber))")
-            }
-            var decoder = WireDecoder(header) { StreamError(.malformed, $0) }
-            let rawType = try decoder.u16()
-            let flags = try decoder.u16()
-            let length = try decoder.u32()
-            let headerChecksum = try decoder.u64()
-            guard Checksum.header(type: rawType, flags: flags, length: length) == headerChecksum else {
-                throw StreamError.checksum(record: recordNumber, what: "header", offset: start)
-            }
-            let framing = Framing(
-                start: start, type: RecordType(rawValue: rawType), flags: flags, length: Int(length),
-                headerChecksum: headerChecksum)
+            let framing = try readFraming()
+            let start = framing.start
             guard framing.length <= StreamFormat.maxPayloadLength else {
-                throw StreamError(.lengthTooLarge, "record \(recordNumber) at byte \(start) has payload length \(length)")
+                throw StreamError(
+                    .lengthTooLarge, "record \(recordNumber) at byte \(start) has payload length \(framing.length)")
             }
-            hasher.reset(seed: headerChecksum)
+            hasher.reset(seed: framing.headerChecksum)
             var endPayload: [UInt8] = []
             if framing.type == .end, framing.length <= Payload.endSizeWithDisks {
                 endPayload = [UInt8](repeating: 0, count: framing.length)
@@ -348,8 +331,9 @@ public final class StreamReader {
                 rules.markEnded()
             }
             lastRecord = RecordInfo(
-                number: recordNumber, offset: start, type: framing.type, flags: flags, payloadLength: framing.length,
-                headerChecksum: headerChecksum, checksum: checksum, runningChecksum: framing.type == .end ? before : running)
+                number: recordNumber, offset: start, type: framing.type, flags: framing.flags, payloadLength: framing.length,
+                headerChecksum: framing.headerChecksum, checksum: checksum,
+                runningChecksum: framing.type == .end ? before : running)
             return lastRecord
         } catch let error as StreamError {
             failure = error
@@ -382,13 +366,8 @@ public final class StreamReader {
     /// What a pipe and the pipes and sockets behind it may hold: 16 MiB.
     static let inFlightLimit = 16 << 20
 
-    /// Reads one record; nil when it was an ignorable unknown record that was skipped.
-    private func readRecord(into sink: some PageSink) throws -> StreamRecord? {
-        if rules.begin != nil {
-            lastGood = ReaderCheckpoint(
-                rules: rules, features: headerFeatures & ~StreamFormat.continuationFeature, offset: offset,
-                recordNumber: recordNumber, running: running, statistics: statistics, attempt: attempt)
-        }
+    /// Reads the next record's header and checks its checksum; the record is counted from here on.
+    private func readFraming() throws -> Framing {
         let start = offset
         var header = [UInt8](repeating: 0, count: StreamFormat.recordHeaderSize)
         let count = try header.withUnsafeMutableBytes { try source.read([$0]) }
@@ -406,9 +385,20 @@ public final class StreamReader {
         guard Checksum.header(type: rawType, flags: flags, length: length) == headerChecksum else {
             throw StreamError.checksum(record: recordNumber, what: "header", offset: start)
         }
-        let framing = Framing(
+        return Framing(
             start: start, type: RecordType(rawValue: rawType), flags: flags, length: Int(length),
             headerChecksum: headerChecksum)
+    }
+
+    /// Reads one record; nil when it was an ignorable unknown record that was skipped.
+    private func readRecord(into sink: some PageSink) throws -> StreamRecord? {
+        if rules.begin != nil {
+            lastGood = ReaderCheckpoint(
+                rules: rules, features: headerFeatures & ~StreamFormat.continuationFeature, offset: offset,
+                recordNumber: recordNumber, running: running, statistics: statistics, attempt: attempt)
+        }
+        let framing = try readFraming()
+        let (start, flags, length) = (framing.start, framing.flags, framing.length)
         let place = "record \(recordNumber) (\(framing.type)) at byte \(start)"
         guard flags & ~StreamFormat.ignorableFlag == 0 else {
             throw StreamError(.malformed, "\(place) has unknown flags 0x\(String(flags, radix: 16))")
@@ -417,7 +407,7 @@ public final class StreamReader {
             throw StreamError(
                 .lengthTooLarge, "\(place) has payload length \(length), above the limit of \(StreamFormat.maxPayloadLength)")
         }
-        hasher.reset(seed: headerChecksum)
+        hasher.reset(seed: framing.headerChecksum)
         let record: StreamRecord?
         let checksum: UInt64
         if framing.type == .pages || framing.type == .diskBlocks {
@@ -443,7 +433,7 @@ public final class StreamReader {
         statistics.count(framing.type, bytes: Int(offset - start))
         lastRecord = RecordInfo(
             number: recordNumber, offset: start, type: framing.type, flags: flags,
-            payloadLength: framing.length, headerChecksum: headerChecksum, checksum: checksum,
+            payloadLength: framing.length, headerChecksum: framing.headerChecksum, checksum: checksum,
             runningChecksum: framing.type == .end ? before : running)
         return record
     }
