@@ -139,7 +139,6 @@ extension MigrationEndToEndTests {
             #expect(try runShell("\(fixture.command("vmsend", ["--warm", "a"])) > \(stream)").status == 0)
             // The writer holds the pipe open for a minute after the stream and 8 bytes of garbage.
             let writerPid = fixture.file("writer.pid")
-            // Ended whatever the test finds: the writer would hold its pipe open for a minute.
             defer { killRecordedProcess(writerPid) }
             let pipeline =
                 "sh -c 'cat \(stream); printf garbage!; echo $$ > \(writerPid); exec sleep 60' | "
