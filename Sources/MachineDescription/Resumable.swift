@@ -101,3 +101,19 @@ public struct PartialReceive: Codable, Sendable, Equatable {
         return "stream \(stream): \(records) records (\(ByteSize.format(bytes))) verified, \(place)"
     }
 }
+
+/// What a source gives a send that continues a stream: its kept terms, the number of this send, and for a live stream
+/// the journal of what was sent and how the dirty log kept since the break is cleared.
+public struct SendContinuation: Sendable {
+    public var terms: ResumeTerms
+    public var attempt: UInt32
+    public var journal: [UInt8]?
+    public var manualClear: Bool?
+
+    public init(terms: ResumeTerms, attempt: UInt32, journal: [UInt8]? = nil, manualClear: Bool? = nil) {
+        self.terms = terms
+        self.attempt = attempt
+        self.journal = journal
+        self.manualClear = manualClear
+    }
+}

@@ -18,6 +18,22 @@ public struct DirtyPages: Sendable, Equatable {
         if tailBits != 0, count > 0 { bitmaps[segment][count - 1] &= (1 << tailBits) - 1 }
     }
 
+    /// Adds the pages of `ranges`.
+    public mutating func insert(_ ranges: [PageRange]) {
+        for range in ranges where range.segment < bitmaps.count {
+            let end = min(range.firstPage + range.count, pageCounts[range.segment])
+            var page = range.firstPage
+            while page < end {
+                let word = Int(page / 64)
+                let bit = page % 64
+                let span = min(64 - bit, end - page)
+                let mask: UInt64 = span == 64 ? ~0 : ((1 << span) - 1) << bit
+                bitmaps[range.segment][word] |= mask
+                page += span
+            }
+        }
+    }
+
     public mutating func merge(_ other: DirtyPages) {
         for segment in bitmaps.indices { merge(segment: segment, other.bitmaps[segment]) }
     }

@@ -17,6 +17,9 @@ public enum SendPhase: Sendable {
     case committed
     /// The source keeps a resumable stream (`vmsend -s`, `-t`): it stays paused for a continuation.
     case resumable
+    /// The source keeps running while a resumable live stream is sent: an interrupt stops the send, and the source
+    /// keeps logging what the guest writes, for a continuation.
+    case resumableRunning
 }
 
 /// Turns SIGINT, SIGTERM and SIGHUP into a clean stop: a source the sender paused is resumed, over a
@@ -26,6 +29,8 @@ public enum SendPhase: Sendable {
 /// The phase lock makes "resume" and "commit" mutually exclusive.
 public final class InterruptWatcher: Sendable {
     private let phase = Mutex(SendPhase.sourceRunning)
+    /// Hands a live stream's journal to the source, so that the stream can be continued after an interrupt.
+    private let journalKeeper = Mutex<(@Sendable (MigrationSource) throws -> Void)?>(nil)
     private let reconnect: @Sendable () throws -> MigrationSource
     private let machineName: String
 
@@ -37,6 +42,11 @@ public final class InterruptWatcher: Sendable {
         self.machineName = machineName
         self.reconnect = reconnect
         StopSignals.watch(progressRequest: progressRequest) { [self] name in stop(name) }
+    }
+
+    /// Set by a live resumable send: called on an interrupt, with a connection of its own, before the process exits.
+    public func keepJournal(_ keep: @escaping @Sendable (MigrationSource) throws -> Void) {
+        journalKeeper.withLock { $0 = keep }
     }
 
     /// Moves the send to `next`; the watcher sees either the old or the new phase, never half of it.
@@ -67,7 +77,19 @@ public final class InterruptWatcher: Sendable {
                 } catch {
                     report("\(name); resuming the source VM '\(machineName)' failed: \(error)")
                 }
+            case .resumableRunning:
+                if let problem = keepJournal() {
+                    report("\(name); the source VM '\(machineName)' keeps running, but \(problem)")
+                } else {
+                    report(
+                        "\(name); the source VM '\(machineName)' keeps running, its writes logged, so that the stream can be "
+                            + "continued (vmsend -t, within the resume window)")
+                }
             case .resumable:
+                if let problem = keepJournal() {
+                    report("\(name); the source VM '\(machineName)' stays paused, but \(problem)")
+                    exit(1)
+                }
                 report(
                     "\(name); the source VM '\(machineName)' stays paused so that the stream can be continued "
                         + "(vmsend -t, within the resume window)")
@@ -77,6 +99,17 @@ public final class InterruptWatcher: Sendable {
                         + "check the destination before 'vmctl resume --force \(machineName)'")
             }
             exit(1)
+        }
+    }
+
+    /// Hands over the journal, if the send keeps one; says what went wrong, or nil.
+    private func keepJournal() -> String? {
+        guard let keep = journalKeeper.withLock({ $0 }) else { return nil }
+        do {
+            try keep(reconnect())
+            return nil
+        } catch {
+            return "its journal could not be kept (\(error)): the stream cannot be continued"
         }
     }
 

@@ -36,8 +36,12 @@ public protocol MigrationSource: AnyObject {
     func finishSend(migrated: Bool, destination: String?) throws -> Bool
     /// The send in progress is resumable: should it break, the source stays paused and keeps `terms`.
     func makeResumable(_ terms: ResumeTerms) throws
-    /// A send that continues `stream` from a token of its send `attempt`: the kept terms and this send's number.
-    func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32)
+    /// A send that continues `stream` from a token of its send `attempt`: the kept terms, this send's number, and for
+    /// a live stream its journal and the dirty log kept since it broke (now this send's).
+    func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> SendContinuation
+    /// Keeps the journal of live resumable stream `stream`; should the send break, the source keeps its dirty log on
+    /// for a continuation. May come from a connection other than the sender's (an interrupt).
+    func keepJournal(stream: String, journal: [UInt8]) throws
 }
 
 extension MigrationSource {
@@ -50,8 +54,11 @@ extension MigrationSource {
     public func makeResumable(_ terms: ResumeTerms) throws {
         throw MigrationError("this source cannot keep a stream for continuing")
     }
-    public func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32) {
+    public func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> SendContinuation {
         throw MigrationError("this source cannot continue a stream")
+    }
+    public func keepJournal(stream: String, journal: [UInt8]) throws {
+        throw MigrationError("this source cannot keep a live stream for continuing")
     }
 }
 

@@ -52,38 +52,83 @@ public final class Sender {
         var keptPauseTime: UInt64?
         var keptDiskAllocation: [UInt64]?
         var resumePoint: ResumePoint?
+        /// A live stream's journal and how its dirty log kept since the break is cleared (nil: none was kept).
+        var liveJournal: (journal: StreamJournal, manualClear: Bool?)?
         if let token = options.continuation {
             guard token.machine == config.name else {
                 throw MigrationError(
                     "the token is for VM '\(UntrustedText.escape(token.machine))', not '\(config.name)': it belongs to another machine"
                 )
             }
-            guard token.mode != .live else { throw Self.liveContinuation(token) }
-            let (terms, attempt) = try source.continueSend(
+            let continuation = try source.continueSend(
                 stream: token.point.uuidString, attempt: token.point.attempt, force: options.force)
-            guard let mode = MigrationMode(rawValue: terms.mode), terms.uuid == token.point.uuid else {
-                _ = try? source.finishSend(migrated: false, destination: nil)
-                throw MigrationError("the source kept unreadable terms for stream \(terms.stream)")
+            let terms = continuation.terms
+            do {
+                guard let mode = MigrationMode(rawValue: terms.mode), terms.uuid == token.point.uuid else {
+                    throw MigrationError("the source kept unreadable terms for stream \(terms.stream)")
+                }
+                guard mode == token.mode else {
+                    throw MigrationError(
+                        "the token names a \(token.mode.rawValue) stream, but stream \(terms.stream) went out \(mode.rawValue): "
+                            + "it is not this stream's token")
+                }
+                if mode == .live {
+                    guard let bytes = continuation.journal else {
+                        throw MigrationError("the source kept no journal of live stream \(terms.stream)")
+                    }
+                    let journal = try StreamJournal.decode(bytes)
+                    guard continuation.manualClear != nil || journal.snapshot.pauseTime != 0 else {
+                        throw MigrationError("the source kept no log of what its guest wrote since stream \(terms.stream) broke")
+                    }
+                    liveJournal = (journal, continuation.manualClear)
+                }
+                options.mode = mode
+            } catch {
+                if let bytes = continuation.journal { try? source.keepJournal(stream: terms.stream, journal: bytes) }
+                _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
+                throw error
             }
             uuid = terms.uuid
             creationTime = terms.creationTime
             keptPauseTime = terms.pauseTime
             keptDiskAllocation = terms.diskAllocation
-            options.mode = mode
             options.compression = Compression.named(terms.compression) ?? .none
             options.sharedStorage = terms.sharedStorage
             resumePoint = token.point
-            resumePoint?.attempt = attempt
+            resumePoint?.attempt = continuation.attempt
         }
         let writer = try StreamWriter(output: output, compression: options.compression)
-        if let resumePoint { try writer.continueFrom(resumePoint) }
+        let journaled = options.mode == .live && (options.resumable || resumePoint != nil)
+        if journaled { writer.keepJournal() }
+        var livePlace: LiveResumePlace?
+        if let resumePoint {
+            do {
+                if let liveJournal {
+                    livePlace = try writer.continueLive(from: resumePoint, journal: liveJournal.journal)
+                } else {
+                    try writer.continueFrom(resumePoint)
+                }
+            } catch {
+                // Refused before a byte went out: the token stays good, and the journal with it.
+                if let liveJournal {
+                    try? source.keepJournal(stream: resumePoint.uuidString, journal: liveJournal.journal.encode())
+                }
+                _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
+                throw error
+            }
+        }
         let stream = StreamBegin.uuidString(uuid)
         // Before anything is sent: a migrated source is refused (a copy of it may run), and from here on the source
         // knows this send, so that should this process vanish it can tell whether a copy may run.
         if resumePoint == nil { try source.beginSend(stream: stream, force: options.force) }
         // Kept for a continuation: should the send break, the source stays paused (and this process does not resume it).
-        var keptForResume = resumePoint != nil
+        // A live stream's source keeps running until its pause, its writes logged, and the journal tells a
+        // continuation what was sent.
+        var keptForResume = resumePoint != nil && !journaled
         if keptForResume { phaseObserver?.enter(.resumable) }
+        if journaled, let journal = writer.journal {
+            phaseObserver?.keepJournal { try $0.keepJournal(stream: stream, journal: journal.encode()) }
+        }
         let memory: MachineAreas
         do { memory = try openAreas(config) } catch {
             _ = try? source.finishSend(migrated: false, destination: nil)
@@ -132,37 +177,52 @@ public final class Sender {
                     })
             begin.resumable = options.resumable || resumePoint != nil
             if options.mode == .live {
-                try writer.writeBegin(begin)
-                let manualClear = try source.dirtyLogStart()
-                // Only now: a page first written before logging started is in this list or dirty in round 1.
-                let populated = try Self.populatedRanges(memory)
-                announce(begin, populated: populated, writer: writer)
-                var rest = try liveRounds(
-                    populated, memory: memory, writer: writer, meter: &meter, throttled: &throttled,
-                    manualClear: manualClear)
-                pauseTime = try pause()
-                rest.merge(try fetchDirty(memory))
+                let rest: DirtyPages
+                if options.resumable && resumePoint == nil {
+                    try source.makeResumable(terms(for: begin, pauseTime: 0))
+                }
+                if journaled && wasRunning { phaseObserver?.enter(.resumableRunning) }
+                if let livePlace, let liveJournal {
+                    (pauseTime, rest) = try continueLive(
+                        livePlace, journal: liveJournal, memory: memory, writer: writer, meter: &meter,
+                        throttled: &throttled, pause: pause)
+                } else {
+                    try writer.writeBegin(begin)
+                    let manualClear = try source.dirtyLogStart()
+                    // Only now: a page first written before logging started is in this list or dirty in round 1.
+                    let populated = try Self.populatedRanges(memory)
+                    announce(begin, populated: populated, writer: writer)
+                    var dirty = try liveRounds(
+                        first: (0, populated), carry: nil, memory: memory, writer: writer, meter: &meter,
+                        throttled: &throttled, manualClear: manualClear)
+                    pauseTime = try pause()
+                    dirty.merge(try fetchDirty(memory))
+                    rest = dirty
+                }
+                if journaled {
+                    writer.journal?.notePause(at: pauseTime)
+                    keptForResume = paused
+                    if paused { phaseObserver?.enter(.resumable) }
+                }
                 switchOver.lap(.dirtyLog)
+                var finalPages = rest
                 #if DEBUG
                     switch options.fault {
-                    case .dropFinalDirtyPages?: rest = DirtyPages(pageCounts: rest.pageCounts)
-                    case .dropFinalDirtyBlocks?: rest.clear(from: memory.memorySegments)
+                    case .dropFinalDirtyPages?: finalPages = DirtyPages(pageCounts: rest.pageCounts)
+                    case .dropFinalDirtyBlocks?: finalPages.clear(from: memory.memorySegments)
                     case nil: break
                     }
                 #endif
-                final = Self.split(rest.ranges, memorySegments: memory.memorySegments)
-                try sendRound(meter.nextRound, pages: rest.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
+                if livePlace != .inState {
+                    final = Self.split(finalPages.ranges, memorySegments: memory.memorySegments)
+                    try sendRound(
+                        meter.nextRound, pages: finalPages.ranges, isFinal: true, memory: memory, writer: writer, meter: &meter)
+                }
                 switchOver.lap(.finalPages)
             } else {
                 pauseTime = try keptPauseTime ?? pause()
                 if options.resumable && resumePoint == nil {
-                    try source.makeResumable(
-                        ResumeTerms(
-                            stream: stream, uuid: uuid, creationTime: creationTime, pauseTime: pauseTime,
-                            mode: options.mode.rawValue, compression: options.compression.description,
-                            sharedStorage: options.sharedStorage, diskAllocation: begin.diskAllocation,
-                            windowSeconds: Double(options.resumeWindow.components.seconds)
-                                + Double(options.resumeWindow.components.attoseconds) / 1e18))
+                    try source.makeResumable(terms(for: begin, pauseTime: pauseTime))
                     keptForResume = true
                     phaseObserver?.enter(.resumable)
                 }
@@ -191,6 +251,22 @@ public final class Sender {
             // A continuation that wrote nothing does not count as a send of its stream: its token stays good.
             defer { _ = try? source.finishSend(migrated: false, destination: nil, delivered: writer.bytesWritten > 0) }
             if throttled { try? source.setThrottle(percent: 0) }
+            if journaled, let journal = writer.journal {
+                do {
+                    try source.keepJournal(stream: stream, journal: journal.encode())
+                } catch let keepError {
+                    if paused { try? source.resume() }
+                    throw MigrationError(
+                        "\(error); the source could not keep the stream's journal (\(keepError)), so it cannot be continued; "
+                            + "the source VM '\(config.name)' \(paused ? "was resumed" : "keeps running")")
+                }
+                if !keptForResume {
+                    throw MigrationError(
+                        "\(error); the source VM '\(config.name)' keeps running, its writes logged, so that stream \(stream) "
+                            + "can be continued: vmsend -t with the token the receiver printed (vmrecv -s), within the resume window"
+                    )
+                }
+            }
             if keptForResume {
                 throw MigrationError(
                     "\(error); the source VM '\(config.name)' stays paused so that stream \(stream) can be continued: "
@@ -218,6 +294,10 @@ public final class Sender {
         // or a `vmctl resume` once we have exited).
         writer.waitUntilConsumed()
         if options.keepRunning && paused { try source.resume() }
+        // Kept after END too: should the receiver have missed the end, a forced continuation takes up from there.
+        if journaled && !options.keepRunning, let journal = writer.journal {
+            try? source.keepJournal(stream: stream, journal: journal.encode())
+        }
         // A snapshot (--keep-running) leaves the source as it was; any other complete send makes it `migrated`.
         let migrated = (try? source.finishSend(migrated: !options.keepRunning, destination: options.destination)) ?? false
         return SendReport(
@@ -229,11 +309,60 @@ public final class Sender {
             switchOver: wasRunning ? switchOver : SwitchOverTimes())
     }
 
-    /// Continuing a live stream would need the dirty pages since it broke; not done yet, so refused plainly.
-    public static func liveContinuation(_ token: ResumeToken) -> MigrationError {
-        MigrationError(
-            "stream \(token.point.uuidString) was live: continuing a live stream is not supported; "
-                + "run 'vmrecv -A NAME' where it was received and send again")
+    /// What the source keeps of this stream should a resumable send of it break.
+    private func terms(for begin: StreamBegin, pauseTime: UInt64) -> ResumeTerms {
+        ResumeTerms(
+            stream: begin.uuidString, uuid: begin.uuid, creationTime: begin.creationTime, pauseTime: pauseTime,
+            mode: options.mode.rawValue, compression: options.compression.description,
+            sharedStorage: options.sharedStorage, diskAllocation: begin.diskAllocation,
+            windowSeconds: Double(options.resumeWindow.components.seconds)
+                + Double(options.resumeWindow.components.attoseconds) / 1e18)
+    }
+
+    /// Takes up a live stream where its receiver stopped (`place`): finishes the round it was in, then sends what
+    /// the receiver never verified (the lists of later rounds) with what the guest wrote since (the dirty log kept
+    /// since the break). A source still paused by the broken send goes straight to its final round; a running one
+    /// goes on with live rounds. Returns the pause time for END and the final round's pages.
+    private func continueLive(
+        _ place: LiveResumePlace, journal: (journal: StreamJournal, manualClear: Bool?), memory: MachineAreas,
+        writer: StreamWriter, meter: inout RoundMeter, throttled: inout Bool, pause: () throws -> UInt64
+    ) throws -> (pauseTime: UInt64, rest: DirtyPages) {
+        let keptPause = journal.journal.snapshot.pauseTime
+        let pausedSinceBreak = keptPause != 0
+        var carry = DirtyPages(pageCounts: memory.segments.indices.map { memory.pageCount(segment: $0) })
+        var first: (number: Int, pages: [PageRange])?
+        switch place {
+        case .beforeRounds:
+            first = (0, try Self.populatedRanges(memory))
+        case .inRound(let number, let rest, let later):
+            for list in later { carry.insert(list) }
+            // Cleared just before their copy, as in any live round: a write after it shows in the next fetch.
+            var clearing: DirtyPages?
+            if journal.manualClear == true && !pausedSinceBreak {
+                clearing = DirtyPages(pageCounts: carry.pageCounts)
+                clearing?.insert(rest)
+            }
+            try sendListed(
+                Int(number), pages: rest, isFinal: pausedSinceBreak, memory: memory, writer: writer, meter: &meter,
+                clearing: clearing)
+        case .inState:
+            guard pausedSinceBreak else {
+                throw MigrationError(
+                    "the receiver holds part of the state of a machine that ran since; abort it (vmrecv -A) and send again")
+            }
+            return (keptPause, carry)
+        }
+        if pausedSinceBreak {
+            // Paused since before its final round's list was made: nothing new was written.
+            if let first { carry.insert(first.pages) }
+            return (keptPause, carry)
+        }
+        var rest = try liveRounds(
+            first: first, carry: carry, memory: memory, writer: writer, meter: &meter, throttled: &throttled,
+            manualClear: journal.manualClear == true)
+        let pauseTime = try pause()
+        rest.merge(try fetchDirty(memory))
+        return (pauseTime, rest)
     }
 
     /// Pages of memory areas and blocks of disk areas in `ranges`.
@@ -246,19 +375,28 @@ public final class Sender {
     /// Rounds while the guest runs. Returns the pages dirtied by the last of them, still to be sent.
     /// With `manualClear`, each round clears its pages just before copying them (round 0 needs none: logging
     /// started just before it, clean); a fetch then reports each page written since its last clear.
+    /// `first`: the round to start with (round 0 sends every populated page); `carry`: pages the receiver lacks besides
+    /// what the next fetch reports (a continuation's).
     private func liveRounds(
-        _ populated: [PageRange], memory: MachineAreas, writer: StreamWriter, meter: inout RoundMeter,
-        throttled: inout Bool, manualClear: Bool
+        first: (number: Int, pages: [PageRange])?, carry: DirtyPages?, memory: MachineAreas, writer: StreamWriter,
+        meter: inout RoundMeter, throttled: inout Bool, manualClear: Bool
     ) throws -> DirtyPages {
         let convergence = options.convergence
         let target = HostClock.seconds(convergence.downtimeTarget)
         var throttle = 0
         var roundsOutrun = 0
         var lastFetch = ContinuousClock.now
-        try sendRound(0, pages: populated, isFinal: false, memory: memory, writer: writer, meter: &meter)
+        var carry = carry
+        if let first {
+            try sendRound(first.number, pages: first.pages, isFinal: false, memory: memory, writer: writer, meter: &meter)
+        }
         while true {
             let fetchStart = ContinuousClock.now
-            let dirty = try fetchDirty(memory)
+            var dirty = try fetchDirty(memory)
+            if let pages = carry {
+                dirty.merge(pages)
+                carry = nil
+            }
             // The switch-over asks the source three things answered like a fetch (pause, the last bitmaps,
             // the saved state): its fixed cost, on top of sending the pages.
             let switchOver = convergence.switchOverCost.map(HostClock.seconds) ?? 3 * HostClock.seconds(since: fetchStart)
@@ -333,10 +471,18 @@ public final class Sender {
         _ number: Int, pages: [PageRange], isFinal: Bool, memory: MachineAreas,
         writer: StreamWriter, meter: inout RoundMeter, clearing: DirtyPages? = nil
     ) throws {
+        try writer.writeRound(UInt32(number), pages: pages)
+        try sendListed(number, pages: pages, isFinal: isFinal, memory: memory, writer: writer, meter: &meter, clearing: clearing)
+    }
+
+    /// Sends pages of round `number`'s list, whose list record went out already.
+    private func sendListed(
+        _ number: Int, pages: [PageRange], isFinal: Bool, memory: MachineAreas,
+        writer: StreamWriter, meter: inout RoundMeter, clearing: DirtyPages? = nil
+    ) throws {
         var clearer = clearing.map { DirtyLogClearer(pages: $0, pagesPerRequest: Self.pagesPerSlice) }
         let total = pages.reduce(UInt64(0)) { $0 + $1.count }
         meter.startRound(number, pages: total, isFinal: isFinal)
-        try writer.writeRound(UInt32(number), pages: pages)
         for range in pages {
             var page = range.firstPage
             let end = range.firstPage + range.count

@@ -123,14 +123,17 @@ public final class ControlClient: Sendable {
 
     /// Should this send break, the machine stays paused and `terms` are kept for a continuation (`vmsend -s`).
     public func sendResumable(_ terms: ResumeTerms) throws { try request(.sendResumable(terms: terms)) }
-    /// Starts a send that continues `stream` from a token of its send `attempt`; returns the kept terms and the
-    /// number of this send.
-    public func sendContinue(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32) {
-        guard
-            case .continuing(let terms, let number) = try request(.sendContinue(stream: stream, attempt: attempt, force: force))
-                .result
-        else { throw unexpected("sendContinue") }
-        return (terms, number)
+    /// Starts a send that continues `stream` from a token of its send `attempt`: the kept terms, the number of this
+    /// send, and for a live stream its journal and how its dirty log is cleared.
+    public func sendContinue(stream: String, attempt: UInt32, force: Bool) throws -> SendContinuation {
+        let answer = try request(.sendContinue(stream: stream, attempt: attempt, force: force))
+        guard case .continuing(let terms, let number, let manualClear) = answer.result else { throw unexpected("sendContinue") }
+        return SendContinuation(
+            terms: terms, attempt: number, journal: answer.payload.isEmpty ? nil : answer.payload, manualClear: manualClear)
+    }
+    /// Hands the source the journal of live stream `stream`, for a continuation should the send break.
+    public func sendJournal(stream: String, journal: [UInt8]) throws {
+        try request(.sendJournal(stream: stream), payload: journal)
     }
     /// The incoming machine keeps what arrived as a partial receive; `checkpoint` is the receiver's.
     public func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws {

@@ -67,6 +67,11 @@ import MachineDescription
 ///   `force` when a later send of it started since or its last send wrote it whole (the machine is then migrated,
 ///   but the terms are kept for the window: a writer cannot tell whether END reached its reader). The reply is the
 ///   kept terms and this send's number.
+/// - `sendJournal(stream:)`, payload the journal of a live resumable send (where its stream stood after each record), from
+///   any connection while the terms of `stream` are kept (an interrupted vmsend hands it over on a connection of its
+///   own), and again after END (should its receiver have missed the end). Should the send break, vmrun keeps dirty
+///   logging on while the terms are kept, and gives the journal and the log to the one `sendContinue` of the stream
+///   that follows; terms of a live stream whose sender left no journal are dropped, and the log with them.
 /// - `keepPartial(partial)`, from the owner of an incoming machine, payload the receiver's checkpoint: the machine
 ///   holds a partial receive, stays when its owner leaves, and waits for a new owner without a deadline.
 ///   `partialState`, from a new owner, returns the record and the checkpoint. `restoreState` ends it.
@@ -137,6 +142,8 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     case sendResumable(terms: ResumeTerms)
     /// A send that continues stream `stream` from a token of its send `attempt` (`vmsend -t`).
     case sendContinue(stream: String, attempt: UInt32, force: Bool)
+    /// Payload: the journal of live stream `stream` as its sender wrote it, kept for a continuation.
+    case sendJournal(stream: String)
     /// Payload: the receiver's checkpoint. The incoming machine keeps it as a partial receive.
     case keepPartial(partial: PartialReceive)
     /// Reply payload: the checkpoint of the partial receive.
@@ -167,6 +174,7 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         case .sendFinish: "sendFinish"
         case .sendResumable: "sendResumable"
         case .sendContinue: "sendContinue"
+        case .sendJournal: "sendJournal"
         case .keepPartial: "keepPartial"
         case .partialState: "partialState"
         }
@@ -177,13 +185,15 @@ public enum ControlRequest: Codable, Sendable, Equatable {
         "hello", "status", "describe", "pause", "resume", "destroy", "memoryFile", "dirtyLogStart",
         "dirtyLogFetch", "dirtyLogClear", "dirtyLogStop", "throttle", "saveState", "restoreState", "consoleInput",
         "diskFile", "diskWrittenFetch",
-        "sendStart", "sendCommit", "sendFinish", "sendResumable", "sendContinue", "keepPartial", "partialState",
+        "sendStart", "sendCommit", "sendFinish", "sendResumable", "sendContinue", "sendJournal", "keepPartial",
+        "partialState",
     ]
 
     /// The protocol version that introduced the request.
     package var sinceVersion: UInt32 {
         switch self {
-        case .sendStart, .sendCommit, .sendFinish, .sendResumable, .sendContinue, .keepPartial, .partialState: 2
+        case .sendStart, .sendCommit, .sendFinish, .sendResumable, .sendContinue, .sendJournal, .keepPartial, .partialState:
+            2
         default: 1
         }
     }
@@ -215,8 +225,10 @@ public enum ControlResult: Codable, Sendable, Equatable {
     case state
     /// Version 2, the reply to `destroy(keepLogs: true)`: where the console and the log were kept.
     case kept(paths: [String])
-    /// The reply to `sendContinue`: the kept terms, and the number of the send that now starts.
-    case continuing(terms: ResumeTerms, attempt: UInt32)
+    /// The reply to `sendContinue`: the kept terms, and the number of the send that now starts. For a live stream
+    /// the payload holds its journal, and `manualClear` says how the dirty log kept since the break is cleared (nil
+    /// when none was kept: the send paused the machine, which stays so).
+    case continuing(terms: ResumeTerms, attempt: UInt32, manualClear: Bool? = nil)
     /// The reply to `partialState`; the payload holds the checkpoint.
     case partial(PartialReceive)
 }

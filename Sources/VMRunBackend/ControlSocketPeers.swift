@@ -67,9 +67,13 @@ public final class ControlSocketSource: MigrationSource {
         guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) cannot keep a resumable send") }
         try client.sendResumable(terms)
     }
-    public func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> (terms: ResumeTerms, attempt: UInt32) {
+    public func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> SendContinuation {
         guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) cannot continue a stream") }
         return try client.sendContinue(stream: stream, attempt: attempt, force: force)
+    }
+    public func keepJournal(stream: String, journal: [UInt8]) throws {
+        guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) cannot keep a resumable send") }
+        try client.sendJournal(stream: stream, journal: journal)
     }
 }
 

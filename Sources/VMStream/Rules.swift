@@ -261,6 +261,25 @@ extension StreamRules {
     /// A continuation read without its BEGIN reached a verified END.
     mutating func markEnded() { ended = true }
 
+    /// Moves past `units` listed pages as if they had arrived: a continuation's writer taking up its place.
+    mutating func pass(units: UInt64) {
+        var left = units
+        while left > 0, roundPending {
+            let step = min(left, ranges[rangeIndex].count - pageInRange)
+            pageInRange += step
+            left -= step
+            if pageInRange == ranges[rangeIndex].count {
+                rangeIndex += 1
+                pageInRange = 0
+            }
+        }
+    }
+
+    /// The totals a continuation's END must carry, from where its stream stood.
+    mutating func setTotals(pages: UInt64, zeroPages: UInt64, diskBlocks: UInt64, diskZeroBlocks: UInt64) {
+        (self.pages, self.zeroPages, self.diskBlocks, self.diskZeroBlocks) = (pages, zeroPages, diskBlocks, diskZeroBlocks)
+    }
+
     /// Everything but BEGIN (from which the rest is derived): where a reader stands, for a partial receive.
     func encodeProgress(into out: inout ByteWriter) {
         out.u32(lastRound ?? 0)

@@ -33,6 +33,12 @@ public final class StreamWriter {
     public private(set) var bytesWritten: UInt64 = 0
     /// A continuation's resume point until it is reached: records before it are made and checksummed, not written.
     private var resumeAt: ResumePoint?
+    /// Kept for a live stream that may be continued (`keepJournal`).
+    public private(set) var journal: StreamJournal?
+    /// The journal's round under way: its index, list records so far, and units of its list sent.
+    private var journalRound = -1
+    private var roundListRecords = 0
+    private var roundUnitsDone: UInt64 = 0
 
     /// Pages written with `mayChange: false` go into a pipe by reference (vmsplice), not copied; the caller
     /// then must keep them unchanged until `waitUntilConsumed` returns. Off by default; no effect on files.
@@ -67,6 +73,98 @@ public final class StreamWriter {
         resumeAt = point
     }
 
+    /// Keeps a journal of where the stream stood after each record of its rounds, so that a live stream can be
+    /// continued from any of them. Call before `writeBegin` or `continueLive`.
+    public func keepJournal() { journal = StreamJournal() }
+
+    /// Makes this writer take up a live stream where its receiver stopped: `point` (the receiver's token) must be a
+    /// place `old` recorded. Nothing is written yet; the output then gets a continuation header, RESUME, and whatever
+    /// the caller writes next. Returns where that is, so the caller knows what the receiver lacks. Where the receiver
+    /// holds part of the state, the state records before the point are made again and must match, as in `continueFrom`.
+    public func continueLive(from point: ResumePoint, journal old: StreamJournal) throws -> LiveResumePlace {
+        guard rules.begin == nil else { throw StreamError(.misuse, "a continuation is set up before BEGIN") }
+        let contents = old.snapshot
+        let fail: @Sendable (String) -> StreamError = { StreamError(.malformed, "the source's stream journal: \($0)") }
+        let begin = try Payload.decodeBegin(contents.begin, fail: fail)
+        guard begin.uuid == point.uuid else {
+            throw StreamError(.misuse, "the journal is of stream \(begin.uuidString), not \(point.uuidString)")
+        }
+        try guarded { () throws(RuleViolation) in try self.rules.accept(begin: begin) }
+        let last = point.record - 1
+        guard let markIndex = contents.marks.lastIndex(where: { $0.record <= last }) else {
+            throw fail("no record before \(point.record)")
+        }
+        let mark = contents.marks[markIndex]
+        if mark.record == last {
+            guard mark.bytes == point.offset, mark.running == point.running else {
+                throw StreamError(
+                    .checksumMismatch,
+                    "the token's place (record \(point.record), byte \(point.offset), running checksum \(hex(point.running))) "
+                        + "is not where this source's stream stood (byte \(mark.bytes), \(hex(mark.running)))")
+            }
+        } else if markIndex != contents.marks.count - 1 {
+            throw fail("record \(last) is missing")
+        }
+        statistics = StreamStatistics()
+        statistics.records = mark.record
+        statistics.bytes = mark.bytes
+        running = mark.running
+        if mark.round >= 0 {
+            let round = contents.rounds[mark.round]
+            (roundNumber, roundList, roundWritten) = (round.number, round.list, 0)
+            var unitsBefore: UInt64 = 0
+            for index in 0..<mark.listRecords {
+                if index > 0 {
+                    let units = rules.missingUnits
+                    unitsBefore += units
+                    rules.pass(units: units)
+                }
+                let (part, disks) = nextRoundPart()
+                try guarded { () throws(RuleViolation) in try self.rules.accept(round: round.number, ranges: part, disks: disks) }
+                roundWritten += part.count
+            }
+            guard mark.unitsDone >= unitsBefore, mark.unitsDone - unitsBefore <= rules.missingUnits else {
+                throw fail("record \(mark.record) lies outside its round's list")
+            }
+            rules.pass(units: mark.unitsDone - unitsBefore)
+        }
+        rules.setTotals(
+            pages: mark.pages, zeroPages: mark.zeroPages, diskBlocks: mark.diskBlocks, diskZeroBlocks: mark.diskZeroBlocks)
+        if let journal {
+            journal.update {
+                $0.begin = contents.begin
+                $0.pauseTime = contents.pauseTime
+                $0.rounds = Array(contents.rounds[...mark.round])
+                $0.marks = Array(contents.marks[...markIndex])
+            }
+            (journalRound, roundListRecords, roundUnitsDone) = (mark.round, mark.listRecords, mark.unitsDone)
+        }
+        resumeAt = point
+        let rest = Self.ranges(of: roundList, after: mark.unitsDone)
+        if mark.record < last {
+            guard mark.round >= 0, rest.isEmpty else { throw fail("the state starts inside a round") }
+            return .inState
+        }
+        guard mark.round >= 0 else { return .beforeRounds }
+        return .inRound(
+            number: roundNumber, rest: rest, later: contents.rounds[(mark.round + 1)...].map(\.list))
+    }
+
+    /// The part of `list` after its first `units` pages.
+    static func ranges(of list: [PageRange], after units: UInt64) -> [PageRange] {
+        var skip = units
+        var rest: [PageRange] = []
+        for range in list {
+            if skip >= range.count {
+                skip -= range.count
+                continue
+            }
+            rest.append(PageRange(segment: range.segment, firstPage: range.firstPage + skip, count: range.count - skip))
+            skip = 0
+        }
+        return rest
+    }
+
     /// Writes the stream header and the BEGIN record; must come first.
     public func writeBegin(_ begin: StreamBegin) throws {
         if let point = resumeAt, point.uuid != begin.uuid {
@@ -86,6 +184,7 @@ public final class StreamWriter {
         header.u32(0)  // reserved
         running = Checksum.hash(header.bytes)
         header.u64(running)
+        journal?.update { $0.begin = payload }
         if resumeAt == nil {
             try emit { try self.sink.write([header.bytes.withUnsafeBytes { $0 }]) }
             bytesWritten += UInt64(header.bytes.count)
@@ -103,23 +202,40 @@ public final class StreamWriter {
         }
         let previous = (roundNumber, roundList, roundWritten)
         (roundNumber, roundList, roundWritten) = (number, ranges, 0)
+        let previousJournal = (journalRound, roundListRecords, roundUnitsDone)
+        if let journal {
+            journal.update { $0.rounds.append(StreamJournal.Round(number: number, list: ranges)) }
+            (journalRound, roundListRecords, roundUnitsDone) = (journalRound + 1, 0, 0)
+        }
         do {
             try writeRoundPart()
         } catch {
             // A refused list leaves no round pending.
-            if roundWritten == 0 { (roundNumber, roundList, roundWritten) = previous }
+            if roundWritten == 0 {
+                (roundNumber, roundList, roundWritten) = previous
+                if let journal, previousJournal.0 < journalRound {
+                    journal.update { $0.rounds.removeLast() }
+                    (journalRound, roundListRecords, roundUnitsDone) = previousJournal
+                }
+            }
             throw error
         }
     }
 
-    /// The next ROUND or DISK EXTENTS record of the list: at most `maxRangesPerRound` ranges, all of one kind.
-    private func writeRoundPart() throws {
+    /// The next part of the round's list: at most `maxRangesPerRound` ranges, all of one kind (memory or disks).
+    private func nextRoundPart() -> (part: [PageRange], disks: Bool) {
         let disks = roundWritten < roundList.count && rules.isDisk(roundList[roundWritten].segment)
         var end = min(roundList.count, roundWritten + StreamFormat.maxRangesPerRound)
         if let boundary = roundList[roundWritten..<end].firstIndex(where: { rules.isDisk($0.segment) != disks }) {
             end = boundary
         }
-        let part = Array(roundList[roundWritten..<end])
+        return (Array(roundList[roundWritten..<end]), disks)
+    }
+
+    /// The next ROUND or DISK EXTENTS record of the list.
+    private func writeRoundPart() throws {
+        let (part, disks) = nextRoundPart()
+        roundListRecords += 1
         try guarded { () throws(RuleViolation) in try self.rules.accept(round: self.roundNumber, ranges: part, disks: disks) }
         roundWritten += part.count
         let wire = part.map { PageRange(segment: wireIndex($0.segment), firstPage: $0.firstPage, count: $0.count) }
@@ -196,6 +312,7 @@ public final class StreamWriter {
         prefix.u64(firstPage)
         prefix.raw(batch.bitmap)
         let wireData = batch.data.reduce(0) { $0 + $1.count }
+        roundUnitsDone += UInt64(batch.count)
         try writeRecord(
             disk ? .diskBlocks : .pages, prefix: prefix.bytes, data: batch.data, lend: lend && batch.dataInGuestMemory)
 
@@ -315,12 +432,22 @@ public final class StreamWriter {
         let checksum = hasher.digest
         trailer.u64(checksum)
         if let point = resumeAt, statistics.records + 1 >= point.record { try startContinuation(point) }
+        let recordBytes = header.bytes.count + length + trailer.bytes.count
+        // Marked before the bytes go out: a journal copied while they are being written then already knows the record.
+        if let journal, [.begin, .round, .diskExtents, .pages, .diskBlocks].contains(type) {
+            let mark = StreamJournal.Mark(
+                record: statistics.records + 1, bytes: statistics.bytes + UInt64(recordBytes),
+                running: Checksum.chain(running, checksum), pages: rules.pages, zeroPages: rules.zeroPages,
+                diskBlocks: rules.diskBlocks, diskZeroBlocks: rules.diskZeroBlocks, round: journalRound,
+                listRecords: roundListRecords, unitsDone: roundUnitsDone)
+            journal.update { $0.marks.append(mark) }
+        }
         if resumeAt == nil {
             try emitRecord(header: header.bytes, prefix: prefix, data: data, trailer: trailer.bytes, lend: lend)
-            bytesWritten += UInt64(header.bytes.count + length + trailer.bytes.count)
+            bytesWritten += UInt64(recordBytes)
         }
         running = Checksum.chain(running, checksum)
-        statistics.count(type, bytes: header.bytes.count + length + trailer.bytes.count)
+        statistics.count(type, bytes: recordBytes)
     }
 
     private func emitRecord(

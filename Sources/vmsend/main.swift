@@ -53,7 +53,9 @@ struct VMSend: ParsableCommand {
 
     @Flag(
         name: [.customShort("s"), .customLong("resumable")],
-        help: "Warm: should the stream break, keep the VM paused so that vmsend -t can continue it (see --resume-window).")
+        help: ArgumentHelp(
+            "Should the stream break, keep what vmsend -t needs to continue it (see --resume-window): warm, the VM stays "
+                + "paused; live, it keeps running with its writes logged."))
     var resumable = false
 
     @Option(
@@ -86,9 +88,6 @@ struct VMSend: ParsableCommand {
     func validate() throws {
         try asUsageError { try MachineName.validate(name) }
         _ = try Self.parseWindow(resumeWindow)
-        if resumable && !warm {
-            throw ValidationError("-s needs --warm: continuing a live stream is not supported yet")
-        }
         if let resumeToken {
             _ = try asUsageError { try ResumeToken(parsing: resumeToken) }
             guard !warm, compression.method == .none, !sharedStorage, !keepRunning, !dryRun, !destroySource else {
@@ -149,8 +148,6 @@ struct VMSend: ParsableCommand {
         options.resumeWindow = try Self.parseWindow(resumeWindow)
         if let resumeToken {
             let token = try ResumeToken(parsing: resumeToken)
-            // Refused before anything is asked of the source: a live stream's pages went on changing.
-            if token.mode == .live { throw Sender.liveContinuation(token) }
             options.continuation = token
         }
         #if DEBUG

@@ -36,8 +36,8 @@ import VMControl
         }
         // A continuation gets the terms and the state saved first, whatever the machine would save now.
         let continuing = try machine.connect()
-        let (terms, attempt) = try continuing.sendContinue(stream: "s1", attempt: 1, force: false)
-        #expect(terms == Self.terms(window: 1) && attempt == 2)
+        let continued = try continuing.sendContinue(stream: "s1", attempt: 1, force: false)
+        #expect(continued.terms == Self.terms(window: 1) && continued.attempt == 2 && continued.journal == nil)
         #expect(try continuing.saveState() == first)
         try continuing.sendFinish(migrated: false, destination: nil, delivered: false)
         // It wrote nothing, so the token it came with is still good; one that delivered makes it stale.
@@ -81,5 +81,43 @@ import VMControl
         try continuing.sendFinish(migrated: false, destination: nil, delivered: true)
         #expect(try continuing.status().state == .migrated)
         continuing.close()
+    }
+
+    /// A live resumable send that breaks leaves the guest running with its dirty log on, for the one continuation
+    /// that takes the journal and the log over; a sender that leaves no journal takes the terms and the log with it.
+    @Test func aBrokenLiveSendKeepsTheDirtyLogAndJournalForItsContinuation() throws {
+        let machine = try SendCustodyTests.Served()
+        defer { machine.close() }
+        var live = Self.terms(window: 60)
+        live.mode = "live"
+        live.pauseTime = 0
+        let sender = try machine.connect()
+        try sender.sendStart(stream: "s1", force: false)
+        try sender.sendResumable(live)
+        _ = try sender.dirtyLogStart(manualClear: true)
+        try sender.sendJournal(stream: "s1", journal: [1, 2, 3])
+        try sender.sendFinish(migrated: false, destination: nil, delivered: true)
+        sender.close()
+        #expect(SendCustodyTests().eventually { (try? machine.connect().status().resumable?.expires) != nil })
+        #expect(machine.state == .running)
+        #expect(machine.served.machine.record.withLock { $0.dirtyLogging }, "the log outlives the send")
+
+        let continuing = try machine.connect()
+        let continued = try continuing.sendContinue(stream: "s1", attempt: 1, force: false)
+        #expect(continued.journal == [1, 2, 3] && continued.manualClear != nil && continued.attempt == 2)
+        _ = try continuing.dirtyLogFetch(segment: 0)
+        // The journal went with it; a second continuation finds none until this one hands over its own.
+        let other = try machine.connect()
+        #expect { try other.sendContinue(stream: "s1", attempt: 2, force: true) } throws: { "\($0)".contains("holds no journal") }
+        other.close()
+        // Killed without a journal: the terms go, and the log with them.
+        continuing.close()
+        #expect(SendCustodyTests().eventually { !machine.served.machine.record.withLock { $0.dirtyLogging } })
+        let user = try machine.connect()
+        defer { user.close() }
+        #expect(try user.status().resumable == nil)
+        #expect { try user.sendContinue(stream: "s1", attempt: 2, force: false) } throws: {
+            "\($0)".contains("its sender left no journal of what it sent")
+        }
     }
 }

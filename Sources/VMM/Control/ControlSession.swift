@@ -35,6 +35,11 @@ struct Session {
     let ownedFiles: [String]
     /// The state saved for a resumable send, given again to its continuations so they make the same stream.
     var resumableState: MachineState?
+    /// A live resumable send's journal, handed to the one continuation that follows its break.
+    var resumeJournal: [UInt8]?
+    /// How the running dirty log is cleared (nil while off); it outlives a live resumable send that broke, for its
+    /// continuation (with no owner meanwhile).
+    var dirtyLogManualClear: Bool?
     /// A partial receive this incoming machine holds (`vmrecv -s`), and the receiver's checkpoint.
     var partial: (record: PartialReceive, checkpoint: [UInt8])?
 
@@ -96,10 +101,27 @@ struct Session {
         }
     }
 
+    /// What was kept for continuing a stream goes with its terms: the saved state, a journal, a dirty log no one owns.
+    private mutating func releaseResumeHoldings() {
+        guard custody.resume == nil else { return }
+        resumableState = nil
+        resumeJournal = nil
+        if dirtyLogOwner == nil, dirtyLogManualClear != nil { stopDirtyLog() }
+    }
+
+    private mutating func stopDirtyLog() {
+        dirtyLogOwner = nil
+        dirtyLogManualClear = nil
+        try? machine.dirtyLogStop()
+    }
+
+    /// Whether the kept terms are a live stream's: its continuation needs the dirty log and a journal.
+    private var keepsLiveStream: Bool { custody.resume?.terms.mode == "live" }
+
     /// Drops resume terms whose window passed, resuming the machine their send paused.
     private mutating func expireResumeTerms() {
         guard let (resume, line) = custody.expireResume(state: machine.status().state) else { return }
-        resumableState = nil
+        releaseResumeHoldings()
         if resume {
             do { try machine.resume() } catch {
                 EventLog.note(machine: name, "resuming after the resume window failed: \(error)")
@@ -132,7 +154,12 @@ struct Session {
         connections.remove(at: index)
         if dirtyLogOwner == id {
             dirtyLogOwner = nil
-            try? machine.dirtyLogStop()
+            // A live stream kept for a continuation keeps logging what the guest writes; one with no journal of
+            // what its sender sent cannot be continued, so its terms go.
+            if keepsLiveStream && resumeJournal == nil {
+                custody.dropResume("was dropped: its sender left no journal of what it sent (killed?); send again")
+            }
+            if !keepsLiveStream { stopDirtyLog() }
         }
         if throttleOwner == id {
             throttleOwner = nil
@@ -142,7 +169,7 @@ struct Session {
             owner = nil
             if incomingPending && partial == nil { return .ownerLeft }
         }
-        defer { if custody.resume == nil { resumableState = nil } }
+        defer { releaseResumeHoldings() }
         if let (resume, line) = custody.senderLeft(connection: id, state: machine.status().state) {
             if resume {
                 do { try machine.resume() } catch {
@@ -191,7 +218,7 @@ struct Session {
         let connection = connections[index]
         let isOwner = owner == connection.id
         expireResumeTerms()
-        defer { if custody.resume == nil { resumableState = nil } }
+        defer { releaseResumeHoldings() }
         do {
             switch request {
             case .hello(let version, let ownIncoming, let client):
@@ -257,11 +284,30 @@ struct Session {
                     "stream \(terms.stream) is resumable: should it break, the VM stays paused for \(Int(terms.windowSeconds.rounded())) s"
                 )
             case .sendContinue(let stream, let attempt, let force):
+                let live = keepsLiveStream && custody.resume?.terms.stream == stream
+                if live, resumeJournal == nil || dirtyLogOwner != nil {
+                    throw ControlError(
+                        "stream \(stream) cannot be continued now: VM '\(name)' holds no journal of it, or its dirty log is in use"
+                    )
+                }
                 let (terms, number) = try custody.continueSend(
                     stream: stream, attempt: attempt, force: force, connection: connection.id, client: connection.client,
                     state: machine.status().state)
                 EventLog.note(machine: name, "\(connection.client) continues stream \(stream) (send \(number))")
-                return reply(connection, .ok(.continuing(terms: terms, attempt: number)))
+                guard live, let journal = resumeJournal else {
+                    return reply(connection, .ok(.continuing(terms: terms, attempt: number)))
+                }
+                // The log and the journal are this send's now; it hands over a journal of its own should it break.
+                if dirtyLogManualClear != nil { dirtyLogOwner = connection.id }
+                resumeJournal = nil
+                return reply(
+                    connection, .ok(.continuing(terms: terms, attempt: number, manualClear: dirtyLogManualClear)),
+                    payload: journal)
+            case .sendJournal(let stream):
+                guard keepsLiveStream, custody.resume?.terms.stream == stream else {
+                    throw ControlError("VM '\(name)' keeps no live stream \(stream) to journal")
+                }
+                resumeJournal = payload
             case .keepPartial(let record):
                 guard incomingPending, isOwner else {
                     throw ControlError("only the connection that owns the incoming machine '\(name)' may keep a partial receive")
@@ -277,7 +323,8 @@ struct Session {
                 EventLog.note(
                     machine: name,
                     try custody.finish(
-                        connection: connection.id, migrated: migrated, destination: destination, delivered: delivered ?? true))
+                        connection: connection.id, migrated: migrated, destination: destination, delivered: delivered ?? true,
+                        state: machine.status().state))
             case .memoryFile:
                 if incomingPending && !isOwner {
                     throw ControlError("only the connection that owns the incoming machine '\(name)' may write its memory")
@@ -293,6 +340,7 @@ struct Session {
                 }
                 let manual = try perform("dirtyLogStart") { try machine.dirtyLogStart(manualClear: manualClear ?? false) }
                 dirtyLogOwner = connection.id
+                dirtyLogManualClear = manual
                 // A client that did not say knows only `done`.
                 if manualClear != nil { return reply(connection, .ok(.dirtyLogStarted(manualClear: manual))) }
             case .dirtyLogFetch(let segment):
@@ -318,6 +366,7 @@ struct Session {
             case .dirtyLogStop:
                 if dirtyLogOwner == connection.id {
                     dirtyLogOwner = nil
+                    dirtyLogManualClear = nil
                     try perform("dirtyLogStop") { try machine.dirtyLogStop() }
                 }
             case .throttle(let percent):

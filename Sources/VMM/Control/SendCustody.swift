@@ -129,14 +129,20 @@ struct SendCustody {
     }
 
     /// A send of the kept stream ended before it was complete: the terms are kept for the window, from now.
-    private mutating func hold(after record: SendRecord) -> String? {
+    private mutating func hold(after record: SendRecord, state: RunState) -> String? {
         guard var hold = resume, hold.terms.stream == record.stream else { return nil }
         hold.pausedBySend = hold.pausedBySend || record.pausedBySender
         let expires = HostClock.realtimeNanoseconds() + UInt64(hold.terms.windowSeconds * 1e9)
         hold.expires = expires
         resume = hold
-        return "send \(hold.attempts) of stream \(record.stream) broke off; the VM stays paused for vmsend -t until "
+        let kept = state == .paused ? "stays paused" : "keeps running with its writes logged"
+        return "send \(hold.attempts) of stream \(record.stream) broke off; the VM \(kept) for vmsend -t until "
             + UTCTime.format(expires)
+    }
+
+    /// The kept terms of a live stream can no longer be continued (its sender left no journal of what it sent).
+    mutating func dropResume(_ reason: String) {
+        if let resume { drop(resume, reason) }
     }
 
     /// The kept terms go, and why; the reason words a later refusal.
@@ -176,7 +182,9 @@ struct SendCustody {
     }
 
     /// The sender says how its send ended; returns the line for the machine's log.
-    mutating func finish(connection: Int, migrated: Bool, destination: String?, delivered: Bool = true) throws -> String {
+    mutating func finish(
+        connection: Int, migrated: Bool, destination: String?, delivered: Bool = true, state: RunState
+    ) throws -> String {
         guard connection == senderConnection, let finished = send else { throw notSender("sendFinish") }
         send = nil
         senderConnection = nil
@@ -187,7 +195,7 @@ struct SendCustody {
                 held.attempts -= 1
                 resume = held
             }
-            return hold(after: finished).map { ended + "; " + $0 } ?? ended
+            return hold(after: finished, state: state).map { ended + "; " + $0 } ?? ended
         }
         if var resume, resume.terms.stream == finished.stream {
             // Kept for the window all the same: the last bytes may have been lost behind the sender's back.
@@ -240,7 +248,7 @@ struct SendCustody {
         senderConnection = nil
         record.senderGone = true
         let who = "\(UntrustedText.escape(record.sender)) (stream \(record.stream))"
-        if !record.committed, state == .paused, let line = hold(after: record) {
+        if !record.committed, state == .paused || state == .running, let line = hold(after: record, state: state) {
             send = nil
             return (false, "\(who) went away; \(line)")
         }
