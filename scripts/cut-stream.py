@@ -2,6 +2,8 @@
 """Passes a migration stream through until a chosen record, then stops, as a transport cut there would.
 
 Usage: scripts/cut-stream.py TYPE N [BYTES]
+       scripts/cut-stream.py BYTES N     (the first N bytes, as head -c)
+       scripts/cut-stream.py ALL         (everything: counts the bytes)
   Copies stdin to stdout up to the start of the Nth record (counting from 1) of TYPE (BEGIN, ROUND, PAGES,
   KERNEL, DEVICE, END, RESUME, DISK-EXTENTS, DISK-BLOCKS), plus BYTES of that record (default 0), then exits 0,
   closing the pipe on the sender, and says on stderr how many bytes it passed: "cut-stream: N bytes". A stream that ends first is copied whole. It reads only the framing (record
@@ -19,11 +21,10 @@ TRAILER = 8
 
 
 def main():
-    if len(sys.argv) not in (3, 4) or sys.argv[1] not in TYPES:
+    special = sys.argv[1:2] == ["ALL"] and len(sys.argv) == 2 or sys.argv[1:2] == ["BYTES"] and len(sys.argv) == 3
+    if not special and (len(sys.argv) not in (3, 4) or sys.argv[1] not in TYPES):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    wanted, count = TYPES[sys.argv[1]], int(sys.argv[2])
-    extra = int(sys.argv[3]) if len(sys.argv) == 4 else 0
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     passed = 0
 
@@ -45,6 +46,13 @@ def main():
             write(piece)
             length -= len(piece)
 
+    if sys.argv[1] == "ALL":
+        copy(1 << 62)
+    if sys.argv[1] == "BYTES":
+        copy(int(sys.argv[2]))
+        done()
+    wanted, count = TYPES[sys.argv[1]], int(sys.argv[2])
+    extra = int(sys.argv[3]) if len(sys.argv) == 4 else 0
     copy(HEADER)
     seen = 0
     while True:
