@@ -49,25 +49,28 @@ public struct DirtyPages: Sendable, Equatable {
 
     /// Runs of set bits as page ranges, in segment and page order.
     public var ranges: [PageRange] {
+        bitmaps.enumerated().flatMap { Self.ranges(segment: $0.offset, words: $0.element) }
+    }
+
+    /// Runs of set bits of one segment's bitmap as page ranges.
+    static func ranges(segment: Int, words: [UInt64]) -> [PageRange] {
         var ranges: [PageRange] = []
-        for (segment, words) in bitmaps.enumerated() {
-            var runStart: UInt64?
-            for (index, word) in words.enumerated() {
-                if word == 0, runStart == nil { continue }
-                if word == ~0, runStart != nil { continue }
-                for bit in 0..<64 {
-                    let page = UInt64(index * 64 + bit)
-                    let set = word & (1 << UInt64(bit)) != 0
-                    if set, runStart == nil { runStart = page }
-                    if !set, let start = runStart {
-                        ranges.append(PageRange(segment: segment, firstPage: start, count: page - start))
-                        runStart = nil
-                    }
+        var runStart: UInt64?
+        for (index, word) in words.enumerated() {
+            if word == 0, runStart == nil { continue }
+            if word == ~0, runStart != nil { continue }
+            for bit in 0..<64 {
+                let page = UInt64(index * 64 + bit)
+                let set = word & (1 << UInt64(bit)) != 0
+                if set, runStart == nil { runStart = page }
+                if !set, let start = runStart {
+                    ranges.append(PageRange(segment: segment, firstPage: start, count: page - start))
+                    runStart = nil
                 }
             }
-            if let start = runStart {
-                ranges.append(PageRange(segment: segment, firstPage: start, count: UInt64(words.count * 64) - start))
-            }
+        }
+        if let start = runStart {
+            ranges.append(PageRange(segment: segment, firstPage: start, count: UInt64(words.count * 64) - start))
         }
         return ranges
     }

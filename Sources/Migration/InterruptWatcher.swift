@@ -56,10 +56,11 @@ public final class InterruptWatcher: Sendable {
 
     /// Pauses the source with interrupts held off: the watcher sees a running source or a paused one,
     /// never a resume racing ahead of the pause it should undo.
-    public func pausing(_ pause: () throws -> Void) throws {
+    /// A resumable send's pause leaves the source for a continuation: `paused` is `.resumable` then.
+    public func pausing(into paused: SendPhase = .sourcePaused, _ pause: () throws -> Void) throws {
         try phase.withLock { (current: inout SendPhase) throws -> Void in
             try pause()
-            current = .sourcePaused
+            current = paused
         }
     }
 
@@ -87,7 +88,8 @@ public final class InterruptWatcher: Sendable {
                 }
             case .resumable:
                 if let problem = keepJournal() {
-                    report("\(name); the source VM '\(machineName)' stays paused, but \(problem)")
+                    // Without a journal the source drops the stream, and resumes the machine its send paused.
+                    report("\(name); \(problem), so the source VM '\(machineName)' resumes")
                     exit(1)
                 }
                 report(

@@ -34,14 +34,19 @@ public protocol MigrationSource: AnyObject {
     /// to `destination` if known. Returns whether the source recorded the migration.
     @discardableResult
     func finishSend(migrated: Bool, destination: String?) throws -> Bool
-    /// The send in progress is resumable: should it break, the source stays paused and keeps `terms`.
+    /// The same, saying whether any byte of the stream went out: a continuation that wrote nothing leaves its token good.
+    @discardableResult
+    func finishSend(migrated: Bool, destination: String?, delivered: Bool) throws -> Bool
+    /// The send in progress is resumable: should it break, the source keeps `terms` (paused, or live running with its
+    /// dirty log on and the journal `keepJournal` gives).
     func makeResumable(_ terms: ResumeTerms) throws
     /// A send that continues `stream` from a token of its send `attempt`: the kept terms, this send's number, and for
     /// a live stream its journal and the dirty log kept since it broke (now this send's).
     func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> SendContinuation
-    /// Keeps the journal of live resumable stream `stream`; should the send break, the source keeps its dirty log on
-    /// for a continuation. May come from a connection other than the sender's (an interrupt).
-    func keepJournal(stream: String, journal: [UInt8]) throws
+    /// Keeps the journal of live resumable stream `stream` as its send `attempt` wrote it; should the send break, the
+    /// source keeps its dirty log on for a continuation. May come from a connection other than the sender's (an
+    /// interrupt).
+    func keepJournal(stream: String, attempt: UInt32, journal: [UInt8]) throws
 }
 
 extension MigrationSource {
@@ -57,7 +62,7 @@ extension MigrationSource {
     public func continueSend(stream: String, attempt: UInt32, force: Bool) throws -> SendContinuation {
         throw MigrationError("this source cannot continue a stream")
     }
-    public func keepJournal(stream: String, journal: [UInt8]) throws {
+    public func keepJournal(stream: String, attempt: UInt32, journal: [UInt8]) throws {
         throw MigrationError("this source cannot keep a live stream for continuing")
     }
 }

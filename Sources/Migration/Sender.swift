@@ -16,7 +16,8 @@ import VMStream
 /// logging on while the guest runs; each next round sends what the guest dirtied meanwhile; once the rest fits
 /// the downtime target at the measured bandwidth (or the round cap is reached) the guest is paused and the
 /// final round sends the rest. The source stays paused after success unless `keepRunning`; on any failure
-/// before END is written it is resumed, so exactly one copy of the machine ever runs.
+/// before END is written it is resumed, so exactly one copy of the machine ever runs. A resumable send (`-s`, `-t`)
+/// leaves it instead as a continuation needs it: paused, or live and running with its writes logged.
 public final class Sender {
     private let source: MigrationSource
     private let output: FileDescriptor
@@ -30,6 +31,8 @@ public final class Sender {
     public var onProgress: ((TransferProgress) -> Void)?
     /// Holds the latest progress for a line asked for from another thread (SIGUSR1).
     private let progressRequest: ProgressRequest
+    /// A resumable live stream's journal: what a continuation needs should the send break.
+    private var journal: StreamJournal?
 
     /// Pages per `writePages` call: small enough for a progress line a second, large enough to batch well.
     static let pagesPerSlice: UInt64 = 2048
@@ -84,7 +87,9 @@ public final class Sender {
                 }
                 options.mode = mode
             } catch {
-                if let bytes = continuation.journal { try? source.keepJournal(stream: terms.stream, journal: bytes) }
+                if let bytes = continuation.journal {
+                    try? source.keepJournal(stream: terms.stream, attempt: continuation.attempt, journal: bytes)
+                }
                 _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
                 throw error
             }
@@ -99,7 +104,10 @@ public final class Sender {
         }
         let writer = try StreamWriter(output: output, compression: options.compression)
         let journaled = options.mode == .live && (options.resumable || resumePoint != nil)
-        if journaled { writer.keepJournal() }
+        if journaled {
+            writer.keepJournal()
+            journal = writer.journal
+        }
         var livePlace: LiveResumePlace?
         if let resumePoint {
             do {
@@ -111,29 +119,37 @@ public final class Sender {
             } catch {
                 // Refused before a byte went out: the token stays good, and the journal with it.
                 if let liveJournal {
-                    try? source.keepJournal(stream: resumePoint.uuidString, journal: liveJournal.journal.encode())
+                    try? source.keepJournal(
+                        stream: resumePoint.uuidString, attempt: resumePoint.attempt, journal: liveJournal.journal.encode())
                 }
                 _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
                 throw error
             }
         }
         let stream = StreamBegin.uuidString(uuid)
+        let attempt = resumePoint?.attempt ?? 1
         // Before anything is sent: a migrated source is refused (a copy of it may run), and from here on the source
         // knows this send, so that should this process vanish it can tell whether a copy may run.
         if resumePoint == nil { try source.beginSend(stream: stream, force: options.force) }
         // Kept for a continuation: should the send break, the source stays paused (and this process does not resume it).
         // A live stream's source keeps running until its pause, its writes logged, and the journal tells a
-        // continuation what was sent.
-        var keptForResume = resumePoint != nil && !journaled
+        // continuation what was sent; one the broken send had paused stays so.
+        let pausedSinceBreak = liveJournal.map { $0.journal.snapshot.pauseTime != 0 } ?? false
+        var keptForResume = resumePoint != nil && (!journaled || pausedSinceBreak)
         if keptForResume { phaseObserver?.enter(.resumable) }
-        if journaled, let journal = writer.journal {
-            phaseObserver?.keepJournal { try $0.keepJournal(stream: stream, journal: journal.encode()) }
+        if let journal {
+            phaseObserver?.keepJournal { try $0.keepJournal(stream: stream, attempt: attempt, journal: journal.seal()) }
+        }
+        /// A failure before a byte went out: the token stays good, and a live stream's journal goes back to the source.
+        func failedBeforeWriting(_ error: any Error) -> any Error {
+            if let journal, resumePoint != nil {
+                try? source.keepJournal(stream: stream, attempt: attempt, journal: journal.seal())
+            }
+            _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
+            return error
         }
         let memory: MachineAreas
-        do { memory = try openAreas(config) } catch {
-            _ = try? source.finishSend(migrated: false, destination: nil)
-            throw error
-        }
+        do { memory = try openAreas(config) } catch { throw failedBeforeWriting(error) }
         // Paused rounds lend guest pages to the pipe (vmsplice) rather than copying them. Safe because a
         // lent page cannot change before the reader has it: after END the source stays paused, or is resumed
         // only once the pipe is drained (--keep-running). A failed send resumes it at once, but its stream
@@ -142,7 +158,8 @@ public final class Sender {
         var meter = RoundMeter(writer: writer, progress: ProgressTracker(sink: onProgress, request: progressRequest))
         // A source that was paused before the send (vmctl pause, vmrun --paused) is left as it was:
         // never resumed, on failure or with --keep-running.
-        let wasRunning = try source.isRunning()
+        let wasRunning: Bool
+        do { wasRunning = try source.isRunning() } catch { throw failedBeforeWriting(error) }
         if !wasRunning { phaseObserver?.enter(.sourceLeftPaused) }
         var paused = false
         var pausedAt = ContinuousClock.now
@@ -158,12 +175,19 @@ public final class Sender {
                 switchOver.start()
                 let requested = HostClock.realtimeNanoseconds()
                 guard wasRunning else { return 0 }
-                if let phaseObserver {
-                    try phaseObserver.pausing { try source.pause() }
-                } else {
+                // A journaled send's pause is the journal's at once: should the send break from here on, the source
+                // stays paused for a continuation, which then knows it did.
+                let pauseNoted = { [journal, source] in
                     try source.pause()
+                    journal?.notePause(at: requested)
+                }
+                if let phaseObserver {
+                    try phaseObserver.pausing(into: journal == nil ? .sourcePaused : .resumable, pauseNoted)
+                } else {
+                    try pauseNoted()
                 }
                 paused = true
+                if journal != nil { keptForResume = true }
                 switchOver.lap(.pause)
                 return requested
             }
@@ -181,8 +205,9 @@ public final class Sender {
                 if options.resumable && resumePoint == nil {
                     try source.makeResumable(terms(for: begin, pauseTime: 0))
                 }
-                if journaled && wasRunning { phaseObserver?.enter(.resumableRunning) }
+                if journaled && wasRunning && !pausedSinceBreak { phaseObserver?.enter(.resumableRunning) }
                 if let livePlace, let liveJournal {
+                    announce(begin, populated: try Self.populatedRanges(memory), writer: writer)
                     (pauseTime, rest) = try continueLive(
                         livePlace, journal: liveJournal, memory: memory, writer: writer, meter: &meter,
                         throttled: &throttled, pause: pause)
@@ -198,11 +223,6 @@ public final class Sender {
                     pauseTime = try pause()
                     dirty.merge(try fetchDirty(memory))
                     rest = dirty
-                }
-                if journaled {
-                    writer.journal?.notePause(at: pauseTime)
-                    keptForResume = paused
-                    if paused { phaseObserver?.enter(.resumable) }
                 }
                 switchOver.lap(.dirtyLog)
                 var finalPages = rest
@@ -251,14 +271,18 @@ public final class Sender {
             // A continuation that wrote nothing does not count as a send of its stream: its token stays good.
             defer { _ = try? source.finishSend(migrated: false, destination: nil, delivered: writer.bytesWritten > 0) }
             if throttled { try? source.setThrottle(percent: 0) }
-            if journaled, let journal = writer.journal {
+            if let journal {
                 do {
-                    try source.keepJournal(stream: stream, journal: journal.encode())
+                    try source.keepJournal(stream: stream, attempt: attempt, journal: journal.seal())
                 } catch let keepError {
-                    if paused { try? source.resume() }
+                    // The source drops a stream it has no journal of, so the pause this stream made is undone.
+                    var outcome = "keeps running"
+                    if paused || pausedSinceBreak {
+                        outcome = (try? source.resume()) == nil ? "stays paused: resuming it failed" : "was resumed"
+                    }
                     throw MigrationError(
                         "\(error); the source could not keep the stream's journal (\(keepError)), so it cannot be continued; "
-                            + "the source VM '\(config.name)' \(paused ? "was resumed" : "keeps running")")
+                            + "the source VM '\(config.name)' \(outcome)")
                 }
                 if !keptForResume {
                     throw MigrationError(
@@ -295,8 +319,8 @@ public final class Sender {
         writer.waitUntilConsumed()
         if options.keepRunning && paused { try source.resume() }
         // Kept after END too: should the receiver have missed the end, a forced continuation takes up from there.
-        if journaled && !options.keepRunning, let journal = writer.journal {
-            try? source.keepJournal(stream: stream, journal: journal.encode())
+        if !options.keepRunning, let journal {
+            try? source.keepJournal(stream: stream, attempt: attempt, journal: journal.seal())
         }
         // A snapshot (--keep-running) leaves the source as it was; any other complete send makes it `migrated`.
         let migrated = (try? source.finishSend(migrated: !options.keepRunning, destination: options.destination)) ?? false
@@ -434,12 +458,20 @@ public final class Sender {
     }
 
     /// What the guest dirtied since the last fetch: pages of each memory segment, blocks of each travelling disk.
+    /// A journaled send records each fetch in the journal as it returns: the source's log no longer holds it.
     private func fetchDirty(_ memory: MachineAreas) throws -> DirtyPages {
         var dirty = DirtyPages(pageCounts: memory.segments.indices.map { memory.pageCount(segment: $0) })
-        for segment in 0..<memory.memorySegments { dirty.merge(segment: segment, try source.dirtyLogFetch(segment: segment)) }
+        func fetch(_ area: Int, _ words: () throws -> [UInt64]) throws {
+            guard let journal else { return dirty.merge(segment: area, try words()) }
+            try journal.recordFetch {
+                dirty.merge(segment: area, try words())
+                return DirtyPages.ranges(segment: area, words: dirty.bitmaps[area])
+            }
+        }
+        for segment in 0..<memory.memorySegments { try fetch(segment) { try source.dirtyLogFetch(segment: segment) } }
         for disk in memory.segments.indices.dropFirst(memory.memorySegments).map({ $0 - memory.memorySegments })
         where memory.disk(disk) != nil {
-            dirty.merge(segment: memory.memorySegments + disk, try source.diskWrittenFetch(disk))
+            try fetch(memory.memorySegments + disk) { try source.diskWrittenFetch(disk) }
         }
         return dirty
     }

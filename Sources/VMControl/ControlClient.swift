@@ -132,8 +132,8 @@ public final class ControlClient: Sendable {
             terms: terms, attempt: number, journal: answer.payload.isEmpty ? nil : answer.payload, manualClear: manualClear)
     }
     /// Hands the source the journal of live stream `stream`, for a continuation should the send break.
-    public func sendJournal(stream: String, journal: [UInt8]) throws {
-        try request(.sendJournal(stream: stream), payload: journal)
+    public func sendJournal(stream: String, attempt: UInt32, journal: [UInt8]) throws {
+        try request(.sendJournal(stream: stream, attempt: attempt), payload: journal)
     }
     /// The incoming machine keeps what arrived as a partial receive; `checkpoint` is the receiver's.
     public func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws {

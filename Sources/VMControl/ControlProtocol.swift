@@ -67,8 +67,8 @@ import MachineDescription
 ///   `force` when a later send of it started since or its last send wrote it whole (the machine is then migrated,
 ///   but the terms are kept for the window: a writer cannot tell whether END reached its reader). The reply is the
 ///   kept terms and this send's number.
-/// - `sendJournal(stream:)`, payload the journal of a live resumable send (where its stream stood after each record), from
-///   any connection while the terms of `stream` are kept (an interrupted vmsend hands it over on a connection of its
+/// - `sendJournal(stream:attempt:)`, payload the journal of a live resumable send (where its stream stood after each
+///   record), from any connection while the terms of `stream` are kept and `attempt` is its newest send (an interrupted vmsend hands it over on a connection of its
 ///   own), and again after END (should its receiver have missed the end). Should the send break, vmrun keeps dirty
 ///   logging on while the terms are kept, and gives the journal and the log to the one `sendContinue` of the stream
 ///   that follows; terms of a live stream whose sender left no journal are dropped, and the log with them.
@@ -142,8 +142,8 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     case sendResumable(terms: ResumeTerms)
     /// A send that continues stream `stream` from a token of its send `attempt` (`vmsend -t`).
     case sendContinue(stream: String, attempt: UInt32, force: Bool)
-    /// Payload: the journal of live stream `stream` as its sender wrote it, kept for a continuation.
-    case sendJournal(stream: String)
+    /// Payload: the journal of live stream `stream` as its send `attempt` wrote it, kept for a continuation.
+    case sendJournal(stream: String, attempt: UInt32)
     /// Payload: the receiver's checkpoint. The incoming machine keeps it as a partial receive.
     case keepPartial(partial: PartialReceive)
     /// Reply payload: the checkpoint of the partial receive.

@@ -71,9 +71,9 @@ public final class ControlSocketSource: MigrationSource {
         guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) cannot continue a stream") }
         return try client.sendContinue(stream: stream, attempt: attempt, force: force)
     }
-    public func keepJournal(stream: String, journal: [UInt8]) throws {
+    public func keepJournal(stream: String, attempt: UInt32, journal: [UInt8]) throws {
         guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) cannot keep a resumable send") }
-        try client.sendJournal(stream: stream, journal: journal)
+        try client.sendJournal(stream: stream, attempt: attempt, journal: journal)
     }
 }
 

@@ -40,6 +40,14 @@ public final class StreamJournal: Sendable {
         public var marks: [Mark] = []
         /// When the send paused the source (ns since the epoch), 0 while it has not; END carries it.
         public var pauseTime: UInt64 = 0
+        /// Pages an earlier send of the stream owed the receiver (rounds it never verified, dirty pages fetched),
+        /// which the round at index `carriedBefore` lists first: a receiver still before that round lacks them.
+        public var carried: [PageRange] = []
+        public var carriedBefore = 0
+        /// Dirty pages fetched from the source (and so gone from its log) that no round list holds yet.
+        public var pending: [[PageRange]] = []
+        /// Handed over: no record may follow, since the copy handed over would not know it.
+        public var sealed = false
 
         public init() {}
     }
@@ -52,7 +60,32 @@ public final class StreamJournal: Sendable {
 
     func update(_ body: (inout Contents) -> Void) { contents.withLock { body(&$0) } }
 
+    /// Records a record's mark before its bytes go out; refused once the journal was handed over.
+    func append(_ mark: Mark) throws {
+        try contents.withLock { (contents: inout Contents) throws(StreamError) in
+            guard !contents.sealed else { throw StreamError(.misuse, "the stream's journal was handed over: it ends here") }
+            contents.marks.append(mark)
+        }
+    }
+
     public func notePause(at time: UInt64) { update { $0.pauseTime = time } }
+
+    /// Runs a fetch of dirty pages (which takes them from the source's log) and records what it returned, with the
+    /// journal locked throughout: a copy taken meanwhile, by an interrupt, waits and then holds them.
+    public func recordFetch(_ fetch: () throws -> [PageRange]) throws {
+        try contents.withLock { (contents: inout Contents) throws in
+            guard !contents.sealed else { throw StreamError(.misuse, "the stream's journal was handed over: it ends here") }
+            let pages = try fetch()
+            if !pages.isEmpty { contents.pending.append(pages) }
+        }
+    }
+
+    /// Ends the journal and returns its byte form, for handing over: from now on no record can be written, so the
+    /// copy handed over knows every record the receiver can have verified.
+    public func seal() -> [UInt8] {
+        update { $0.sealed = true }
+        return encode()
+    }
 
     static let magic = Array("VMSJRNL1".utf8)
 
@@ -64,15 +97,14 @@ public final class StreamJournal: Sendable {
         out.u32(UInt32(contents.begin.count))
         out.raw(contents.begin)
         out.u64(contents.pauseTime)
+        out.u32(UInt32(contents.carriedBefore))
+        Self.encode(contents.carried, into: &out)
+        out.u32(UInt32(contents.pending.count))
+        for list in contents.pending { Self.encode(list, into: &out) }
         out.u32(UInt32(contents.rounds.count))
         for round in contents.rounds {
             out.u32(round.number)
-            out.u32(UInt32(round.list.count))
-            for range in round.list {
-                out.u32(UInt32(range.segment))
-                out.u64(range.firstPage)
-                out.u64(range.count)
-            }
+            Self.encode(round.list, into: &out)
         }
         out.u32(UInt32(contents.marks.count))
         for mark in contents.marks {
@@ -87,8 +119,29 @@ public final class StreamJournal: Sendable {
         return out.bytes
     }
 
+    private static func encode(_ list: [PageRange], into out: inout ByteWriter) {
+        out.u32(UInt32(list.count))
+        for range in list {
+            out.u32(UInt32(range.segment))
+            out.u64(range.firstPage)
+            out.u64(range.count)
+        }
+    }
+
+    private static func decodeList(_ decoder: inout WireDecoder) throws -> [PageRange] {
+        let count = Int(try decoder.u32())
+        guard count * 20 <= decoder.remaining else { throw fail("a list of \(count) ranges does not fit") }
+        var list: [PageRange] = []
+        list.reserveCapacity(count)
+        for _ in 0..<count {
+            list.append(PageRange(segment: Int(try decoder.u32()), firstPage: try decoder.u64(), count: try decoder.u64()))
+        }
+        return list
+    }
+
+    static let fail: @Sendable (String) -> StreamError = { StreamError(.malformed, "the source's stream journal: \($0)") }
+
     public static func decode(_ bytes: [UInt8]) throws -> StreamJournal {
-        let fail: @Sendable (String) -> StreamError = { StreamError(.malformed, "the source's stream journal: \($0)") }
         guard bytes.count > magic.count + 8, Array(bytes[..<magic.count]) == magic else { throw fail("not a journal") }
         let body = Array(bytes[..<(bytes.count - 8)])
         var tail = ByteReader(bytes, range: (bytes.count - 8)..<bytes.count)
@@ -100,18 +153,16 @@ public final class StreamJournal: Sendable {
         guard beginLength <= decoder.remaining else { throw fail("BEGIN runs past the end") }
         contents.begin = try decoder.raw(beginLength)
         contents.pauseTime = try decoder.u64()
+        contents.carriedBefore = Int(try decoder.u32())
+        contents.carried = try decodeList(&decoder)
+        let pendingCount = Int(try decoder.u32())
+        guard pendingCount * 4 <= decoder.remaining else { throw fail("\(pendingCount) fetches do not fit") }
+        for _ in 0..<pendingCount { contents.pending.append(try decodeList(&decoder)) }
         let roundCount = Int(try decoder.u32())
         guard roundCount * 8 <= decoder.remaining else { throw fail("\(roundCount) rounds do not fit") }
         for _ in 0..<roundCount {
             let number = try decoder.u32()
-            let count = Int(try decoder.u32())
-            guard count * 20 <= decoder.remaining else { throw fail("a list of \(count) ranges does not fit") }
-            var list: [PageRange] = []
-            list.reserveCapacity(count)
-            for _ in 0..<count {
-                list.append(PageRange(segment: Int(try decoder.u32()), firstPage: try decoder.u64(), count: try decoder.u64()))
-            }
-            contents.rounds.append(Round(number: number, list: list))
+            contents.rounds.append(Round(number: number, list: try decodeList(&decoder)))
         }
         let markCount = Int(try decoder.u32())
         guard markCount * 72 <= decoder.remaining else { throw fail("\(markCount) marks do not fit") }
@@ -136,8 +187,9 @@ public final class StreamJournal: Sendable {
 public enum LiveResumePlace: Sendable, Equatable {
     /// The receiver has BEGIN only: every round starts over.
     case beforeRounds
-    /// The receiver is inside round `number`: `rest` is what its list still misses, in list order; `later` the lists
-    /// of rounds sent after it, which the receiver never verified.
+    /// The receiver is inside round `number`: `rest` is what its list still misses, in list order; `later` the pages
+    /// it lacks besides: the lists of rounds sent after it, which it never verified, pages an earlier continuation
+    /// owed it, and dirty pages fetched from the source that no list held yet.
     case inRound(number: UInt32, rest: [PageRange], later: [[PageRange]])
     /// Every round arrived; the receiver holds part of the state.
     case inState

@@ -84,7 +84,7 @@ public final class StreamWriter {
     public func continueLive(from point: ResumePoint, journal old: StreamJournal) throws -> LiveResumePlace {
         guard rules.begin == nil else { throw StreamError(.misuse, "a continuation is set up before BEGIN") }
         let contents = old.snapshot
-        let fail: @Sendable (String) -> StreamError = { StreamError(.malformed, "the source's stream journal: \($0)") }
+        let fail = StreamJournal.fail
         let begin = try Payload.decodeBegin(contents.begin, fail: fail)
         guard begin.uuid == point.uuid else {
             throw StreamError(.misuse, "the journal is of stream \(begin.uuidString), not \(point.uuidString)")
@@ -130,12 +130,18 @@ public final class StreamWriter {
         }
         rules.setTotals(
             pages: mark.pages, zeroPages: mark.zeroPages, diskBlocks: mark.diskBlocks, diskZeroBlocks: mark.diskZeroBlocks)
+        // What the receiver lacks besides the rest of its round; this send owes it too, should it break before its
+        // first round after the point is listed.
+        var later = contents.rounds[(mark.round + 1)...].map(\.list) + contents.pending
+        if mark.round < contents.carriedBefore { later.append(contents.carried) }
         if let journal {
             journal.update {
                 $0.begin = contents.begin
                 $0.pauseTime = contents.pauseTime
                 $0.rounds = Array(contents.rounds[...mark.round])
                 $0.marks = Array(contents.marks[...markIndex])
+                $0.carried = later.flatMap { $0 }
+                $0.carriedBefore = mark.round + 1
             }
             (journalRound, roundListRecords, roundUnitsDone) = (mark.round, mark.listRecords, mark.unitsDone)
         }
@@ -146,8 +152,7 @@ public final class StreamWriter {
             return .inState
         }
         guard mark.round >= 0 else { return .beforeRounds }
-        return .inRound(
-            number: roundNumber, rest: rest, later: contents.rounds[(mark.round + 1)...].map(\.list))
+        return .inRound(number: roundNumber, rest: rest, later: later.filter { !$0.isEmpty })
     }
 
     /// The part of `list` after its first `units` pages.
@@ -203,8 +208,13 @@ public final class StreamWriter {
         let previous = (roundNumber, roundList, roundWritten)
         (roundNumber, roundList, roundWritten) = (number, ranges, 0)
         let previousJournal = (journalRound, roundListRecords, roundUnitsDone)
+        let previousPending = journal?.snapshot.pending ?? []
         if let journal {
-            journal.update { $0.rounds.append(StreamJournal.Round(number: number, list: ranges)) }
+            // The list holds what was fetched: nothing is pending any more.
+            journal.update {
+                $0.rounds.append(StreamJournal.Round(number: number, list: ranges))
+                $0.pending = []
+            }
             (journalRound, roundListRecords, roundUnitsDone) = (journalRound + 1, 0, 0)
         }
         do {
@@ -214,7 +224,10 @@ public final class StreamWriter {
             if roundWritten == 0 {
                 (roundNumber, roundList, roundWritten) = previous
                 if let journal, previousJournal.0 < journalRound {
-                    journal.update { $0.rounds.removeLast() }
+                    journal.update {
+                        $0.rounds.removeLast()
+                        $0.pending = previousPending
+                    }
                     (journalRound, roundListRecords, roundUnitsDone) = previousJournal
                 }
             }
@@ -440,7 +453,7 @@ public final class StreamWriter {
                 running: Checksum.chain(running, checksum), pages: rules.pages, zeroPages: rules.zeroPages,
                 diskBlocks: rules.diskBlocks, diskZeroBlocks: rules.diskZeroBlocks, round: journalRound,
                 listRecords: roundListRecords, unitsDone: roundUnitsDone)
-            journal.update { $0.marks.append(mark) }
+            try journal.append(mark)
         }
         if resumeAt == nil {
             try emitRecord(header: header.bytes, prefix: prefix, data: data, trailer: trailer.bytes, lend: lend)

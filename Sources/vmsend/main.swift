@@ -88,6 +88,10 @@ struct VMSend: ParsableCommand {
     func validate() throws {
         try asUsageError { try MachineName.validate(name) }
         _ = try Self.parseWindow(resumeWindow)
+        if resumable && keepRunning {
+            throw ValidationError(
+                "-s and --keep-running do not go together: a snapshot that breaks is taken again, not continued")
+        }
         if let resumeToken {
             _ = try asUsageError { try ResumeToken(parsing: resumeToken) }
             guard !warm, compression.method == .none, !sharedStorage, !keepRunning, !dryRun, !destroySource else {

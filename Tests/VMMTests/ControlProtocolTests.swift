@@ -53,7 +53,7 @@ import Testing
             .restoreState, .consoleInput, .diskFile(disk: 0), .diskWrittenFetch(disk: 0),
             .sendStart(stream: "s", force: false), .sendCommit, .sendFinish(migrated: true, destination: nil),
             .sendResumable(terms: ResumableSendTests.terms(window: 1)), .sendContinue(stream: "s", attempt: 1, force: false),
-            .sendJournal(stream: "s"),
+            .sendJournal(stream: "s", attempt: 1),
             .keepPartial(
                 partial: PartialReceive(
                     stream: "s", sourceMachine: "a", token: "t", records: 2, bytes: 3, round: 0, unitsExpected: 1, kept: 0)),

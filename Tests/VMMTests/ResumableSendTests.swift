@@ -95,20 +95,26 @@ import VMControl
         try sender.sendStart(stream: "s1", force: false)
         try sender.sendResumable(live)
         _ = try sender.dirtyLogStart(manualClear: true)
-        try sender.sendJournal(stream: "s1", journal: [1, 2, 3])
+        #expect { try sender.sendJournal(stream: "s1", attempt: 2, journal: [9]) } throws: { "\($0)".contains("whose send 2") }
+        try sender.sendJournal(stream: "s1", attempt: 1, journal: [1, 2, 3])
         try sender.sendFinish(migrated: false, destination: nil, delivered: true)
         sender.close()
         #expect(SendCustodyTests().eventually { (try? machine.connect().status().resumable?.expires) != nil })
         #expect(machine.state == .running)
         #expect(machine.served.machine.record.withLock { $0.dirtyLogging }, "the log outlives the send")
+        let intruder = try machine.connect()
+        #expect { try intruder.dirtyLogStart(manualClear: true) } throws: { "\($0)".contains("kept for a continuation") }
+        intruder.close()
 
         let continuing = try machine.connect()
         let continued = try continuing.sendContinue(stream: "s1", attempt: 1, force: false)
         #expect(continued.journal == [1, 2, 3] && continued.manualClear != nil && continued.attempt == 2)
         _ = try continuing.dirtyLogFetch(segment: 0)
-        // The journal went with it; a second continuation finds none until this one hands over its own.
+        // Nobody else may take the kept log meanwhile, nor a second continuation start.
         let other = try machine.connect()
-        #expect { try other.sendContinue(stream: "s1", attempt: 2, force: true) } throws: { "\($0)".contains("holds no journal") }
+        #expect { try other.sendContinue(stream: "s1", attempt: 2, force: true) } throws: {
+            "\($0)".contains("being sent already")
+        }
         other.close()
         // Killed without a journal: the terms go, and the log with them.
         continuing.close()

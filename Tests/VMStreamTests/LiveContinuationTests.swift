@@ -47,9 +47,14 @@ import Testing
                         SampleStream.fill(target, index: page, seed: UInt64(versions[Int(page)]))
                     }
                 }
-                try writer.writePages(
-                    segment: 0, firstPage: range.firstPage, count: range.count,
-                    from: buffer + Int(range.firstPage) * StreamFormat.pageSize)
+                // Records of at most 32 pages, so that a cut falls between pages of a round, not only between rounds.
+                var page = range.firstPage
+                while page < range.firstPage + range.count {
+                    let count = min(32, range.firstPage + range.count - page)
+                    try writer.writePages(
+                        segment: 0, firstPage: page, count: count, from: buffer + Int(page) * StreamFormat.pageSize)
+                    page += count
+                }
             }
         }
 
@@ -204,5 +209,60 @@ import Testing
             }
         }
         return out
+    }
+
+    /// A continuation that breaks again right after finishing its round, before listing the later rounds' pages it
+    /// owes: the journal it hands over still owes them, so the next continuation sends them.
+    @Test(arguments: [false, true])
+    func aContinuationThatBreaksBeforeListingWhatItOwesHandsItOn(pausedSinceBreak: Bool) throws {
+        let pauseTime: UInt64 = pausedSinceBreak ? Fixture.creationTime + 9 : 0
+        let (whole, journal) = try Self.firstSend(.none, source: Source(), pauseTime: pauseTime)
+        for cut in [3000, whole.count / 4, whole.count * 2 / 3] {
+            let source = Source()
+            _ = try Self.firstSend(.none, source: source, pauseTime: pauseTime)
+            let memory = MemoryPageSink(machine: Self.begin.machine)
+            let held = try #require(try Self.read(Array(whole[..<cut]), into: memory))
+            if !pausedSinceBreak { source.write(Self.writtenSinceBreak, version: 9) }
+            // The first continuation: the rest of its round, then the guest writes and the send fetches (and so
+            // takes from the log) what it wrote, and breaks.
+            let firstSink = MemorySink()
+            let first = StreamWriter(sink: firstSink, compression: .none)
+            first.keepJournal()
+            var point = held.point
+            point.attempt += 1
+            guard case .inRound(_, let rest, let later) = try first.continueLive(from: point, journal: journal) else {
+                Issue.record("cut at \(cut) is not in a round")
+                continue
+            }
+            #expect(!later.isEmpty, "cut at \(cut): the later rounds are owed")
+            try source.send(rest, with: first)
+            let fetched = [PageRange(segment: 0, firstPage: 60, count: 4)]
+            if !pausedSinceBreak {
+                source.write(fetched, version: 11)
+                try first.journal!.recordFetch { fetched }
+            }
+            let handed = try StreamJournal.decode(first.journal!.seal())
+            #expect(throws: StreamError.self) { try first.writeRound(9, pages: fetched) }
+            let again = try #require(
+                try Self.read(Array(firstSink.bytes[..<(firstSink.bytes.count - 100)]), into: memory, adopting: held))
+            // The second continuation, from the handed-over journal.
+            let sink = MemorySink()
+            let writer = StreamWriter(sink: sink, compression: .none)
+            point = again.point
+            point.attempt += 1
+            guard case .inRound(let number, let rest2, let owed) = try writer.continueLive(from: point, journal: handed) else {
+                Issue.record("cut at \(cut): the second continuation is not in a round")
+                continue
+            }
+            try source.send(rest2, with: writer)
+            // What the guest wrote since the first break and no fetch took is still in the source's log.
+            let list = Self.merged(owed.flatMap { $0 } + (pausedSinceBreak ? [] : Self.writtenSinceBreak))
+            try writer.writeRound(number + 1, pages: list)
+            try source.send(list, with: writer)
+            try source.writeState(with: writer)
+            try writer.writeEnd(sourcePauseTime: pauseTime)
+            #expect(try Self.read(sink.bytes, into: memory, adopting: again) == nil)
+            #expect(source.matches(memory), "cut at \(cut): the receiver holds the source's memory")
+        }
     }
 }

@@ -152,13 +152,13 @@ struct Session {
         guard let index = connections.firstIndex(where: { $0.id == id }) else { return nil }
         connections[index].socket.close()
         connections.remove(at: index)
+        // A live stream whose sender left no journal of what it sent cannot be continued, so its terms go; one kept
+        // for a continuation keeps logging what the guest writes.
+        if keepsLiveStream, resumeJournal == nil, dirtyLogOwner == id || custody.senderConnection == id {
+            custody.dropResume("was dropped: its sender left no journal of what it sent (killed?); send again")
+        }
         if dirtyLogOwner == id {
             dirtyLogOwner = nil
-            // A live stream kept for a continuation keeps logging what the guest writes; one with no journal of
-            // what its sender sent cannot be continued, so its terms go.
-            if keepsLiveStream && resumeJournal == nil {
-                custody.dropResume("was dropped: its sender left no journal of what it sent (killed?); send again")
-            }
             if !keepsLiveStream { stopDirtyLog() }
         }
         if throttleOwner == id {
@@ -262,7 +262,8 @@ struct Session {
                     EventLog.note(
                         machine: name, "resumed by \(connection.client) with --force; it was \(current.stateDescription)")
                 }
-                custody.resumed()
+                // Resuming a running machine changes nothing: a live stream kept for a continuation stays.
+                if current.state != .running { custody.resumed() }
             case .destroy(let keepLogs):
                 machine.destroy()
                 EventLog.note(machine: name, "destroyed by \(connection.client)")
@@ -285,10 +286,11 @@ struct Session {
                 )
             case .sendContinue(let stream, let attempt, let force):
                 let live = keepsLiveStream && custody.resume?.terms.stream == stream
-                if live, resumeJournal == nil || dirtyLogOwner != nil {
-                    throw ControlError(
-                        "stream \(stream) cannot be continued now: VM '\(name)' holds no journal of it, or its dirty log is in use"
-                    )
+                if live, let send = custody.send, !send.senderGone {
+                    throw ControlError("VM '\(name)' is being sent already (\(send.summary))")
+                }
+                if live, resumeJournal == nil {
+                    throw ControlError("stream \(stream) cannot be continued: VM '\(name)' holds no journal of it")
                 }
                 let (terms, number) = try custody.continueSend(
                     stream: stream, attempt: attempt, force: force, connection: connection.id, client: connection.client,
@@ -303,9 +305,10 @@ struct Session {
                 return reply(
                     connection, .ok(.continuing(terms: terms, attempt: number, manualClear: dirtyLogManualClear)),
                     payload: journal)
-            case .sendJournal(let stream):
-                guard keepsLiveStream, custody.resume?.terms.stream == stream else {
-                    throw ControlError("VM '\(name)' keeps no live stream \(stream) to journal")
+            case .sendJournal(let stream, let attempt):
+                // Only the newest send of the stream journals it: an older one's journal would miss what came since.
+                guard keepsLiveStream, let hold = custody.resume, hold.terms.stream == stream, hold.attempts == attempt else {
+                    throw ControlError("VM '\(name)' keeps no live stream \(stream) whose send \(attempt) could journal it")
                 }
                 resumeJournal = payload
             case .keepPartial(let record):
@@ -337,6 +340,11 @@ struct Session {
                 try custody.checkStreamRead("dirtyLogStart", connection: connection.id, state: machine.status().state)
                 if let other = dirtyLogOwner, other != connection.id {
                     throw ControlError("dirty logging on '\(name)' is already in use by another connection")
+                }
+                if dirtyLogOwner == nil, dirtyLogManualClear != nil, let kept = custody.resume?.terms.stream {
+                    throw ControlError(
+                        "dirty logging on '\(name)' is kept for a continuation of stream \(kept) (vmsend -t); a new send "
+                            + "with --force drops it")
                 }
                 let manual = try perform("dirtyLogStart") { try machine.dirtyLogStart(manualClear: manualClear ?? false) }
                 dirtyLogOwner = connection.id
