@@ -54,13 +54,13 @@ public final class InterruptWatcher: Sendable {
         phase.withLock { $0 = next }
     }
 
-    /// Pauses the source with interrupts held off: the watcher sees a running source or a paused one,
-    /// never a resume racing ahead of the pause it should undo.
-    /// A resumable send's pause leaves the source for a continuation: `paused` is `.resumable` then.
-    public func pausing(into paused: SendPhase = .sourcePaused, _ pause: () throws -> Void) throws {
+    /// Takes a step that moves the send to `next` (pausing the source, committing END) with interrupts held off:
+    /// the watcher sees the phase before the step or after it, never a resume racing ahead of the pause it should
+    /// undo, nor a commit it does not know of.
+    public func entering(_ next: SendPhase, _ step: () throws -> Void) throws {
         try phase.withLock { (current: inout SendPhase) throws -> Void in
-            try pause()
-            current = paused
+            try step()
+            current = next
         }
     }
 

@@ -57,6 +57,19 @@ public final class Sender {
         var resumePoint: ResumePoint?
         /// A live stream's journal and how its dirty log kept since the break is cleared (nil: none was kept).
         var liveJournal: (journal: StreamJournal, manualClear: Bool?)?
+        /// A send the source knows of: one that ends must say so (`finishSend`).
+        var begun = false
+        /// The journal a live continuation took from the source (or made from it), given back should the send end
+        /// before its first byte: the stream can then be continued still, and the token stays good.
+        var journalToGiveBack: (() -> [UInt8])?
+        func failedBeforeWriting(_ error: any Error) -> any Error {
+            if let resumePoint, let journalToGiveBack {
+                try? source.keepJournal(
+                    stream: resumePoint.uuidString, attempt: resumePoint.attempt, journal: journalToGiveBack())
+            }
+            if begun { _ = try? source.finishSend(migrated: false, destination: nil, delivered: false) }
+            return error
+        }
         if let token = options.continuation {
             guard token.machine == config.name else {
                 throw MigrationError(
@@ -65,8 +78,18 @@ public final class Sender {
             }
             let continuation = try source.continueSend(
                 stream: token.point.uuidString, attempt: token.point.attempt, force: options.force)
+            begun = true
+            resumePoint = token.point
+            resumePoint?.attempt = continuation.attempt
             let terms = continuation.terms
             do {
+                if let bytes = continuation.journal {
+                    journalToGiveBack = { bytes }
+                    // From here an interrupt hands the journal back, as it would hand on this send's own.
+                    phaseObserver?.keepJournal {
+                        try $0.keepJournal(stream: terms.stream, attempt: continuation.attempt, journal: bytes)
+                    }
+                }
                 guard let mode = MigrationMode(rawValue: terms.mode), terms.uuid == token.point.uuid else {
                     throw MigrationError("the source kept unreadable terms for stream \(terms.stream)")
                 }
@@ -80,18 +103,16 @@ public final class Sender {
                         throw MigrationError("the source kept no journal of live stream \(terms.stream)")
                     }
                     let journal = try StreamJournal.decode(bytes)
-                    guard continuation.manualClear != nil || journal.snapshot.pauseTime != 0 else {
+                    let pausedSinceBreak = journal.snapshot.pauseTime != 0
+                    phaseObserver?.enter(pausedSinceBreak ? .resumable : .resumableRunning)
+                    guard continuation.manualClear != nil || pausedSinceBreak else {
                         throw MigrationError("the source kept no log of what its guest wrote since stream \(terms.stream) broke")
                     }
                     liveJournal = (journal, continuation.manualClear)
                 }
                 options.mode = mode
             } catch {
-                if let bytes = continuation.journal {
-                    try? source.keepJournal(stream: terms.stream, attempt: continuation.attempt, journal: bytes)
-                }
-                _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
-                throw error
+                throw failedBeforeWriting(error)
             }
             uuid = terms.uuid
             creationTime = terms.creationTime
@@ -99,10 +120,11 @@ public final class Sender {
             keptDiskAllocation = terms.diskAllocation
             options.compression = Compression.named(terms.compression) ?? .none
             options.sharedStorage = terms.sharedStorage
-            resumePoint = token.point
-            resumePoint?.attempt = continuation.attempt
         }
-        let writer = try StreamWriter(output: output, compression: options.compression)
+        let writer: StreamWriter
+        do { writer = try StreamWriter(output: output, compression: options.compression) } catch {
+            throw failedBeforeWriting(error)
+        }
         let journaled = options.mode == .live && (options.resumable || resumePoint != nil)
         if journaled {
             writer.keepJournal()
@@ -118,35 +140,21 @@ public final class Sender {
                 }
             } catch {
                 // Refused before a byte went out: the token stays good, and the journal with it.
-                if let liveJournal {
-                    try? source.keepJournal(
-                        stream: resumePoint.uuidString, attempt: resumePoint.attempt, journal: liveJournal.journal.encode())
-                }
-                _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
-                throw error
+                throw failedBeforeWriting(error)
             }
         }
         let stream = StreamBegin.uuidString(uuid)
         let attempt = resumePoint?.attempt ?? 1
-        // Before anything is sent: a migrated source is refused (a copy of it may run), and from here on the source
-        // knows this send, so that should this process vanish it can tell whether a copy may run.
-        if resumePoint == nil { try source.beginSend(stream: stream, force: options.force) }
-        // Kept for a continuation: should the send break, the source stays paused (and this process does not resume it).
-        // A live stream's source keeps running until its pause, its writes logged, and the journal tells a
-        // continuation what was sent; one the broken send had paused stays so.
-        let pausedSinceBreak = liveJournal.map { $0.journal.snapshot.pauseTime != 0 } ?? false
-        var keptForResume = resumePoint != nil && (!journaled || pausedSinceBreak)
-        if keptForResume { phaseObserver?.enter(.resumable) }
         if let journal {
+            // The journal this send makes from here on is the one to hand on, whatever ends it.
+            journalToGiveBack = { journal.seal() }
             phaseObserver?.keepJournal { try $0.keepJournal(stream: stream, attempt: attempt, journal: journal.seal()) }
         }
-        /// A failure before a byte went out: the token stays good, and a live stream's journal goes back to the source.
-        func failedBeforeWriting(_ error: any Error) -> any Error {
-            if let journal, resumePoint != nil {
-                try? source.keepJournal(stream: stream, attempt: attempt, journal: journal.seal())
-            }
-            _ = try? source.finishSend(migrated: false, destination: nil, delivered: false)
-            return error
+        // Before anything is sent: a migrated source is refused (a copy of it may run), and from here on the source
+        // knows this send, so that should this process vanish it can tell whether a copy may run.
+        if resumePoint == nil {
+            try source.beginSend(stream: stream, force: options.force)
+            begun = true
         }
         let memory: MachineAreas
         do { memory = try openAreas(config) } catch { throw failedBeforeWriting(error) }
@@ -160,7 +168,19 @@ public final class Sender {
         // never resumed, on failure or with --keep-running.
         let wasRunning: Bool
         do { wasRunning = try source.isRunning() } catch { throw failedBeforeWriting(error) }
-        if !wasRunning { phaseObserver?.enter(.sourceLeftPaused) }
+        // Kept for a continuation: should the send break, the source stays paused (and this process does not resume
+        // it). A live stream's source keeps running until its pause, its writes logged, and the journal tells a
+        // continuation what was sent; one paused (by the broken send, or before this one) stays so.
+        let pausedSinceBreak = liveJournal.map { $0.journal.snapshot.pauseTime != 0 } ?? false
+        var keptForResume = resumePoint != nil && (!journaled || pausedSinceBreak)
+        if journaled && !wasRunning { keptForResume = true }
+        if keptForResume {
+            phaseObserver?.enter(.resumable)
+        } else if !wasRunning {
+            phaseObserver?.enter(.sourceLeftPaused)
+        } else if journaled {
+            phaseObserver?.enter(.resumableRunning)
+        }
         var paused = false
         var pausedAt = ContinuousClock.now
         var throttled = false
@@ -182,7 +202,7 @@ public final class Sender {
                     journal?.notePause(at: requested)
                 }
                 if let phaseObserver {
-                    try phaseObserver.pausing(into: journal == nil ? .sourcePaused : .resumable, pauseNoted)
+                    try phaseObserver.entering(journal == nil ? .sourcePaused : .resumable, pauseNoted)
                 } else {
                     try pauseNoted()
                 }
@@ -205,7 +225,6 @@ public final class Sender {
                 if options.resumable && resumePoint == nil {
                     try source.makeResumable(terms(for: begin, pauseTime: 0))
                 }
-                if journaled && wasRunning && !pausedSinceBreak { phaseObserver?.enter(.resumableRunning) }
                 if let livePlace, let liveJournal {
                     announce(begin, populated: try Self.populatedRanges(memory), writer: writer)
                     (pauseTime, rest) = try continueLive(
@@ -259,8 +278,11 @@ public final class Sender {
             switchOver.lap(.state)
             // The source learns first that a copy may run from now on: should this process die while END is being
             // written, it keeps the machine paused instead of resuming it.
-            try source.commitSend()
-            phaseObserver?.enter(.committed)
+            if let phaseObserver {
+                try phaseObserver.entering(.committed) { try source.commitSend() }
+            } else {
+                try source.commitSend()
+            }
             try writer.writeEnd(sourcePauseTime: pauseTime)
             switchOver.lap(.end)
             pausedSeconds = HostClock.seconds(since: pausedAt)

@@ -148,7 +148,9 @@ public final class StreamWriter {
         resumeAt = point
         let rest = Self.ranges(of: roundList, after: mark.unitsDone)
         if mark.record < last {
-            guard mark.round >= 0, rest.isEmpty else { throw fail("the state starts inside a round") }
+            guard mark.round >= 0, rest.isEmpty, later.allSatisfy(\.isEmpty) else {
+                throw fail("the state starts while pages are owed")
+            }
             return .inState
         }
         guard mark.round >= 0 else { return .beforeRounds }

@@ -20,18 +20,28 @@ extension MigrationEndToEndTests {
             return try ResumeToken(parsing: text)
         }
 
-        @Test(arguments: ["none", "lz4"])
-        func aLiveStreamCutFourTimesArrivesWholeAndRuns(compression: String) throws {
+        /// With a disk, the first cut falls in round 0's disk blocks, and the disk's checks must pass on the copy.
+        @Test(arguments: [("none", false), ("lz4", false), ("none", true)])
+        func aLiveStreamCutFourTimesArrivesWholeAndRuns(compression: String, disk: Bool) throws {
             try VMFixture.requireMachine()
             guard access("/usr/bin/python3", X_OK) == 0 else { try Test.cancel("needs /usr/bin/python3") }
             let fixture = VMFixture()
             defer { fixture.cleanUp() }
-            let before = try fixture.startGuest("a", cpus: 2, memory: "128M", workingSet: "16M")
-            let receive = fixture.command("vmrecv", ["-s", "b"])
-            // Where each send is cut, counted in the records that send carries: round 0's data; the third round
-            // list of the first continuation (a later round); the first kernel state chunk; END.
+            let image = fixture.file("a.img")
+            var extra: [String] = []
+            if disk {
+                #expect(close(open(image, O_CREAT | O_WRONLY, 0o600)) == 0 && truncate(image, 16 << 20) == 0)
+                extra = ["--disk", image, "--guest-disk-rate", "4M/s"]
+            }
+            let before = try fixture.startGuest("a", cpus: 2, memory: "128M", workingSet: "16M", extra: extra)
+            if disk { try waitUntil("'a' writes its disk") { (try fixture.status("a").disk?.writes ?? 0) > 50 } }
+            let receive = fixture.command("vmrecv", ["-s", "--disk-dir", fixture.directory, "b"])
+            // Where each send is cut, counted in the records that send carries: inside round 0 (its memory, or its
+            // disk); the third round list of the first continuation (a later round); the first kernel state chunk;
+            // END.
             let legs: [(cut: String, sourceAfter: RunState)] = [
-                ("ROUND 2 3000", .running), ("ROUND 3 5000", .running), ("KERNEL 1 20", .paused), ("END 1", .paused),
+                (disk ? "DISK-BLOCKS 2 500" : "PAGES 3 1000", .running), ("ROUND 3 5000", .running),
+                ("KERNEL 1 20", .paused), ("END 1", .paused),
             ]
             var point: ResumePoint?
             var resent: [UInt64] = []
@@ -72,11 +82,19 @@ extension MigrationEndToEndTests {
             #expect(resent.allSatisfy { $0 < (1 << 20) + 64 }, "\(resent)")
             #expect(resent.last == 0, "cut just before END: every record before it verified")
             print(
-                "live resume figures (\(compression)): cuts \(legs.map(\.cut)); bytes of cut records sent again \(resent); \(wire) bytes before the last send"
+                "live resume figures (\(compression)\(disk ? ", disk" : "")): cuts \(legs.map(\.cut)); bytes of cut records sent again \(resent); \(wire) bytes before the last send"
             )
             try fixture.expectContinues("b", from: before)
-            #expect(try fixture.status("b").partial == nil)
+            let copy = try fixture.status("b")
+            #expect(copy.partial == nil)
+            if disk {
+                try waitUntil("the copy checks its disk") { (try fixture.status("b").disk?.checksPassed ?? 0) > 5 }
+                #expect(try fixture.status("b").disk?.checksFailed == 0)
+            }
             #expect(try fixture.status("a").state == .migrated)
+            _ = try fixture.vmctl(["destroy", "b"])
+            unlink(fixture.file("b-vda.img"))
+            unlink(image)
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
