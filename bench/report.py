@@ -217,6 +217,44 @@ def targets_table(rows):
     return out
 
 
+# Ways a receiver could fill fresh memory with the data (not alloc-only, which stores none, nor the pool alone).
+RECEIVING_FILLS = ("fresh-pwrite", "fresh-pwrite-2threads", "fresh-memcpy", "fresh-populate-ahead",
+                   "fresh-populate-ahead-pwrite", "fresh-fallocate-ahead", "fresh-hugetlb-with-pool",
+                   "fresh-thp-tmpfs", "fresh-thp-memfd")
+PEER_TARGETS = [("e2e", "qemu10", "e2e-multifd", 2), ("e2e", "qemu10", "e2e", 6),
+                ("restore", "qemu10", "restore-mapped-ram", 1.5)]
+
+
+def floor_table(rows):
+    """Whether a target against a peer is within this host's reach: per run, the time the target asks of ours
+    (the peer's time / the factor) against the fastest fill of the same fresh pages measured in that run, by any
+    of the ways a receiver could fill them. No receiver lands the pages faster than that fill, which reads no
+    stream, so a target asking for less is out of reach in that run."""
+    fills = [rows[("limit", m)] for m in RECEIVING_FILLS if ("limit", m) in rows]
+    if not fills:
+        return []
+    out = ["| target | runs | asked of ours s median (min-max) | fastest fill s median (min-max) | "
+           "asked / fastest fill median (min-max) | runs asking less than the fill |",
+           "| --- | ---: | --- | --- | --- | ---: |"]
+    for ours, peer, measure, factor in PEER_TARGETS:
+        runs = rows.get((peer, measure))
+        if not runs or not rows.get(("ours", ours)):
+            continue
+        asked, floor = [], []
+        for run in sorted(runs):
+            times = [fill[run]["seconds"] for fill in fills if run in fill]
+            if times:
+                asked.append(runs[run]["seconds"] / factor)
+                floor.append(min(times))
+        if not asked:
+            continue
+        ratio = [a / f for a, f in zip(asked, floor)]
+        out.append(f"| ours {ours} ≥ {factor:g}x {PEER_NAMES[peer]} {measure} | {len(asked)} | "
+                   f"{summary(asked, '')} | {summary(floor, '')} | {summary(ratio)} | "
+                   f"{sum(r < 1 for r in ratio)} of {len(ratio)} |")
+    return out if len(out) > 2 else []
+
+
 def compression_table(rows):
     """LZ4 on all cores against the same vmsend held to one core, pairwise by run, and against lz4 -1."""
     out = ["| measure | pairs | speed-up on all cores median (min-max) | GB/s all cores | GB/s one core | lz4 -1 GB/s |",
@@ -266,6 +304,8 @@ def main():
     fill_our_wire(rows)
     sections = [("Measurements", measurements_table(rows)),
                 ("Targets", targets_table(rows)),
+                ("Within reach? What a target asks against the fastest fill of fresh memory (same run)",
+                 floor_table(rows)),
                 ("Ours against the peers (pairwise, same run)", ratios_table(rows)),
                 ("Fresh-memory variants against pwrite (pairwise, same run)", fresh_table(rows)),
                 ("Distance to the fresh-memory limit (pairwise, same run)", distance_table(rows)),
