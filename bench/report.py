@@ -152,11 +152,17 @@ def fresh_table(rows):
     return out
 
 
+def receiving_fills(rows):
+    """The fresh-memory variants that are a complete receiver's way to fill: the data stored, the hugetlb pool's
+    growing included (not alloc-only, which stores nothing, nor the pool or the fill alone)."""
+    return {m: runs for (tool, m), runs in rows.items() if tool == "limit" and m.startswith("fresh-")
+            and m not in ("fresh-alloc-only", "fresh-hugetlb", "fresh-hugetlb-pool")}
+
+
 def fastest_fresh(rows):
-    """The fresh-memory variant with the lowest median time, a complete receiver's way (data stored)."""
-    candidates = [(statistics.median(r["seconds"] for r in runs.values()), m) for (tool, m), runs in rows.items()
-                  if tool == "limit" and m.startswith("fresh-")
-                  and m not in ("fresh-alloc-only", "fresh-hugetlb", "fresh-hugetlb-pool")]
+    """The receiving fill with the lowest median time."""
+    candidates = [(statistics.median(r["seconds"] for r in runs.values()), m)
+                  for m, runs in receiving_fills(rows).items()]
     return min(candidates)[1] if candidates else None
 
 
@@ -217,10 +223,6 @@ def targets_table(rows):
     return out
 
 
-# Ways a receiver could fill fresh memory with the data (not alloc-only, which stores none, nor the pool alone).
-RECEIVING_FILLS = ("fresh-pwrite", "fresh-pwrite-2threads", "fresh-memcpy", "fresh-populate-ahead",
-                   "fresh-populate-ahead-pwrite", "fresh-fallocate-ahead", "fresh-hugetlb-with-pool",
-                   "fresh-thp-tmpfs", "fresh-thp-memfd")
 PEER_TARGETS = [("e2e", "qemu10", "e2e-multifd", 2), ("e2e", "qemu10", "e2e", 6),
                 ("restore", "qemu10", "restore-mapped-ram", 1.5)]
 
@@ -230,7 +232,7 @@ def floor_table(rows):
     (the peer's time / the factor) against the fastest fill of the same fresh pages measured in that run, by any
     of the ways a receiver could fill them. No receiver lands the pages faster than that fill, which reads no
     stream, so a target asking for less is out of reach in that run."""
-    fills = [rows[("limit", m)] for m in RECEIVING_FILLS if ("limit", m) in rows]
+    fills = list(receiving_fills(rows).values())
     if not fills:
         return []
     out = ["| target | runs | asked of ours s median (min-max) | fastest fill s median (min-max) | "

@@ -54,7 +54,8 @@ downtime() { sed -n 's/.*downtime \([0-9]*\) ms from the source.*/\1/p' "$1" | t
 
 copy_runs() {  # NAME: running, every vCPU checked again since, no failed check
     local before
-    before="$(json_field "$1" 'sum(v["checksPassed"] for v in s["vcpus"])')"
+    before="$(json_field "$1" 'sum(v["checksPassed"] for v in s["vcpus"])' 2>/dev/null)" || return 1
+    [ -n "$before" ] || return 1  # no such VM: the migration never made the copy
     sleep 1.5
     [ "$(json_field "$1" 'int(s["state"] == "running" and sum(v["checksFailed"] for v in s["vcpus"]) == 0
         and sum(v["checksPassed"] for v in s["vcpus"]) > '"$before"')')" = 1 ]
@@ -67,8 +68,9 @@ measure() {  # KIND PAIR: one live migration, uncut or cut at half; prints one r
     if [ "$kind" = uncut ]; then
         { "${send[@]}" "$src" | python3 "$cutter" ALL | "${recv[@]}" "$dst"; } 2>"$work/leg1.err" || ok=fail
         first="$(passed "$work/leg1.err")"
-        echo "$first" >"$work/last-uncut"
+        if [ "$ok" = ok ] && [ -n "$first" ]; then echo "$first" >"$work/last-uncut"; fi
     else
+        [ -s "$work/last-uncut" ] || { say "no uncut migration has completed, so there is no size to cut at half"; destroy "$src"; return 1; }
         local half=$(( $(cat "$work/last-uncut") / 2 ))
         { "${send[@]}" -s "$src" | python3 "$cutter" BYTES "$half" | "${recv[@]}" -s "$dst"; } 2>"$work/leg1.err" || true
         first="$(passed "$work/leg1.err")"
