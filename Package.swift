@@ -74,7 +74,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "MachineDescription"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Devices", "VMControl", "SystemSupport"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "VMStream", "SystemSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["VMControl", "VMStream"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["VMControl", "VMStream", "SystemSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

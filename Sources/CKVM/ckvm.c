@@ -86,5 +86,3 @@ int ckvm_install_kick_handler(int signal) {
     action.sa_flags = 0;
     return sigaction(signal, &action, NULL);
 }
-
-int ckvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

@@ -2,11 +2,22 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
+#include <linux/memfd.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include "clinux.h"
 
-int clinux_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+int clinux_memfd_create(const char *name, int huge) {
+    return memfd_create(name, MFD_CLOEXEC | (huge ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
+}
+
+int clinux_is_hugetlbfs(int fd) {
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -1;
+    return info.f_type == HUGETLBFS_MAGIC;
+}
 
 ssize_t clinux_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags) {
     return vmsplice(fd, vectors, count, flags);

@@ -6,7 +6,9 @@ import SystemPackage
 ///
 /// The VMM creates it and hands its descriptor to clients, which map the same file: the sender reads pages
 /// straight from it, the receiver lands pages in it. Nothing is populated up front: pages cost memory only once
-/// written. `@unchecked Sendable`: the mapping is fixed for the object's life; the bytes are the guest's to race on.
+/// written. On huge pages the file lives on hugetlbfs instead and its whole size is reserved from the host's
+/// pool when the owner maps it. `@unchecked Sendable`: the mapping is fixed for the object's life; the bytes are
+/// the guest's to race on.
 public final class MemoryFile: @unchecked Sendable {
     public let descriptor: FileDescriptor
     public let base: UnsafeMutableRawPointer
@@ -15,13 +17,21 @@ public final class MemoryFile: @unchecked Sendable {
     public let segmentSizes: [UInt64]
     /// Where each segment starts in the file.
     public let segmentOffsets: [UInt64]
+    /// The file is on hugetlbfs (2 MiB pages from the host's pool), as `create(hugePages: true)` makes it.
+    public let hugePages: Bool
     private var released = false
 
-    /// A new anonymous memory file (memfd) of the segments' total size, mapped read-write.
-    public static func create(name: String, segmentSizes: [UInt64]) throws(SystemError) -> MemoryFile {
-        let fd = try systemCall("memfd_create") { clinux_memfd_create("vm-" + name) }
-        let file = FileDescriptor(rawValue: fd)
+    /// A new anonymous memory file (memfd) of the segments' total size, mapped read-write; with `hugePages`, on
+    /// 2 MiB huge pages, all of them reserved now, so that a short pool fails here rather than as a fault later.
+    public static func create(name: String, segmentSizes: [UInt64], hugePages: Bool = false) throws(SystemError)
+        -> MemoryFile
+    {
         let total = segmentSizes.reduce(0, +)
+        if hugePages { try HugePagePool.checkShape(total) }
+        let fd = try systemCall(hugePages ? "memfd_create on huge pages" : "memfd_create") {
+            clinux_memfd_create("vm-" + name, hugePages ? 1 : 0)
+        }
+        let file = FileDescriptor(rawValue: fd)
         do {
             try systemCall("cannot size guest memory to \(total) bytes") { ftruncate(fd, off_t(total)) }
             return try MemoryFile(adopting: file, segmentSizes: segmentSizes, writable: true)
@@ -44,14 +54,19 @@ public final class MemoryFile: @unchecked Sendable {
             try? descriptor.close()
             throw error
         }
+        let onHugePages = clinux_is_hugetlbfs(descriptor.rawValue) == 1
         let protection = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
-        guard let mapping = mmap(nil, Int(total), protection, MAP_SHARED | MAP_NORESERVE, descriptor.rawValue, 0),
-            mapping != MAP_FAILED
-        else {
-            let error = SystemError.last("cannot map \(total) bytes of guest memory")
+        // Huge pages are reserved by mapping (a reservation the file keeps for every later mapping); small pages
+        // are allocated as they are written.
+        let flags = onHugePages ? MAP_SHARED : MAP_SHARED | MAP_NORESERVE
+        guard let mapping = mmap(nil, Int(total), protection, flags, descriptor.rawValue, 0), mapping != MAP_FAILED else {
+            let error =
+                onHugePages && errno == ENOMEM
+                ? HugePagePool.shortage(bytes: total) : SystemError.last("cannot map \(total) bytes of guest memory")
             try? descriptor.close()
             throw error
         }
+        hugePages = onHugePages
         self.descriptor = descriptor
         base = mapping
         length = Int(total)
@@ -81,7 +96,8 @@ public final class MemoryFile: @unchecked Sendable {
     }
 
     /// Page ranges of a segment that hold data, found with SEEK_DATA/SEEK_HOLE: holes nobody wrote are
-    /// skipped without being read (and without being populated by the read).
+    /// skipped without being read (and without being populated by the read). hugetlbfs has no holes to report:
+    /// the whole segment comes back, and a reader finds the zero pages by reading them, from memory reserved anyway.
     public func populatedPages(segment: Int) throws(SystemError) -> [Range<UInt64>] {
         let start = Int(segmentOffsets[segment])
         let end = start + Int(segmentSizes[segment])
@@ -111,8 +127,13 @@ public final class MemoryFile: @unchecked Sendable {
 
     /// Stores `count` pages at `page` with pwrite: the file's pages are allocated without being zeroed first and
     /// never mapped here, which a copy through the mapping would do fault by fault (1 GiB: 0.30 s against
-    /// 0.6-1.3 s measured), and this process's RSS does not grow.
+    /// 0.6-1.3 s measured), and this process's RSS does not grow. hugetlbfs has no write(): there the copy goes
+    /// through the mapping, one fault per 2 MiB, and huge pages do not count in RSS.
     public func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws(SystemError) {
+        if hugePages {
+            address(segment: segment, page: page).copyMemory(from: data, byteCount: count * pageSize)
+            return
+        }
         let offset = Int64(segmentOffsets[segment] + page * UInt64(pageSize))
         let bytes = UnsafeRawBufferPointer(start: data, count: count * pageSize)
         do {
@@ -132,8 +153,10 @@ public final class MemoryFile: @unchecked Sendable {
     }
 
     /// Drops this process's mapping of pages already read: the data stays in the file (the mapping is shared), so
-    /// the RSS of a reader stays at a slice however large the guest.
+    /// the RSS of a reader stays at a slice however large the guest. Huge pages are not counted in RSS (and could
+    /// be dropped only 2 MiB at a time): they stay mapped.
     public func dropMapping(segment: Int, pages: Range<UInt64>) {
+        guard !hugePages else { return }
         _ = madvise(address(segment: segment, page: pages.lowerBound), Int(UInt64(pages.count) * UInt64(pageSize)), MADV_DONTNEED)
     }
 }

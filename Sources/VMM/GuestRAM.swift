@@ -14,9 +14,9 @@ final class GuestRAM: GuestMemoryAccess, @unchecked Sendable {
     /// Pages devices wrote while dirty logging is on, one bitmap per segment: KVM's log does not see them.
     private let deviceWritten = Mutex<[[UInt64]]?>(nil)
 
-    init(name: String, segments: [MemorySegment]) throws {
+    init(name: String, segments: [MemorySegment], hugePages: Bool) throws {
         self.segments = segments
-        file = try MemoryFile.create(name: name, segmentSizes: segments.map(\.size))
+        file = try MemoryFile.create(name: name, segmentSizes: segments.map(\.size), hugePages: hugePages)
     }
 
     /// Unmaps and closes; only once no vCPU can touch the memory any more.

@@ -132,7 +132,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         try vm.setTSSAddress(GuestLayout.tssAddress)
         try vm.createIRQChip()
         try vm.createPIT2()
-        ram = try GuestRAM(name: config.name, segments: config.segments)
+        ram = try GuestRAM(name: config.name, segments: config.segments, hugePages: options.hugePages)
         var described = config
         do {
             try ram.register(with: vm, logDirtyPages: false)

@@ -21,13 +21,17 @@ public struct MachineOptions: Sendable {
     public var guestDiskRate: UInt64
     /// Boot this Linux kernel instead of the bundled guest.
     public var linux: LinuxBootOptions?
+    /// Guest RAM on 2 MiB huge pages from the host's pool, all reserved at creation. A choice of this host's,
+    /// never carried in a stream: each side of a migration makes its own.
+    public var hugePages: Bool
 
     public init(
         memoryImage: String? = nil, startPaused: Bool = false, consoleLog: String,
         guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0, disks: [DiskConfig] = [], guestDiskRate: UInt64 = 0,
-        linux: LinuxBootOptions? = nil
+        linux: LinuxBootOptions? = nil, hugePages: Bool = false
     ) {
         self.linux = linux
+        self.hugePages = hugePages
         self.memoryImage = memoryImage
         self.startPaused = startPaused
         self.consoleLog = consoleLog

@@ -89,15 +89,19 @@ public final class IncomingMachine: MigrationDestination {
     private let disks: IncomingDisks
     private let name: String
 
-    /// Creates the disks, starts `vmrun --incoming NAME` with `config` and connects to it as its owner. Its refusals
-    /// come back as they are (`this host cannot run VM 'NAME': why`), without vmrun's name in front.
-    public init(config: MachineConfig, runDirectory: RunDirectory, vmrun: String, disks placement: DiskPlacementChoice) throws {
+    /// Creates the disks, starts `vmrun --incoming NAME` with `config` (on huge pages with `hugePages`) and connects
+    /// to it as its owner. Its refusals come back as they are (`this host cannot run VM 'NAME': why`), without
+    /// vmrun's name in front.
+    public init(
+        config: MachineConfig, runDirectory: RunDirectory, vmrun: String, disks placement: DiskPlacementChoice,
+        hugePages: Bool = false
+    ) throws {
         let disks = try IncomingDisks(config: config, placement: placement)
         let started: Int32?
         do {
             let json = try MachineConfigJSON.encode(disks.config)
             let result = try ChildProcess.run(
-                vmrun, arguments: ["--incoming", "--run-dir", runDirectory.path, config.name],
+                vmrun, arguments: ["--incoming"] + (hugePages ? ["--hugepages"] : []) + ["--run-dir", runDirectory.path, config.name],
                 input: json)
             guard result.status == 0 else {
                 throw MigrationError(result.lastErrorLine ?? "vmrun exited with status \(result.status)")

@@ -2,6 +2,7 @@ import ArgumentParser
 import MachineDescription
 import Migration
 import SystemPackage
+import SystemSupport
 import ToolSupport
 import VMControl
 import VMRunBackend
@@ -44,6 +45,11 @@ struct VMRecv: ParsableCommand {
     var force = false
 
     @Flag(
+        help:
+            "Put the VM's memory on 2 MiB huge pages from this host's pool (sysctl vm.nr_hugepages), as vmrun --hugepages.")
+    var hugepages = false
+
+    @Flag(
         name: [.customShort("s"), .customLong("resumable")],
         help: "Should the stream break, keep what verified as a partial receive that vmsend -t can continue.")
     var resumable = false
@@ -59,7 +65,7 @@ struct VMRecv: ParsableCommand {
     func validate() throws {
         try asUsageError { try MachineName.validate(name) }
         if resumable && dryRun { throw ValidationError("-s keeps a partial receive; -n creates nothing") }
-        if abort && (resumable || dryRun || paused || force || diskDir != nil) {
+        if abort && (resumable || dryRun || paused || force || diskDir != nil || hugepages) {
             throw ValidationError("-A takes only the name (and --run-dir)")
         }
     }
@@ -108,6 +114,7 @@ struct VMRecv: ParsableCommand {
             checkCompatibility: { begin in
                 try compatibility.check(begin, as: name)
                 try disks.checkRoom(for: begin, as: name)
+                if hugepages { try HugePagePool.checkRoom(begin.machine.memorySize) }
                 if verbose && dryRun && !parsable { StandardStreams.error(begin.dryRunDescription(as: name)) }
             },
             makeDestination: { config in
@@ -116,7 +123,8 @@ struct VMRecv: ParsableCommand {
                         "VM '\(name)' holds a partial receive of stream \(heldPartial.stream): continue it with the token "
                             + "'vmctl status \(name)' shows (vmsend -t), or abort it with 'vmrecv -A \(name)'")
                 }
-                return try IncomingMachine(config: config, runDirectory: runDirectory, vmrun: vmrun, disks: disks)
+                return try IncomingMachine(
+                    config: config, runDirectory: runDirectory, vmrun: vmrun, disks: disks, hugePages: hugepages)
             },
             makeCheck: { _ in try VMRunCheck(name: name, vmrun: vmrun) })
         receiver.warn = { StandardStreams.error("vmrecv: warning: \($0)") }

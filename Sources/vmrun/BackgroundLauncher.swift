@@ -112,6 +112,7 @@ struct BackgroundLauncher {
             if let line = linux.commandLine { arguments += ["--cmdline", line] }
         }
         if command.paused { arguments.append("--paused") }
+        if plan.options.hugePages { arguments.append("--hugepages") }
         return arguments
     }
 

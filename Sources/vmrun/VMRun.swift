@@ -59,6 +59,12 @@ struct VMRun: ParsableCommand {
     @Flag(help: "Create the VM without starting its vCPUs.")
     var paused = false
 
+    @Flag(
+        help:
+            "Back guest RAM with 2 MiB huge pages from the host's pool (sysctl vm.nr_hugepages), all of it reserved at start; --memory must be a multiple of 2M."
+    )
+    var hugepages = false
+
     @Flag(help: "Run in this process instead of in the background.")
     var foreground = false
 
@@ -88,6 +94,9 @@ struct VMRun: ParsableCommand {
         let memorySize = try asUsageError { try ByteSize.parse(memory ?? Self.defaultMemory) }
         if memory != nil || !(incoming || check) {
             try asUsageError { try MachinePlan.checkMemoryShape(memorySize, flag: "--memory \(memory ?? Self.defaultMemory)") }
+            if hugepages && memorySize % HugePagePool.pageSize != 0 {
+                throw ValidationError("--hugepages: --memory \(memory ?? Self.defaultMemory) is not a multiple of 2M")
+            }
         }
         _ = try asUsageError { try ByteSize.parseRate(guestDirtyRate) }
         _ = try asUsageError { try ByteSize.parseRate(guestDiskRate) }
@@ -99,7 +108,7 @@ struct VMRun: ParsableCommand {
             }
         }
         if incoming && check { throw ValidationError("--incoming and --check exclude each other") }
-        if check && (paused || foreground || memoryImage != nil || readyFd != nil || !disks.isEmpty || kernel != nil) {
+        if check && (paused || foreground || memoryImage != nil || readyFd != nil || !disks.isEmpty || kernel != nil || hugepages) {
             throw ValidationError("--check runs in the foreground and creates nothing: it takes no other option but --run-dir")
         }
     }
@@ -192,7 +201,10 @@ struct MachinePlan {
         options = MachineOptions(
             memoryImage: image, startPaused: command.paused, consoleLog: runDirectory.consoleLogPath(for: command.name),
             guestWorkingSet: workingSet, guestDirtyRate: rate, disks: disks,
-            guestDiskRate: try ByteSize.parseRate(command.guestDiskRate), linux: linux)
+            guestDiskRate: try ByteSize.parseRate(command.guestDiskRate), linux: linux, hugePages: command.hugepages)
+        // Before a background process is started: a short pool is this host's refusal, said at once. (Mapping the
+        // memory reserves the pages, and is the check that counts should another process take them meanwhile.)
+        if command.hugepages { try HugePagePool.checkRoom(memorySize) }
     }
 
     /// A `--disk PATH[,readonly]` as the machine's disk number `index`: vda, vdb, ...

@@ -65,9 +65,6 @@ int ckvm_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap);
 /// KVM_CLEAR_DIRTY_LOG: re-protects the pages whose bits are set in `bitmap`.
 int ckvm_clear_dirty_log(int vm_fd, uint32_t slot, uint64_t first_page, uint32_t page_count, uint64_t *bitmap);
 
-/// memfd_create(name, MFD_CLOEXEC): glibc declares it only under _GNU_SOURCE, which Swift does not set.
-int ckvm_memfd_create(const char *name);
-
 /// Installs a handler that does nothing for `signal`, without SA_RESTART, so it interrupts KVM_RUN.
 int ckvm_install_kick_handler(int signal);
 

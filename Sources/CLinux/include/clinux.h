@@ -6,8 +6,11 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-/// memfd_create(name, MFD_CLOEXEC).
-int clinux_memfd_create(const char *name);
+/// memfd_create(name, MFD_CLOEXEC), with MFD_HUGETLB | MFD_HUGE_2MB when `huge` is set: the file then lives on
+/// hugetlbfs and takes its pages from the host's pool of 2 MiB huge pages.
+int clinux_memfd_create(const char *name, int huge);
+/// 1 if `fd` is a file on hugetlbfs (fstatfs), 0 if not, -1 on error.
+int clinux_is_hugetlbfs(int fd);
 /// vmsplice(2): lends the pages of `vectors` to a pipe.
 ssize_t clinux_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags);
 /// Bytes written into a pipe that its reader has not taken yet (FIONREAD), or -1.
