@@ -13,6 +13,8 @@ QMP command to the MIGRATION event 'completed' of the side that finishes last):
   save-mapped-ram     capabilities multifd and mapped-ram, multifd-channels 2: source
                       `migrate file:WORKDIR/TOOL.mapped-ram` (QEMU 9.0+; pages at fixed offsets)
   restore-mapped-ram  the same capabilities, destination `migrate-incoming file:WORKDIR/TOOL.mapped-ram`
+  e2e-multifd-hugepages, restore-mapped-ram-hugepages  the same, the destination's RAM on 2 MiB huge pages
+                      from the host's pool (memory-backend-memfd, hugetlb=on), as `vmrecv --hugepages`
 One tab-separated line per run on stdout:
   tool measure run seconds payload_bytes wire_bytes src_peak_rss_kib dst_peak_rss_kib
 With --verify, restore and e2e then compare regions of the destination's guest memory
@@ -30,7 +32,9 @@ import sys
 import time
 
 REGION = 2 << 20
-MEASURES = ("save-null", "save-file", "restore", "e2e", "e2e-multifd", "save-mapped-ram", "restore-mapped-ram")
+MEASURES = ("save-null", "save-file", "restore", "e2e", "e2e-multifd", "save-mapped-ram", "restore-mapped-ram",
+            "e2e-multifd-hugepages", "restore-mapped-ram-hugepages")
+HUGE_PAGES = "-hugepages"  # a measure's suffix: its destination's RAM on huge pages
 MULTIFD_CHANNELS = 2
 
 
@@ -120,11 +124,13 @@ class Setup:
 class Qemu:
     """One paused QEMU process: the source (RAM = the image, private mapping) or a destination."""
 
-    def __init__(self, name, workdir, size, setup, image=None, capabilities=(), parameters=None):
+    def __init__(self, name, workdir, size, setup, image=None, capabilities=(), parameters=None, huge_pages=False):
         self.socket_path = os.path.join(workdir, f"{name}.qmp")
         self.log_path = os.path.join(workdir, f"{name}.log")
         if image:  # share=off: MAP_PRIVATE, so QEMU can never write the image file
             backend = f"memory-backend-file,id=pc.ram,size={size},mem-path={image},share=off,prealloc=off"
+        elif huge_pages:  # the whole size is reserved from the pool at start, as vmrecv --hugepages does
+            backend = f"memory-backend-memfd,id=pc.ram,size={size},hugetlb=on,hugetlbsize=2M,share=on"
         elif setup.dst_memory == "ram":
             backend = f"memory-backend-ram,id=pc.ram,size={size}"
         else:  # a folder: QEMU creates a fresh file there and unlinks it at once, as vmrecv's memfd
@@ -233,6 +239,8 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
     stream = os.path.join(workdir, f"{tool}.stream")
     mapped = os.path.join(workdir, f"{tool}.mapped-ram")
     multifd = {"multifd-channels": MULTIFD_CHANNELS}
+    huge = measure.endswith(HUGE_PAGES)
+    measure = measure.removesuffix(HUGE_PAGES)
     source = destination = None
     try:
         if measure in ("save-null", "save-file"):
@@ -259,7 +267,7 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
                 destination = Qemu("dst", workdir, size, setup)
                 uri = f"exec:cat {stream}"
             else:
-                destination = Qemu("dst", workdir, size, setup, None, ("multifd", "mapped-ram"), multifd)
+                destination = Qemu("dst", workdir, size, setup, None, ("multifd", "mapped-ram"), multifd, huge)
                 uri = f"file:{mapped}"
             start = time.monotonic()
             destination.qmp.execute("migrate-incoming", uri=uri)
@@ -290,7 +298,7 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
             if os.path.exists(sock):
                 os.unlink(sock)
             try:
-                destination = Qemu("dst", workdir, size, setup, None, ("multifd",), multifd)
+                destination = Qemu("dst", workdir, size, setup, None, ("multifd",), multifd, huge)
                 # zero-page-detection multifd (QEMU 9.0+): the channel threads find the zero pages.
                 source = Qemu("src", workdir, size, setup, image, ("multifd",),
                               {**multifd, "zero-page-detection": "multifd"})

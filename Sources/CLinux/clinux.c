@@ -34,6 +34,7 @@ int clinux_pipe_size(int fd) { return fcntl(fd, F_GETPIPE_SZ); }
 const int CLINUX_SEEK_DATA = SEEK_DATA;
 const int CLINUX_SEEK_HOLE = SEEK_HOLE;
 const int CLINUX_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+const int CLINUX_MADV_POPULATE_WRITE = MADV_POPULATE_WRITE;
 const short CLINUX_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
 
 int clinux_fallocate(int fd, int mode, off_t offset, off_t length) { return fallocate(fd, mode, offset, length); }

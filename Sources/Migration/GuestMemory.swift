@@ -24,9 +24,19 @@ public protocol GuestMemory: AnyObject {
 
     /// Returns pages to all zeroes, without leaving them populated where the backend can.
     func discard(segment: Int, pages: Range<UInt64>) throws
+
+    /// A hint: these pages are about to be written, in the order of the calls. A backend may prepare them
+    /// meanwhile (fault them in on a thread of its own); the writes must come out the same without it.
+    func willWrite(segment: Int, pages: Range<UInt64>)
+
+    /// The writes hinted at are over or abandoned: stop preparing them.
+    func writesEnded()
 }
 
 extension GuestMemory {
+    public func willWrite(segment: Int, pages: Range<UInt64>) {}
+    public func writesEnded() {}
+
     public func pageCount(segment: Int) -> UInt64 { segments[segment].size / UInt64(pageSize) }
 
     /// Whether a page is all zeroes.

@@ -49,6 +49,15 @@ public final class MachineAreas: GuestMemory {
         try store.write(segment: inner, page: page, count: count, from: data)
     }
 
+    public func willWrite(segment: Int, pages: Range<UInt64>) {
+        route(segment).map { $0.store.willWrite(segment: $0.segment, pages: pages) }
+    }
+
+    public func writesEnded() {
+        memory.writesEnded()
+        for disk in disks { disk?.writesEnded() }
+    }
+
     public func discard(segment: Int, pages: Range<UInt64>) throws {
         guard let (store, inner) = route(segment) else {
             throw MigrationError("disk data for \(segments[segment].name), whose storage is shared")

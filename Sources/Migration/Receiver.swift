@@ -175,6 +175,7 @@ public final class Receiver {
             /// Reports the round under way as ended; the one ended by state or END was sent with the source paused.
             func endRound(final: Bool) {
                 guard lastRound != nil else { return }
+                memorySink?.memory.writesEnded()
                 if final { progress.markFinal() }
                 progress.finishRound(totalBytes: reader.statistics.bytes)
                 progress.reportRound()
@@ -198,6 +199,13 @@ public final class Receiver {
                     }
                     lastRound = number
                     memorySink?.freshMemory = rounds == 1
+                    // Listed before their data: the memory may prepare them meanwhile.
+                    if case .round = record, let memorySink {
+                        for range in ranges {
+                            memorySink.memory.willWrite(
+                                segment: range.segment, pages: range.firstPage..<(range.firstPage + range.count))
+                        }
+                    }
                 case .pages(let batch), .diskBlocks(let batch):
                     progress.advance(pages: UInt64(batch.count), totalBytes: reader.statistics.bytes)
                 case .kernelState(let chunk):

@@ -10,12 +10,20 @@ import SystemSupport
 final class MemoryFileGuestMemory: GuestMemory {
     let segments: [MemorySegment]
     private let file: MemoryFile
+    /// On huge pages, a receiver's: faults in the pages a round lists while their data is still on its way.
+    private let populator: PopulateAhead?
 
     /// Maps `descriptor` and takes it over.
     init(descriptor: FileDescriptor, segments: [MemorySegment], writable: Bool) throws {
         self.segments = segments
         file = try MemoryFile(adopting: descriptor, segmentSizes: segments.map(\.size), writable: writable)
+        populator = writable && file.hugePages ? try PopulateAhead(file: file) : nil
     }
+
+    deinit { populator?.stop() }
+
+    func willWrite(segment: Int, pages: Range<UInt64>) { populator?.add(segment: segment, pages: pages) }
+    func writesEnded() { populator?.clear() }
 
     func pages(segment: Int, from page: UInt64, count: UInt64) -> UnsafeRawPointer {
         UnsafeRawPointer(file.address(segment: segment, page: page))

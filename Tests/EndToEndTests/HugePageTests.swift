@@ -52,6 +52,30 @@ extension MigrationEndToEndTests {
             return 0
         }
 
+        /// A memory file on huge pages: pwrite cannot reach hugetlbfs, so `write` copies through the mapping; the
+        /// populator faults in exactly the huge pages listed to it, and never changes a byte.
+        @Test func aMemoryFileOnHugePagesIsWrittenAndPopulatedAhead() throws {
+            let grant = try PoolGrant(pages: 8)
+            defer { grant.release() }
+            let file = try MemoryFile.create(name: "huge-test", segmentSizes: [16 << 20], hugePages: true)
+            defer { file.release() }
+            #expect(file.hugePages)
+            let mappedBefore = hugePageBytes(pid: getpid())
+            let data = [UInt8](repeating: 0xAB, count: 4096)
+            try file.write(segment: 0, page: 1280, count: 1, from: data)  // 5 MiB: in the third huge page
+            #expect(file.address(segment: 0, page: 1280).load(as: UInt8.self) == 0xAB)
+
+            let populator = try PopulateAhead(file: file)
+            populator.add(segment: 0, pages: 512..<514)  // the second huge page, 2-4 MiB
+            populator.add(segment: 0, pages: 1279..<1281)  // the third again, already there
+            try waitUntil("the listed huge page is populated") { hugePageBytes(pid: getpid()) >= mappedBefore + (4 << 20) }
+            populator.stop()
+            #expect(hugePageBytes(pid: getpid()) == mappedBefore + (4 << 20), "only the listed huge pages")
+            #expect(file.address(segment: 0, page: 1280).load(as: UInt8.self) == 0xAB, "populating wrote nothing")
+            #expect(file.address(segment: 0, page: 1279).load(as: UInt8.self) == 0)
+            #expect(try file.populatedPages(segment: 0) == [0..<4096], "hugetlbfs reports no holes")
+        }
+
         /// Live from huge pages to huge pages, then warm from huge pages to small ones: the guest's checks pass on
         /// every copy, and each vmrun holds huge pages exactly when it was asked to.
         @Test func liveAndWarmBetweenHugeAndSmallPages() throws {

@@ -23,6 +23,7 @@ int clinux_pipe_size(int fd);
 extern const int CLINUX_SEEK_DATA;
 extern const int CLINUX_SEEK_HOLE;
 extern const int CLINUX_FALLOC_PUNCH_HOLE;
+extern const int CLINUX_MADV_POPULATE_WRITE;
 extern const short CLINUX_POSIX_SPAWN_SETSID;
 
 /// fallocate(2).
