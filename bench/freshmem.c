@@ -23,6 +23,11 @@
  *                     no write()); the pool is grown by the 2 MiB blocks needed before the run (row
  *                     fresh-hugetlb-pool: the time that takes; fresh-hugetlb-with-pool: both) and
  *                     put back after it. Needs root (/proc/sys/vm/nr_hugepages).
+ *   hugetlb-kept      memfd MFD_HUGETLB, memcpy() through the mapping, from a pool that is already there and
+ *                     has been used (bench/throughput.sh --hugepages grows it and touches it once before the
+ *                     run; this variant never changes it): what vmrecv --hugepages lands in
+ *   hugetlb-kept-ahead the same, a second thread MADV_POPULATE_WRITEs the pieces ahead of the writer (as
+ *                     vmrecv --hugepages does with the pages a round lists)
  *   thp-tmpfs         pwrite() into a new file on a private tmpfs mounted huge=always (mounted over
  *                     DIR in a mount namespace of this process only: nothing to clean up)
  *   thp-memfd         memfd, shmem_enabled set to "advise" for the run (then put back), mapping
@@ -395,6 +400,28 @@ static int run_variant(const char *variant, int run, const char *dir) {
         if (run == 1)
             fprintf(stderr, "freshmem: %s: the helper prepared %llu of %llu pieces\n", variant,
                     (unsigned long long)a.prepared, (unsigned long long)piece_count);
+    } else if (!strcmp(variant, "hugetlb-kept") || !strcmp(variant, "hugetlb-kept-ahead")) {
+        long free_pages = meminfo_kib("HugePages_Free:");  /* a count of pages, not KiB */
+        if (free_pages < (long)(file_size / HUGE)) {
+            fprintf(stderr, "freshmem: %s skipped: the huge page pool has %ld free pages, %llu needed "
+                            "(bench/throughput.sh --hugepages grows it)\n",
+                    variant, free_pages, (unsigned long long)(file_size / HUGE));
+            return 0;
+        }
+        int ahead = !strcmp(variant, "hugetlb-kept-ahead");
+        pthread_t helper;
+        start = now();
+        fd = new_memfd(MFD_HUGETLB | MFD_HUGE_2MB);
+        map = map_file(fd);
+        struct ahead a = {.fd = fd, .map = map};
+        if (ahead && pthread_create(&helper, NULL, prepare_ahead, &a) != 0) fail("pthread_create");
+        for (uint64_t i = 0; i < piece_count; i++) {
+            atomic_store_explicit(&a.writer_at, i, memory_order_relaxed);
+            memcpy(map + pieces[i].offset, source, pieces[i].length);
+        }
+        if (ahead) pthread_join(helper, NULL);
+        seconds = now() - start;
+        exact = 0;
     } else if (!strcmp(variant, "alloc-only")) {
         start = now();
         fd = new_memfd(0);
@@ -429,7 +456,8 @@ int main(int argc, char **argv) {
     if (argc != 4 && argc != 5) {
         fprintf(stderr, "usage: freshmem ranges IMAGE OUT | freshmem VARIANT RANGES RUN [DIR]\n"
                         "  VARIANT: pwrite pwrite-2threads memcpy populate-ahead populate-ahead-pwrite\n"
-                        "           fallocate-ahead alloc-only hugetlb thp-tmpfs thp-memfd\n");
+                        "           fallocate-ahead alloc-only hugetlb hugetlb-kept hugetlb-kept-ahead thp-tmpfs\n"
+                        "           thp-memfd\n");
         return 2;
     }
     signal(SIGINT, on_signal);

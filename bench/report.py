@@ -39,7 +39,9 @@ def load(lines):
 
 TOOL_ORDER = ("ours", "qemu72", "qemu10", "limit")
 FRESH_ORDER = ("pwrite", "pwrite-2threads", "memcpy", "populate-ahead", "populate-ahead-pwrite", "fallocate-ahead",
-               "alloc-only", "hugetlb", "hugetlb-pool", "hugetlb-with-pool", "thp-tmpfs", "thp-memfd")
+               "alloc-only", "hugetlb", "hugetlb-pool", "hugetlb-with-pool", "hugetlb-kept", "hugetlb-kept-ahead",
+               "thp-tmpfs", "thp-memfd")
+HUGE = "-hugepages"  # a measure whose destination's RAM is on a used pool of 2 MiB pages (throughput.sh --hugepages)
 MEASURE_ORDER = ("e2e", "e2e-multifd", "restore", "restore-mapped-ram", "save-file", "save-mapped-ram",
                  "save-null", "fresh-")
 
@@ -51,7 +53,7 @@ def sort_key(key):
         fresh = measure.removeprefix("fresh-")
         return (2, 0 if measure.startswith("fresh-") else 1,
                 FRESH_ORDER.index(fresh) if fresh in FRESH_ORDER else len(FRESH_ORDER), 0)
-    base = measure.removesuffix("-1core").removesuffix("-lz4")
+    base = measure.removesuffix("-1core").removesuffix("-lz4").removesuffix(HUGE)
     rank = MEASURE_ORDER.index(base) if base in MEASURE_ORDER else len(MEASURE_ORDER)
     group = rank // 2 if base != "save-null" else 3  # e2e | restore | save-file | save-null
     return (1 if tool not in TOOL_ORDER else 0, group, TOOL_ORDER.index(tool) if tool in TOOL_ORDER else 9,
@@ -98,7 +100,9 @@ def measurements_table(rows):
 # Which peer measure each of ours is compared with: (our measure, peer tool, peer measure).
 PAIRS = [(m, "qemu72", m) for m in ("e2e", "restore", "save-null", "save-file")] + [
     ("e2e", "qemu10", "e2e"), ("e2e", "qemu10", "e2e-multifd"),
-    ("restore", "qemu10", "restore-mapped-ram"), ("save-file", "qemu10", "save-mapped-ram")]
+    ("restore", "qemu10", "restore-mapped-ram"), ("save-file", "qemu10", "save-mapped-ram"),
+    ("e2e" + HUGE, "qemu10", "e2e-multifd" + HUGE), ("restore" + HUGE, "qemu10", "restore-mapped-ram" + HUGE),
+    ("e2e" + HUGE, "qemu10", "e2e-multifd")]
 PEER_NAMES = {"qemu72": "QEMU 7.2", "qemu10": "QEMU 10"}
 LIMIT = ("limit", "fresh-pwrite")  # the fresh-memory limit: vmrecv's way (pwrite), no pipe, no hashing
 
@@ -152,11 +156,15 @@ def fresh_table(rows):
     return out
 
 
-def receiving_fills(rows):
+def receiving_fills(rows, huge_pages=False):
     """The fresh-memory variants that are a complete receiver's way to fill: the data stored, the hugetlb pool's
-    growing included (not alloc-only, which stores nothing, nor the pool or the fill alone)."""
+    growing included (not alloc-only, which stores nothing, nor the pool or the fill alone). With `huge_pages`,
+    instead the fills of a used pool (hugetlb-kept*), which is what a receive on huge pages lands in."""
+    if huge_pages:
+        return {m: runs for (tool, m), runs in rows.items() if tool == "limit" and m.startswith("fresh-hugetlb-kept")}
     return {m: runs for (tool, m), runs in rows.items() if tool == "limit" and m.startswith("fresh-")
-            and m not in ("fresh-alloc-only", "fresh-hugetlb", "fresh-hugetlb-pool")}
+            and m not in ("fresh-alloc-only", "fresh-hugetlb", "fresh-hugetlb-pool")
+            and not m.startswith("fresh-hugetlb-kept")}
 
 
 def fastest_fresh(rows):
@@ -188,34 +196,40 @@ def distance_table(rows):
     return out if len(out) > 2 else []
 
 
+# The project's targets: (what, ours, the other measure, factor, how). "peer": the other's time / ours at least
+# the factor at the median; "every": that, and ours faster in every pair; "limit": ours / the other (a fill) at
+# most the factor at the median. The huge-page rows hold both destinations on the same used pool.
+TARGETS = [
+    ("warm e2e ≥ 2x QEMU 10 multifd at the median, faster in every pair", "e2e", ("qemu10", "e2e-multifd"), 2, "every"),
+    ("warm e2e ≥ 6x QEMU 10 exec:", "e2e", ("qemu10", "e2e"), 6, "peer"),
+    ("warm e2e within 1.3x of the fresh-memory limit at the median (e2e time / limit)", "e2e", LIMIT, 1.3, "limit"),
+    ("restore from a file ≥ 1.5x QEMU 10 mapped-ram restore", "restore", ("qemu10", "restore-mapped-ram"), 1.5, "peer"),
+    ("on huge pages (both on the same used pool): warm e2e ≥ 2x QEMU 10 multifd, faster in every pair",
+     "e2e" + HUGE, ("qemu10", "e2e-multifd" + HUGE), 2, "every"),
+    ("on huge pages: warm e2e within 1.3x of filling the used pool (e2e time / hugetlb-kept-ahead)",
+     "e2e" + HUGE, ("limit", "fresh-hugetlb-kept-ahead"), 1.3, "limit"),
+    ("on huge pages (both on the same used pool): restore ≥ 1.5x QEMU 10 mapped-ram restore",
+     "restore" + HUGE, ("qemu10", "restore-mapped-ram" + HUGE), 1.5, "peer"),
+]
+
+
 def targets_table(rows):
     """Where ours stands against the project's targets, from the same per-run ratios."""
-    ours_e2e, ours_restore = rows.get(("ours", "e2e")), rows.get(("ours", "restore"))
     checks = []
-    multifd = rows.get(("qemu10", "e2e-multifd"))
-    if ours_e2e and multifd:
-        r = pairwise(multifd, ours_e2e)
-        if r:
-            checks.append(("warm e2e ≥ 2x QEMU 10 multifd at the median, faster in every pair", summary(r) +
-                           f", faster in {sum(v > 1 for v in r)} of {len(r)}",
-                           statistics.median(r) >= 2 and min(r) > 1))
-    exec_e2e = rows.get(("qemu10", "e2e"))
-    if ours_e2e and exec_e2e:
-        r = pairwise(exec_e2e, ours_e2e)
-        if r:
-            checks.append(("warm e2e ≥ 6x QEMU 10 exec:", summary(r), statistics.median(r) >= 6))
-    limit = rows.get(LIMIT)
-    if ours_e2e and limit:
-        r = pairwise(ours_e2e, limit)
-        if r:
-            checks.append(("warm e2e within 1.3x of the fresh-memory limit at the median (e2e time / limit)",
-                           summary(r), statistics.median(r) <= 1.3))
-    mapped = rows.get(("qemu10", "restore-mapped-ram"))
-    if ours_restore and mapped:
-        r = pairwise(mapped, ours_restore)
-        if r:
-            checks.append(("restore from a file ≥ 1.5x QEMU 10 mapped-ram restore", summary(r),
-                           statistics.median(r) >= 1.5))
+    for what, ours_measure, other_key, factor, how in TARGETS:
+        ours, other = rows.get(("ours", ours_measure)), rows.get(other_key)
+        if not ours or not other:
+            continue
+        r = pairwise(ours, other) if how == "limit" else pairwise(other, ours)
+        if not r:
+            continue
+        if how == "limit":
+            checks.append((what, summary(r), statistics.median(r) <= factor))
+        elif how == "every":
+            checks.append((what, summary(r) + f", faster in {sum(v > 1 for v in r)} of {len(r)}",
+                           statistics.median(r) >= factor and min(r) > 1))
+        else:
+            checks.append((what, summary(r), statistics.median(r) >= factor))
     if not checks:
         return []
     out = ["| target | measured: median (min-max) | met |", "| --- | --- | --- |"]
@@ -224,7 +238,8 @@ def targets_table(rows):
 
 
 PEER_TARGETS = [("e2e", "qemu10", "e2e-multifd", 2), ("e2e", "qemu10", "e2e", 6),
-                ("restore", "qemu10", "restore-mapped-ram", 1.5)]
+                ("restore", "qemu10", "restore-mapped-ram", 1.5),
+                ("e2e" + HUGE, "qemu10", "e2e-multifd" + HUGE, 2), ("restore" + HUGE, "qemu10", "restore-mapped-ram" + HUGE, 1.5)]
 
 
 def floor_table(rows):
@@ -232,15 +247,15 @@ def floor_table(rows):
     (the peer's time / the factor) against the fastest fill of the same fresh pages measured in that run, by any
     of the ways a receiver could fill them. No receiver lands the pages faster than that fill, which reads no
     stream, so a target asking for less is out of reach in that run."""
-    fills = list(receiving_fills(rows).values())
-    if not fills:
+    if not receiving_fills(rows) and not receiving_fills(rows, huge_pages=True):
         return []
     out = ["| target | runs | asked of ours s median (min-max) | fastest fill s median (min-max) | "
            "asked / fastest fill median (min-max) | runs asking less than the fill |",
            "| --- | ---: | --- | --- | --- | ---: |"]
     for ours, peer, measure, factor in PEER_TARGETS:
         runs = rows.get((peer, measure))
-        if not runs or not rows.get(("ours", ours)):
+        fills = list(receiving_fills(rows, huge_pages=ours.endswith(HUGE)).values())
+        if not runs or not rows.get(("ours", ours)) or not fills:
             continue
         asked, floor = [], []
         for run in sorted(runs):

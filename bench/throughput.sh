@@ -7,6 +7,10 @@
 # e2e, each uncompressed and with LZ4; the fresh-memory variants of bench/freshmem.c) runs once,
 # in a random order drawn from a printed seed (a restore after its save). Before each measure the
 # script waits for the host's free page reporting to go idle (settle in lib.sh).
+# With --hugepages (root), the run also lands on 2 MiB huge pages: ours e2e and restore into
+# `vmrecv --hugepages`, QEMU 10's multifd e2e and mapped-ram restore into a hugetlb memfd, and the
+# fills of a used pool (freshmem hugetlb-kept, -ahead); the pool is grown for one destination and
+# touched once before the run, as a host that keeps one has it, and put back after.
 # Our side needs vmrun, vmsend, vmrecv and vmctl (found in $VMRUN.., .build/release, .build/debug
 # or PATH); while any is missing it is skipped with a message. Cleans up on any exit.
 set -euo pipefail
@@ -16,11 +20,13 @@ MEASURES=(save-file save-null restore e2e)
 QEMU10_MEASURES=(e2e e2e-multifd save-mapped-ram restore-mapped-ram)
 FRESH_VARIANTS=(pwrite pwrite-2threads memcpy populate-ahead populate-ahead-pwrite fallocate-ahead alloc-only
                 hugetlb thp-tmpfs thp-memfd)
+HUGE_PAGE_ITEMS=(ours:e2e-hugepages:none ours:restore-hugepages:none fresh:hugetlb-kept fresh:hugetlb-kept-ahead
+                 qemu10:e2e-multifd-hugepages qemu10:restore-mapped-ram-hugepages)
 
 usage() {
     cat >&2 <<EOF
 usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [--results FILE.tsv]
-          [--no-ours] [--no-fresh] [--no-limits] [--no-settle]
+          [--no-ours] [--no-fresh] [--no-limits] [--no-settle] [--hugepages]
   -n RUNS        runs of each measurement (default 3)
   --peers LIST   the peers to measure, comma-separated: qemu72, qemu10 (default qemu72,qemu10;
                  "" for none; --no-qemu is the same)
@@ -31,6 +37,8 @@ usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [
   --no-fresh     without the fresh-memory limit (bench/freshmem.c); --no-limits: without it and
                  without the pipe/memory/lz4 limits
   --no-settle    do not wait for the host's free page reporting between measures
+  --hugepages    also measure destinations on a used pool of 2 MiB huge pages (root: grows
+                 /proc/sys/vm/nr_hugepages for the run and puts it back)
 EOF
     exit 2
 }
@@ -99,6 +107,7 @@ ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one resu
     local send=("${pin[@]}" "$VMSEND_BIN" --warm "${flags[@]}" --run-dir "$run_dir" src)
     # --paused: the destination's guest never runs, so it cannot write over the image's bytes.
     local recv=("$VMRECV_BIN" --paused --run-dir "$run_dir" dst)
+    [[ "$measure" != *-hugepages ]] || recv=("$VMRECV_BIN" --paused --hugepages --run-dir "$run_dir" dst)
     case "$measure" in
         save-file|save-null)
             ours_start_source src
@@ -109,14 +118,14 @@ ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one resu
             [ -f "$stream" ] && wire="$(stat -c %s "$stream")"
             read -r seconds send_rss <<<"$timing"
             recv_rss="-" ;;
-        restore)
+        restore|restore-hugepages)
             [ -f "$stream" ] || { echo "throughput: ours restore needs $stream (save-file first)" >&2; return 1; }
             timing="$(python3 "$here/timed.py" --stdin "$stream" -- "${recv[@]}")" || { ours_destroy dst; return 1; }
             ours_destroy dst
             wire="$(stat -c %s "$stream")"
             read -r seconds recv_rss <<<"$timing"
             send_rss="-" ;;
-        e2e)
+        e2e|e2e-hugepages)
             ours_start_source src
             timing="$(python3 "$here/timed.py" -- "${send[@]}" --pipe "${recv[@]}")" || { ours_destroy src dst; return 1; }
             ours_destroy src dst
@@ -127,6 +136,35 @@ ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one resu
 }
 
 # ---- the run ------------------------------------------------------------------------------------
+
+# grow_hugepage_pool PAGES: grows the pool by PAGES (put back by restore_host_settings).
+grow_hugepage_pool() {
+    local setting=/proc/sys/vm/nr_hugepages before
+    before="$(cat "$setting")"
+    echo $((before + $1)) > "$setting" 2>/dev/null || true
+    touch_hugepage_pool "$1" ||
+        { echo "throughput: --hugepages: the huge page pool did not grow by $1 pages (root? free memory?)" >&2; exit 1; }
+    hugepage_note="grown by $1 pages of 2 MiB for the run (from $before); every free page touched before each measure on it"
+}
+
+# touch_hugepage_pool PAGES: touches every free page of the pool (at least PAGES), so that a measure lands in pages
+# the host backs, as in a pool kept for guests. Untimed; needed again after freshmem's hugetlb variant, which grows
+# the pool with new pages and may leave some of them in it when it shrinks it back.
+touch_hugepage_pool() {
+    python3 - "$1" <<'PYTHON'
+import mmap, os, sys
+huge, pages = 2 << 20, int(sys.argv[1])
+free = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("HugePages_Free:"))
+if free < pages:
+    sys.exit(1)
+fd = os.memfd_create("pool-touch", os.MFD_HUGETLB | os.MFD_HUGE_2MB)
+os.ftruncate(fd, free * huge)
+with mmap.mmap(fd, free * huge) as memory:
+    for offset in range(0, free * huge, huge):
+        memory[offset] = 1
+os.close(fd)
+PYTHON
+}
 
 qemu_measure() {  # PEER MEASURE RUN
     local verify=()
@@ -141,6 +179,7 @@ fresh_measure() {  # VARIANT RUN
 run_item() {  # RUN ITEM: one measure, ITEM being TOOL:MEASURE[:COMPRESSION]
     local run="$1" tool measure compression
     IFS=: read -r tool measure compression <<<"$2"
+    if [[ "$measure" == *-hugepages || "$measure" == hugetlb-kept* ]]; then touch_hugepage_pool "$hugepage_pages"; fi
     case "$tool" in
         qemu72|qemu10) qemu_measure "$tool" "$measure" "$run" ;;
         ours) ours_measure "$measure" "$run" "$compression" ;;
@@ -166,11 +205,12 @@ machine_description() {
     echo "- run order: random, seed $seed (bench/run_order.py); settle before each measure: $settle_what"
     echo "- load average at the start: $load_at_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running shares the cores)"
     echo "- work dir: $work ($(df --output=fstype "$work" | tail -1)); runs: $runs"
+    if $with_hugepages; then echo "- huge page pool: $hugepage_note"; fi
 }
 
 main() {
     runs=3 size=2G image="" results="" peers=qemu72,qemu10 with_ours=true with_limits=true with_fresh=true
-    seed="" with_settle=true
+    seed="" with_settle=true with_hugepages=false
     while (($#)); do
         case "$1" in
             -n) [ $# -ge 2 ] || usage; runs="$2"; shift 2 ;;
@@ -184,6 +224,7 @@ main() {
             --no-fresh) with_fresh=false; shift ;;
             --no-limits) with_limits=false; with_fresh=false; shift ;;
             --no-settle) with_settle=false; shift ;;
+            --hugepages) with_hugepages=true; shift ;;
             *) usage ;;
         esac
     done
@@ -241,6 +282,22 @@ main() {
         local variant
         for variant in "${FRESH_VARIANTS[@]}"; do items+=("fresh:$variant"); done
     fi
+    if $with_hugepages; then
+        hugepage_pages=$(( (image_size + (2 << 20) - 1) / (2 << 20) + 8 ))
+        local item
+        for item in "${HUGE_PAGE_ITEMS[@]}"; do
+            case "$item" in
+                ours:*) $with_ours || continue ;;
+                fresh:*) $with_fresh || continue ;;
+                qemu10:*) [[ ",$peers," == *,qemu10,* ]] || continue ;;
+            esac
+            items+=("$item")
+        done
+        $with_ours && after+=(--after "ours:restore-hugepages:none=ours:save-file:none")
+        [[ ",$peers," != *,qemu10,* ]] || after+=(--after qemu10:restore-mapped-ram-hugepages=qemu10:save-mapped-ram)
+        ((${#saved_host_setting[@]})) || save_host_settings
+        grow_hugepage_pool "$hugepage_pages"
+    fi
     ((${#items[@]})) || { echo "throughput: nothing to measure" >&2; exit 1; }
     # QEMU's RAM copy (qemu-migrate.sh makes it when missing): made here, so that writing 2 GiB
     # of tmpfs does not happen just before whichever QEMU measure comes first.
@@ -274,7 +331,7 @@ main() {
     python3 "$here/report.py" "$tsv"
 }
 
-work="" run_dir=""
+work="" run_dir="" hugepage_pages=0 hugepage_note=""
 declare -A vmrun_pid=()  # VM name -> its vmrun (the source "src" and the destination "dst")
 cleanup() {
     if [ -n "$run_dir" ] && ((${#vmrun_pid[@]})); then ours_destroy "${!vmrun_pid[@]}"; fi
