@@ -25,6 +25,10 @@ public protocol GuestMemory: AnyObject {
     /// Returns pages to all zeroes, without leaving them populated where the backend can.
     func discard(segment: Int, pages: Range<UInt64>) throws
 
+    /// Where `count` pages from `page` can be written in place, when that is this backend's fastest way to store
+    /// them (its pages need no allocation by a write); nil to take `write`.
+    func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer?
+
     /// A hint: these pages are about to be written, in the order of the calls. A backend may prepare them
     /// meanwhile (fault them in on a thread of its own); the writes must come out the same without it.
     func willWrite(segment: Int, pages: Range<UInt64>)
@@ -34,6 +38,7 @@ public protocol GuestMemory: AnyObject {
 }
 
 extension GuestMemory {
+    public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? { nil }
     public func willWrite(segment: Int, pages: Range<UInt64>) {}
     public func writesEnded() {}
 

@@ -49,6 +49,10 @@ public final class MachineAreas: GuestMemory {
         try store.write(segment: inner, page: page, count: count, from: data)
     }
 
+    public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
+        route(segment).flatMap { $0.store.landing(segment: $0.segment, page: page, count: count) }
+    }
+
     public func willWrite(segment: Int, pages: Range<UInt64>) {
         route(segment).map { $0.store.willWrite(segment: $0.segment, pages: pages) }
     }

@@ -365,6 +365,13 @@ final class GuestMemoryPageSink: PageSink {
         try memory.write(segment: segment, page: page, count: count, from: data)
     }
 
+    /// Any place the memory offers: a failed receive destroys the incoming machine, and a continued one rewrites
+    /// everything after its checkpoint, so bytes that land before their checksum fails are never used.
+    func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
+        guard inside(segment, page, UInt64(count)) else { return nil }
+        return memory.landing(segment: segment, page: page, count: count)
+    }
+
     func zeroPage(segment: Int, page: UInt64) throws {
         guard !freshMemory, inside(segment, page, 1) else { return }
         try memory.discard(segment: segment, pages: page..<(page + 1))

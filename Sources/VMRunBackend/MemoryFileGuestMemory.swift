@@ -22,6 +22,12 @@ final class MemoryFileGuestMemory: GuestMemory {
 
     deinit { populator?.stop() }
 
+    /// On huge pages, which have no write(): the stream is read straight into the mapping (a copy saved). Small
+    /// pages take pwrite, which allocates without faulting each page in.
+    func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
+        populator == nil ? nil : file.address(segment: segment, page: page)
+    }
+
     func willWrite(segment: Int, pages: Range<UInt64>) { populator?.add(segment: segment, pages: pages) }
     func writesEnded() { populator?.clear() }
 

@@ -6,7 +6,8 @@ import SystemSupport
     import Glibc
 #endif
 
-/// Where received pages land, once their record's checksum has verified.
+/// Where received pages land, once their record's checksum has verified (or, where `landing` offers a place, as
+/// they are read).
 public protocol PageSink {
     /// The 4 KiB a page's data is copied to, or nil to discard it; used by the default `store`.
     func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer?
@@ -14,9 +15,15 @@ public protocol PageSink {
     func zeroPage(segment: Int, page: UInt64) throws
     /// Takes `count` consecutive data pages from `page` on; `data` is valid only during the call.
     func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws
+    /// Where `count` consecutive data pages from `page` on may be read straight from the stream, saving the copy
+    /// `store` makes; nil to take them through `store`. Pages read there land before their record's checksum is
+    /// checked: only a destination that a failed receive discards, or that a later record overwrites, offers it.
+    func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer?
 }
 
 extension PageSink {
+    public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? { nil }
+
     public func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
         for index in 0..<count {
             guard let target = destination(segment: segment, page: page + UInt64(index)) else { continue }
@@ -535,6 +542,19 @@ public final class StreamReader {
         bitmap.withUnsafeBytes { hasher.update($0) }
         consumed += bitmapSize
         let isZero = { (index: Int) in bitmap[index / 8] & (1 << UInt8(index % 8)) != 0 }
+        // Runs of adjacent data pages: each goes to the sink in one piece.
+        var dataRuns: [Range<Int>] = []
+        var index = 0
+        while index < count {
+            if isZero(index) {
+                index += 1
+                continue
+            }
+            var end = index + 1
+            while end < count && !isZero(end) { end += 1 }
+            dataRuns.append(index..<end)
+            index = end
+        }
         let zeroCount = bitmap.reduce(0) { $0 + $1.nonzeroBitCount }
         if count % 8 != 0, bitmap[bitmapSize - 1] >> UInt8(count % 8) != 0 {
             try deferred(malformed("bits set beyond the batch in the zero-page bitmap"))
@@ -559,9 +579,26 @@ public final class StreamReader {
             try deferred(StreamError(error.kind, "\(place): \(error.message)"))
         }
 
-        // Data pages end up back to back in scratch: read there, or decoded there.
+        // Raw data pages are read where the sink offers to land them, else (and when coded) they end up back to
+        // back in scratch: read there, or decoded there.
         let checksum: UInt64
-        if let codec {
+        var landed = false
+        if codec == nil, !dataRuns.isEmpty {
+            var places: [UnsafeMutableRawBufferPointer] = []
+            for run in dataRuns {
+                guard let place = sink.landing(segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count)
+                else { break }
+                places.append(UnsafeMutableRawBufferPointer(start: place, count: run.count * pageSize))
+            }
+            landed = places.count == dataRuns.count
+            if landed {
+                try readExactly(places)
+                for place in places { hasher.update(UnsafeRawBufferPointer(place)) }
+            }
+        }
+        if landed {
+            checksum = try verify(framing)
+        } else if let codec {
             if coded == nil { coded = .allocate(byteCount: StreamFormat.maxPayloadLength, alignment: 64) }
             let wire = UnsafeMutableRawBufferPointer(rebasing: coded![0..<wireBytes])
             try readExactly([wire])
@@ -577,21 +614,12 @@ public final class StreamReader {
             hasher.update(UnsafeRawBufferPointer(data))
             checksum = try verify(framing)
         }
-        // Runs of adjacent data pages go to the sink in one call each.
         var delivered = 0
-        var index = 0
-        while index < count {
-            if isZero(index) {
-                index += 1
-                continue
-            }
-            var end = index + 1
-            while end < count && !isZero(end) { end += 1 }
+        for run in dataRuns where !landed {
             try sink.store(
-                segment: area, page: firstPage + UInt64(index), count: end - index,
+                segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count,
                 from: scratch.baseAddress! + delivered * pageSize)
-            delivered += end - index
-            index = end
+            delivered += run.count
         }
         for index in 0..<count where isZero(index) {
             try sink.zeroPage(segment: area, page: firstPage + UInt64(index))

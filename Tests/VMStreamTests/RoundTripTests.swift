@@ -50,6 +50,44 @@ import Testing
         #expect(sink.zeroed > 100)
     }
 
+    /// Raw pages read straight into a sink that offers a place (huge-page guest memory) arrive as through `store`;
+    /// a batch with a run the sink will not land goes through `store` whole, and coded batches always do.
+    @Test(arguments: [Compression.none, .lz4()])
+    func pagesLandedInPlaceMatchPagesStored(compression: Compression) throws {
+        let memorySize: UInt64 = 1 << 20
+        let bytes = try Fixture.sample(memorySize: memorySize, compression: compression)
+        let begin = SampleStream.begin(memorySize: memorySize, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
+        let stored = MemoryPageSink(machine: begin.machine)
+        #expect(Fixture.readAll(bytes, sink: stored).1 == nil)
+        for limit in [UInt64.max, 100] {
+            let landing = LandingPageSink(machine: begin.machine, landingLimit: limit)
+            let (_, error) = Fixture.readAll(bytes, sink: landing)
+            #expect(error == nil, "\(error?.description ?? "")")
+            #expect(memcmp(stored.segments[0].baseAddress!, landing.memory.segments[0].baseAddress!, Int(memorySize)) == 0)
+            if compression == .none {
+                #expect(landing.landedPages > 0)
+                #expect((landing.storedPages > 0) == (limit != .max))
+            }
+        }
+    }
+
+    /// A raw batch whose checksum fails is still refused when its pages were landed in place.
+    @Test func aLandedBatchWithABadChecksumIsRefused() throws {
+        var bytes = try Fixture.sample()
+        let reader = StreamReader(bytes: bytes)
+        var offset: UInt64 = 0
+        while let record = try reader.next(into: DiscardingPageSink()) {
+            if case .pages(let batch) = record, !batch.compressed, batch.zeroPages < batch.count { break }
+            offset = reader.statistics.bytes
+        }
+        bytes[Int(offset) + 4096] ^= 0x01  // inside the batch's data
+        let begin = SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
+        let landing = LandingPageSink(machine: begin.machine)
+        let (_, error) = Fixture.readAll(bytes, sink: landing)
+        #expect(error?.kind == .checksumMismatch, "\(error?.description ?? "no error")")
+        #expect(landing.landedPages > 0)
+    }
+
     @Test func compressionShrinksTheSampleAndFallsBackToRawForRandomPages() throws {
         let raw = try Fixture.sample(compression: .none)
         let packed = try Fixture.sample(compression: .lz4())

@@ -29,6 +29,34 @@ final class MemoryPageSink: PageSink {
     }
 }
 
+/// A guest memory that offers to land data pages in place (as one on huge pages does), below `landingLimit` only;
+/// the rest come through `store`.
+final class LandingPageSink: PageSink {
+    let memory: MemoryPageSink
+    let landingLimit: UInt64
+    private(set) var landedPages = 0
+    private(set) var storedPages = 0
+
+    init(machine: MachineConfig, landingLimit: UInt64 = .max) {
+        memory = MemoryPageSink(machine: machine)
+        self.landingLimit = landingLimit
+    }
+
+    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? { memory.destination(segment: segment, page: page) }
+    func zeroPage(segment: Int, page: UInt64) { memory.zeroPage(segment: segment, page: page) }
+
+    func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
+        storedPages += count
+        destination(segment: segment, page: page)!.copyMemory(from: data, byteCount: count * StreamFormat.pageSize)
+    }
+
+    func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
+        guard page + UInt64(count) <= landingLimit else { return nil }
+        landedPages += count
+        return destination(segment: segment, page: page)
+    }
+}
+
 enum Fixture {
     static let uuid: [UInt8] = Array(0x10...0x1f)
     static let creationTime: UInt64 = 1_700_000_000_000_000_000
