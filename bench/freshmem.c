@@ -60,6 +60,8 @@
 
 enum { PAGE = 4096, PIECE = 1 << 20, HUGE = 2 << 20 };
 static const char NR_HUGEPAGES[] = "/proc/sys/vm/nr_hugepages";
+static const char POOL_FREE[] = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+static const char POOL_RESERVED[] = "/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages";
 static const char SHMEM_ENABLED[] = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
 
 struct piece { uint64_t offset, length; };
@@ -401,18 +403,22 @@ static int run_variant(const char *variant, int run, const char *dir) {
             fprintf(stderr, "freshmem: %s: the helper prepared %llu of %llu pieces\n", variant,
                     (unsigned long long)a.prepared, (unsigned long long)piece_count);
     } else if (!strcmp(variant, "hugetlb-kept") || !strcmp(variant, "hugetlb-kept-ahead")) {
-        long free_pages = meminfo_kib("HugePages_Free:");  /* a count of pages, not KiB */
-        if (free_pages < (long)(file_size / HUGE)) {
-            fprintf(stderr, "freshmem: %s skipped: the huge page pool has %ld free pages, %llu needed "
+        char text[32];
+        long free_pages = read_setting(POOL_FREE, text, sizeof text) == 0 ? atol(text) : 0;
+        long reserved = read_setting(POOL_RESERVED, text, sizeof text) == 0 ? atol(text) : 0;
+        if (free_pages - reserved < (long)(file_size / HUGE)) {
+            fprintf(stderr, "freshmem: %s skipped: the 2 MiB pool has %ld pages available, %llu needed "
                             "(bench/throughput.sh --hugepages grows it)\n",
-                    variant, free_pages, (unsigned long long)(file_size / HUGE));
+                    variant, free_pages - reserved, (unsigned long long)(file_size / HUGE));
             return 0;
         }
         int ahead = !strcmp(variant, "hugetlb-kept-ahead");
         pthread_t helper;
         start = now();
         fd = new_memfd(MFD_HUGETLB | MFD_HUGE_2MB);
-        map = map_file(fd);
+        /* Reserved whole, as vmrecv --hugepages and QEMU's hugetlb memfd map it (no MAP_NORESERVE). */
+        map = mmap(NULL, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) fail("mmap of the pool");
         struct ahead a = {.fd = fd, .map = map};
         if (ahead && pthread_create(&helper, NULL, prepare_ahead, &a) != 0) fail("pthread_create");
         for (uint64_t i = 0; i < piece_count; i++) {

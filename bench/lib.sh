@@ -58,7 +58,8 @@ settle() {
 
 # Host settings freshmem changes for a run and puts back itself; saved here too, so that whatever
 # happens (a SIGKILL of freshmem) the script's cleanup restores them.
-HOST_SETTINGS=(/proc/sys/vm/nr_hugepages /sys/kernel/mm/transparent_hugepage/shmem_enabled)
+HOST_SETTINGS=(/proc/sys/vm/nr_hugepages /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+               /sys/kernel/mm/transparent_hugepage/shmem_enabled)
 declare -A saved_host_setting=()
 save_host_settings() {
     local path value

@@ -9,8 +9,8 @@
 # script waits for the host's free page reporting to go idle (settle in lib.sh).
 # With --hugepages (root), the run also lands on 2 MiB huge pages: ours e2e and restore into
 # `vmrecv --hugepages`, QEMU 10's multifd e2e and mapped-ram restore into a hugetlb memfd, and the
-# fills of a used pool (freshmem hugetlb-kept, -ahead); the pool is grown for one destination and
-# touched once before the run, as a host that keeps one has it, and put back after.
+# fills of a used pool (freshmem hugetlb-kept, -ahead); the pool of 2 MiB pages is grown for one
+# destination and touched before each measure on it, as a host that keeps one has it, and put back after.
 # Our side needs vmrun, vmsend, vmrecv and vmctl (found in $VMRUN.., .build/release, .build/debug
 # or PATH); while any is missing it is skipped with a message. Cleans up on any exit.
 set -euo pipefail
@@ -137,24 +137,27 @@ ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one resu
 
 # ---- the run ------------------------------------------------------------------------------------
 
-# grow_hugepage_pool PAGES: grows the pool by PAGES (put back by restore_host_settings).
+HUGEPAGE_POOL=/sys/kernel/mm/hugepages/hugepages-2048kB  # whatever the default huge page size
+
+# grow_hugepage_pool PAGES: grows the pool of 2 MiB pages by PAGES (put back by restore_host_settings).
 grow_hugepage_pool() {
-    local setting=/proc/sys/vm/nr_hugepages before
-    before="$(cat "$setting")"
-    echo $((before + $1)) > "$setting" 2>/dev/null || true
+    local setting=$HUGEPAGE_POOL/nr_hugepages before
+    before="$(cat "$setting" 2>/dev/null || echo 0)"
+    { echo $((before + $1)) > "$setting"; } 2>/dev/null || true
     touch_hugepage_pool "$1" ||
         { echo "throughput: --hugepages: the huge page pool did not grow by $1 pages (root? free memory?)" >&2; exit 1; }
     hugepage_note="grown by $1 pages of 2 MiB for the run (from $before); every free page touched before each measure on it"
 }
 
-# touch_hugepage_pool PAGES: touches every free page of the pool (at least PAGES), so that a measure lands in pages
-# the host backs, as in a pool kept for guests. Untimed; needed again after freshmem's hugetlb variant, which grows
-# the pool with new pages and may leave some of them in it when it shrinks it back.
+# touch_hugepage_pool PAGES: touches every available page of the pool (at least PAGES), so that a measure lands in
+# pages the host backs, as in a pool kept for guests. Untimed; needed again after freshmem's hugetlb variant, which
+# grows the pool with new pages and may leave some of them in it when it shrinks it back.
 touch_hugepage_pool() {
-    python3 - "$1" <<'PYTHON'
+    python3 - "$1" "$HUGEPAGE_POOL" <<'PYTHON'
 import mmap, os, sys
-huge, pages = 2 << 20, int(sys.argv[1])
-free = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("HugePages_Free:"))
+huge, pages, pool = 2 << 20, int(sys.argv[1]), sys.argv[2]
+read = lambda name: int(open(f"{pool}/{name}").read())
+free = read("free_hugepages") - read("resv_hugepages")
 if free < pages:
     sys.exit(1)
 fd = os.memfd_create("pool-touch", os.MFD_HUGETLB | os.MFD_HUGE_2MB)
@@ -179,7 +182,10 @@ fresh_measure() {  # VARIANT RUN
 run_item() {  # RUN ITEM: one measure, ITEM being TOOL:MEASURE[:COMPRESSION]
     local run="$1" tool measure compression
     IFS=: read -r tool measure compression <<<"$2"
-    if [[ "$measure" == *-hugepages || "$measure" == hugetlb-kept* ]]; then touch_hugepage_pool "$hugepage_pages"; fi
+    if [[ "$measure" == *-hugepages || "$measure" == hugetlb-kept* ]] && ! touch_hugepage_pool "$hugepage_pages"; then
+        echo "throughput: $2: fewer than $hugepage_pages huge pages are available (a destination left behind?)" >&2
+        exit 1
+    fi
     case "$tool" in
         qemu72|qemu10) qemu_measure "$tool" "$measure" "$run" ;;
         ours) ours_measure "$measure" "$run" "$compression" ;;
@@ -295,13 +301,15 @@ main() {
         done
         $with_ours && after+=(--after "ours:restore-hugepages:none=ours:save-file:none")
         [[ ",$peers," != *,qemu10,* ]] || after+=(--after qemu10:restore-mapped-ram-hugepages=qemu10:save-mapped-ram)
-        ((${#saved_host_setting[@]})) || save_host_settings
-        grow_hugepage_pool "$hugepage_pages"
     fi
     ((${#items[@]})) || { echo "throughput: nothing to measure" >&2; exit 1; }
     # QEMU's RAM copy (qemu-migrate.sh makes it when missing): made here, so that writing 2 GiB
     # of tmpfs does not happen just before whichever QEMU measure comes first.
     [ -z "$peers" ] || cp --sparse=never "$image" "$work/qemu-ram.img"
+    if $with_hugepages; then  # after that copy, which needs the memory the pool takes
+        ((${#saved_host_setting[@]})) || save_host_settings
+        grow_hugepage_pool "$hugepage_pages"
+    fi
     settle_what="no"
     if $with_settle; then
         if [ -r /sys/module/page_reporting/parameters/reported_kib ]; then

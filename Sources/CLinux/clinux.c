@@ -9,6 +9,10 @@
 #include <unistd.h>
 #include "clinux.h"
 
+#ifndef MADV_POPULATE_WRITE  /* Linux 5.14; glibc before 2.35 does not name it */
+#define MADV_POPULATE_WRITE 23
+#endif
+
 int clinux_memfd_create(const char *name, int huge) {
     return memfd_create(name, MFD_CLOEXEC | (huge ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
 }

@@ -316,6 +316,8 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public var name: String
     public var state: RunState
     public var memorySize: UInt64
+    /// Guest memory is on 2 MiB huge pages (`vmrun --hugepages`); absent from older vmruns, which had none.
+    public var hugePages: Bool?
     public var vcpus: [VCPUStatus]
     public var uptimeSeconds: Double
     /// The vmrun process that owns the machine.
@@ -338,8 +340,9 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public init(
         name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32,
         disk: DiskCheckStatus? = nil, heartbeat: GuestHeartbeat? = nil, failure: String? = nil, send: SendRecord? = nil,
-        migration: MigrationRecord? = nil
+        migration: MigrationRecord? = nil, hugePages: Bool? = nil
     ) {
+        self.hugePages = hugePages
         self.heartbeat = heartbeat
         self.name = name
         self.state = state

@@ -1,4 +1,5 @@
 import MachineDescription
+import SystemSupport
 import VMStream
 
 #if canImport(Glibc)
@@ -12,23 +13,28 @@ public struct Compatibility: Sendable {
     public var architecture: String
     public var pageSize: UInt32
     public var hypervisor: String
+    /// Bytes the machine's memory may take: MemAvailable, or on huge pages what the pool has available.
     public var availableMemory: UInt64
+    /// The machine goes on 2 MiB huge pages (`vmrecv --hugepages`).
+    public var hugePages: Bool
 
-    /// This host, as seen from userspace.
-    public static func local(hypervisor: String = "kvm") -> Compatibility {
+    /// This host, as seen from userspace, for a machine on small pages or on the host's pool of huge pages.
+    public static func local(hypervisor: String = "kvm", hugePages: Bool = false) -> Compatibility {
         var names = utsname()
         uname(&names)
         let machine = withUnsafeBytes(of: &names.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let available = hugePages ? (HugePagePool.availablePages() ?? 0) * HugePagePool.pageSize : Self.memAvailable()
         return Compatibility(
             architecture: machine, pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))),
-            hypervisor: hypervisor, availableMemory: Self.memAvailable())
+            hypervisor: hypervisor, availableMemory: available, hugePages: hugePages)
     }
 
-    public init(architecture: String, pageSize: UInt32, hypervisor: String, availableMemory: UInt64) {
+    public init(architecture: String, pageSize: UInt32, hypervisor: String, availableMemory: UInt64, hugePages: Bool = false) {
         self.architecture = architecture
         self.pageSize = pageSize
         self.hypervisor = hypervisor
         self.availableMemory = availableMemory
+        self.hugePages = hugePages
     }
 
     /// Refuses, as `this host cannot run VM 'NAME': why`, a machine this host cannot run, `name` being what it is
@@ -48,6 +54,17 @@ public struct Compatibility: Sendable {
             throw refuse("the stream comes from \(UntrustedText.quote(source.hypervisor)), this host runs \(hypervisor)")
         }
         let needed = begin.machine.memorySize
+        if hugePages {
+            guard HugePagePool.holds(wholePages: needed) else {
+                throw refuse("its memory (\(ByteSize.format(needed))) is not a whole number of 2 MiB huge pages")
+            }
+            guard needed <= availableMemory else {
+                throw refuse(
+                    "not enough huge pages: the VM has \(ByteSize.format(needed)), this host's pool of 2 MiB pages has "
+                        + "\(ByteSize.format(availableMemory)) available (\(HugePagePool.howToGrow))")
+            }
+            return
+        }
         guard needed <= availableMemory else {
             throw refuse(
                 "not enough memory: the VM has \(ByteSize.format(needed)), this host has \(ByteSize.format(availableMemory)) available"

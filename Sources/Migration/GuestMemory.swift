@@ -26,7 +26,7 @@ public protocol GuestMemory: AnyObject {
     func discard(segment: Int, pages: Range<UInt64>) throws
 
     /// Where `count` pages from `page` can be written in place, when that is this backend's fastest way to store
-    /// them (its pages need no allocation by a write); nil to take `write`.
+    /// them (on huge pages, which have no write() and are faulted in ahead); nil to take `write`.
     func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer?
 
     /// A hint: these pages are about to be written, in the order of the calls. A backend may prepare them

@@ -365,11 +365,19 @@ final class GuestMemoryPageSink: PageSink {
         try memory.write(segment: segment, page: page, count: count, from: data)
     }
 
-    /// Any place the memory offers: a failed receive destroys the incoming machine, and a continued one rewrites
-    /// everything after its checkpoint, so bytes that land before their checksum fails are never used.
+    /// Any place the memory offers: bytes that land there before their checksum fails are zeroed again (below), and
+    /// a failed receive destroys the incoming machine anyway.
     func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
         guard inside(segment, page, UInt64(count)) else { return nil }
         return memory.landing(segment: segment, page: page, count: count)
+    }
+
+    /// A partial receive (`-s`) keeps memory up to the last verified record, and its continuation sends the failed
+    /// record again. In round 1 that copy lands only its data pages (zero pages need nothing in fresh memory), so a
+    /// page a damaged zero-page bitmap took for data must be zero again; in later rounds the copy rewrites or
+    /// discards every page of the record anyway.
+    func landingFailed(segment: Int, page: UInt64, count: Int) throws {
+        try memory.discard(segment: segment, pages: page..<(page + UInt64(count)))
     }
 
     func zeroPage(segment: Int, page: UInt64) throws {

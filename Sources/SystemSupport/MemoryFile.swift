@@ -27,7 +27,9 @@ public final class MemoryFile: @unchecked Sendable {
         -> MemoryFile
     {
         let total = segmentSizes.reduce(0, +)
-        if hugePages { try HugePagePool.checkShape(total) }
+        if hugePages && !HugePagePool.holds(wholePages: total) {
+            throw SystemError("guest memory on huge pages must be a whole number of 2 MiB pages, not \(total) bytes", errno: .invalidArgument)
+        }
         let fd = try systemCall(hugePages ? "memfd_create on huge pages" : "memfd_create") {
             clinux_memfd_create("vm-" + name, hugePages ? 1 : 0)
         }
@@ -143,11 +145,12 @@ public final class MemoryFile: @unchecked Sendable {
         }
     }
 
-    /// Returns pages to the all-zero state without leaving them populated.
+    /// Returns pages to the all-zero state without leaving them populated. Huge pages are zeroed in place: a hole
+    /// punched in part of one does nothing before Linux 5.19, and one punched over a whole one frees it.
     public func discard(segment: Int, pages: Range<UInt64>) {
         let start = address(segment: segment, page: pages.lowerBound)
         let bytes = Int(UInt64(pages.count) * UInt64(pageSize))
-        if madvise(start, bytes, MADV_REMOVE) != 0 {
+        if hugePages || madvise(start, bytes, MADV_REMOVE) != 0 {
             memset(start, 0, bytes)
         }
     }

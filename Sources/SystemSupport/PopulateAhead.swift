@@ -9,7 +9,7 @@ import Glibc
 /// writes data, so it is harmless whichever of the two reaches a page first. Small pages are left alone: on a
 /// host that backs fresh memory lazily, faulting ahead on a second core was measured slower, not faster.
 public final class PopulateAhead: @unchecked Sendable {
-    /// Pages faulted in per call, so that `stop` and `clear` take effect within about a millisecond.
+    /// Bytes faulted in per call (16 huge pages, 5-10 ms of zeroing), so that `stop` and `clear` take effect soon.
     static let chunkBytes = 16 * Int(HugePagePool.pageSize)
 
     private let file: MemoryFile
@@ -18,6 +18,8 @@ public final class PopulateAhead: @unchecked Sendable {
     private var queue: [Range<Int>] = []
     private var queueStart = 0
     private var stopping = false
+    /// The kernel cannot populate (before Linux 5.14): nothing is queued any more.
+    private var unsupported = false
     private var thread: pthread_t?
 
     /// Starts the thread for `file`, a writable mapping on huge pages. The thread holds this object (and the
@@ -36,6 +38,7 @@ public final class PopulateAhead: @unchecked Sendable {
         let end = Int(file.segmentOffsets[segment] + pages.upperBound * UInt64(pageSize))
         let span = (first / huge * huge)..<min((end + huge - 1) / huge * huge, file.length)
         gate.withLock {
+            guard !unsupported else { return }
             if queueStart < queue.count, let last = queue.last, span.lowerBound <= last.upperBound,
                 span.upperBound >= last.lowerBound
             {
@@ -55,7 +58,8 @@ public final class PopulateAhead: @unchecked Sendable {
         }
     }
 
-    /// Ends the thread and waits for it; the mapping is not touched after this returns. Idempotent.
+    /// Ends the thread and waits for it; the mapping is not touched after this returns. Called once, by the owner;
+    /// a second call returns at once.
     public func stop() {
         let running: pthread_t? = gate.withLock {
             stopping = true
@@ -70,6 +74,11 @@ public final class PopulateAhead: @unchecked Sendable {
         while let chunk = nextChunk() {
             // A kernel before 5.14 knows no MADV_POPULATE_WRITE: the writer then faults the pages itself.
             if madvise(file.base + chunk.lowerBound, chunk.count, CLINUX_MADV_POPULATE_WRITE) != 0 && errno == EINVAL {
+                gate.withLock {
+                    unsupported = true
+                    queue.removeAll()
+                    queueStart = 0
+                }
                 return
             }
         }

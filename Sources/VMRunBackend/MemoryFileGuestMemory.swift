@@ -6,7 +6,9 @@ import SystemSupport
 /// A vmrun's guest RAM, mapped from the memory file it lends over the control socket.
 ///
 /// The sender maps it read-only and reads pages straight from it; the receiver lands pages with pwrite, which
-/// allocates the file's pages without mapping them here. Holes are found with SEEK_DATA, never read.
+/// allocates the file's pages without mapping them here. Holes are found with SEEK_DATA, never read. On huge pages
+/// (hugetlbfs: no write(), no holes to find) the receiver reads the stream straight into the mapping, with the pages
+/// faulted in ahead of it, and the sender reads every page.
 final class MemoryFileGuestMemory: GuestMemory {
     let segments: [MemorySegment]
     private let file: MemoryFile

@@ -17,12 +17,16 @@ public protocol PageSink {
     func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws
     /// Where `count` consecutive data pages from `page` on may be read straight from the stream, saving the copy
     /// `store` makes; nil to take them through `store`. Pages read there land before their record's checksum is
-    /// checked: only a destination that a failed receive discards, or that a later record overwrites, offers it.
+    /// checked; should it fail (or the stream end inside them), `landingFailed` is told.
     func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer?
+    /// Pages read into `landing`'s place did not verify: their bytes may be anything, and the sink puts back what a
+    /// later copy of their record expects to find there.
+    func landingFailed(segment: Int, page: UInt64, count: Int) throws
 }
 
 extension PageSink {
     public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? { nil }
+    public func landingFailed(segment: Int, page: UInt64, count: Int) throws {}
 
     public func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
         for index in 0..<count {
@@ -582,22 +586,26 @@ public final class StreamReader {
         // Raw data pages are read where the sink offers to land them, else (and when coded) they end up back to
         // back in scratch: read there, or decoded there.
         let checksum: UInt64
-        var landed = false
-        if codec == nil, !dataRuns.isEmpty {
-            var places: [UnsafeMutableRawBufferPointer] = []
+        var places: [UnsafeMutableRawBufferPointer] = []
+        if codec == nil {
             for run in dataRuns {
                 guard let place = sink.landing(segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count)
                 else { break }
                 places.append(UnsafeMutableRawBufferPointer(start: place, count: run.count * pageSize))
             }
-            landed = places.count == dataRuns.count
-            if landed {
+        }
+        let landed = !dataRuns.isEmpty && places.count == dataRuns.count
+        if landed {
+            do {
                 try readExactly(places)
                 for place in places { hasher.update(UnsafeRawBufferPointer(place)) }
+                checksum = try verify(framing)
+            } catch {
+                for run in dataRuns {
+                    try? sink.landingFailed(segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count)
+                }
+                throw error
             }
-        }
-        if landed {
-            checksum = try verify(framing)
         } else if let codec {
             if coded == nil { coded = .allocate(byteCount: StreamFormat.maxPayloadLength, alignment: 64) }
             let wire = UnsafeMutableRawBufferPointer(rebasing: coded![0..<wireBytes])

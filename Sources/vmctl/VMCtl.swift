@@ -73,7 +73,8 @@ struct Status: ParsableCommand {
         }
         var rows = [
             ["name:", status.name], ["state:", status.stateDescription], ["pid:", String(status.pid)],
-            ["memory:", ByteSize.format(status.memorySize)], ["uptime:", formatSeconds(status.uptimeSeconds)],
+            ["memory:", ByteSize.format(status.memorySize) + (status.hugePages == true ? " on 2 MiB huge pages" : "")],
+            ["uptime:", formatSeconds(status.uptimeSeconds)],
         ]
         for (index, vcpu) in status.vcpus.enumerated() {
             rows.append(["vcpu\(index):", "tick \(vcpu.tick), checks \(vcpu.checksPassed) ok, \(vcpu.checksFailed) failed"])

@@ -2,7 +2,6 @@ import ArgumentParser
 import MachineDescription
 import Migration
 import SystemPackage
-import SystemSupport
 import ToolSupport
 import VMControl
 import VMRunBackend
@@ -99,7 +98,7 @@ struct VMRecv: ParsableCommand {
                 throw MigrationError("a VM named '\(name)' already exists here (\(state.rawValue), pid \(existing.pid))")
             }
         }
-        let compatibility = Compatibility.local()
+        let compatibility = Compatibility.local(hugePages: hugepages)
         let vmrun = IncomingMachine.locateVMRun()
         if diskDir == nil { try runDirectory.create() }
         let disks = DiskPlacementChoice(directory: diskDir ?? runDirectory.path, overwrite: force)
@@ -114,7 +113,6 @@ struct VMRecv: ParsableCommand {
             checkCompatibility: { begin in
                 try compatibility.check(begin, as: name)
                 try disks.checkRoom(for: begin, as: name)
-                if hugepages { try HugePagePool.checkRoom(begin.machine.memorySize) }
                 if verbose && dryRun && !parsable { StandardStreams.error(begin.dryRunDescription(as: name)) }
             },
             makeDestination: { config in

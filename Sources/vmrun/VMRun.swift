@@ -94,7 +94,7 @@ struct VMRun: ParsableCommand {
         let memorySize = try asUsageError { try ByteSize.parse(memory ?? Self.defaultMemory) }
         if memory != nil || !(incoming || check) {
             try asUsageError { try MachinePlan.checkMemoryShape(memorySize, flag: "--memory \(memory ?? Self.defaultMemory)") }
-            if hugepages && memorySize % HugePagePool.pageSize != 0 {
+            if hugepages && !HugePagePool.holds(wholePages: memorySize) {
                 throw ValidationError("--hugepages: --memory \(memory ?? Self.defaultMemory) is not a multiple of 2M")
             }
         }
@@ -204,7 +204,14 @@ struct MachinePlan {
             guestDiskRate: try ByteSize.parseRate(command.guestDiskRate), linux: linux, hugePages: command.hugepages)
         // Before a background process is started: a short pool is this host's refusal, said at once. (Mapping the
         // memory reserves the pages, and is the check that counts should another process take them meanwhile.)
-        if command.hugepages { try HugePagePool.checkRoom(memorySize) }
+        if command.hugepages {
+            guard HugePagePool.holds(wholePages: memorySize) else {
+                throw ControlError("--hugepages: its memory (\(ByteSize.format(memorySize))) is not a whole number of 2 MiB pages")
+            }
+            guard (HugePagePool.availablePages() ?? 0) >= memorySize / HugePagePool.pageSize else {
+                throw HugePagePool.shortage(bytes: memorySize)
+            }
+        }
     }
 
     /// A `--disk PATH[,readonly]` as the machine's disk number `index`: vda, vdb, ...

@@ -8,21 +8,26 @@ extension MigrationEndToEndTests {
     /// Guest memory on 2 MiB huge pages (`vmrun --hugepages`, `vmrecv --hugepages`): each side chooses its own, a
     /// migration runs between any two, and a pool too small is a one-line refusal that leaves the source running.
     @Suite struct HugePageTests {
-        /// Pages from the host's pool for one test: grown by `pages` if this process may (root), and shrunk by as
-        /// many again afterwards, so that the pool ends as the test found it.
+        /// Pages from the host's pool of 2 MiB pages for one test: grown by `pages` if this process may (root), and
+        /// shrunk afterwards by as many as it grew, so that the pool ends as the test found it.
         final class PoolGrant {
-            static let setting = "/proc/sys/vm/nr_hugepages"
-            let pages: UInt64
+            static let setting = HugePagePool.folder + "/nr_hugepages"
+            private var grown: UInt64 = 0
 
             init(pages: UInt64) throws {
-                self.pages = pages
-                guard let before = Self.read(), Self.write(before + pages), (HugePagePool.freePages() ?? 0) >= pages else {
-                    try? Self.shrink(by: pages)
+                if let before = Self.read(), Self.write(before + pages), let after = Self.read() {
+                    grown = after > before ? after - before : 0
+                }
+                guard (HugePagePool.availablePages() ?? 0) >= pages else {
+                    release()
                     try Test.cancel("cannot grow the host's huge page pool by \(pages) pages (\(Self.setting) needs root and free memory)")
                 }
             }
 
-            func release() { try? Self.shrink(by: pages) }
+            func release() {
+                if grown > 0, let now = Self.read() { _ = Self.write(now > grown ? now - grown : 0) }
+                grown = 0
+            }
 
             static func read() -> UInt64? {
                 (try? FileDescriptor.readFile(setting, limit: 64)).flatMap {
@@ -36,10 +41,6 @@ extension MigrationEndToEndTests {
                 defer { close(fd) }
                 let text = Array("\(value)\n".utf8)
                 return Glibc.write(fd, text, text.count) == text.count
-            }
-
-            static func shrink(by pages: UInt64) throws {
-                if let now = read() { _ = write(now > pages ? now - pages : 0) }
             }
         }
 
@@ -66,6 +67,7 @@ extension MigrationEndToEndTests {
             #expect(file.address(segment: 0, page: 1280).load(as: UInt8.self) == 0xAB)
 
             let populator = try PopulateAhead(file: file)
+            defer { populator.stop() }
             populator.add(segment: 0, pages: 512..<514)  // the second huge page, 2-4 MiB
             populator.add(segment: 0, pages: 1279..<1281)  // the third again, already there
             try waitUntil("the listed huge page is populated") { hugePageBytes(pid: getpid()) >= mappedBefore + (4 << 20) }
@@ -86,20 +88,21 @@ extension MigrationEndToEndTests {
             defer { fixture.cleanUp() }
             let started = try fixture.startGuest("a", memory: "64M", workingSet: "16M", extra: ["--hugepages"])
             #expect(hugePageBytes(pid: started.pid) > 0, "vmrun --hugepages maps the pool")
+            #expect(started.hugePages == true, "vmctl status says so")
 
             let live = try runShell("\(fixture.command("vmsend", ["a"])) | \(fixture.command("vmrecv", ["--hugepages", "b"]))")
             #expect(live.status == 0, "\(live.standardError)")
             let source = try fixture.status("a")
             #expect(source.state == .migrated)
             let copy = try fixture.expectContinues("b", from: source)
-            #expect(hugePageBytes(pid: copy.pid) > 0, "vmrecv --hugepages puts the copy on huge pages")
+            #expect(hugePageBytes(pid: copy.pid) > 0 && copy.hugePages == true, "vmrecv --hugepages puts the copy on huge pages")
 
             #expect(try fixture.vmctl(["pause", "b"]).status == 0)
             let paused = try fixture.status("b")
             let warm = try runShell("\(fixture.command("vmsend", ["--warm", "b"])) | \(fixture.command("vmrecv", ["c"]))")
             #expect(warm.status == 0, "\(warm.standardError)")
             let small = try fixture.expectContinues("c", from: paused)
-            #expect(hugePageBytes(pid: small.pid) == 0, "without --hugepages the copy is on small pages")
+            #expect(hugePageBytes(pid: small.pid) == 0 && small.hugePages == false, "without --hugepages the copy is on small pages")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
@@ -107,7 +110,7 @@ extension MigrationEndToEndTests {
         /// nothing, and the warm source runs again.
         @Test func aShortPoolIsRefusedAndTheSourceRunsOn() throws {
             try VMFixture.requireMachine()
-            let free = HugePagePool.freePages() ?? 0
+            let free = HugePagePool.availablePages() ?? 0
             let memory = (free + 1) * HugePagePool.pageSize
             guard memory <= 512 << 20 else {
                 try Test.cancel("the host's pool has \(free) free huge pages: too many to ask for more than it holds")

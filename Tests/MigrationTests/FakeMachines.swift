@@ -22,9 +22,12 @@ final class AnonymousGuestMemory: GuestMemory {
     let segments: [MemorySegment]
     private let bases: [UnsafeMutableRawPointer]
     private var written: [Set<UInt64>]
+    /// Offers the reader a place to land pages in, as guest memory on huge pages does.
+    let offersLanding: Bool
 
-    init(segments: [MemorySegment]) {
+    init(segments: [MemorySegment], offersLanding: Bool = false) {
         self.segments = segments
+        self.offersLanding = offersLanding
         bases = segments.map { segment in
             mmap(nil, Int(segment.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
         }
@@ -54,6 +57,12 @@ final class AnonymousGuestMemory: GuestMemory {
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
         (bases[segment] + Int(page) * 4096).copyMemory(from: data, byteCount: count * 4096)
         written[segment].formUnion(page..<(page + UInt64(count)))
+    }
+
+    func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
+        guard offersLanding else { return nil }
+        written[segment].formUnion(page..<(page + UInt64(count)))
+        return bases[segment] + Int(page) * 4096
     }
 
     func discard(segment: Int, pages: Range<UInt64>) throws {
@@ -250,8 +259,8 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
     var resumed = false
     var abandoned = false
 
-    init(config: MachineConfig) throws {
-        guestMemory = AnonymousGuestMemory(segments: config.segments)
+    init(config: MachineConfig, offersLanding: Bool = false) throws {
+        guestMemory = AnonymousGuestMemory(segments: config.segments, offersLanding: offersLanding)
         disks = config.disks.map {
             AnonymousGuestMemory(segments: [MemorySegment(name: $0.name, guestPhysicalBase: 0, size: $0.size)])
         }

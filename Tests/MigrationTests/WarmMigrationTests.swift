@@ -30,7 +30,7 @@ import VMStream
 
     func receive(
         _ stream: FileDescriptor, name: String = "copy", destinations: inout [FakeDestination],
-        compatibility: Compatibility = .local()
+        compatibility: Compatibility = .local(), landing: Bool = false
     ) throws -> ReceiveReport {
         var made: [FakeDestination] = []
         defer { destinations = made }
@@ -38,7 +38,7 @@ import VMStream
             input: stream, options: ReceiveOptions(name: name),
             checkCompatibility: { try compatibility.check($0, as: name) },
             makeDestination: { config in
-                let destination = try FakeDestination(config: config)
+                let destination = try FakeDestination(config: config, offersLanding: landing)
                 made.append(destination)
                 return destination
             },
@@ -46,8 +46,9 @@ import VMStream
         return try receiver.run()
     }
 
-    @Test(arguments: [Compression.none, .lz4()])
-    func pagesAndStateArriveExactly(compression: Compression) throws {
+    /// With `landing`, raw pages are read straight into the destination's memory, as on huge pages.
+    @Test(arguments: [Compression.none, .lz4()], [false, true])
+    func pagesAndStateArriveExactly(compression: Compression, landing: Bool) throws {
         let source = try FakeSource(writtenPages: written, zeroedPages: zeroed)
         let (stream, sendReport) = try send(source, compression: compression)
         defer { try? stream.close() }
@@ -55,7 +56,7 @@ import VMStream
         #expect(sendReport.statistics.zeroPages == UInt64(zeroed.count))
 
         var destinations: [FakeDestination] = []
-        let report = try receive(stream, destinations: &destinations)
+        let report = try receive(stream, destinations: &destinations, landing: landing)
         let destination = try #require(destinations.first)
         for page in written { #expect(try destination.bytes(page: page) == source.bytes(page: page), "page \(page)") }
         #expect(try destination.populatedPageCount() == UInt64(written.count), "zero pages and holes are not populated")
@@ -96,6 +97,35 @@ import VMStream
         #expect(!source.paused)
     }
 
+    /// Pages read straight into memory whose record then fails its checksum are zero again: a continued partial
+    /// receive would send the record again and, in round 1, land only what it holds as data.
+    @Test func pagesLandedBeforeABadChecksumAreZeroedAgain() throws {
+        let source = try FakeSource(writtenPages: written)
+        let (stream, _) = try send(source)
+        defer { try? stream.close() }
+        let size = Int(try stream.seek(offset: 0, from: .end))
+        var bytes = [UInt8](repeating: 0, count: size)
+        _ = try bytes.withUnsafeMutableBytes { try stream.read(fromAbsoluteOffset: 0, into: $0) }
+        let reader = StreamReader(bytes: bytes)
+        var before: UInt64 = 0
+        while let record = try reader.next(into: DiscardingPageSink()) {
+            if case .pages = record { break }
+            before = reader.statistics.bytes
+        }
+        bytes[Int(before) + 512] ^= 0x40  // in the first PAGES record's data (its pages are all data)
+        let damaged = try makeMemoryFile(size: 0)
+        defer { try? damaged.close() }
+        _ = try damaged.writeAll(bytes)
+        _ = try damaged.seek(offset: 0, from: .start)
+
+        var destinations: [FakeDestination] = []
+        #expect(throws: (any Error).self) { _ = try receive(damaged, destinations: &destinations, landing: true) }
+        let destination = try #require(destinations.first)
+        #expect(destination.abandoned && !destination.resumed)
+        #expect(try destination.populatedPageCount() == 0, "nothing of the failed batch is left")
+        #expect(try destination.bytes(page: written[0]) == [UInt8](repeating: 0, count: 4096))
+    }
+
     @Test func aTruncatedStreamAbandonsTheMachine() throws {
         let source = try FakeSource(writtenPages: written)
         let (stream, _) = try send(source)
@@ -132,6 +162,29 @@ import VMStream
             architecture: testHost.architecture, pageSize: 4096, hypervisor: "kvm", availableMemory: 1 << 20)
         #expect(throws: (any Error).self) { _ = try receive(stream, destinations: &destinations, compatibility: small) }
         #expect(destinations.isEmpty)
+    }
+
+    /// On huge pages what counts is the pool, not MemAvailable (which does not count the pool's pages).
+    @Test func onHugePagesThePoolDecides() throws {
+        let source = try FakeSource(writtenPages: written)
+        let (stream, _) = try send(source)
+        defer { try? stream.close() }
+        func host(pool: UInt64) -> Compatibility {
+            Compatibility(
+                architecture: testHost.architecture, pageSize: 4096, hypervisor: "kvm", availableMemory: pool,
+                hugePages: true)
+        }
+        var destinations: [FakeDestination] = []
+        do {
+            _ = try receive(stream, destinations: &destinations, compatibility: host(pool: 4 << 20))
+            Issue.record("a pool of 4 MiB took an 8 MiB machine")
+        } catch {
+            #expect("\(error)".contains("not enough huge pages") && "\(error)".contains("nr_hugepages"), "\(error)")
+        }
+        #expect(destinations.isEmpty)
+        _ = try stream.seek(offset: 0, from: .start)
+        _ = try receive(stream, destinations: &destinations, compatibility: host(pool: 8 << 20))
+        #expect(destinations.count == 1 && destinations[0].resumed)
     }
 }
 

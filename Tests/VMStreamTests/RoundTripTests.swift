@@ -64,28 +64,45 @@ import Testing
             let (_, error) = Fixture.readAll(bytes, sink: landing)
             #expect(error == nil, "\(error?.description ?? "")")
             #expect(memcmp(stored.segments[0].baseAddress!, landing.memory.segments[0].baseAddress!, Int(memorySize)) == 0)
-            if compression == .none {
-                #expect(landing.landedPages > 0)
-                #expect((landing.storedPages > 0) == (limit != .max))
-            }
+            // Everything lands in place when the sink takes every run; nothing does when coded.
+            #expect((landing.storedPages == 0) == (compression == .none && limit == .max))
         }
     }
 
-    /// A raw batch whose checksum fails is still refused when its pages were landed in place.
-    @Test func aLandedBatchWithABadChecksumIsRefused() throws {
+    /// A raw batch whose checksum fails is still refused when its pages were landed in place, and the sink is told
+    /// which pages hold unverified bytes.
+    @Test func aLandedBatchWithABadChecksumIsRefusedAndUndone() throws {
         var bytes = try Fixture.sample()
         let reader = StreamReader(bytes: bytes)
         var offset: UInt64 = 0
+        var damaged: PageBatch?
         while let record = try reader.next(into: DiscardingPageSink()) {
-            if case .pages(let batch) = record, !batch.compressed, batch.zeroPages < batch.count { break }
+            if case .pages(let batch) = record, !batch.compressed, batch.zeroPages < batch.count {
+                damaged = batch
+                break
+            }
             offset = reader.statistics.bytes
         }
+        let batch = try #require(damaged)
         bytes[Int(offset) + 4096] ^= 0x01  // inside the batch's data
         let begin = SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
+        /// The batch's pages in `sink` hold what they held before the stream (0xee): the landing was undone.
+        func untouched(_ sink: LandingPageSink) -> Bool {
+            let pages = sink.memory.segments[batch.segment][
+                Int(batch.firstPage) * 4096..<(Int(batch.firstPage) + batch.count) * 4096]
+            return pages.allSatisfy { $0 == 0xee }
+        }
+
         let landing = LandingPageSink(machine: begin.machine)
         let (_, error) = Fixture.readAll(bytes, sink: landing)
         #expect(error?.kind == .checksumMismatch, "\(error?.description ?? "no error")")
-        #expect(landing.landedPages > 0)
+        #expect(landing.failedPages == batch.count - batch.zeroPages && untouched(landing))
+
+        // The stream cut inside the batch's data: the same.
+        let cut = LandingPageSink(machine: begin.machine)
+        let (_, truncated) = Fixture.readAll(Array(bytes[..<(Int(offset) + 8192)]), sink: cut)
+        #expect(truncated?.kind == .truncated, "\(truncated?.description ?? "no error")")
+        #expect(cut.failedPages == batch.count - batch.zeroPages && untouched(cut))
     }
 
     @Test func compressionShrinksTheSampleAndFallsBackToRawForRandomPages() throws {

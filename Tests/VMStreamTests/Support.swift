@@ -30,12 +30,12 @@ final class MemoryPageSink: PageSink {
 }
 
 /// A guest memory that offers to land data pages in place (as one on huge pages does), below `landingLimit` only;
-/// the rest come through `store`.
+/// the rest come through `store`. Pages whose landing failed are filled with 0xee again, as before the stream.
 final class LandingPageSink: PageSink {
     let memory: MemoryPageSink
     let landingLimit: UInt64
-    private(set) var landedPages = 0
     private(set) var storedPages = 0
+    private(set) var failedPages = 0
 
     init(machine: MachineConfig, landingLimit: UInt64 = .max) {
         memory = MemoryPageSink(machine: machine)
@@ -52,8 +52,13 @@ final class LandingPageSink: PageSink {
 
     func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
         guard page + UInt64(count) <= landingLimit else { return nil }
-        landedPages += count
         return destination(segment: segment, page: page)
+    }
+
+    func landingFailed(segment: Int, page: UInt64, count: Int) {
+        failedPages += count
+        destination(segment: segment, page: page)!.initializeMemory(
+            as: UInt8.self, repeating: 0xee, count: count * StreamFormat.pageSize)
     }
 }
 
