@@ -20,10 +20,8 @@ public enum HugePagePool {
 
     /// What a pool too small for `bytes` is reported as.
     public static func shortage(bytes: UInt64) -> SystemError {
-        let available = availablePages().map { "\($0)" } ?? "no"
-        return SystemError(
-            "cannot reserve \(bytes / pageSize) huge pages of 2M for guest memory (the pool has \(available) available; "
-                + "\(howToGrow))", errno: .noMemory)
+        let why = availablePages().map { "the pool has \($0) available; \(howToGrow)" } ?? "this host has no pool of 2 MiB pages"
+        return SystemError("cannot reserve \(bytes / pageSize) huge pages of 2M for guest memory (\(why))", errno: .noMemory)
     }
 
     private static func read(_ name: String) -> UInt64? {
