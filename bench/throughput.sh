@@ -38,7 +38,7 @@ usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [
                  without the pipe/memory/lz4 limits
   --no-settle    do not wait for the host's free page reporting between measures
   --hugepages    also measure destinations on a used pool of 2 MiB huge pages (root: grows
-                 /proc/sys/vm/nr_hugepages for the run and puts it back)
+                 the 2 MiB pool in /sys/kernel/mm/hugepages for the run and puts it back)
 EOF
     exit 2
 }

@@ -17,16 +17,20 @@ public struct Compatibility: Sendable {
     public var availableMemory: UInt64
     /// The machine goes on 2 MiB huge pages (`vmrecv --hugepages`).
     public var hugePages: Bool
+    /// With `hugePages`: this host has a pool of 2 MiB pages at all.
+    public var hasHugePagePool = true
 
     /// This host, as seen from userspace, for a machine on small pages or on the host's pool of huge pages.
     public static func local(hypervisor: String = "kvm", hugePages: Bool = false) -> Compatibility {
         var names = utsname()
         uname(&names)
         let machine = withUnsafeBytes(of: &names.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let available = hugePages ? (HugePagePool.availablePages() ?? 0) * HugePagePool.pageSize : Self.memAvailable()
-        return Compatibility(
-            architecture: machine, pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))),
-            hypervisor: hypervisor, availableMemory: available, hugePages: hugePages)
+        let pool = hugePages ? HugePagePool.availablePages() : nil
+        var host = Compatibility(
+            architecture: machine, pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))), hypervisor: hypervisor,
+            availableMemory: hugePages ? (pool ?? 0) * HugePagePool.pageSize : Self.memAvailable(), hugePages: hugePages)
+        host.hasHugePagePool = !hugePages || pool != nil
+        return host
     }
 
     public init(architecture: String, pageSize: UInt32, hypervisor: String, availableMemory: UInt64, hugePages: Bool = false) {
@@ -58,6 +62,7 @@ public struct Compatibility: Sendable {
             guard HugePagePool.holds(wholePages: needed) else {
                 throw refuse("its memory (\(ByteSize.format(needed))) is not a whole number of 2 MiB huge pages")
             }
+            guard hasHugePagePool else { throw refuse("--hugepages: this host has no pool of 2 MiB pages") }
             guard needed <= availableMemory else {
                 throw refuse(
                     "not enough huge pages: the VM has \(ByteSize.format(needed)), this host's pool of 2 MiB pages has "

@@ -7,7 +7,7 @@ public enum HugePagePool {
     public static let pageSize: UInt64 = 2 << 20
     public static let folder = "/sys/kernel/mm/hugepages/hugepages-2048kB"
     /// How a user grows the pool, for messages.
-    public static let howToGrow = "grow it with \(folder)/nr_hugepages, or sysctl vm.nr_hugepages"
+    public static let howToGrow = "grow it with \(folder)/nr_hugepages"
 
     /// Pages a new mapping can have: free and not reserved by another mapping yet. Nil without a 2 MiB pool.
     public static func availablePages() -> UInt64? {

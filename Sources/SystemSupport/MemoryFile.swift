@@ -23,12 +23,15 @@ public final class MemoryFile: @unchecked Sendable {
 
     /// A new anonymous memory file (memfd) of the segments' total size, mapped read-write; with `hugePages`, on
     /// 2 MiB huge pages, all of them reserved now, so that a short pool fails here rather than as a fault later.
-    public static func create(name: String, segmentSizes: [UInt64], hugePages: Bool = false) throws(SystemError)
+    public static func create(
+        name: String, segmentSizes: [UInt64], hugePages: Bool = false
+    ) throws(SystemError)
         -> MemoryFile
     {
         let total = segmentSizes.reduce(0, +)
         if hugePages && !HugePagePool.holds(wholePages: total) {
-            throw SystemError("guest memory on huge pages must be a whole number of 2 MiB pages, not \(total) bytes", errno: .invalidArgument)
+            throw SystemError(
+                "guest memory on huge pages must be a whole number of 2 MiB pages, not \(total) bytes", errno: .invalidArgument)
         }
         let fd = try systemCall(hugePages ? "memfd_create on huge pages" : "memfd_create") {
             clinux_memfd_create("vm-" + name, hugePages ? 1 : 0)
@@ -145,7 +148,7 @@ public final class MemoryFile: @unchecked Sendable {
         }
     }
 
-    /// Returns pages to the all-zero state without leaving them populated. Huge pages are zeroed in place: a hole
+    /// Returns pages to the all-zero state without leaving them populated, but for huge pages, zeroed in place: a hole
     /// punched in part of one does nothing before Linux 5.19, and one punched over a whole one frees it.
     public func discard(segment: Int, pages: Range<UInt64>) {
         let start = address(segment: segment, page: pages.lowerBound)

@@ -101,7 +101,8 @@ public final class IncomingMachine: MigrationDestination {
         do {
             let json = try MachineConfigJSON.encode(disks.config)
             let result = try ChildProcess.run(
-                vmrun, arguments: ["--incoming"] + (hugePages ? ["--hugepages"] : []) + ["--run-dir", runDirectory.path, config.name],
+                vmrun,
+                arguments: ["--incoming"] + (hugePages ? ["--hugepages"] : []) + ["--run-dir", runDirectory.path, config.name],
                 input: json)
             guard result.status == 0 else {
                 throw MigrationError(result.lastErrorLine ?? "vmrun exited with status \(result.status)")

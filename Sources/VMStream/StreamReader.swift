@@ -601,8 +601,10 @@ public final class StreamReader {
                 for place in places { hasher.update(UnsafeRawBufferPointer(place)) }
                 checksum = try verify(framing)
             } catch {
+                // Should the sink fail to put them back, its error goes up instead: no stream error, so nothing of the
+                // receive is kept.
                 for run in dataRuns {
-                    try? sink.landingFailed(segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count)
+                    try sink.landingFailed(segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count)
                 }
                 throw error
             }

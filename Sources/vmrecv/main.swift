@@ -45,7 +45,8 @@ struct VMRecv: ParsableCommand {
 
     @Flag(
         help:
-            "Put the VM's memory on 2 MiB huge pages from this host's pool (sysctl vm.nr_hugepages), as vmrun --hugepages.")
+            "Put the VM's memory on 2 MiB huge pages from this host's pool (/sys/kernel/mm/hugepages/hugepages-2048kB), as vmrun --hugepages."
+    )
     var hugepages = false
 
     @Flag(
@@ -98,7 +99,6 @@ struct VMRecv: ParsableCommand {
                 throw MigrationError("a VM named '\(name)' already exists here (\(state.rawValue), pid \(existing.pid))")
             }
         }
-        let compatibility = Compatibility.local(hugePages: hugepages)
         let vmrun = IncomingMachine.locateVMRun()
         if diskDir == nil { try runDirectory.create() }
         let disks = DiskPlacementChoice(directory: diskDir ?? runDirectory.path, overwrite: force)
@@ -110,8 +110,9 @@ struct VMRecv: ParsableCommand {
                 options.keepPartial = resumable
                 return options
             }(),
-            checkCompatibility: { begin in
-                try compatibility.check(begin, as: name)
+            checkCompatibility: { [hugepages] begin in
+                // Read when BEGIN arrives, which may be long after vmrecv started (behind nc -l, say).
+                try Compatibility.local(hugePages: hugepages).check(begin, as: name)
                 try disks.checkRoom(for: begin, as: name)
                 if verbose && dryRun && !parsable { StandardStreams.error(begin.dryRunDescription(as: name)) }
             },

@@ -61,7 +61,7 @@ struct VMRun: ParsableCommand {
 
     @Flag(
         help:
-            "Back guest RAM with 2 MiB huge pages from the host's pool (sysctl vm.nr_hugepages), all of it reserved at start; --memory must be a multiple of 2M."
+            "Back guest RAM with 2 MiB huge pages from the host's pool (/sys/kernel/mm/hugepages/hugepages-2048kB), all of it reserved at start; --memory must be a multiple of 2M."
     )
     var hugepages = false
 
@@ -108,7 +108,8 @@ struct VMRun: ParsableCommand {
             }
         }
         if incoming && check { throw ValidationError("--incoming and --check exclude each other") }
-        if check && (paused || foreground || memoryImage != nil || readyFd != nil || !disks.isEmpty || kernel != nil || hugepages) {
+        if check && (paused || foreground || memoryImage != nil || readyFd != nil || !disks.isEmpty || kernel != nil || hugepages)
+        {
             throw ValidationError("--check runs in the foreground and creates nothing: it takes no other option but --run-dir")
         }
     }
@@ -206,7 +207,8 @@ struct MachinePlan {
         // memory reserves the pages, and is the check that counts should another process take them meanwhile.)
         if command.hugepages {
             guard HugePagePool.holds(wholePages: memorySize) else {
-                throw ControlError("--hugepages: its memory (\(ByteSize.format(memorySize))) is not a whole number of 2 MiB pages")
+                throw ControlError(
+                    "--hugepages: its memory (\(ByteSize.format(memorySize))) is not a whole number of 2 MiB pages")
             }
             guard (HugePagePool.availablePages() ?? 0) >= memorySize / HugePagePool.pageSize else {
                 throw HugePagePool.shortage(bytes: memorySize)

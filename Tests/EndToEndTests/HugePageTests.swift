@@ -20,7 +20,8 @@ extension MigrationEndToEndTests {
                 }
                 guard (HugePagePool.availablePages() ?? 0) >= pages else {
                     release()
-                    try Test.cancel("cannot grow the host's huge page pool by \(pages) pages (\(Self.setting) needs root and free memory)")
+                    try Test.cancel(
+                        "cannot grow the host's huge page pool by \(pages) pages (\(Self.setting) needs root and free memory)")
                 }
             }
 
@@ -76,6 +77,9 @@ extension MigrationEndToEndTests {
             #expect(file.address(segment: 0, page: 1280).load(as: UInt8.self) == 0xAB, "populating wrote nothing")
             #expect(file.address(segment: 0, page: 1279).load(as: UInt8.self) == 0)
             #expect(try file.populatedPages(segment: 0) == [0..<4096], "hugetlbfs reports no holes")
+            file.discard(segment: 0, pages: 1280..<1281)
+            #expect(file.address(segment: 0, page: 1280).load(as: UInt8.self) == 0, "a discarded page reads zero")
+            #expect(hugePageBytes(pid: getpid()) == mappedBefore + (4 << 20), "and its huge page stays")
         }
 
         /// Live from huge pages to huge pages, then warm from huge pages to small ones: the guest's checks pass on
@@ -102,7 +106,8 @@ extension MigrationEndToEndTests {
             let warm = try runShell("\(fixture.command("vmsend", ["--warm", "b"])) | \(fixture.command("vmrecv", ["c"]))")
             #expect(warm.status == 0, "\(warm.standardError)")
             let small = try fixture.expectContinues("c", from: paused)
-            #expect(hugePageBytes(pid: small.pid) == 0 && small.hugePages == false, "without --hugepages the copy is on small pages")
+            #expect(
+                hugePageBytes(pid: small.pid) == 0 && small.hugePages == false, "without --hugepages the copy is on small pages")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 
