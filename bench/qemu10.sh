@@ -14,6 +14,7 @@
 # (the system's modules belong to QEMU 7.2); LD_LIBRARY_PATH=<root>/lib if that folder exists.
 set -euo pipefail
 SUITE_FILE=/etc/apt/sources.list.d/debian-backports.sources
+source "$(dirname "$0")/lib.sh"  # ensure_qemu
 # qemu-system-x86 needs these from the same suite (its Depends: the same or a newer version than
 # bookworm has: qemu-system-common =, qemu-system-data >>, seabios >> 1.16.3); ipxe-qemu (network
 # cards' ROMs) is not needed with -nodefaults, and every shared library it links is in bookworm.
@@ -24,7 +25,10 @@ say() { echo "qemu10: $*" >&2; }
 codename() { . /etc/os-release && echo "${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}"; }
 
 backports_known() {  # true when apt has a candidate for qemu-system-x86 in the backports suite
-    apt-cache madison qemu-system-x86 2>/dev/null | grep -q -- "$(codename)-backports"
+    # Not `| grep -q`: it exits at the first match, and under pipefail apt-cache's SIGPIPE reads as "unknown".
+    local versions
+    versions="$(apt-cache madison qemu-system-x86 2>/dev/null || true)"
+    grep -q -- "$(codename)-backports" <<<"$versions"
 }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -86,6 +90,8 @@ main() {
         for deb in "$cache"/download/*.deb; do dpkg -x "$deb" "$cache/root.part"; done
         rm -rf "$cache/download" "$root"
         mv "$cache/root.part" "$root"
+        # Its shared libraries are those the system's QEMU 7.2 brings (liburing, libslirp, libfuse3...).
+        ensure_qemu
         check "$root" || { say "the unpacked QEMU in $root does not run"; exit 1; }
         touch "$cache/complete"
         say "$("$root/usr/bin/qemu-system-x86_64" --version | head -1) in $root"
