@@ -46,6 +46,33 @@ public final class MemoryFile: @unchecked Sendable {
         }
     }
 
+    /// The file at `path` as guest RAM, mapped read-write and shared: created (mode 0600) if missing, grown to the
+    /// segments' total size if smaller (the growth is a hole), refused if larger, so that no byte of it is cut off.
+    /// On hugetlbfs its pages are huge pages, reserved by the mapping.
+    public static func open(path: String, segmentSizes: [UInt64]) throws(SystemError) -> MemoryFile {
+        let total = segmentSizes.reduce(0, +)
+        let fd = try systemCall("cannot open it") { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        let file = FileDescriptor(rawValue: fd)
+        do throws(SystemError) {
+            var info = Glibc.stat()
+            try systemCall("cannot stat it") { fstat(fd, &info) }
+            guard info.st_mode & S_IFMT == S_IFREG else {
+                throw SystemError("not a regular file", errno: .invalidArgument)
+            }
+            guard UInt64(info.st_size) <= total else {
+                throw SystemError(
+                    "its \(info.st_size) bytes are more than the guest's memory (\(total) bytes)", errno: .invalidArgument)
+            }
+            if UInt64(info.st_size) < total {
+                try systemCall("cannot grow it to \(total) bytes") { ftruncate(fd, off_t(total)) }
+            }
+        } catch {
+            try? file.close()
+            throw error
+        }
+        return try MemoryFile(adopting: file, segmentSizes: segmentSizes, writable: true)
+    }
+
     /// Maps `descriptor` and takes it over: it is closed with the mapping, or at once if mapping fails.
     public init(adopting descriptor: FileDescriptor, segmentSizes: [UInt64], writable: Bool) throws(SystemError) {
         let total = segmentSizes.reduce(0, +)

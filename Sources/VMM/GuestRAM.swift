@@ -14,9 +14,17 @@ final class GuestRAM: GuestMemoryAccess, @unchecked Sendable {
     /// Pages devices wrote while dirty logging is on, one bitmap per segment: KVM's log does not see them.
     private let deviceWritten = Mutex<[[UInt64]]?>(nil)
 
-    init(name: String, segments: [MemorySegment], hugePages: Bool) throws {
+    /// A new memfd (on huge pages with `hugePages`), or the file at `filePath`, created or grown to the RAM's size.
+    init(name: String, segments: [MemorySegment], hugePages: Bool, filePath: String? = nil) throws {
         self.segments = segments
-        file = try MemoryFile.create(name: name, segmentSizes: segments.map(\.size), hugePages: hugePages)
+        let sizes = segments.map(\.size)
+        if let filePath {
+            do { file = try MemoryFile.open(path: filePath, segmentSizes: sizes) } catch {
+                throw MachineError("--memory-file \(filePath): \(error)")
+            }
+        } else {
+            file = try MemoryFile.create(name: name, segmentSizes: sizes, hugePages: hugePages)
+        }
     }
 
     /// Unmaps and closes; only once no vCPU can touch the memory any more.

@@ -132,7 +132,8 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         try vm.setTSSAddress(GuestLayout.tssAddress)
         try vm.createIRQChip()
         try vm.createPIT2()
-        ram = try GuestRAM(name: config.name, segments: config.segments, hugePages: options.hugePages)
+        ram = try GuestRAM(
+            name: config.name, segments: config.segments, hugePages: options.hugePages, filePath: options.memoryFile)
         var described = config
         do {
             try ram.register(with: vm, logDirtyPages: false)

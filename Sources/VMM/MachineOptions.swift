@@ -3,9 +3,13 @@ import MachineDescription
 /// How `vmrun` wants a machine set up, beyond its `MachineConfig`.
 public struct MachineOptions: Sendable {
     /// File whose bytes preload guest RAM (segments back to back), for benchmarks.
-    /// With `startPaused`, RAM holds exactly the image until the first `resume` writes the guest's boot area
+    /// With `startPaused`, RAM holds exactly the image (or the memory file) until the first `resume` writes the guest's boot area
     /// (GDT, page tables, code: the first 4 MiB); without it, the boot area is written at once.
     public var memoryImage: String?
+    /// Guest RAM is this file, mapped shared (as QEMU's `memory-backend-file,share=on`): what it holds is the RAM the
+    /// guest starts with, what the guest writes lands in it, and it outlives the VM. Created if missing, grown to
+    /// the guest's size if smaller; on hugetlbfs, huge pages. Nil: a new memfd of the VM's own.
+    public var memoryFile: String?
     /// Create the machine but do not run its vCPUs (as `qemu -S`).
     public var startPaused: Bool
     /// Where the UART's output is appended.
@@ -26,13 +30,14 @@ public struct MachineOptions: Sendable {
     public var hugePages: Bool
 
     public init(
-        memoryImage: String? = nil, startPaused: Bool = false, consoleLog: String,
+        memoryImage: String? = nil, memoryFile: String? = nil, startPaused: Bool = false, consoleLog: String,
         guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0, disks: [DiskConfig] = [], guestDiskRate: UInt64 = 0,
         linux: LinuxBootOptions? = nil, hugePages: Bool = false
     ) {
         self.linux = linux
         self.hugePages = hugePages
         self.memoryImage = memoryImage
+        self.memoryFile = memoryFile
         self.startPaused = startPaused
         self.consoleLog = consoleLog
         self.guestWorkingSet = guestWorkingSet

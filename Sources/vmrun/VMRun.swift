@@ -38,6 +38,12 @@ struct VMRun: ParsableCommand {
     var memoryImage: String?
 
     @Option(
+        help:
+            "Guest RAM is this file, shared: its bytes are the RAM the guest starts with and what it writes lands there. Created if missing, grown to --memory if smaller; on hugetlbfs, huge pages."
+    )
+    var memoryFile: String?
+
+    @Option(
         name: .customLong("disk"),
         help:
             "A raw image the guest sees as a virtio-blk disk (vda, vdb, ...): PATH[,readonly]. Repeatable; its size must be a multiple of 4K."
@@ -108,7 +114,16 @@ struct VMRun: ParsableCommand {
             }
         }
         if incoming && check { throw ValidationError("--incoming and --check exclude each other") }
-        if check && (paused || foreground || memoryImage != nil || readyFd != nil || !disks.isEmpty || kernel != nil || hugepages)
+        if memoryFile != nil && incoming { throw ValidationError("--memory-file is for a VM vmrun starts, not --incoming") }
+        if memoryFile != nil && memoryImage != nil {
+            throw ValidationError("--memory-file is the RAM itself: copy the image into it instead of --memory-image")
+        }
+        if memoryFile != nil && hugepages {
+            throw ValidationError("--memory-file and --hugepages exclude each other: for huge pages, put the file on hugetlbfs")
+        }
+        if check
+            && (paused || foreground || memoryImage != nil || memoryFile != nil || readyFd != nil || !disks.isEmpty
+                || kernel != nil || hugepages)
         {
             throw ValidationError("--check runs in the foreground and creates nothing: it takes no other option but --run-dir")
         }
@@ -184,6 +199,8 @@ struct MachinePlan {
             incomingJSON = []
         }
         if !command.incoming { try Self.checkMemorySize(memorySize, flag: "--memory \(command.memory ?? VMRun.defaultMemory)") }
+        let size = memorySize
+        let memoryFile = try command.memoryFile.map { try Self.memoryFile($0, memorySize: size) }
         let workingSet = try command.guestWorkingSet.map(ByteSize.parse) ?? min(64 << 20, memorySize / 2)
         let disks = try command.disks.enumerated().map { try Self.disk($1, index: $0, machine: command.name) }
         var linux: LinuxBootOptions?
@@ -200,7 +217,8 @@ struct MachinePlan {
             throw ControlError("--initrd and --cmdline go with --kernel")
         }
         options = MachineOptions(
-            memoryImage: image, startPaused: command.paused, consoleLog: runDirectory.consoleLogPath(for: command.name),
+            memoryImage: image, memoryFile: memoryFile, startPaused: command.paused,
+            consoleLog: runDirectory.consoleLogPath(for: command.name),
             guestWorkingSet: workingSet, guestDirtyRate: rate, disks: disks,
             guestDiskRate: try ByteSize.parseRate(command.guestDiskRate), linux: linux, hugePages: command.hugepages)
         // Before a background process is started: a short pool is this host's refusal, said at once. (Mapping the
@@ -214,6 +232,25 @@ struct MachinePlan {
                 throw HugePagePool.shortage(bytes: memorySize)
             }
         }
+    }
+
+    /// `--memory-file PATH` made absolute, once checked: if there, a file this user may read and write, no larger than
+    /// guest memory (a larger one would lose its tail). Opening it checks again, in the VM process.
+    static func memoryFile(_ path: String, memorySize: UInt64) throws -> String {
+        var info = stat()
+        if stat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFREG else { throw ControlError("--memory-file \(path): not a regular file") }
+            guard access(path, R_OK | W_OK) == 0 else {
+                throw ControlError("--memory-file \(path): \(String(cString: strerror(errno)))")
+            }
+            guard UInt64(info.st_size) <= memorySize else {
+                throw ControlError(
+                    "--memory-file \(path): its \(info.st_size) bytes are more than --memory (\(ByteSize.format(memorySize)))")
+            }
+        } else if errno != ENOENT {
+            throw ControlError("--memory-file \(path): \(String(cString: strerror(errno)))")
+        }
+        return RunDirectory.absolute(path)
     }
 
     /// A `--disk PATH[,readonly]` as the machine's disk number `index`: vda, vdb, ...

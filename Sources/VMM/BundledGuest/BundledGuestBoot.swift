@@ -28,7 +28,7 @@ enum BundledGuestBoot {
         let topOfRAM = config.segments.map { $0.guestPhysicalBase + $0.size }.max() ?? 0
         if let image = options.memoryImage { try ram.load(imagePath: image) }
         let writeBootArea: @Sendable () throws -> Void = { try GuestLayout.writeBootArea(into: ram, topOfRAM: topOfRAM) }
-        if options.memoryImage != nil && options.startPaused { return writeBootArea }
+        if (options.memoryImage != nil || options.memoryFile != nil) && options.startPaused { return writeBootArea }
         try writeBootArea()
         return nil
     }
