@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # QEMU 10 from Debian's bookworm-backports, beside the system's QEMU 7.2 and without touching it:
 # the packages are fetched with `apt-get download` and unpacked with `dpkg -x` into a private
-# folder; nothing is installed. Prints the path of its qemu-system-x86_64. Idempotent: a second
+# folder; nothing of it is installed (the system's QEMU 7.2 is, when missing: QEMU 10 links its
+# libraries). Prints the path of its qemu-system-x86_64. Idempotent: a second
 # call only checks the folder and prints the path.
 #   usage: bench/qemu10.sh [--firmware]   (--firmware: print its firmware folders instead, one a line,
 #                                          for QEMU's -L)
 # The folder is $QEMU10_CACHE, default ${XDG_CACHE_HOME:-~/.cache}/vmsend-bench/qemu10 (about
-# 60 MB; delete it to start over). Adds the backports suite to apt's sources when apt does not
+# 90 MB; delete it to start over). Adds the backports suite to apt's sources when apt does not
 # know it yet: /etc/apt/sources.list.d/debian-backports.sources, written like the Debian entries
 # already there (same URIs and keyring). Backports have priority 100, so an ordinary
 # `apt-get install` or upgrade never takes QEMU from there.
@@ -91,7 +92,7 @@ main() {
         rm -rf "$cache/download" "$root"
         mv "$cache/root.part" "$root"
         # Its shared libraries are those the system's QEMU 7.2 brings (liburing, libslirp, libfuse3...).
-        ensure_qemu
+        ensure_qemu >&2  # stdout is the path the callers read
         check "$root" || { say "the unpacked QEMU in $root does not run"; exit 1; }
         touch "$cache/complete"
         say "$("$root/usr/bin/qemu-system-x86_64" --version | head -1) in $root"

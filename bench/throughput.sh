@@ -330,11 +330,11 @@ main() {
         echo "throughput: pipe, memory and lz4 limits" >&2
         record "$tsv" "$here/pipe-limits.sh" -n "$runs" "$image"
     fi
+    [ -z "$results" ] || cp "$tsv" "$results"
     if $with_ours && ! cmp -s "$image" "$work/ours-ram.img"; then
         echo "throughput: our source's memory file no longer equals the image: its runs moved other bytes" >&2
         exit 1
     fi
-    [ -z "$results" ] || cp "$tsv" "$results"
     echo "## Throughput benchmark: ours, $(tr ',' ' ' <<<"${peers:-no peers}"), fresh-memory limit"
     echo
     machine_description

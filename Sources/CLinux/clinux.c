@@ -17,6 +17,12 @@ int clinux_memfd_create(const char *name, int huge) {
     return memfd_create(name, MFD_CLOEXEC | (huge ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
 }
 
+int clinux_is_tmpfs(int fd) {
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -1;
+    return info.f_type == TMPFS_MAGIC;
+}
+
 int clinux_is_hugetlbfs(int fd) {
     struct statfs info;
     if (fstatfs(fd, &info) != 0) return -1;

@@ -2,9 +2,10 @@ import CLinux
 import Glibc
 import SystemPackage
 
-/// Guest RAM as one file holding every segment back to back (a memfd), mapped shared into this process.
+/// Guest RAM as one file holding every segment back to back (a memfd, or a file the user names), mapped shared
+/// into this process.
 ///
-/// The VMM creates it and hands its descriptor to clients, which map the same file: the sender reads pages
+/// The VMM creates or opens it and hands its descriptor to clients, which map the same file: the sender reads pages
 /// straight from it, the receiver lands pages in it. Nothing is populated up front: pages cost memory only once
 /// written. On huge pages the file lives on hugetlbfs instead and its whole size is reserved from the host's
 /// pool when the owner maps it. `@unchecked Sendable`: the mapping is fixed for the object's life; the bytes are
@@ -37,40 +38,53 @@ public final class MemoryFile: @unchecked Sendable {
             clinux_memfd_create("vm-" + name, hugePages ? 1 : 0)
         }
         let file = FileDescriptor(rawValue: fd)
-        do {
-            try systemCall("cannot size guest memory to \(total) bytes") { ftruncate(fd, off_t(total)) }
-            return try MemoryFile(adopting: file, segmentSizes: segmentSizes, writable: true)
-        } catch {
+        do { try systemCall("cannot size guest memory to \(total) bytes") { ftruncate(fd, off_t(total)) } } catch {
             try? file.close()
             throw error
         }
+        return try MemoryFile(adopting: file, segmentSizes: segmentSizes, writable: true)  // closes it on failure
     }
 
-    /// The file at `path` as guest RAM, mapped read-write and shared: created (mode 0600) if missing, grown to the
-    /// segments' total size if smaller (the growth is a hole), refused if larger, so that no byte of it is cut off.
-    /// On hugetlbfs its pages are huge pages, reserved by the mapping.
-    public static func open(path: String, segmentSizes: [UInt64]) throws(SystemError) -> MemoryFile {
+    /// The file at `path` as guest RAM, mapped read-write and shared, locked against a second VM. `create`: a new
+    /// file (none may be there), removed again should this fail. An empty file is sized to the segments' total (a
+    /// hole); one with bytes must hold at least that many, so that a mistyped path is never grown over. Only
+    /// memory filesystems: tmpfs, or hugetlbfs for huge pages (whose size must then be whole huge pages). Elsewhere
+    /// the page cache would write guest memory back to a disk, and which pages hold data is the disk's to say.
+    public static func open(path: String, segmentSizes: [UInt64], create: Bool) throws(SystemError) -> MemoryFile {
         let total = segmentSizes.reduce(0, +)
-        let fd = try systemCall("cannot open it") { Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        let flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0)
+        let fd = try systemCall("cannot open it") { Glibc.open(path, flags, 0o600) }
         let file = FileDescriptor(rawValue: fd)
-        do throws(SystemError) {
-            var info = Glibc.stat()
-            try systemCall("cannot stat it") { fstat(fd, &info) }
-            guard info.st_mode & S_IFMT == S_IFREG else {
-                throw SystemError("not a regular file", errno: .invalidArgument)
-            }
-            guard UInt64(info.st_size) <= total else {
-                throw SystemError(
-                    "its \(info.st_size) bytes are more than the guest's memory (\(total) bytes)", errno: .invalidArgument)
-            }
-            if UInt64(info.st_size) < total {
-                try systemCall("cannot grow it to \(total) bytes") { ftruncate(fd, off_t(total)) }
-            }
-        } catch {
+        func refuse(_ error: SystemError) -> SystemError {
             try? file.close()
+            if create { unlink(path) }
+            return error
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            throw refuse(SystemError.last("it is in use by another process"))
+        }
+        var info = Glibc.stat()
+        let onHugePages = clinux_is_hugetlbfs(fd) == 1
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            throw refuse(SystemError("not a regular file", errno: .invalidArgument))
+        }
+        guard onHugePages || clinux_is_tmpfs(fd) == 1 else {
+            throw refuse(SystemError("not on tmpfs or hugetlbfs (guest RAM stays in memory)", errno: .invalidArgument))
+        }
+        if onHugePages && !HugePagePool.holds(wholePages: total) {
+            throw refuse(SystemError("on hugetlbfs, guest memory must be whole 2 MiB pages", errno: .invalidArgument))
+        }
+        if info.st_size == 0 {
+            do { try systemCall("cannot size it to \(total) bytes") { ftruncate(fd, off_t(total)) } } catch {
+                throw refuse(error)
+            }
+        } else if UInt64(info.st_size) < total {
+            throw refuse(SystemError("it holds \(info.st_size) bytes, fewer than the guest's \(total)", errno: .invalidArgument))
+        }
+        do { return try MemoryFile(adopting: file, segmentSizes: segmentSizes, writable: true) } catch {
+            if create { unlink(path) }
             throw error
         }
-        return try MemoryFile(adopting: file, segmentSizes: segmentSizes, writable: true)
     }
 
     /// Maps `descriptor` and takes it over: it is closed with the mapping, or at once if mapping fails.

@@ -14,13 +14,13 @@ final class GuestRAM: GuestMemoryAccess, @unchecked Sendable {
     /// Pages devices wrote while dirty logging is on, one bitmap per segment: KVM's log does not see them.
     private let deviceWritten = Mutex<[[UInt64]]?>(nil)
 
-    /// A new memfd (on huge pages with `hugePages`), or the file at `filePath`, created or grown to the RAM's size.
-    init(name: String, segments: [MemorySegment], hugePages: Bool, filePath: String? = nil) throws {
+    /// A new memfd (on huge pages with `hugePages`), or the memory file the user named.
+    init(name: String, segments: [MemorySegment], hugePages: Bool, memoryFile: GuestMemoryFile? = nil) throws {
         self.segments = segments
         let sizes = segments.map(\.size)
-        if let filePath {
-            do { file = try MemoryFile.open(path: filePath, segmentSizes: sizes) } catch {
-                throw MachineError("--memory-file \(filePath): \(error)")
+        if let memoryFile {
+            do { file = try MemoryFile.open(path: memoryFile.path, segmentSizes: sizes, create: memoryFile.isNew) } catch {
+                throw MachineError("--memory-file \(memoryFile.path): \(error)")
             }
         } else {
             file = try MemoryFile.create(name: name, segmentSizes: sizes, hugePages: hugePages)

@@ -82,6 +82,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             if !options.startPaused { try machine.resume() }
         } catch {
             machine.destroy()
+            options.memoryFile?.putBack()
             throw error
         }
         return machine
@@ -133,7 +134,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         try vm.createIRQChip()
         try vm.createPIT2()
         ram = try GuestRAM(
-            name: config.name, segments: config.segments, hugePages: options.hugePages, filePath: options.memoryFile)
+            name: config.name, segments: config.segments, hugePages: options.hugePages, memoryFile: options.memoryFile)
         var described = config
         do {
             try ram.register(with: vm, logDirtyPages: false)
@@ -185,6 +186,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
             try runner.start(bus: bus)
         } catch {
             ram.release()
+            options.memoryFile?.putBack()  // opened: so created or sized here
             throw error
         }
         host = HostProbe.hostSpec(system: system)

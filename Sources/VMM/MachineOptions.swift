@@ -1,3 +1,4 @@
+import Glibc
 import MachineDescription
 
 /// How `vmrun` wants a machine set up, beyond its `MachineConfig`.
@@ -6,10 +7,12 @@ public struct MachineOptions: Sendable {
     /// With `startPaused`, RAM holds exactly the image (or the memory file) until the first `resume` writes the guest's boot area
     /// (GDT, page tables, code: the first 4 MiB); without it, the boot area is written at once.
     public var memoryImage: String?
-    /// Guest RAM is this file, mapped shared (as QEMU's `memory-backend-file,share=on`): what it holds is the RAM the
-    /// guest starts with, what the guest writes lands in it, and it outlives the VM. Created if missing, grown to
-    /// the guest's size if smaller; on hugetlbfs, huge pages. Nil: a new memfd of the VM's own.
-    public var memoryFile: String?
+    /// Guest RAM is this file (`vmrun --memory-file`); nil: a new memfd of the VM's own.
+    public var memoryFile: GuestMemoryFile?
+    /// RAM starts as bytes the user gave (an image, or a memory file that holds some) and the machine starts paused:
+    /// the bundled guest's boot area waits for the first resume, so that a machine sent before it ever ran carries
+    /// the user's bytes as they are.
+    public var defersBootArea: Bool { startPaused && (memoryImage != nil || memoryFile?.holdsBytes == true) }
     /// Create the machine but do not run its vCPUs (as `qemu -S`).
     public var startPaused: Bool
     /// Where the UART's output is appended.
@@ -30,7 +33,7 @@ public struct MachineOptions: Sendable {
     public var hugePages: Bool
 
     public init(
-        memoryImage: String? = nil, memoryFile: String? = nil, startPaused: Bool = false, consoleLog: String,
+        memoryImage: String? = nil, memoryFile: GuestMemoryFile? = nil, startPaused: Bool = false, consoleLog: String,
         guestWorkingSet: UInt64 = 64 << 20, guestDirtyRate: UInt64 = 0, disks: [DiskConfig] = [], guestDiskRate: UInt64 = 0,
         linux: LinuxBootOptions? = nil, hugePages: Bool = false
     ) {
@@ -44,5 +47,29 @@ public struct MachineOptions: Sendable {
         self.guestDirtyRate = guestDirtyRate
         self.disks = disks
         self.guestDiskRate = guestDiskRate
+    }
+}
+
+/// A file named as guest RAM, as vmrun found it before opening it: what a failed start must put back.
+public struct GuestMemoryFile: Sendable {
+    public var path: String
+    /// Nothing was there: vmrun creates it, and removes it should the machine not start.
+    public var isNew: Bool
+    /// It had bytes, which are the RAM the guest starts with; an empty file is sized, and emptied again on failure.
+    public var holdsBytes: Bool
+
+    public init(path: String, isNew: Bool, holdsBytes: Bool) {
+        self.path = path
+        self.isNew = isNew
+        self.holdsBytes = holdsBytes
+    }
+
+    /// Leaves the file as it was found, after a start that failed.
+    public func putBack() {
+        if isNew {
+            unlink(path)
+        } else if !holdsBytes {
+            truncate(path, 0)
+        }
     }
 }

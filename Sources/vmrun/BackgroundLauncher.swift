@@ -104,7 +104,7 @@ struct BackgroundLauncher {
         }
         arguments += ["--run-dir", plan.runDirectory.path, "--ready-fd", "3"]
         if let image = plan.options.memoryImage { arguments += ["--memory-image", image] }
-        if let file = plan.options.memoryFile { arguments += ["--memory-file", file] }
+        if let file = plan.options.memoryFile { arguments += ["--memory-file", file.path] }
         for disk in plan.options.disks { arguments += ["--disk", disk.path! + (disk.readOnly ? ",readonly" : "")] }
         if plan.options.guestDiskRate > 0 { arguments += ["--guest-disk-rate", String(plan.options.guestDiskRate)] }
         if let linux = plan.options.linux {

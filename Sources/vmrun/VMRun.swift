@@ -39,7 +39,7 @@ struct VMRun: ParsableCommand {
 
     @Option(
         help:
-            "Guest RAM is this file, shared: its bytes are the RAM the guest starts with and what it writes lands there. Created if missing, grown to --memory if smaller; on hugetlbfs, huge pages."
+            "Guest RAM is this file on tmpfs (or hugetlbfs: huge pages), shared: what the guest writes lands there. Missing or empty: sized to --memory; else it must hold that many bytes, the RAM the guest starts with."
     )
     var memoryFile: String?
 
@@ -199,8 +199,8 @@ struct MachinePlan {
             incomingJSON = []
         }
         if !command.incoming { try Self.checkMemorySize(memorySize, flag: "--memory \(command.memory ?? VMRun.defaultMemory)") }
-        let size = memorySize
-        let memoryFile = try command.memoryFile.map { try Self.memoryFile($0, memorySize: size) }
+        var memoryFile: GuestMemoryFile?
+        if let path = command.memoryFile { memoryFile = try Self.memoryFile(path, memorySize: memorySize) }
         let workingSet = try command.guestWorkingSet.map(ByteSize.parse) ?? min(64 << 20, memorySize / 2)
         let disks = try command.disks.enumerated().map { try Self.disk($1, index: $0, machine: command.name) }
         var linux: LinuxBootOptions?
@@ -234,23 +234,28 @@ struct MachinePlan {
         }
     }
 
-    /// `--memory-file PATH` made absolute, once checked: if there, a file this user may read and write, no larger than
-    /// guest memory (a larger one would lose its tail). Opening it checks again, in the VM process.
-    static func memoryFile(_ path: String, memorySize: UInt64) throws -> String {
+    /// `--memory-file PATH` made absolute, with what is there now: a file this user may read and write, empty or at
+    /// least as large as guest memory; or nothing, in a folder where this user may create it. (Opening it checks
+    /// again, in the VM process, along with its filesystem.)
+    static func memoryFile(_ path: String, memorySize: UInt64) throws -> GuestMemoryFile {
+        func refuse(_ why: String) -> ControlError { ControlError("--memory-file \(path): \(why)") }
         var info = stat()
-        if stat(path, &info) == 0 {
-            guard info.st_mode & S_IFMT == S_IFREG else { throw ControlError("--memory-file \(path): not a regular file") }
-            guard access(path, R_OK | W_OK) == 0 else {
-                throw ControlError("--memory-file \(path): \(String(cString: strerror(errno)))")
+        guard stat(path, &info) == 0 else {
+            guard errno == ENOENT else { throw refuse(String(cString: strerror(errno))) }
+            let folder = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+            guard access(folder.isEmpty ? "/" : folder, W_OK | X_OK) == 0 else {
+                throw refuse("cannot create it in \(folder.isEmpty ? "/" : folder): \(String(cString: strerror(errno)))")
             }
-            guard UInt64(info.st_size) <= memorySize else {
-                throw ControlError(
-                    "--memory-file \(path): its \(info.st_size) bytes are more than --memory (\(ByteSize.format(memorySize)))")
-            }
-        } else if errno != ENOENT {
-            throw ControlError("--memory-file \(path): \(String(cString: strerror(errno)))")
+            return GuestMemoryFile(path: RunDirectory.absolute(path), isNew: true, holdsBytes: false)
         }
-        return RunDirectory.absolute(path)
+        guard info.st_mode & S_IFMT == S_IFREG else { throw refuse("not a regular file") }
+        guard access(path, R_OK | W_OK) == 0 else { throw refuse(String(cString: strerror(errno))) }
+        guard info.st_size == 0 || UInt64(info.st_size) >= memorySize else {
+            throw refuse(
+                "it holds \(info.st_size) bytes, fewer than --memory (\(ByteSize.format(memorySize))): name an empty file or one that size"
+            )
+        }
+        return GuestMemoryFile(path: RunDirectory.absolute(path), isNew: false, holdsBytes: info.st_size > 0)
     }
 
     /// A `--disk PATH[,readonly]` as the machine's disk number `index`: vda, vdb, ...

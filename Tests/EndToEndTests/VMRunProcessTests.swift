@@ -51,6 +51,11 @@ import VMControl
             (["bad/name"], 2, "vmrun: invalid VM name 'bad/name'"),
             (["--bogus", "x"], 2, "vmrun: unknown option '--bogus'"),
             (["--memory-image", "/nonexistent/image", "x"], 1, "vmrun: cannot read memory image /nonexistent/image"),
+            (
+                ["--memory-file", "/nonexistent/ram", "x"], 1,
+                "vmrun: --memory-file /nonexistent/ram: cannot create it in /nonexistent"
+            ),
+            (["--memory-file", "/dev/shm/x", "--incoming", "x"], 2, "--memory-file is for a VM vmrun starts"),
             (["--incoming", "x"], 1, "vmrun: --incoming needs a MachineConfig JSON document on standard input; got nothing\n"),
         ]
         for (arguments, status, message) in cases {

@@ -11,6 +11,9 @@
 int clinux_memfd_create(const char *name, int huge);
 /// 1 if `fd` is a file on hugetlbfs (fstatfs), 0 if not, -1 on error.
 int clinux_is_hugetlbfs(int fd);
+
+/// 1 if `fd` is a file on tmpfs (shared memory, as a memfd), 0 if not, -1 on error.
+int clinux_is_tmpfs(int fd);
 /// vmsplice(2): lends the pages of `vectors` to a pipe.
 ssize_t clinux_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags);
 /// Bytes written into a pipe that its reader has not taken yet (FIONREAD), or -1.

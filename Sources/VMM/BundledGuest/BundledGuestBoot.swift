@@ -5,8 +5,8 @@ import MachineDescription
 /// Sets a new machine up to run the bundled guest: every vCPU runnable in ring 3 with its slice of the working set,
 /// and the boot area (GDT, page tables, code) in RAM.
 enum BundledGuestBoot {
-    /// Writes the vCPUs' start state and the boot area. With a memory image in a machine that starts paused, the boot
-    /// area waits for the first resume (so RAM holds exactly the image until then): the returned closure writes it.
+    /// Writes the vCPUs' start state and the boot area; when the options defer the boot area (RAM the user gave, in a
+    /// machine that starts paused), the returned closure writes it at the first resume.
     static func prepare(
         vcpus: [KVMVCPU], ram: GuestRAM, config: MachineConfig, settings: GuestStatusDevice.Settings,
         options: MachineOptions
@@ -27,8 +27,12 @@ enum BundledGuestBoot {
         }
         let topOfRAM = config.segments.map { $0.guestPhysicalBase + $0.size }.max() ?? 0
         if let image = options.memoryImage { try ram.load(imagePath: image) }
-        let writeBootArea: @Sendable () throws -> Void = { try GuestLayout.writeBootArea(into: ram, topOfRAM: topOfRAM) }
-        if (options.memoryImage != nil || options.memoryFile != nil) && options.startPaused { return writeBootArea }
+        let writeBootArea: @Sendable () throws -> Void = {
+            try GuestLayout.writeBootArea(into: ram, topOfRAM: topOfRAM)
+            // A resume while the machine is being sent: these stores bypass KVM's dirty log.
+            ram.noteWritten(guestPhysical: 0, length: Int(GuestLayout.reservedEnd))
+        }
+        if options.defersBootArea { return writeBootArea }
         try writeBootArea()
         return nil
     }
