@@ -112,6 +112,25 @@ public final class ControlClient: Sendable {
         return []
     }
 
+    /// How long a destroyed machine's vmrun may take to exit (and remove its socket, console and log).
+    public static let exitTimeout: Duration = .seconds(10)
+
+    /// Destroys the machine, closes this connection and returns once its vmrun has exited, so that nothing of it is
+    /// left when a tool says it is gone.
+    @discardableResult
+    public func destroyAndWait(keepLogs: Bool = false) throws -> [String] {
+        let kept = try destroy(keepLogs: keepLogs)
+        close()
+        let deadline = ContinuousClock.now + Self.exitTimeout
+        while processIsAlive(pid) {
+            guard ContinuousClock.now < deadline else {
+                throw ControlError("'\(name)' was destroyed but its vmrun (pid \(pid)) has not exited")
+            }
+            usleep(10_000)
+        }
+        return kept
+    }
+
     /// This connection starts sending the machine as stream `stream`; refused for a migrated one unless `force`.
     public func sendStart(stream: String, force: Bool) throws { try request(.sendStart(stream: stream, force: force)) }
     /// END is about to be written: from now on a copy may run.

@@ -134,24 +134,12 @@ struct Destroy: ParsableCommand {
     var keepLogs = false
     @Argument(help: "The VM's name.", completion: .machineNames) var name: String
 
-    /// How long to wait for the vmrun process to be gone after it acknowledged.
-    static let exitTimeout: Duration = .seconds(10)
-
     func validate() throws { try asUsageError { try MachineName.validate(name) } }
 
     func run() throws {
-        let client = try global.connect(name)
-        let kept = try client.destroy(keepLogs: keepLogs)
-        client.close()
+        let kept = try global.connect(name).destroyAndWait(keepLogs: keepLogs)
         if keepLogs {
             print(kept.isEmpty ? "vmctl: '\(name)' had no console or log to keep" : "kept: " + kept.joined(separator: " "))
-        }
-        let deadline = ContinuousClock.now + Self.exitTimeout
-        while processIsAlive(client.pid) {
-            guard ContinuousClock.now < deadline else {
-                throw ControlError("'\(name)' was destroyed but its vmrun (pid \(client.pid)) has not exited")
-            }
-            usleep(10_000)
         }
     }
 }
@@ -196,15 +184,6 @@ struct Console: ParsableCommand {
             usleep(100_000)
         }
     }
-}
-
-/// True while `pid` runs; a zombie waiting to be reaped counts as gone.
-func processIsAlive(_ pid: Int32) -> Bool {
-    guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-    guard let stat = try? FileDescriptor.readFile("/proc/\(pid)/stat", limit: 4096) else { return true }
-    let text = String(decoding: stat, as: UTF8.self)
-    guard let paren = text.lastIndex(of: ")") else { return true }
-    return !text[paren...].hasPrefix(") Z")
 }
 
 func printTable(_ rows: [[String]]) {

@@ -252,7 +252,7 @@ struct VMSend: ParsableCommand {
                 "the stream read back from \(OutputDestination.describe() ?? "standard output") does not verify (\(verdict)); "
                     + "VM '\(name)' was not destroyed\(report.sourceWasRunning ? " and was resumed" : "")")
         }
-        try client.destroy()
+        try client.destroyAndWait()
         StandardStreams.error(
             "vmsend: VM '\(name)' was destroyed after its stream (\(report.stream)) was read back and verified from \(OutputDestination.describe() ?? "standard output")"
         )
