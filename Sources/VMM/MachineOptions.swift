@@ -3,9 +3,7 @@ import MachineDescription
 
 /// How `vmrun` wants a machine set up, beyond its `MachineConfig`.
 public struct MachineOptions: Sendable {
-    /// File whose bytes preload guest RAM (segments back to back), for benchmarks.
-    /// With `startPaused`, RAM holds exactly the image (or the memory file) until the first `resume` writes the guest's boot area
-    /// (GDT, page tables, code: the first 4 MiB); without it, the boot area is written at once.
+    /// File whose bytes preload guest RAM (segments back to back), for benchmarks (see `defersBootArea`).
     public var memoryImage: String?
     /// Guest RAM is this file (`vmrun --memory-file`); nil: a new memfd of the VM's own.
     public var memoryFile: GuestMemoryFile?

@@ -13,16 +13,14 @@ extension MigrationEndToEndTests {
             func cleanUp() { unlink(path) }
         }
 
-        /// Bytes of `path` that hold data (not holes); nil if there is no such file.
-        func allocatedBytes(_ path: String) -> UInt64? {
+        /// Size and bytes holding data (not holes) of `path`; nil if there is no such file.
+        func extent(_ path: String) -> (size: UInt64, allocated: UInt64)? {
             var info = stat()
-            return stat(path, &info) == 0 ? UInt64(info.st_blocks) * 512 : nil
+            return stat(path, &info) == 0 ? (UInt64(info.st_size), UInt64(info.st_blocks) * 512) : nil
         }
 
-        func size(_ path: String) -> UInt64? {
-            var info = stat()
-            return stat(path, &info) == 0 ? UInt64(info.st_size) : nil
-        }
+        func size(_ path: String) -> UInt64? { extent(path)?.size }
+        func allocatedBytes(_ path: String) -> UInt64? { extent(path)?.allocated }
 
         @Test func theGuestWritesTheFileAndMigratesLiveFromIt() throws {
             try VMFixture.requireMachine()
