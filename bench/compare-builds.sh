@@ -27,9 +27,17 @@ trap cleanup EXIT
 mkdir -p "$work/run"
 python3 "$here/make-image.py" "$work/image" --size "$size" >/dev/null
 memory=$(( $(stat -c %s "$work/image") / 1048576 ))M
+# The source's RAM: a sparse copy of the image made once, as throughput.sh does (memory a source has just
+# written makes the receiver's fresh memory dearer on some hosts). Builds from before --memory-file both load
+# the image instead, so the two are always measured alike.
+source_ram=(--memory-image "$work/image")
+if "$old/vmrun" --help 2>&1 | grep -q -- --memory-file && "$new/vmrun" --help 2>&1 | grep -q -- --memory-file; then
+    cp --sparse=always "$work/image" "$work/ram.img"
+    source_ram=(--memory-file "$work/ram.img")
+fi
 
 start_source() {  # BIN: a paused VM whose RAM is the image, in the foreground of a job of ours
-    "$1/vmrun" --foreground --memory "$memory" --memory-image "$work/image" --paused --run-dir "$work/run" src \
+    "$1/vmrun" --foreground --memory "$memory" "${source_ram[@]}" --paused --run-dir "$work/run" src \
         >>"$work/vmrun.log" 2>&1 &
     vmrun_pid[src]=$!
     until "$1/vmctl" --run-dir "$work/run" status src >/dev/null 2>&1; do sleep 0.1; done
@@ -53,6 +61,7 @@ measure() {  # BIN LABEL MEASURE
 
 echo "# old: $old"
 echo "# new: $new"
+echo "# source RAM: ${source_ram[0]}"
 seed=${SEED:-$RANDOM}
 echo "# order seed: $seed"
 RANDOM=$seed

@@ -35,6 +35,7 @@ mkdir -p "$work/run" "$work/dst"
 python3 "$here/make-image.py" "$work/image" --size "$size" >/dev/null
 bytes=$(stat -c %s "$work/image")
 cp --sparse=always "$work/image" "$work/disk1.img"
+cp --sparse=always "$work/image" "$work/ram.img"  # the memory source's RAM, as in throughput.sh
 cp --sparse=always "$work/image" "$work/disk20.img"
 truncate -s 20G "$work/disk20.img"
 
@@ -49,7 +50,7 @@ start_source() {  # NAME ARGS...: a paused VM, in the foreground of a job of our
 measure() {  # MEASURE RUN
     local what=$1 run=$2 timing wire
     case "$what" in
-        mem-e2e) start_source src --memory "$((bytes >> 20))M" --memory-image "$work/image" ;;
+        mem-e2e) start_source src --memory "$((bytes >> 20))M" --memory-file "$work/ram.img" ;;
         disk1-e2e) start_source src --memory 64M --disk "$work/disk1.img" ;;
         disk20-e2e) start_source src --memory 64M --disk "$work/disk20.img" ;;
     esac
