@@ -42,6 +42,7 @@ FRESH_ORDER = ("pwrite", "pwrite-2threads", "memcpy", "populate-ahead", "populat
                "alloc-only", "hugetlb", "hugetlb-pool", "hugetlb-with-pool", "hugetlb-kept", "hugetlb-kept-ahead",
                "thp-tmpfs", "thp-memfd")
 HUGE = "-hugepages"  # a measure whose destination's RAM is on a used pool of 2 MiB pages (throughput.sh --hugepages)
+AGAIN = "-again"  # the same measure a second time in the same run (throughput.sh's repeats)
 MEASURE_ORDER = ("e2e", "e2e-multifd", "restore", "restore-mapped-ram", "save-file", "save-mapped-ram",
                  "save-null", "fresh-")
 
@@ -49,15 +50,17 @@ MEASURE_ORDER = ("e2e", "e2e-multifd", "restore", "restore-mapped-ram", "save-fi
 def sort_key(key):
     """Our measures next to the peers' of the same kind; the limits last, in the order they ran."""
     tool, measure = key
+    again = measure.endswith(AGAIN)
+    measure = measure.removesuffix(AGAIN)
     if tool == "limit":
         fresh = measure.removeprefix("fresh-")
         return (2, 0 if measure.startswith("fresh-") else 1,
-                FRESH_ORDER.index(fresh) if fresh in FRESH_ORDER else len(FRESH_ORDER), 0)
+                FRESH_ORDER.index(fresh) if fresh in FRESH_ORDER else len(FRESH_ORDER), 0, again)
     base = measure.removesuffix("-1core").removesuffix("-lz4").removesuffix(HUGE)
     rank = MEASURE_ORDER.index(base) if base in MEASURE_ORDER else len(MEASURE_ORDER)
     group = rank // 2 if base != "save-null" else 3  # e2e | restore | save-file | save-null
     return (1 if tool not in TOOL_ORDER else 0, group, TOOL_ORDER.index(tool) if tool in TOOL_ORDER else 9,
-            len(measure) if tool == "ours" else rank)
+            len(measure) if tool == "ours" else rank, again)
 
 
 def fill_our_wire(rows):
@@ -272,6 +275,25 @@ def floor_table(rows):
     return out if len(out) > 2 else []
 
 
+def repeats_table(rows):
+    """Identical work twice in one run (MEASURE and MEASURE-again): how far apart this host puts it. A target
+    against a peer, pairwise, asks ours to be apart from the peer by more than the peer is from itself."""
+    out = ["| tool | measure | pairs | again / first median (min-max) | slower / faster median (max) | "
+           "one took ≥ 2x the other in |",
+           "| --- | --- | ---: | --- | --- | ---: |"]
+    for (tool, measure), again in sorted(rows.items(), key=lambda item: sort_key(item[0])):
+        first = rows.get((tool, measure.removesuffix(AGAIN)))
+        if not measure.endswith(AGAIN) or not first:
+            continue
+        ratio = pairwise(again, first)
+        if not ratio:
+            continue
+        apart = [max(r, 1 / r) for r in ratio]
+        out.append(f"| {tool} | {measure.removesuffix(AGAIN)} | {len(ratio)} | {summary(ratio)} | "
+                   f"{statistics.median(apart):.2f}x ({max(apart):.2f}x) | {sum(a >= 2 for a in apart)} of {len(apart)} |")
+    return out if len(out) > 2 else []
+
+
 def compression_table(rows):
     """LZ4 on all cores against the same vmsend held to one core, pairwise by run, and against lz4 -1."""
     out = ["| measure | pairs | speed-up on all cores median (min-max) | GB/s all cores | GB/s one core | lz4 -1 GB/s |",
@@ -323,6 +345,7 @@ def main():
                 ("Targets", targets_table(rows)),
                 ("Within reach? What a target asks against the fastest fill of fresh memory (same run)",
                  floor_table(rows)),
+                ("Identical work twice in one run: the host's own spread", repeats_table(rows)),
                 ("Ours against the peers (pairwise, same run)", ratios_table(rows)),
                 ("Fresh-memory variants against pwrite (pairwise, same run)", fresh_table(rows)),
                 ("Distance to the fresh-memory limit (pairwise, same run)", distance_table(rows)),

@@ -22,11 +22,14 @@ FRESH_VARIANTS=(pwrite pwrite-2threads memcpy populate-ahead populate-ahead-pwri
                 hugetlb thp-tmpfs thp-memfd)
 HUGE_PAGE_ITEMS=(ours:e2e-hugepages:none ours:restore-hugepages:none fresh:hugetlb-kept fresh:hugetlb-kept-ahead
                  qemu10:e2e-multifd-hugepages qemu10:restore-mapped-ram-hugepages)
+# Measured twice in every run (the second as MEASURE-again): identical work, to show how far apart this host
+# puts it within one run, which is what a pairwise target is up against.
+REPEATED_ITEMS=(ours:e2e:none ours:restore:none qemu10:e2e-multifd qemu10:restore-mapped-ram fresh:pwrite)
 
 usage() {
     cat >&2 <<EOF
 usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [--results FILE.tsv]
-          [--no-ours] [--no-fresh] [--no-limits] [--no-settle] [--hugepages]
+          [--no-ours] [--no-fresh] [--no-limits] [--no-settle] [--no-repeats] [--hugepages]
   -n RUNS        runs of each measurement (default 3)
   --peers LIST   the peers to measure, comma-separated: qemu72, qemu10 (default qemu72,qemu10;
                  "" for none; --no-qemu is the same)
@@ -37,6 +40,8 @@ usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [
   --no-fresh     without the fresh-memory limit (bench/freshmem.c); --no-limits: without it and
                  without the pipe/memory/lz4 limits
   --no-settle    do not wait for the host's free page reporting between measures
+  --no-repeats   without the second run of ours e2e and restore, QEMU 10 multifd and mapped-ram
+                 restore and the pwrite fill in each run (MEASURE-again: identical work, its spread)
   --hugepages    also measure destinations on a used pool of 2 MiB huge pages (root: grows
                  the 2 MiB pool in /sys/kernel/mm/hugepages for the run and puts it back)
 EOF
@@ -178,9 +183,10 @@ fresh_measure() {  # VARIANT RUN
     "$work/freshmem" "$1" "$work/image.ranges" "$2" "$work/thp-mount"
 }
 
-run_item() {  # RUN ITEM: one measure, ITEM being TOOL:MEASURE[:COMPRESSION]
-    local run="$1" tool measure compression
-    IFS=: read -r tool measure compression <<<"$2"
+run_item() {  # RUN ITEM: one measure, ITEM being [again:]TOOL:MEASURE[:COMPRESSION]
+    local run="$1" item="$2" again=false tool measure compression
+    if [[ "$item" == again:* ]]; then again=true item="${item#again:}"; fi
+    IFS=: read -r tool measure compression <<<"$item"
     if [[ "$measure" == *-hugepages || "$measure" == hugetlb-kept* ]] && ! touch_hugepage_pool "$hugepage_pages"; then
         echo "throughput: $2: fewer than $hugepage_pages huge pages are available (a destination left behind?)" >&2
         exit 1
@@ -189,7 +195,10 @@ run_item() {  # RUN ITEM: one measure, ITEM being TOOL:MEASURE[:COMPRESSION]
         qemu72|qemu10) qemu_measure "$tool" "$measure" "$run" ;;
         ours) ours_measure "$measure" "$run" "$compression" ;;
         fresh) fresh_measure "$measure" "$run" ;;
-    esac
+    esac > "$work/item-lines"
+    # The second time a measure runs in a run, its lines say so: MEASURE-again.
+    if $again; then awk 'BEGIN { FS = OFS = "\t" } { $2 = $2 "-again"; print }' "$work/item-lines"
+    else cat "$work/item-lines"; fi
 }
 
 record() {  # TSV COMMAND...: appends the command's result lines to TSV and shows them on stderr
@@ -215,7 +224,7 @@ machine_description() {
 
 main() {
     runs=3 size=2G image="" results="" peers=qemu72,qemu10 with_ours=true with_limits=true with_fresh=true
-    seed="" with_settle=true with_hugepages=false
+    seed="" with_settle=true with_hugepages=false with_repeats=true
     while (($#)); do
         case "$1" in
             -n) [ $# -ge 2 ] || usage; runs="$2"; shift 2 ;;
@@ -229,6 +238,7 @@ main() {
             --no-fresh) with_fresh=false; shift ;;
             --no-limits) with_limits=false; with_fresh=false; shift ;;
             --no-settle) with_settle=false; shift ;;
+            --no-repeats) with_repeats=false; shift ;;
             --hugepages) with_hugepages=true; shift ;;
             *) usage ;;
         esac
@@ -261,7 +271,7 @@ main() {
     image_size="$(stat -c %s "$image")"
     cat "$image" > /dev/null  # page cache warm before anything is timed
 
-    local items=() after=() measure compression
+    local items=() after=() measure compression item
     for peer in ${peers//,/ }; do
         if [ "$peer" = qemu72 ]; then
             for measure in "${MEASURES[@]}"; do items+=("qemu72:$measure"); done
@@ -289,7 +299,6 @@ main() {
     fi
     if $with_hugepages; then
         hugepage_pages=$(( (image_size + (2 << 20) - 1) / (2 << 20) + 8 ))
-        local item
         for item in "${HUGE_PAGE_ITEMS[@]}"; do
             case "$item" in
                 ours:*) $with_ours || continue ;;
@@ -300,6 +309,13 @@ main() {
         done
         $with_ours && after+=(--after "ours:restore-hugepages:none=ours:save-file:none")
         [[ ",$peers," != *,qemu10,* ]] || after+=(--after qemu10:restore-mapped-ram-hugepages=qemu10:save-mapped-ram)
+    fi
+    if $with_repeats; then
+        for item in "${REPEATED_ITEMS[@]}"; do
+            [[ " ${items[*]} " == *" $item "* ]] && items+=("again:$item")
+        done
+        after+=(--after again:ours:restore:none=ours:save-file:none
+                --after again:qemu10:restore-mapped-ram=qemu10:save-mapped-ram)
     fi
     ((${#items[@]})) || { echo "throughput: nothing to measure" >&2; exit 1; }
     # QEMU's RAM copy (qemu-migrate.sh makes it when missing): made here, so that writing 2 GiB
@@ -319,7 +335,7 @@ main() {
         fi
     fi
 
-    local tsv="$work/results.tsv" run item
+    local tsv="$work/results.tsv" run
     python3 "$here/run_order.py" --seed "$seed" --runs "$runs" "${after[@]}" "${items[@]}" > "$work/order"
     while read -r run item; do
         echo "throughput: run $run/$runs $item" >&2
