@@ -23,10 +23,10 @@ int clinux_is_tmpfs(int fd) {
     return info.f_type == TMPFS_MAGIC;
 }
 
-int clinux_is_hugetlbfs(int fd) {
+long clinux_hugetlbfs_page_size(int fd) {
     struct statfs info;
     if (fstatfs(fd, &info) != 0) return -1;
-    return info.f_type == HUGETLBFS_MAGIC;
+    return info.f_type == HUGETLBFS_MAGIC ? (long)info.f_bsize : 0;
 }
 
 ssize_t clinux_vmsplice(int fd, const struct iovec *vectors, unsigned long count, unsigned int flags) {

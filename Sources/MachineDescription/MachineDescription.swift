@@ -316,8 +316,11 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public var name: String
     public var state: RunState
     public var memorySize: UInt64
-    /// Guest memory is on 2 MiB huge pages (`vmrun --hugepages`); absent from older vmruns, which had none.
+    /// Guest memory is on huge pages (`vmrun --hugepages`, or a memory file on hugetlbfs); absent from older vmruns,
+    /// which had none.
     public var hugePages: Bool?
+    /// Their size: 2 MiB, or 1 GiB for a memory file on a mount of 1 GiB pages; absent on small pages.
+    public var hugePageSize: UInt64?
     public var vcpus: [VCPUStatus]
     public var uptimeSeconds: Double
     /// The vmrun process that owns the machine.
@@ -340,9 +343,10 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     public init(
         name: String, state: RunState, memorySize: UInt64, vcpus: [VCPUStatus], uptimeSeconds: Double, pid: Int32,
         disk: DiskCheckStatus? = nil, heartbeat: GuestHeartbeat? = nil, failure: String? = nil, send: SendRecord? = nil,
-        migration: MigrationRecord? = nil, hugePages: Bool? = nil
+        migration: MigrationRecord? = nil, hugePageSize: UInt64 = 0
     ) {
-        self.hugePages = hugePages
+        self.hugePages = hugePageSize > 0
+        self.hugePageSize = hugePageSize > 0 ? hugePageSize : nil
         self.heartbeat = heartbeat
         self.name = name
         self.state = state

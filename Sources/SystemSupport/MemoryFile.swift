@@ -18,8 +18,10 @@ public final class MemoryFile: @unchecked Sendable {
     public let segmentSizes: [UInt64]
     /// Where each segment starts in the file.
     public let segmentOffsets: [UInt64]
-    /// The file is on hugetlbfs (2 MiB pages from the host's pool), as `create(hugePages: true)` makes it.
-    public let hugePages: Bool
+    /// The file's huge page size on hugetlbfs (2 MiB as `create(hugePages: true)` makes it, or a mount's own), 0 on
+    /// small pages.
+    public let hugePageSize: UInt64
+    public var hugePages: Bool { hugePageSize > 0 }
     private var released = false
 
     /// A new anonymous memory file (memfd) of the segments' total size, mapped read-write; with `hugePages`, on
@@ -50,6 +52,7 @@ public final class MemoryFile: @unchecked Sendable {
     /// hole); one with bytes must hold at least that many, so that a mistyped path is never grown over. Only
     /// memory filesystems: tmpfs, or hugetlbfs for huge pages (whose size must then be whole huge pages). Elsewhere
     /// the page cache would write guest memory back to a disk, and which pages hold data is the disk's to say.
+    /// On hugetlbfs the mount's own page size (2 MiB or 1 GiB) counts.
     public static func open(path: String, segmentSizes: [UInt64], create: Bool) throws(SystemError) -> MemoryFile {
         let total = segmentSizes.reduce(0, +)
         let flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0)
@@ -64,15 +67,19 @@ public final class MemoryFile: @unchecked Sendable {
             throw refuse(SystemError.last("it is in use by another process"))
         }
         var info = Glibc.stat()
-        let onHugePages = clinux_is_hugetlbfs(fd) == 1
+        let hugePageSize = UInt64(max(clinux_hugetlbfs_page_size(fd), 0))
         guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
             throw refuse(SystemError("not a regular file", errno: .invalidArgument))
         }
-        guard onHugePages || clinux_is_tmpfs(fd) == 1 else {
+        guard hugePageSize > 0 || clinux_is_tmpfs(fd) == 1 else {
             throw refuse(SystemError("not on tmpfs or hugetlbfs (guest RAM stays in memory)", errno: .invalidArgument))
         }
-        if onHugePages && !HugePagePool.holds(wholePages: total) {
-            throw refuse(SystemError("on hugetlbfs, guest memory must be whole 2 MiB pages", errno: .invalidArgument))
+        if hugePageSize > 0 && total % hugePageSize != 0 {
+            let size = HugePagePool.name(pageSize: hugePageSize)
+            throw refuse(
+                SystemError(
+                    "its hugetlbfs mount has \(size) pages, and guest memory (\(total) bytes) is not a whole number of them",
+                    errno: .invalidArgument))
         }
         if info.st_size == 0 {
             do { try systemCall("cannot size it to \(total) bytes") { ftruncate(fd, off_t(total)) } } catch {
@@ -100,7 +107,8 @@ public final class MemoryFile: @unchecked Sendable {
             try? descriptor.close()
             throw error
         }
-        let onHugePages = clinux_is_hugetlbfs(descriptor.rawValue) == 1
+        let hugePageSize = UInt64(max(clinux_hugetlbfs_page_size(descriptor.rawValue), 0))
+        let onHugePages = hugePageSize > 0
         let protection = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
         // Huge pages are reserved by mapping (a reservation the file keeps for every later mapping); small pages
         // are allocated as they are written.
@@ -108,11 +116,12 @@ public final class MemoryFile: @unchecked Sendable {
         guard let mapping = mmap(nil, Int(total), protection, flags, descriptor.rawValue, 0), mapping != MAP_FAILED else {
             let error =
                 onHugePages && errno == ENOMEM
-                ? HugePagePool.shortage(bytes: total) : SystemError.last("cannot map \(total) bytes of guest memory")
+                ? HugePagePool.shortage(bytes: total, pageSize: hugePageSize)
+                : SystemError.last("cannot map \(total) bytes of guest memory")
             try? descriptor.close()
             throw error
         }
-        hugePages = onHugePages
+        self.hugePageSize = hugePageSize
         self.descriptor = descriptor
         base = mapping
         length = Int(total)

@@ -219,7 +219,7 @@ public final class KVMMachine: ControlledMachine, @unchecked Sendable {
         return MachineStatus(
             name: config.name, state: state, memorySize: config.memorySize, vcpus: guest?.statuses ?? [],
             uptimeSeconds: Double(HostClock.monotonicNanoseconds() - startTime) / 1e9, pid: getpid(), disk: guest?.diskStatus,
-            heartbeat: heartbeats.heartbeat, failure: failure, hugePages: ram.file.hugePages)
+            heartbeat: heartbeats.heartbeat, failure: failure, hugePageSize: ram.file.hugePageSize)
     }
 
     public func pause() throws {

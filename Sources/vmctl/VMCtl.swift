@@ -73,7 +73,11 @@ struct Status: ParsableCommand {
         }
         var rows = [
             ["name:", status.name], ["state:", status.stateDescription], ["pid:", String(status.pid)],
-            ["memory:", ByteSize.format(status.memorySize) + (status.hugePages == true ? " on 2 MiB huge pages" : "")],
+            [
+                "memory:",
+                ByteSize.format(status.memorySize)
+                    + (status.hugePages == true ? " on \(ByteSize.format(status.hugePageSize ?? 2 << 20)) huge pages" : ""),
+            ],
             ["uptime:", formatSeconds(status.uptimeSeconds)],
         ]
         for (index, vcpu) in status.vcpus.enumerated() {

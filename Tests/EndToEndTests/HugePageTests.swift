@@ -8,35 +8,40 @@ extension MigrationEndToEndTests {
     /// Guest memory on 2 MiB huge pages (`vmrun --hugepages`, `vmrecv --hugepages`): each side chooses its own, a
     /// migration runs between any two, and a pool too small is a one-line refusal that leaves the source running.
     @Suite struct HugePageTests {
-        /// Pages from the host's pool of 2 MiB pages for one test: grown by `pages` if this process may (root), and
-        /// shrunk afterwards by as many as it grew, so that the pool ends as the test found it.
+        /// Pages from the host's pool of huge pages of `pageSize` (2 MiB unless said) for one test: grown by `pages` if
+        /// this process may (root), and shrunk afterwards by as many as it grew, so that the pool ends as the test
+        /// found it.
         final class PoolGrant {
-            static let setting = HugePagePool.folder + "/nr_hugepages"
+            let pageSize: UInt64
+            let setting: String
             private var grown: UInt64 = 0
 
-            init(pages: UInt64) throws {
-                if let before = Self.read(), Self.write(before + pages), let after = Self.read() {
+            init(pages: UInt64, pageSize: UInt64 = HugePagePool.pageSize) throws {
+                self.pageSize = pageSize
+                setting = HugePagePool.folder(pageSize: pageSize) + "/nr_hugepages"
+                if let before = read(), write(before + pages), let after = read() {
                     grown = after > before ? after - before : 0
                 }
-                guard (HugePagePool.availablePages() ?? 0) >= pages else {
+                guard (HugePagePool.availablePages(pageSize: pageSize) ?? 0) >= pages else {
                     release()
+                    let size = HugePagePool.name(pageSize: pageSize)
                     try Test.cancel(
-                        "cannot grow the host's huge page pool by \(pages) pages (\(Self.setting) needs root and free memory)")
+                        "cannot grow the host's pool of \(size) pages by \(pages) (\(setting) needs root and free memory)")
                 }
             }
 
             func release() {
-                if grown > 0, let now = Self.read() { _ = Self.write(now > grown ? now - grown : 0) }
+                if grown > 0, let now = read() { _ = write(now > grown ? now - grown : 0) }
                 grown = 0
             }
 
-            static func read() -> UInt64? {
+            private func read() -> UInt64? {
                 (try? FileDescriptor.readFile(setting, limit: 64)).flatMap {
                     UInt64(String(decoding: $0.filter { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self))
                 }
             }
 
-            static func write(_ value: UInt64) -> Bool {
+            private func write(_ value: UInt64) -> Bool {
                 let fd = open(setting, O_WRONLY)
                 guard fd >= 0 else { return false }
                 defer { close(fd) }
@@ -92,7 +97,7 @@ extension MigrationEndToEndTests {
             defer { fixture.cleanUp() }
             let started = try fixture.startGuest("a", memory: "64M", workingSet: "16M", extra: ["--hugepages"])
             #expect(hugePageBytes(pid: started.pid) > 0, "vmrun --hugepages maps the pool")
-            #expect(started.hugePages == true, "vmctl status says so")
+            #expect(started.hugePages == true && started.hugePageSize == 2 << 20, "vmctl status says so")
 
             let live = try runShell("\(fixture.command("vmsend", ["a"])) | \(fixture.command("vmrecv", ["--hugepages", "b"]))")
             #expect(live.status == 0, "\(live.standardError)")
@@ -107,7 +112,8 @@ extension MigrationEndToEndTests {
             #expect(warm.status == 0, "\(warm.standardError)")
             let small = try fixture.expectContinues("c", from: paused)
             #expect(
-                hugePageBytes(pid: small.pid) == 0 && small.hugePages == false, "without --hugepages the copy is on small pages")
+                hugePageBytes(pid: small.pid) == 0 && small.hugePages == false && small.hugePageSize == nil,
+                "without --hugepages the copy is on small pages")
             try fixture.destroyAllAndExpectNothingLeft()
         }
 

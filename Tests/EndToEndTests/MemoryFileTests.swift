@@ -1,4 +1,5 @@
 import Glibc
+import SystemSupport
 import Testing
 
 extension MigrationEndToEndTests {
@@ -107,6 +108,104 @@ extension MigrationEndToEndTests {
             ])
             #expect(image.status == 2 && image.standardError.contains("--memory-image"), "\(image.standardError)")
             #expect(!fixture.exists("x.sock") && size(onDisk) == nil, "nothing created")
+        }
+
+        /// A start that fails once the machine exists (here a `--kernel` that is no ELF file: it is read only after
+        /// the memory is mapped and the vCPUs made) puts the file back: removed if this start created it, empty
+        /// again if it was empty, and not a byte changed if it held the RAM.
+        @Test func aStartThatFailsLatePutsTheFileBack() throws {
+            try VMFixture.requireMachine()
+            let fixture = VMFixture()
+            let created = SharedMemoryPath("late-new")
+            let empty = SharedMemoryPath("late-empty")
+            let full = SharedMemoryPath("late-full")
+            defer {
+                fixture.cleanUp()
+                for file in [created, empty, full] { file.cleanUp() }
+            }
+            let kernel = fixture.file("not-a-kernel")
+            let pattern = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+            for (path, bytes, size) in [
+                (kernel, [UInt8](repeating: 0x90, count: 4096), 4096), (empty.path, [], 0),
+                (full.path, pattern, 16 << 20),
+            ] {
+                let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+                #expect(fd >= 0 && write(fd, bytes, bytes.count) == bytes.count && ftruncate(fd, off_t(size)) == 0)
+                close(fd)
+            }
+            for file in [created, empty, full] {
+                let start = try fixture.vmrun(["--memory", "16M", "--memory-file", file.path, "--kernel", kernel, "x"])
+                fixture.expectOneLineFailure(start, tool: "vmrun", saying: ["--kernel", "not a little-endian 64-bit ELF"])
+                #expect(!fixture.exists("x.sock"), "no machine is left")
+            }
+            #expect(size(created.path) == nil, "the file this start created is gone")
+            #expect(size(empty.path) == 0, "the empty file is empty again")
+            #expect(size(full.path) == 16 << 20)
+            let reader = open(full.path, O_RDONLY)
+            var read = [UInt8](repeating: 0, count: pattern.count)
+            #expect(reader >= 0 && Glibc.read(reader, &read, read.count) == read.count && read == pattern, "not a byte changed")
+            close(reader)
+            #expect((allocatedBytes(full.path) ?? .max) <= 2 << 20, "the hole stayed a hole")
+        }
+
+        /// On hugetlbfs the mount's own page size counts: 16 MiB is whole 2 MiB pages but not whole 1 GiB pages, and
+        /// is refused in one line on a mount of 1 GiB pages, the file it created removed.
+        @Test func aHugetlbfsMountCountsItsOwnPageSize() throws {
+            try VMFixture.requireMachine()
+            guard access(HugePagePool.folder(pageSize: 1 << 30), F_OK) == 0 else {
+                try Test.cancel("this host has no 1 GiB huge pages")
+            }
+            guard geteuid() == 0, runShellQuietly("command -v unshare") else {
+                try Test.cancel("mounting hugetlbfs in a mount namespace of its own needs root and unshare(1)")
+            }
+            let fixture = VMFixture()
+            defer { fixture.cleanUp() }
+            let mount = fixture.file("huge-1g")
+            #expect(mkdir(mount, 0o700) == 0)
+            defer { rmdir(mount) }  // before the fixture removes its folder
+            let start = fixture.command("vmrun", ["--memory", "16M", "--memory-file", mount + "/ram", "x"])
+            // The mount is seen by this shell and its children only, and goes with them: nothing to unmount.
+            let script = """
+                mount -t hugetlbfs -o pagesize=1G none \(shellQuoted(mount)) || exit 9
+                \(start); status=$?
+                [ ! -e \(shellQuoted(mount + "/ram")) ] || echo "the file is left" >&2
+                exit $status
+                """
+            let result = try runShell("unshare --mount --propagation private sh -c \(shellQuoted(script))")
+            fixture.expectOneLineFailure(result, tool: "vmrun", saying: ["--memory-file", "1G pages", "not a whole number"])
+            #expect(!fixture.exists("x.sock"), "no machine is left")
+        }
+
+        /// A machine whose RAM is a file on 1 GiB pages runs, says so, and migrates live to small pages.
+        @Test func aMachineOnOneGiBPagesRunsAndMigrates() throws {
+            try VMFixture.requireMachine()
+            guard geteuid() == 0, runShellQuietly("command -v unshare") else {
+                try Test.cancel("mounting hugetlbfs in a mount namespace of its own needs root and unshare(1)")
+            }
+            guard access(HugePagePool.folder(pageSize: 1 << 30), F_OK) == 0 else {
+                try Test.cancel("this host has no 1 GiB huge pages")
+            }
+            let grant = try MigrationEndToEndTests.HugePageTests.PoolGrant(pages: 1, pageSize: 1 << 30)
+            defer { grant.release() }
+            let fixture = VMFixture()
+            defer { fixture.cleanUp() }  // first: the machine goes, and its mount and page with it
+            let mount = fixture.file("huge-1g")
+            #expect(mkdir(mount, 0o700) == 0)
+            defer { rmdir(mount) }  // before the fixture removes its folder
+            // The machine's process keeps the mount namespace, and so the mount, for as long as it runs.
+            let start = fixture.command(
+                "vmrun", ["--memory", "1G", "--memory-file", mount + "/ram", "--guest-working-set", "16M", "a"])
+            let script = "mount -t hugetlbfs -o pagesize=1G none \(shellQuoted(mount)) && \(start)"
+            let started = try runShell("unshare --mount --propagation private sh -c \(shellQuoted(script))")
+            #expect(started.status == 0, "\(started.standardError)")
+            let source = try fixture.status("a")
+            #expect(source.hugePages == true && source.hugePageSize == 1 << 30, "on 1 GiB pages: \(source)")
+
+            let live = try runShell("\(fixture.command("vmsend", ["a"])) | \(fixture.command("vmrecv", ["b"]))")
+            #expect(live.status == 0, "\(live.standardError)")
+            let copy = try fixture.expectContinues("b", from: try fixture.status("a"))
+            #expect(copy.hugePageSize == nil, "the copy is on small pages")
+            try fixture.destroyAllAndExpectNothingLeft()
         }
     }
 }

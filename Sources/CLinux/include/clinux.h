@@ -9,8 +9,8 @@
 /// memfd_create(name, MFD_CLOEXEC), with MFD_HUGETLB | MFD_HUGE_2MB when `huge` is set: the file then lives on
 /// hugetlbfs and takes its pages from the host's pool of 2 MiB huge pages.
 int clinux_memfd_create(const char *name, int huge);
-/// 1 if `fd` is a file on hugetlbfs (fstatfs), 0 if not, -1 on error.
-int clinux_is_hugetlbfs(int fd);
+/// The huge page size of the hugetlbfs mount `fd` is on (fstatfs), 0 if it is not on hugetlbfs, -1 on error.
+long clinux_hugetlbfs_page_size(int fd);
 
 /// 1 if `fd` is a file on tmpfs (shared memory, as a memfd), 0 if not, -1 on error.
 int clinux_is_tmpfs(int fd);
