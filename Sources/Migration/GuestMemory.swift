@@ -19,8 +19,13 @@ public protocol GuestMemory: AnyObject {
     /// memory however large the guest.
     func doneReading(segment: Int, pages: Range<UInt64>)
 
-    /// Stores `count` pages at `page` of `segment` from `data`.
+    /// Stores `count` pages at `page` of `segment` from `data`. `data` is the caller's again on return, but a
+    /// backend may land the pages later, until `finishWrites`; the receiver writes a page at most once between two
+    /// calls of it.
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws
+
+    /// Returns once every page written has landed; throws what failed to land, if something did.
+    func finishWrites() throws
 
     /// Returns pages to all zeroes, without leaving them populated where the backend can.
     func discard(segment: Int, pages: Range<UInt64>) throws
@@ -41,6 +46,7 @@ extension GuestMemory {
     public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? { nil }
     public func willWrite(segment: Int, pages: Range<UInt64>) {}
     public func writesEnded() {}
+    public func finishWrites() throws {}
 
     public func pageCount(segment: Int) -> UInt64 { segments[segment].size / UInt64(pageSize) }
 

@@ -172,9 +172,11 @@ public final class Receiver {
             var lastRound = takenUp?.checkpoint.round
             memorySink?.freshMemory = rounds <= 1
             var end: StreamEnd?
-            /// Reports the round under way as ended; the one ended by state or END was sent with the source paused.
-            func endRound(final: Bool) {
+            /// Reports the round under way as ended, once its pages have landed; the one ended by state or END was
+            /// sent with the source paused.
+            func endRound(final: Bool) throws {
                 guard lastRound != nil else { return }
+                try memorySink?.memory.finishWrites()
                 memorySink?.memory.writesEnded()
                 if final { progress.markFinal() }
                 progress.finishRound(totalBytes: reader.statistics.bytes)
@@ -191,7 +193,7 @@ public final class Receiver {
                     // A round spans its ROUND records (several for a long list) and its DISK EXTENTS records; its
                     // progress counts pages and disk blocks alike.
                     if number != lastRound {
-                        endRound(final: false)
+                        try endRound(final: false)
                         rounds += 1
                         progress.startRound(Int(number), pages: pages, isFinal: false, totalBytes: reader.statistics.bytes)
                     } else {
@@ -209,13 +211,13 @@ public final class Receiver {
                 case .pages(let batch), .diskBlocks(let batch):
                     progress.advance(pages: UInt64(batch.count), totalBytes: reader.statistics.bytes)
                 case .kernelState(let chunk):
-                    endRound(final: true)
+                    try endRound(final: true)
                     kernel.append(chunk)
                 case .deviceState(let chunk):
-                    endRound(final: true)
+                    try endRound(final: true)
                     devices.append(chunk)
                 case .end(let closing):
-                    endRound(final: true)
+                    try endRound(final: true)
                     end = closing
                 }
             }
@@ -275,7 +277,10 @@ public final class Receiver {
         _ error: any Error, destination: MigrationDestination, begin: StreamBegin, reader: StreamReader, rounds: Int,
         kernel: [StateChunk], devices: [StateChunk]
     ) throws -> Never {
-        guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint() else {
+        // What is kept must hold every page of the records verified; a page that failed to land is no break.
+        guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint(),
+            (try? destination.memory.finishWrites()) != nil
+        else {
             destination.abandon()
             throw error
         }

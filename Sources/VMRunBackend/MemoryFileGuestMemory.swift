@@ -6,7 +6,8 @@ import SystemSupport
 /// A vmrun's guest RAM, mapped from the memory file it lends over the control socket.
 ///
 /// The sender maps it read-only and reads pages straight from it; the receiver lands pages with pwrite, which
-/// allocates the file's pages without mapping them here. Holes are found with SEEK_DATA, never read. On huge pages
+/// allocates the file's pages without mapping them here, on threads of their own (`WriteBehind`) so that reading
+/// the stream goes on meanwhile. Holes are found with SEEK_DATA, never read. On huge pages
 /// (hugetlbfs: no write(), no holes to find) the receiver reads the stream straight into the mapping, with the pages
 /// faulted in ahead of it, and the sender reads every page.
 final class MemoryFileGuestMemory: GuestMemory {
@@ -14,15 +15,21 @@ final class MemoryFileGuestMemory: GuestMemory {
     private let file: MemoryFile
     /// On huge pages, a receiver's: faults in the pages a round lists while their data is still on its way.
     private let populator: PopulateAhead?
+    /// On small pages, a receiver's: lands the pages while the stream is read on.
+    private let storer: WriteBehind?
 
     /// Maps `descriptor` and takes it over.
     init(descriptor: FileDescriptor, segments: [MemorySegment], writable: Bool) throws {
         self.segments = segments
         file = try MemoryFile(adopting: descriptor, segmentSizes: segments.map(\.size), writable: writable)
         populator = writable && file.hugePages ? try PopulateAhead(file: file) : nil
+        storer = writable && !file.hugePages ? try WriteBehind(file: file) : nil
     }
 
-    deinit { populator?.stop() }
+    deinit {
+        populator?.stop()
+        storer?.stop()
+    }
 
     /// On huge pages, which have no write(): the stream is read straight into the mapping (a copy saved). Small
     /// pages take pwrite, which allocates without faulting each page in.
@@ -41,8 +48,12 @@ final class MemoryFileGuestMemory: GuestMemory {
     func doneReading(segment: Int, pages: Range<UInt64>) { file.dropMapping(segment: segment, pages: pages) }
 
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
-        try file.write(segment: segment, page: page, count: count, from: data)
+        guard let storer else { return try file.write(segment: segment, page: page, count: count, from: data) }
+        let offset = file.segmentOffsets[segment] + page * UInt64(pageSize)
+        try storer.write(offset: Int64(offset), from: data, bytes: count * pageSize)
     }
+
+    func finishWrites() throws { try storer?.drain() }
 
     func discard(segment: Int, pages: Range<UInt64>) { file.discard(segment: segment, pages: pages) }
 }

@@ -1,0 +1,135 @@
+import Glibc
+
+/// Stores into a memory file on threads of their own, from a ring of buffers, while the caller goes on reading.
+///
+/// What a receiver costs on a host that backs fresh memory lazily is its first store into each new page. Made by
+/// the reader itself, that store holds up the stream, and the sender waits on a full pipe meanwhile. Here the
+/// reader copies each batch into a free buffer (a cache-hot copy) and reads on, while two threads pwrite the
+/// buffers into the file. Stores to different pages may land in any order; `drain` is the point after which all
+/// of them have.
+public final class WriteBehind: @unchecked Sendable {
+    /// Bytes per buffer: a stream batch (256 pages) at most; a larger store takes several.
+    public static let bufferBytes = 1 << 20
+
+    private struct Store {
+        let buffer: Int
+        let offset: Int64
+        let bytes: Int
+    }
+
+    private let descriptor: Int32
+    private let buffers: [UnsafeMutableRawPointer]
+    private let gate = Gate()
+    // Guarded by `gate`:
+    private var free: [Int]
+    private var queue: [Store] = []
+    private var queueStart = 0
+    private var underWay = 0
+    private var failure: SystemError?
+    private var stopping = false
+    private var threads: [pthread_t] = []
+
+    /// Starts `threads` threads storing into `file`. They hold this object (and the caller keeps `file` open) until
+    /// `stop`, which the owner calls before it lets go.
+    public init(file: MemoryFile, threads count: Int = 2, buffers bufferCount: Int = 8) throws(SystemError) {
+        descriptor = file.descriptor.rawValue
+        buffers = (0..<bufferCount).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Self.bufferBytes, alignment: 4096) }
+        free = Array(0..<bufferCount)
+        do {
+            for _ in 0..<count { threads.append(try startThread("a thread storing guest memory") { self.run() }) }
+        } catch {
+            stop()
+            throw error
+        }
+    }
+
+    deinit {
+        stop()
+        for buffer in buffers { buffer.deallocate() }
+    }
+
+    /// Queues `bytes` from `data` to land at byte `offset` of the file, once a buffer is free. Throws the first store
+    /// that failed, if one has.
+    public func write(offset: Int64, from data: UnsafeRawPointer, bytes: Int) throws(SystemError) {
+        var done = 0
+        while done < bytes {
+            let count = min(bytes - done, Self.bufferBytes)
+            var failed: SystemError?
+            let buffer: Int? = gate.withLock {
+                while free.isEmpty && failure == nil { gate.wait() }
+                failed = failure
+                return failed == nil ? free.removeLast() : nil
+            }
+            guard let buffer else { throw failed! }
+            buffers[buffer].copyMemory(from: data + done, byteCount: count)
+            gate.withLock {
+                queue.append(Store(buffer: buffer, offset: offset + Int64(done), bytes: count))
+                underWay += 1
+                gate.broadcast()
+            }
+            done += count
+        }
+    }
+
+    /// Waits until every store queued has landed; throws the first that failed.
+    public func drain() throws(SystemError) {
+        let failed: SystemError? = gate.withLock {
+            while underWay > 0 { gate.wait() }
+            return failure
+        }
+        if let failed { throw failed }
+    }
+
+    /// Ends the threads once the queue is empty, and waits for them. Idempotent.
+    public func stop() {
+        let running: [pthread_t] = gate.withLock {
+            stopping = true
+            gate.broadcast()
+            defer { threads = [] }
+            return threads
+        }
+        for thread in running { pthread_join(thread, nil) }
+    }
+
+    private func run() {
+        while let store = next() {
+            var done = 0
+            var failed: SystemError?
+            while done < store.bytes && failed == nil {
+                let count = pwrite(
+                    descriptor, buffers[store.buffer] + done, store.bytes - done, off_t(store.offset) + off_t(done))
+                if count > 0 {
+                    done += count
+                } else if count < 0 && errno == EINTR {
+                    continue
+                } else {
+                    failed =
+                        count < 0
+                        ? SystemError.last("pwrite of guest memory")
+                        : SystemError("pwrite of guest memory stored nothing", errno: .ioError)
+                }
+            }
+            gate.withLock {
+                if failure == nil { failure = failed }
+                free.append(store.buffer)
+                underWay -= 1
+                gate.broadcast()
+            }
+        }
+    }
+
+    /// The next store, taken off the queue; nil once stopping and the queue is empty.
+    private func next() -> Store? {
+        gate.withLock {
+            while !stopping && queueStart == queue.count { gate.wait() }
+            guard queueStart < queue.count else { return nil }
+            let store = queue[queueStart]
+            queueStart += 1
+            if queueStart == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                queueStart = 0
+            }
+            return store
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import Glibc
+import SystemSupport
+import Testing
+
+/// Guest memory stored behind the reader's back (`WriteBehind`): after `drain`, every byte is where it was sent
+/// and nothing else was written; a store that fails is reported, never lost.
+struct WriteBehindTests {
+    @Test func everyStoreLandsWhereItWasSentAndNowhereElse() throws {
+        let file = try MemoryFile.create(name: "write-behind", segmentSizes: [64 << 20])
+        let storer = try WriteBehind(file: file, buffers: 3)
+        defer { storer.stop() }
+        // More stores than buffers, some larger than a buffer, from one source buffer rewritten between calls (the
+        // caller's buffer is its own again once `write` returns), 3 MiB apart.
+        let source = UnsafeMutableRawPointer.allocate(byteCount: 3 << 20, alignment: 4096)
+        defer { source.deallocate() }
+        var sent: [(offset: Int, bytes: Int, seed: UInt8)] = []
+        for index in 0..<20 {
+            let bytes = index % 4 == 3 ? (5 << 19) : (index % 3 + 1) * 4096
+            let seed = UInt8(truncatingIfNeeded: index &* 37 &+ 1)
+            source.initializeMemory(as: UInt8.self, repeating: seed, count: bytes)
+            try storer.write(offset: Int64(index * (3 << 20)), from: source, bytes: bytes)
+            source.initializeMemory(as: UInt8.self, repeating: 0xee, count: 3 << 20)
+            sent.append((index * (3 << 20), bytes, seed))
+        }
+        try storer.drain()
+        // Counted before reading back: reading a hole of shared memory through the mapping fills it.
+        var info = stat()
+        #expect(fstat(file.descriptor.rawValue, &info) == 0)
+        #expect(UInt64(info.st_blocks) * 512 == UInt64(sent.reduce(0) { $0 + $1.bytes }), "the rest is holes")
+        for store in sent {
+            let landed = UnsafeRawBufferPointer(start: file.base + store.offset, count: store.bytes + 4096)
+            #expect(landed.prefix(store.bytes).allSatisfy { $0 == store.seed }, "store at \(store.offset)")
+            #expect(landed.suffix(4096).allSatisfy { $0 == 0 }, "nothing past the store at \(store.offset)")
+        }
+    }
+
+    @Test func aStoreThatFailsIsReportedByDrainAndByTheNextWrite() throws {
+        let file = try MemoryFile.create(name: "write-behind-fails", segmentSizes: [1 << 20])
+        let storer = try WriteBehind(file: file)
+        defer { storer.stop() }
+        let page = [UInt8](repeating: 1, count: 4096)
+        try page.withUnsafeBytes { try storer.write(offset: .max - 1024, from: $0.baseAddress!, bytes: 4096) }
+        #expect(throws: SystemError.self) { try storer.drain() }
+        #expect(throws: SystemError.self) {
+            try page.withUnsafeBytes { try storer.write(offset: 0, from: $0.baseAddress!, bytes: 4096) }
+        }
+    }
+}
