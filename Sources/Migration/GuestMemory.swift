@@ -24,7 +24,8 @@ public protocol GuestMemory: AnyObject {
     /// calls of it.
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws
 
-    /// Returns once every page written has landed; throws what failed to land, if something did.
+    /// Returns once every page written has landed; throws what failed to land, if something did. No default: a
+    /// store that wraps others must pass it on.
     func finishWrites() throws
 
     /// Returns pages to all zeroes, without leaving them populated where the backend can.
@@ -46,7 +47,6 @@ extension GuestMemory {
     public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? { nil }
     public func willWrite(segment: Int, pages: Range<UInt64>) {}
     public func writesEnded() {}
-    public func finishWrites() throws {}
 
     public func pageCount(segment: Int) -> UInt64 { segments[segment].size / UInt64(pageSize) }
 

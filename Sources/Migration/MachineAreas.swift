@@ -62,6 +62,11 @@ public final class MachineAreas: GuestMemory {
         for disk in disks { disk?.writesEnded() }
     }
 
+    public func finishWrites() throws {
+        try memory.finishWrites()
+        for disk in disks { try disk?.finishWrites() }
+    }
+
     public func discard(segment: Int, pages: Range<UInt64>) throws {
         guard let (store, inner) = route(segment) else {
             throw MigrationError("disk data for \(segments[segment].name), whose storage is shared")

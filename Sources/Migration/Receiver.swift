@@ -277,12 +277,14 @@ public final class Receiver {
         _ error: any Error, destination: MigrationDestination, begin: StreamBegin, reader: StreamReader, rounds: Int,
         kernel: [StateChunk], devices: [StateChunk]
     ) throws -> Never {
-        // What is kept must hold every page of the records verified; a page that failed to land is no break.
-        guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint(),
-            (try? destination.memory.finishWrites()) != nil
-        else {
+        guard options.keepPartial, Self.isBreak(error), var checkpoint = reader.checkpoint() else {
             destination.abandon()
             throw error
+        }
+        // What is kept holds every page of the records verified, or nothing is kept.
+        do { try destination.memory.finishWrites() } catch let storeError {
+            destination.abandon()
+            throw MigrationError("\(error); nothing was kept: \(storeError)")
         }
         guard begin.resumable else {
             destination.abandon()

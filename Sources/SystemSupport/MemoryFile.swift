@@ -78,7 +78,7 @@ public final class MemoryFile: @unchecked Sendable {
             let size = HugePagePool.name(pageSize: hugePageSize)
             throw refuse(
                 SystemError(
-                    "its hugetlbfs mount has \(size) pages, and guest memory (\(total) bytes) is not a whole number of them",
+                    "its hugetlbfs mount has \(size) pages, and guest memory (\(total >> 20) MiB) is not a whole number of them",
                     errno: .invalidArgument))
         }
         if info.st_size == 0 {

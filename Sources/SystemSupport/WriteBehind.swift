@@ -17,7 +17,7 @@ public final class WriteBehind: @unchecked Sendable {
         let bytes: Int
     }
 
-    private let descriptor: Int32
+    private let file: MemoryFile
     private let buffers: [UnsafeMutableRawPointer]
     private let gate = Gate()
     // Guarded by `gate`:
@@ -32,7 +32,7 @@ public final class WriteBehind: @unchecked Sendable {
     /// Starts `threads` threads storing into `file`. They hold this object (and the caller keeps `file` open) until
     /// `stop`, which the owner calls before it lets go.
     public init(file: MemoryFile, threads count: Int = 2, buffers bufferCount: Int = 8) throws(SystemError) {
-        descriptor = file.descriptor.rawValue
+        self.file = file
         buffers = (0..<bufferCount).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Self.bufferBytes, alignment: 4096) }
         free = Array(0..<bufferCount)
         do {
@@ -56,6 +56,7 @@ public final class WriteBehind: @unchecked Sendable {
             let count = min(bytes - done, Self.bufferBytes)
             var failed: SystemError?
             let buffer: Int? = gate.withLock {
+                precondition(!stopping, "a store after stop")
                 while free.isEmpty && failure == nil { gate.wait() }
                 failed = failure
                 return failed == nil ? free.removeLast() : nil
@@ -96,17 +97,15 @@ public final class WriteBehind: @unchecked Sendable {
             var done = 0
             var failed: SystemError?
             while done < store.bytes && failed == nil {
-                let count = pwrite(
-                    descriptor, buffers[store.buffer] + done, store.bytes - done, off_t(store.offset) + off_t(done))
+                let at = off_t(store.offset) + off_t(done)
+                let count = pwrite(file.descriptor.rawValue, buffers[store.buffer] + done, store.bytes - done, at)
                 if count > 0 {
                     done += count
                 } else if count < 0 && errno == EINTR {
                     continue
                 } else {
-                    failed =
-                        count < 0
-                        ? SystemError.last("pwrite of guest memory")
-                        : SystemError("pwrite of guest memory stored nothing", errno: .ioError)
+                    let what = "pwrite of guest memory at byte \(at)"
+                    failed = count < 0 ? SystemError.last(what) : SystemError("\(what) stored nothing", errno: .ioError)
                 }
             }
             gate.withLock {

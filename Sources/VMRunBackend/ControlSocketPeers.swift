@@ -125,7 +125,8 @@ public final class IncomingMachine: MigrationDestination {
             throw error
         }
         do {
-            let ram = try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: true)
+            let ram = try MemoryFileGuestMemory(
+                descriptor: try client.memoryFile(), segments: config.segments, writable: true, storingBehind: true)
             memory = MachineAreas(memory: ram, disks: disks.config.disks, stores: try disks.stores())
         } catch {
             _ = try? client.destroy()
@@ -154,7 +155,8 @@ public final class IncomingMachine: MigrationDestination {
             let (_, checkpoint) = try client.partialState()
             let (config, _) = try client.describe()
             let disks = try IncomingDisks(reopening: config)
-            let ram = try MemoryFileGuestMemory(descriptor: try client.memoryFile(), segments: config.segments, writable: true)
+            let ram = try MemoryFileGuestMemory(
+                descriptor: try client.memoryFile(), segments: config.segments, writable: true, storingBehind: true)
             let memory = MachineAreas(memory: ram, disks: config.disks, stores: try disks.stores())
             return (IncomingMachine(client: client, memory: memory, disks: disks, name: name), checkpoint)
         } catch {

@@ -15,15 +15,16 @@ final class MemoryFileGuestMemory: GuestMemory {
     private let file: MemoryFile
     /// On huge pages, a receiver's: faults in the pages a round lists while their data is still on its way.
     private let populator: PopulateAhead?
-    /// On small pages, a receiver's: lands the pages while the stream is read on.
+    /// A receiver's guest RAM on small pages: lands the pages while the stream is read on.
     private let storer: WriteBehind?
 
-    /// Maps `descriptor` and takes it over.
-    init(descriptor: FileDescriptor, segments: [MemorySegment], writable: Bool) throws {
+    /// Maps `descriptor` and takes it over. `storingBehind`: guest RAM a receiver writes (disk images take their
+    /// blocks as they come, so that what is synced is what was sent).
+    init(descriptor: FileDescriptor, segments: [MemorySegment], writable: Bool, storingBehind: Bool = false) throws {
         self.segments = segments
         file = try MemoryFile(adopting: descriptor, segmentSizes: segments.map(\.size), writable: writable)
         populator = writable && file.hugePages ? try PopulateAhead(file: file) : nil
-        storer = writable && !file.hugePages ? try WriteBehind(file: file) : nil
+        storer = writable && storingBehind && !file.hugePages ? try WriteBehind(file: file) : nil
     }
 
     deinit {

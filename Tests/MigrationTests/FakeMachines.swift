@@ -24,10 +24,16 @@ final class AnonymousGuestMemory: GuestMemory {
     private var written: [Set<UInt64>]
     /// Offers the reader a place to land pages in, as guest memory on huge pages does.
     let offersLanding: Bool
+    /// Holds every write back until `finishWrites`, as a receiver's memory that stores behind the reader may: a
+    /// receive that reads what it wrote, discards it or restores state before then comes out wrong, or throws.
+    let storesLate: Bool
+    private var late: [(segment: Int, pages: Range<UInt64>, bytes: [UInt8])] = []
+    var pendingStores: Int { late.count }
 
-    init(segments: [MemorySegment], offersLanding: Bool = false) {
+    init(segments: [MemorySegment], offersLanding: Bool = false, storesLate: Bool = false) {
         self.segments = segments
         self.offersLanding = offersLanding
+        self.storesLate = storesLate
         bases = segments.map { segment in
             mmap(nil, Int(segment.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
         }
@@ -55,8 +61,22 @@ final class AnonymousGuestMemory: GuestMemory {
     func doneReading(segment: Int, pages: Range<UInt64>) {}
 
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
-        (bases[segment] + Int(page) * 4096).copyMemory(from: data, byteCount: count * 4096)
-        written[segment].formUnion(page..<(page + UInt64(count)))
+        if storesLate {
+            let bytes = Array(UnsafeRawBufferPointer(start: data, count: count * 4096))
+            late.append((segment, page..<(page + UInt64(count)), bytes))
+        } else {
+            store(segment: segment, pages: page..<(page + UInt64(count)), from: data)
+        }
+    }
+
+    func finishWrites() throws {
+        for held in late { held.bytes.withUnsafeBytes { store(segment: held.segment, pages: held.pages, from: $0.baseAddress!) } }
+        late = []
+    }
+
+    private func store(segment: Int, pages: Range<UInt64>, from data: UnsafeRawPointer) {
+        (bases[segment] + Int(pages.lowerBound) * 4096).copyMemory(from: data, byteCount: pages.count * 4096)
+        written[segment].formUnion(pages)
     }
 
     func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
@@ -66,6 +86,9 @@ final class AnonymousGuestMemory: GuestMemory {
     }
 
     func discard(segment: Int, pages: Range<UInt64>) throws {
+        if late.contains(where: { $0.segment == segment && $0.pages.overlaps(pages) }) {
+            throw MigrationError("pages \(pages) of segment \(segment) discarded while a write to them is pending")
+        }
         (bases[segment] + Int(pages.lowerBound) * 4096).initializeMemory(as: UInt8.self, repeating: 0, count: pages.count * 4096)
         written[segment].subtract(pages)
     }
@@ -259,15 +282,23 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
     var resumed = false
     var abandoned = false
 
+    /// Its memory and disks store late (`AnonymousGuestMemory.storesLate`): what the receiver writes lands only
+    /// when it asks for it.
     init(config: MachineConfig, offersLanding: Bool = false) throws {
-        guestMemory = AnonymousGuestMemory(segments: config.segments, offersLanding: offersLanding)
+        guestMemory = AnonymousGuestMemory(segments: config.segments, offersLanding: offersLanding, storesLate: true)
         disks = config.disks.map {
-            AnonymousGuestMemory(segments: [MemorySegment(name: $0.name, guestPhysicalBase: 0, size: $0.size)])
+            AnonymousGuestMemory(
+                segments: [MemorySegment(name: $0.name, guestPhysicalBase: 0, size: $0.size)], storesLate: true)
         }
         memory = MachineAreas(memory: guestMemory, disks: config.disks, stores: disks)
     }
 
-    func restore(_ state: MachineState) throws { restored = state }
+    func restore(_ state: MachineState) throws {
+        guard guestMemory.pendingStores == 0, disks.allSatisfy({ $0.pendingStores == 0 }) else {
+            throw MigrationError("state restored while writes to the machine were still pending")
+        }
+        restored = state
+    }
     func resume() throws { resumed = true }
     func confirmRunning() throws {}
     func abandon() { abandoned = true }
