@@ -38,7 +38,8 @@ memory=$(( $(stat -c %s "$work/image") / 1048576 ))M
 # written makes the receiver's fresh memory dearer on some hosts). Builds from before --memory-file both load
 # the image instead, so the two are always measured alike.
 source_ram=(--memory-image "$work/image")
-if "$old/vmrun" --help 2>&1 | grep -q -- --memory-file && "$new/vmrun" --help 2>&1 | grep -q -- --memory-file; then
+knows_memory_file() { local help; help="$("$1/vmrun" --help 2>&1 || true)"; [[ "$help" == *--memory-file* ]]; }
+if knows_memory_file "$old" && knows_memory_file "$new"; then
     cp --sparse=always "$work/image" "$work/ram.img"
     source_ram=(--memory-file "$work/ram.img")
 fi
@@ -77,9 +78,11 @@ echo "# order seed: $seed"
 RANDOM=$seed
 results="$work/results.tsv"
 if [[ ",$measures," == *,restore,* ]]; then  # one stream, saved by the new build, for both to restore
+    current_bin=$new
     start_source "$new"
     "$new/vmsend" --warm --run-dir "$work/run" src > "$work/saved.stream"
     destroy_vms "$new/vmctl" "$work/run" vmrun_pid src
+    current_bin=""
 fi
 for run in $(seq 1 "$runs"); do
     for what in ${measures//,/ }; do

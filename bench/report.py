@@ -143,7 +143,7 @@ def fresh_table(rows):
     base = rows.get(LIMIT)
     variants = [(m, runs) for (tool, m), runs in sorted(rows.items(), key=lambda item: statistics.median(
                     r["seconds"] for r in item[1].values()))
-                if tool == "limit" and m.startswith("fresh-") and m != "fresh-hugetlb-pool"]
+                if tool == "limit" and m.startswith("fresh-") and m != "fresh-hugetlb-pool" and not m.endswith(AGAIN)]
     if not base or not variants:
         return []
     out = ["| variant | runs | time s median (min-max) | GB/s of pages median | time / pwrite median (min-max) | "
@@ -167,7 +167,7 @@ def receiving_fills(rows, huge_pages=False):
         return {m: runs for (tool, m), runs in rows.items() if tool == "limit" and m.startswith("fresh-hugetlb-kept")}
     return {m: runs for (tool, m), runs in rows.items() if tool == "limit" and m.startswith("fresh-")
             and m not in ("fresh-alloc-only", "fresh-hugetlb", "fresh-hugetlb-pool")
-            and not m.startswith("fresh-hugetlb-kept")}
+            and not m.startswith("fresh-hugetlb-kept") and not m.endswith(AGAIN)}
 
 
 def fastest_fresh(rows):

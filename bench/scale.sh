@@ -54,6 +54,9 @@ main() {
     if [ -z "$image" ]; then
         image="$work/image-1G.img"
         python3 "$here/make-image.py" --size 1G "$image" >&2
+    elif (($(stat -c %s "$image") > 1 << 30)); then
+        echo "scale: $image is larger than the 1 GiB guest" >&2
+        exit 2
     fi
     local run small big_line small_line
     for ((run = 1; run <= runs; run++)); do

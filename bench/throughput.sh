@@ -4,8 +4,8 @@
 # pipe/memory/lz4 limits; prints a markdown report.
 # Per run every measure of every tool (QEMU 7.2: save-file, save-null, restore, e2e; QEMU 10: e2e
 # through exec:, e2e multifd, mapped-ram save and restore; ours: save-file, save-null, restore,
-# e2e, each uncompressed and with LZ4; the fresh-memory variants of bench/freshmem.c) runs once,
-# in a random order drawn from a printed seed (a restore after its save). Before each measure the
+# e2e, each uncompressed and with LZ4; the fresh-memory variants of bench/freshmem.c) runs once, and
+# REPEATED_ITEMS a second time, in a random order drawn from a printed seed (a restore after its save). Before each measure the
 # script waits for the host's free page reporting to go idle (settle in lib.sh).
 # With --hugepages (root), the run also lands on 2 MiB huge pages: ours e2e and restore into
 # `vmrecv --hugepages`, QEMU 10's multifd e2e and mapped-ram restore into a hugetlb memfd, and the
