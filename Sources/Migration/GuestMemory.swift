@@ -20,8 +20,8 @@ public protocol GuestMemory: AnyObject {
     func doneReading(segment: Int, pages: Range<UInt64>)
 
     /// Stores `count` pages at `page` of `segment` from `data`. `data` is the caller's again on return, but a
-    /// backend may land the pages later, until `finishWrites`; the receiver writes a page at most once between two
-    /// calls of it.
+    /// backend may land the pages later, until `finishWrites`; between two calls of it the receiver writes a page at
+    /// most once, and never discards one it wrote.
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws
 
     /// Returns once every page written has landed; throws what failed to land, if something did. No default: a

@@ -229,6 +229,7 @@ public final class Receiver {
                 switchOver.record(.arrival, arrival)
             }
             if let destination {
+                try destination.memory.finishWrites()  // done at the last round's end; said here, where it counts
                 let finish = {
                     switchOver.start()
                     try destination.restore(state)
@@ -281,14 +282,14 @@ public final class Receiver {
             destination.abandon()
             throw error
         }
+        guard begin.resumable else {
+            destination.abandon()
+            throw MigrationError("\(error); nothing was kept: the stream was not sent with vmsend -s")
+        }
         // What is kept holds every page of the records verified, or nothing is kept.
         do { try destination.memory.finishWrites() } catch let storeError {
             destination.abandon()
             throw MigrationError("\(error); nothing was kept: \(storeError)")
-        }
-        guard begin.resumable else {
-            destination.abandon()
-            throw MigrationError("\(error); nothing was kept: the stream was not sent with vmsend -s")
         }
         checkpoint.kernel = kernel
         checkpoint.devices = devices

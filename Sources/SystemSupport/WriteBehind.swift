@@ -29,8 +29,8 @@ public final class WriteBehind: @unchecked Sendable {
     private var stopping = false
     private var threads: [pthread_t] = []
 
-    /// Starts `threads` threads storing into `file`. They hold this object (and the caller keeps `file` open) until
-    /// `stop`, which the owner calls before it lets go.
+    /// Starts `threads` threads storing into `file`. They hold this object, and it the file, until `stop`, which
+    /// the owner calls before it lets go.
     public init(file: MemoryFile, threads count: Int = 2, buffers bufferCount: Int = 8) throws(SystemError) {
         self.file = file
         buffers = (0..<bufferCount).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Self.bufferBytes, alignment: 4096) }
@@ -56,8 +56,8 @@ public final class WriteBehind: @unchecked Sendable {
             let count = min(bytes - done, Self.bufferBytes)
             var failed: SystemError?
             let buffer: Int? = gate.withLock {
+                while free.isEmpty && failure == nil && !stopping { gate.wait() }
                 precondition(!stopping, "a store after stop")
-                while free.isEmpty && failure == nil { gate.wait() }
                 failed = failure
                 return failed == nil ? free.removeLast() : nil
             }

@@ -69,8 +69,12 @@ final class AnonymousGuestMemory: GuestMemory {
         }
     }
 
+    /// Lands what it held last first: a backend's threads land them in any order, so a page written twice without
+    /// a `finishWrites` between comes out wrong.
     func finishWrites() throws {
-        for held in late { held.bytes.withUnsafeBytes { store(segment: held.segment, pages: held.pages, from: $0.baseAddress!) } }
+        for held in late.reversed() {
+            held.bytes.withUnsafeBytes { store(segment: held.segment, pages: held.pages, from: $0.baseAddress!) }
+        }
         late = []
     }
 

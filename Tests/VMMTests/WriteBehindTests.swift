@@ -45,4 +45,18 @@ struct WriteBehindTests {
             try page.withUnsafeBytes { try storer.write(offset: 0, from: $0.baseAddress!, bytes: 4096) }
         }
     }
+
+    /// With one buffer, a second store may have to wait for it while the first fails: it hears of the failure, and
+    /// does not hang.
+    @Test func aStoreWaitingForABufferHearsOfTheOneThatFailed() throws {
+        let file = try MemoryFile.create(name: "write-behind-waits", segmentSizes: [1 << 20])
+        let storer = try WriteBehind(file: file, threads: 1, buffers: 1)
+        defer { storer.stop() }
+        let page = [UInt8](repeating: 1, count: 4096)
+        try page.withUnsafeBytes { try storer.write(offset: .max - 1024, from: $0.baseAddress!, bytes: 4096) }
+        #expect(throws: SystemError.self) {
+            try page.withUnsafeBytes { try storer.write(offset: 0, from: $0.baseAddress!, bytes: 4096) }
+        }
+        #expect(throws: SystemError.self) { try storer.drain() }
+    }
 }
