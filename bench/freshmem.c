@@ -11,7 +11,7 @@
  * the read), so what is measured is the pages, not the source. Timed: from creating the file to the
  * last byte stored, every thread joined; not timed: closing it (freeing the pages).
  * Variants (all single-threaded unless said):
- *   pwrite            pwrite() of each piece into a new memfd: what vmrecv does today
+ *   pwrite            pwrite() of each piece into a new memfd: vmrecv's way on one thread
  *   pwrite-2threads   two threads pwrite() alternate pieces (taken from a shared counter)
  *   memcpy            memcpy() into a shared mapping of the memfd: one page fault per 4 KiB page
  *   populate-ahead    a second thread MADV_POPULATE_WRITEs (Linux 5.14+) the pieces ahead of the

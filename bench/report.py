@@ -139,7 +139,7 @@ def ratios_table(rows):
 
 
 def fresh_table(rows):
-    """The fresh-memory variants against the first one (pwrite, what vmrecv does), pairwise by run."""
+    """The fresh-memory variants against the first one (pwrite, vmrecv's way on one thread), pairwise by run."""
     base = rows.get(LIMIT)
     variants = [(m, runs) for (tool, m), runs in sorted(rows.items(), key=lambda item: statistics.median(
                     r["seconds"] for r in item[1].values()))
