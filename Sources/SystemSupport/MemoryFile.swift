@@ -190,11 +190,15 @@ public final class MemoryFile: @unchecked Sendable {
             return
         }
         let offset = Int64(segmentOffsets[segment] + page * UInt64(pageSize))
-        let bytes = UnsafeRawBufferPointer(start: data, count: count * pageSize)
+        try write(at: offset, UnsafeRawBufferPointer(start: data, count: count * pageSize))
+    }
+
+    /// pwrite of `bytes` at byte `offset` of the file: small pages only (hugetlbfs has no write()).
+    public func write(at offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(SystemError) {
         do {
             _ = try descriptor.writeAll(toAbsoluteOffset: offset, bytes)
         } catch {
-            throw SystemError("pwrite of guest memory", errno: error as? Errno ?? .ioError)
+            throw SystemError("pwrite of guest memory at byte \(offset)", errno: error as? Errno ?? .ioError)
         }
     }
 

@@ -94,19 +94,11 @@ public final class WriteBehind: @unchecked Sendable {
 
     private func run() {
         while let store = next() {
-            var done = 0
             var failed: SystemError?
-            while done < store.bytes && failed == nil {
-                let at = off_t(store.offset) + off_t(done)
-                let count = pwrite(file.descriptor.rawValue, buffers[store.buffer] + done, store.bytes - done, at)
-                if count > 0 {
-                    done += count
-                } else if count < 0 && errno == EINTR {
-                    continue
-                } else {
-                    let what = "pwrite of guest memory at byte \(at)"
-                    failed = count < 0 ? SystemError.last(what) : SystemError("\(what) stored nothing", errno: .ioError)
-                }
+            do {
+                try file.write(at: store.offset, UnsafeRawBufferPointer(start: buffers[store.buffer], count: store.bytes))
+            } catch {
+                failed = error
             }
             gate.withLock {
                 if failure == nil { failure = failed }
