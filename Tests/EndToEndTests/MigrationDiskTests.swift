@@ -129,7 +129,14 @@ extension MigrationEndToEndTests {
                 "VMSEND_TEST_FAULT=drop-final-dirty-blocks "
                 + fixture.command("vmsend", ["--no-throttle", "--max-rounds", "3", "a"])
             let result = try runShell("\(send) | \(fixture.command("vmrecv", ["b"]))")
-            if result.status == 0 {
+            let dropped = result.standardError.split(separator: "\n").first { $0.contains("test fault: ") }
+                .flatMap { Int($0.split(separator: " ")[3]) }
+            #expect(dropped != nil, "\(result.standardError)")
+            if result.status == 0 && dropped == 0 {
+                print("the guest wrote no disk block in the final round: nothing was lost")
+            } else if result.status == 0 {
+                // The guest reads back the block it wrote last before each burst: after the switch-over that is one of
+                // the dropped blocks.
                 try waitUntil("the copy reports a failed disk check", timeout: .seconds(30)) {
                     (try fixture.status("b").disk?.checksFailed ?? 0) > 0
                 }
