@@ -11,8 +11,9 @@ let slowRelay =
     "python3 -c 'import sys, time\nr, w = sys.stdin.buffer, sys.stdout.buffer\nwhile True:\n    b = r.read1(131072)\n"
     + "    if not b: break\n    w.write(b); w.flush(); time.sleep(0.01)'"
 
-/// `vmsend … | relay | vmrecv …` run on a thread of its own, so that a test can watch it and kill one side by
-/// its pid. Each tool's pid, stderr and exit status land in a scratch folder outside the run directory.
+/// `vmsend … | relay | vmrecv …` run on a thread of its own, so that a test can watch it, stop the relay and kill
+/// one side by its pid. Each stage's pid and stderr, and the tools' exit statuses, land in a scratch folder outside
+/// the run directory.
 final class RunningMigration: Sendable {
     let scratch: String
     private let finished = Mutex<ProcessResult?>(nil)
@@ -27,7 +28,7 @@ final class RunningMigration: Sendable {
             "sh -c \(shellQuoted("echo $$ > \(scratch)/\(name).pid; exec \"$@\" 2> \(scratch)/\(name).err")) sh \(command)"
         }
         let line =
-            "\(stage("send", fixture.command("vmsend", send))) | \(relay) | \(stage("recv", fixture.command("vmrecv", receive)))"
+            "\(stage("send", fixture.command("vmsend", send))) | \(stage("relay", relay)) | \(stage("recv", fixture.command("vmrecv", receive)))"
             + "; echo ${PIPESTATUS[0]} ${PIPESTATUS[2]} > \(scratch)/statuses"
         let thread = Thread { [self] in
             let result = try? runProcess("/bin/bash", ["-c", line], timeout: .seconds(180))
@@ -59,8 +60,12 @@ final class RunningMigration: Sendable {
         return (send, receive)
     }
 
+    /// Lets a stopped relay go on, so that a pipeline a failed test leaves behind still ends.
     func remove() {
-        for name in ["send.pid", "recv.pid", "send.err", "recv.err", "statuses"] { unlink("\(scratch)/\(name)") }
+        if finished.withLock({ $0 == nil }) { try? signal("relay", SIGCONT) }
+        for name in ["send", "relay", "recv"].flatMap({ ["\($0).pid", "\($0).err"] }) + ["statuses"] {
+            unlink("\(scratch)/\(name)")
+        }
         rmdir(scratch)
     }
 }

@@ -62,12 +62,18 @@ extension MigrationEndToEndTests {
                 expectOneLine(
                     result.standardError.split(separator: "\n").filter { $0.hasPrefix("vmrecv") }.joined(), "vmrecv",
                     saying: ["vmrecv: stream interrupted after ", "; resume with: vmsend -t ", " a | ... vmrecv -s b"])
+                // A host too loaded to run the guest during a round leaves it almost nothing to send, and that round
+                // switches over: the later-round cut then falls in the final round, after the pause, and vmsend says so.
+                let cutAfterPause =
+                    leg.cut.hasPrefix("ROUND") && result.standardError.contains("stays paused so that stream")
+                if cutAfterPause { print("cut \(leg.cut) fell in the final round: \(result.standardError)") }
+                let sourceAfter = cutAfterPause ? .paused : leg.sourceAfter
                 let source = try fixture.status("a")
                 #expect(
-                    source.state == leg.sourceAfter || (leg.sourceAfter == .paused && source.state == .migrated),
+                    source.state == sourceAfter || (sourceAfter == .paused && source.state == .migrated),
                     "after cut \(leg.cut): \(source.stateDescription)")
                 #expect(source.resumable?.expires != nil, "after cut \(leg.cut) the source keeps the stream")
-                if leg.sourceAfter == .running { #expect(result.standardError.contains("keeps running, its writes logged")) }
+                if sourceAfter == .running { #expect(result.standardError.contains("keeps running, its writes logged")) }
                 let next = try token(fixture, "b").point
                 let passed = result.standardError.split(separator: "\n").first { $0.hasPrefix("cut-stream: ") }
                 let sent = try #require(passed.flatMap { UInt64($0.split(separator: " ")[1]) }, "\(result.standardError)")

@@ -29,6 +29,8 @@ final class AnonymousGuestMemory: GuestMemory {
     let storesLate: Bool
     private var late: [(segment: Int, pages: Range<UInt64>, bytes: [UInt8])] = []
     var pendingStores: Int { late.count }
+    /// What `finishWrites` throws, having dropped what it held, as a store behind the reader that failed.
+    var storeFailure: String?
 
     init(segments: [MemorySegment], offersLanding: Bool = false, storesLate: Bool = false) {
         self.segments = segments
@@ -72,6 +74,10 @@ final class AnonymousGuestMemory: GuestMemory {
     /// Lands what it held last first: a backend's threads land them in any order, so a page written twice without
     /// a `finishWrites` between comes out wrong.
     func finishWrites() throws {
+        if let storeFailure {
+            late = []
+            throw MigrationError(storeFailure)
+        }
         for held in late.reversed() {
             held.bytes.withUnsafeBytes { store(segment: held.segment, pages: held.pages, from: $0.baseAddress!) }
         }
@@ -155,6 +161,7 @@ final class FakeSource: MigrationSource, @unchecked Sendable {
 
     func describe() throws -> (config: MachineConfig, host: HostSpec) { (config, testHost) }
     func isRunning() throws -> Bool { !paused }
+    func makeResumable(_ terms: ResumeTerms) throws {}
     func memory(_ config: MachineConfig) throws -> any GuestMemory { guestMemory }
     func disk(_ index: Int, _ config: DiskConfig) throws -> any GuestMemory { disks[index] }
 
@@ -285,6 +292,7 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
     var restored: MachineState?
     var resumed = false
     var abandoned = false
+    var kept: PartialReceive?
 
     /// Its memory and disks store late (`AnonymousGuestMemory.storesLate`): what the receiver writes lands only
     /// when it asks for it.
@@ -306,6 +314,10 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
     func resume() throws { resumed = true }
     func confirmRunning() throws {}
     func abandon() { abandoned = true }
+    func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws {
+        guard guestMemory.pendingStores == 0 else { throw MigrationError("kept while writes were still pending") }
+        kept = partial
+    }
 
     func bytes(page: UInt64) throws -> [UInt8] { guestMemory.bytes(page: page) }
 

@@ -149,6 +149,49 @@ import VMStream
         }
     }
 
+    /// A resumable stream cut half-way is kept with every verified page stored, or not at all: a store behind the
+    /// reader that failed leaves nothing kept and the machine abandoned.
+    @Test(arguments: [false, true])
+    func aCutResumableStreamIsKeptOnlyWithItsPagesStored(storesFail: Bool) throws {
+        let source = try FakeSource(writtenPages: written)
+        var sendOptions = SendOptions(mode: .warm, compression: .none, keepRunning: false)
+        sendOptions.resumable = true
+        let stream = try makeMemoryFile(size: 0)
+        defer { try? stream.close() }
+        _ = try Sender(source: source, output: stream, options: sendOptions).run()
+        let size = try stream.seek(offset: 0, from: .end)
+        var bytes = [UInt8](repeating: 0, count: Int(size / 2))
+        _ = try bytes.withUnsafeMutableBytes { try stream.read(fromAbsoluteOffset: 0, into: $0) }
+        let cut = try makeMemoryFile(size: 0)
+        defer { try? cut.close() }
+        _ = try cut.writeAll(bytes)
+        _ = try cut.seek(offset: 0, from: .start)
+        var options = ReceiveOptions(name: "copy")
+        options.keepPartial = true
+        var made: [FakeDestination] = []
+        let receiver = Receiver(
+            input: cut, options: options, checkCompatibility: { try Compatibility.local().check($0, as: "copy") },
+            makeDestination: { config in
+                let destination = try FakeDestination(config: config)
+                if storesFail { destination.guestMemory.storeFailure = "no space left on device" }
+                made.append(destination)
+                return destination
+            },
+            makeCheck: { _ in AcceptingCheck() })
+        do {
+            _ = try receiver.run()
+            Issue.record("a stream cut half-way was received")
+        } catch let kept as PartialReceiveKept {
+            #expect(!storesFail)
+            #expect(made.first?.kept?.token == kept.partial.token)
+            #expect(made.first?.abandoned == false)
+        } catch {
+            #expect(storesFail, "\(error)")
+            #expect("\(error)".hasSuffix("nothing was kept: no space left on device"), "\(error)")
+            #expect(made.first?.abandoned == true && made.first?.kept == nil)
+        }
+    }
+
     @Test func anIncompatibleHostCreatesNothing() throws {
         let source = try FakeSource(writtenPages: written)
         let (stream, _) = try send(source)
