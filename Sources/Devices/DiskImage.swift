@@ -55,9 +55,12 @@ public final class DiskImage: Sendable {
 
     public func flush() throws { try file.dataSync(what: what) }
 
-    /// Starts (or, with false, stops) tracking written blocks.
+    /// Starts (or, with false, stops) tracking written blocks. Starting also reads the fingerprint's blocks into the
+    /// page cache: the fingerprint is taken at the migration's pause, inside the downtime, and read cold it took up to
+    /// 250 ms on this host (about 2 ms for each sampled hole), warm 2 ms.
     public func trackWrites(_ on: Bool) {
         written.withLock { $0 = on ? [UInt64](repeating: 0, count: Int((config.blockCount + 63) / 64)) : nil }
+        if on { _ = try? fingerprint() }
     }
 
     /// Blocks written since the last fetch, one bit per 4 KiB block; tracking starts over. Empty when not tracking.
