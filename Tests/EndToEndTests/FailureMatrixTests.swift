@@ -42,8 +42,15 @@ extension MigrationEndToEndTests {
                 // cannot end before the blow however this host runs (a loaded one ran it unseen between two polls);
                 // it goes on after the blow. Generous: when the Linux guest's test emulates ring 0 on the same two
                 // cores, rounds crawl.
-                try waitUntil("round 1 ends", timeout: .seconds(240)) { migration.standardError("send").contains("round\t1\t") }
+                var roundOne: [Substring] = []
+                try waitUntil("round 1 ends", timeout: .seconds(170)) {
+                    roundOne = migration.standardError("send").split(separator: "\n").first { $0.hasPrefix("round\t1\t") }?
+                        .split(separator: "\t") ?? []
+                    return !roundOne.isEmpty
+                }
                 try migration.signal("relay", SIGSTOP)
+                // The final round holds what round 1 found dirty; held up only once the pipes' 2 MiB are full.
+                #expect(Int(roundOne[7]).map { $0 > 1024 } == true, "too little for a stopped relay to hold up: \(roundOne)")
                 try waitUntil("the source pauses for the final round") { try fixture.status("a").state == .paused }
             }
         }

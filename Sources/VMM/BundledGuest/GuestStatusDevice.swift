@@ -11,7 +11,8 @@ import SystemSupport
 /// second in all (each write counts as one 4 KiB page).
 ///
 /// With a disk, vCPU 0's tick reply also says how many disk blocks to write now (bits 8-23), paced to `diskRate`;
-/// the guest reads one written block back after them and checks it, and keeps its disk counters in its status block.
+/// the guest reads back and checks the block it wrote last before them and a random written one, and keeps its disk
+/// counters in its status block.
 ///
 /// Checks are held back while dirty logging is on: under kvm_pvm's shadow paging a read fault on a page whose
 /// guest PTE is dirty maps it writable and logs it dirty, so a full-slice check would mark the whole working set
