@@ -48,3 +48,5 @@ const int CLINUX_MADV_POPULATE_WRITE = MADV_POPULATE_WRITE;
 const short CLINUX_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
 
 int clinux_fallocate(int fd, int mode, off_t offset, off_t length) { return fallocate(fd, mode, offset, length); }
+
+int clinux_start_writeback(int fd) { return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); }

@@ -132,6 +132,10 @@ extension FileDescriptor {
         try systemCall("cannot sync", path: what) { fdatasync(rawValue) }
     }
 
+    /// Starts writing the file's dirty pages back and waits for none of it, so that a later `dataSync` has less to
+    /// do. A hint: a file that cannot (a pipe, tmpfs) is left as it is.
+    public func startWriteback() { _ = clinux_start_writeback(rawValue) }
+
     /// The file's size in bytes.
     public func size(what: String) throws(SystemError) -> UInt64 {
         var info = Glibc.stat()

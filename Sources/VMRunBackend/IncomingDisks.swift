@@ -141,7 +141,8 @@ final class IncomingDisks {
             let disk = config.disks[index]
             return try MemoryFileGuestMemory(
                 descriptor: FileDescriptor(rawValue: dup(file.rawValue)),
-                segments: [MemorySegment(name: disk.name, guestPhysicalBase: 0, size: disk.size)], writable: true)
+                segments: [MemorySegment(name: disk.name, guestPhysicalBase: 0, size: disk.size)], writable: true,
+                writesBack: true)
         }
     }
 

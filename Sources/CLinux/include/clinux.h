@@ -31,4 +31,7 @@ extern const short CLINUX_POSIX_SPAWN_SETSID;
 
 /// fallocate(2).
 int clinux_fallocate(int fd, int mode, off_t offset, off_t length);
+
+/// sync_file_range(2) of the whole file with SYNC_FILE_RANGE_WRITE: starts writing its dirty pages back, waits for none.
+int clinux_start_writeback(int fd);
 #endif
