@@ -62,7 +62,8 @@ public final class DiskImage: Sendable {
         written.withLock { $0 = on ? [UInt64](repeating: 0, count: Int((config.blockCount + 63) / 64)) : nil }
         guard on else { return }
         for block in config.fingerprintBlocks {
-            _ = posix_fadvise(file.rawValue, off_t(block * DiskConfig.blockSize), off_t(DiskConfig.blockSize), POSIX_FADV_WILLNEED)
+            let offset = off_t(block * DiskConfig.blockSize)
+            _ = posix_fadvise(file.rawValue, offset, off_t(DiskConfig.blockSize), POSIX_FADV_WILLNEED)
         }
     }
 

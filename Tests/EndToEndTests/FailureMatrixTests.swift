@@ -44,8 +44,8 @@ extension MigrationEndToEndTests {
                 // cores, rounds crawl.
                 var roundOne: [Substring] = []
                 try waitUntil("round 1 ends", timeout: .seconds(170)) {
-                    roundOne = migration.standardError("send").split(separator: "\n").first { $0.hasPrefix("round\t1\t") }?
-                        .split(separator: "\t") ?? []
+                    let lines = migration.standardError("send").split(separator: "\n")
+                    roundOne = lines.first { $0.hasPrefix("round\t1\t") }?.split(separator: "\t") ?? []
                     return !roundOne.isEmpty
                 }
                 try migration.signal("relay", SIGSTOP)
