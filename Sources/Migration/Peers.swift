@@ -74,8 +74,9 @@ public protocol MigrationDestination: AnyObject {
     var memory: any GuestMemory { get }
     /// Hands over kernel and device state, after every page has arrived.
     func restore(_ state: MachineState) throws
-    /// Starts the machine; it then runs on its own.
-    func resume() throws
+    /// Starts the machine; it then runs on its own. Returns when its vCPUs were let go (CLOCK_REALTIME nanoseconds),
+    /// nil when the backend cannot tell.
+    func resume() throws -> UInt64?
     /// Right after `resume`: throws when the machine stopped by itself at once (it crashed), saying why.
     func confirmRunning() throws
     /// Destroys the machine and returns once it is gone: a failed receive leaves nothing behind.

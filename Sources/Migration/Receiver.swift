@@ -235,11 +235,19 @@ public final class Receiver {
                     try destination.restore(state)
                     switchOver.lap(.restore)
                     if !self.options.leavePaused {
-                        try destination.resume()
+                        // The downtime ends where the copy's vCPUs were let go, not once this process hears of it: a
+                        // guest dirtying flat out can keep the reply off the cores for milliseconds.
+                        let requested = HostClock.realtimeNanoseconds()
+                        let resumedAt = try destination.resume()
                         resumed = true
-                        switchOver.lap(.resume)
+                        if let resumedAt, resumedAt >= requested {
+                            switchOver.record(.resume, Double(resumedAt - requested) / 1e9)
+                        } else {
+                            switchOver.lap(.resume)
+                        }
                         if begin.mode != .cold {
-                            downtime = Self.downtime(since: end.sourcePauseTime).map { .measured($0) } ?? .unknown
+                            downtime =
+                                Self.downtime(since: end.sourcePauseTime, until: resumedAt).map { .measured($0) } ?? .unknown
                         }
                     }
                 }
@@ -315,11 +323,11 @@ public final class Receiver {
         return error.kind == .truncated || error.kind == .checksumMismatch || error.kind == .io
     }
 
-    /// Seconds from the source's pause (ns since the epoch, from END) to now; nil when the source never
-    /// paused or the figure is absurd (the stream's word, or clocks of hosts far apart).
-    static func downtime(since sourcePauseTime: UInt64) -> Double? {
+    /// Seconds from the source's pause (ns since the epoch, from END) to `end` (now when nil); nil when the source
+    /// never paused or the figure is absurd (the stream's word, or clocks of hosts far apart).
+    static func downtime(since sourcePauseTime: UInt64, until end: UInt64? = nil) -> Double? {
         guard sourcePauseTime != 0 else { return nil }
-        let seconds = (Double(HostClock.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
+        let seconds = (Double(end ?? HostClock.realtimeNanoseconds()) - Double(sourcePauseTime)) / 1e9
         return (-3600...86400).contains(seconds) ? seconds : nil
     }
 }

@@ -104,6 +104,11 @@ public final class ControlClient: Sendable {
     public func pause() throws { try request(.pause) }
     /// Resumes; `force` also resumes a migrated machine or one whose send may have left a running copy.
     public func resume(force: Bool = false) throws { try request(.resume(force: force ? true : nil)) }
+    /// Resumes; returns when the vCPUs were let go (CLOCK_REALTIME nanoseconds), nil from a vmrun that does not say.
+    public func resumeStamped() throws -> UInt64? {
+        guard case .resumed(let time) = try request(.resume(stamped: true)).result else { return nil }
+        return time
+    }
     /// Destroys the machine; its console and log are removed, or with `keepLogs` kept under a new name: returns
     /// where they went.
     @discardableResult

@@ -104,7 +104,8 @@ public enum ControlRequest: Codable, Sendable, Equatable {
     case describe
     case pause
     /// `force` (version 2): resume even a migrated machine, or one whose send may have produced a running copy.
-    case resume(force: Bool? = nil)
+    /// `stamped`: reply when the vCPUs were let go (`resumed`); a server that does not know it ignores it.
+    case resume(force: Bool? = nil, stamped: Bool? = nil)
     /// `keepLogs` (version 2): keep the console and the log under a new name instead of removing them.
     case destroy(keepLogs: Bool? = nil)
     /// The reply carries the memfd holding guest RAM.
@@ -231,4 +232,6 @@ public enum ControlResult: Codable, Sendable, Equatable {
     case continuing(terms: ResumeTerms, attempt: UInt32, manualClear: Bool? = nil)
     /// The reply to `partialState`; the payload holds the checkpoint.
     case partial(PartialReceive)
+    /// The reply to a stamped `resume`: when the vCPUs were let go, CLOCK_REALTIME nanoseconds.
+    case resumed(atRealtimeNanoseconds: UInt64)
 }

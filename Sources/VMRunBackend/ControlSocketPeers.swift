@@ -224,7 +224,7 @@ public final class IncomingMachine: MigrationDestination {
         try client.restoreState(state)
     }
 
-    public func resume() throws { try client.resume() }
+    public func resume() throws -> UInt64? { try client.resumeStamped() }
 
     /// A guest that crashes as it starts (a stale page under its code, a state its CPU cannot take) does so within a
     /// few milliseconds: the machine is watched for a quarter of a second.

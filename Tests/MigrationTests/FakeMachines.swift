@@ -311,7 +311,10 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
         }
         restored = state
     }
-    func resume() throws { resumed = true }
+    func resume() throws -> UInt64? {
+        resumed = true
+        return nil
+    }
     func confirmRunning() throws {}
     func abandon() { abandoned = true }
     func keepPartial(_ partial: PartialReceive, checkpoint: [UInt8]) throws {

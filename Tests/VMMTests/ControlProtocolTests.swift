@@ -84,6 +84,17 @@ import Testing
                 == #"{"dirtyLogClear":{"firstPage":128,"segment":1}}"#)
     }
 
+    /// vmctl's `resume` is as before; a stamped one is a flag an older vmrun ignores, answering `done`.
+    @Test func stampedResumeStaysCompatible() throws {
+        #expect(try JSONEncoderBridge.encode(ControlRequest.resume()) == #"{"resume":{}}"#)
+        #expect(try JSONEncoderBridge.encode(ControlRequest.resume(stamped: true)) == #"{"resume":{"stamped":true}}"#)
+        #expect(
+            try MessageSocket.decode(ControlRequest.self, from: Array(#"{"resume":{"force":true}}"#.utf8)) == .resume(force: true)
+        )
+        let reply = try JSONEncoderBridge.encode(ControlReply.ok(.resumed(atRealtimeNanoseconds: 7)))
+        #expect(try MessageSocket.decode(ControlReply.self, from: Array(reply.utf8)) == .ok(.resumed(atRealtimeNanoseconds: 7)))
+    }
+
     static let sizes: [(String, UInt64)] = [
         ("512M", 512 << 20), ("6G", 6 << 30), ("4.5G", 9 << 29), ("65536", 65536), ("64k", 64 << 10),
         ("1MiB", 1 << 20), ("2GB", 2 << 30), ("0", 0), ("1T", 1 << 40), ("0.25M", 1 << 18),

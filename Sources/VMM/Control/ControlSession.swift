@@ -252,18 +252,22 @@ struct Session {
                 if incomingPending { throw wrongState("pause", "it has not been restored yet") }
                 try perform("pause") { try machine.pause() }
                 if let line = custody.paused(by: connection.id) { EventLog.note(machine: name, line) }
-            case .resume(let force):
+            case .resume(let force, let stamped):
                 if incomingPending { throw wrongState("resume", "its state has not been restored yet") }
                 let current = custody.overlay(machine.status())
                 try custody.checkResume(
                     force: force ?? false, connection: connection.id, state: machine.status().state, failure: current.failure)
                 try perform("resume") { try machine.resume() }
+                let resumedAt = HostClock.realtimeNanoseconds()
                 if current.state == .migrated || current.send?.senderGone == true {
                     EventLog.note(
                         machine: name, "resumed by \(connection.client) with --force; it was \(current.stateDescription)")
                 }
                 // Resuming a running machine changes nothing: a live stream kept for a continuation stays.
                 if current.state != .running { custody.resumed() }
+                // The guest runs from here: a reply the client reads later, once the vCPUs have let it have a core,
+                // would add that wait to a migration's downtime.
+                if stamped == true { return reply(connection, .ok(.resumed(atRealtimeNanoseconds: resumedAt))) }
             case .destroy(let keepLogs):
                 machine.destroy()
                 EventLog.note(machine: name, "destroyed by \(connection.client)")
