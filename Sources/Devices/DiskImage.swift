@@ -13,6 +13,8 @@ public final class DiskImage: Sendable {
     public let config: DiskConfig
     public let file: FileDescriptor
     private let written = Mutex<[UInt64]?>(nil)
+    /// From the first time tracking starts: each fetch starts writing the image back.
+    private let writeback = Mutex<BackgroundWriteback?>(nil)
 
     /// Opens `config.path` (read-only for a read-only disk) and checks it has `config.size` bytes.
     public init(_ config: DiskConfig) throws {
@@ -34,7 +36,10 @@ public final class DiskImage: Sendable {
         }
     }
 
-    deinit { try? file.close() }
+    deinit {
+        writeback.withLock { $0?.stop() }
+        try? file.close()
+    }
 
     private var what: String { config.path ?? config.name }
 
@@ -61,6 +66,7 @@ public final class DiskImage: Sendable {
     public func trackWrites(_ on: Bool) {
         written.withLock { $0 = on ? [UInt64](repeating: 0, count: Int((config.blockCount + 63) / 64)) : nil }
         guard on else { return }
+        writeback.withLock { if $0 == nil { $0 = BackgroundWriteback(file) } }
         for block in config.fingerprintBlocks {
             let offset = off_t(block * DiskConfig.blockSize)
             _ = posix_fadvise(file.rawValue, offset, off_t(DiskConfig.blockSize), POSIX_FADV_WILLNEED)
@@ -76,7 +82,7 @@ public final class DiskImage: Sendable {
             return current
         }
         // What the pause flushes, inside the downtime, is then only what was written since the last fetch.
-        file.startWriteback()
+        writeback.withLock { $0?.request() }
         return fetched
     }
 

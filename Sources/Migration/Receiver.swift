@@ -238,9 +238,10 @@ public final class Receiver {
                         // The downtime ends where the copy's vCPUs were let go, not once this process hears of it: a
                         // guest dirtying flat out can keep the reply off the cores for milliseconds.
                         let requested = HostClock.realtimeNanoseconds()
-                        let resumedAt = try destination.resume()
+                        // A stamp from before the request (the clock stepped back) is not believed.
+                        let resumedAt = try destination.resume().flatMap { $0 >= requested ? $0 : nil }
                         resumed = true
-                        if let resumedAt, resumedAt >= requested {
+                        if let resumedAt {
                             switchOver.record(.resume, Double(resumedAt - requested) / 1e9)
                         } else {
                             switchOver.lap(.resume)

@@ -41,6 +41,10 @@ import MachineDescription
 /// carried by that copy and not reported again; only writes after it are. A vmrun older than this answers `done`: the client then relies
 /// on clearing at fetch. Both old and new clients and servers keep working, so this needed no new version.
 ///
+/// `resume` with `stamped: true` gets `resumed(atRealtimeNanoseconds:)`, the moment the vCPUs were let go; a vmrun
+/// older than this ignores the flag and answers `done`, and the client then takes the time itself. Without the flag
+/// (vmctl) the reply is `done` as before.
+///
 /// After a `destroy` reply the server removes its socket and the `vmrun` process exits.
 ///
 /// Version 2 adds what keeps exactly one copy of a machine running and says why a machine is stopped:

@@ -152,11 +152,13 @@ public final class IncomingMachine: MigrationDestination {
         }
         do {
             guard client.knowsSendCustody else { throw MigrationError("vmrun (pid \(client.pid)) keeps no partial receive") }
-            let (_, checkpoint) = try client.partialState()
+            let (partial, checkpoint) = try client.partialState()
             let (config, _) = try client.describe()
             let disks = try IncomingDisks(reopening: config)
+            // Pages still to come are fresh only in the first round (vmsend numbers it 0).
             let ram = try MemoryFileGuestMemory(
-                descriptor: try client.memoryFile(), segments: config.segments, writable: true, storingBehind: true)
+                descriptor: try client.memoryFile(), segments: config.segments, writable: true,
+                storingBehind: partial.round == 0)
             let memory = MachineAreas(memory: ram, disks: config.disks, stores: try disks.stores())
             return (IncomingMachine(client: client, memory: memory, disks: disks, name: name), checkpoint)
         } catch {

@@ -86,13 +86,20 @@ import Testing
 
     /// vmctl's `resume` is as before; a stamped one is a flag an older vmrun ignores, answering `done`.
     @Test func stampedResumeStaysCompatible() throws {
+        /// The request as a vmrun from before the stamp decodes it.
+        enum OlderRequest: Decodable, Equatable { case resume(force: Bool?) }
+        let stamped = try JSONEncoderBridge.encode(ControlRequest.resume(stamped: true))
+        #expect(stamped == #"{"resume":{"stamped":true}}"#)
+        #expect(try MessageSocket.decode(OlderRequest.self, from: Array(stamped.utf8)) == .resume(force: nil))
+        #expect(try MessageSocket.decode(ControlRequest.self, from: Array(stamped.utf8)) == .resume(stamped: true))
         #expect(try JSONEncoderBridge.encode(ControlRequest.resume()) == #"{"resume":{}}"#)
-        #expect(try JSONEncoderBridge.encode(ControlRequest.resume(stamped: true)) == #"{"resume":{"stamped":true}}"#)
         #expect(
             try MessageSocket.decode(ControlRequest.self, from: Array(#"{"resume":{"force":true}}"#.utf8)) == .resume(force: true)
         )
-        let reply = try JSONEncoderBridge.encode(ControlReply.ok(.resumed(atRealtimeNanoseconds: 7)))
-        #expect(try MessageSocket.decode(ControlReply.self, from: Array(reply.utf8)) == .ok(.resumed(atRealtimeNanoseconds: 7)))
+        let time: UInt64 = 1_764_600_000_123_456_789
+        let reply = try JSONEncoderBridge.encode(ControlReply.ok(.resumed(atRealtimeNanoseconds: time)))
+        #expect(
+            try MessageSocket.decode(ControlReply.self, from: Array(reply.utf8)) == .ok(.resumed(atRealtimeNanoseconds: time)))
     }
 
     static let sizes: [(String, UInt64)] = [

@@ -1,5 +1,6 @@
 import Glibc
 import MachineDescription
+import SystemSupport
 import Testing
 import VMControl
 
@@ -40,6 +41,11 @@ import VMControl
         #expect(try client.status().state == .paused)
         #expect(try client.saveState() == served.machine.saved)
         try client.resume()
+        #expect(try client.status().state == .running)
+        try client.pause()
+        let requested = HostClock.realtimeNanoseconds()
+        let resumedAt = try #require(try client.resumeStamped(), "a stamped resume says when the vCPUs went")
+        #expect((requested...HostClock.realtimeNanoseconds()).contains(resumedAt))
         #expect(try client.status().state == .running)
 
         try client.consoleInput(Array("hi\n".utf8))
