@@ -6,43 +6,32 @@ import SystemPackage
 /// control thread) must not. Requests made while one runs fold into the next.
 public final class BackgroundWriteback: @unchecked Sendable {
     private let descriptor: FileDescriptor
-    private let gate = Gate()
-    // Guarded by `gate`:
-    private var asked = false
-    private var stopping = false
-    private var thread: pthread_t?
+    private let workers = WorkerThreads()
+    private var asked = false  // guarded by `workers.gate`
 
     /// The thread holds this object until `stop`, which the owner calls before it closes `descriptor`. Without a
     /// thread (the host refused one) requests do nothing: writing back early is only a head start.
     public init(_ descriptor: FileDescriptor) {
         self.descriptor = descriptor
-        thread = try? startThread("the writeback of an image") { self.run() }
+        try? workers.start("the writeback of an image") { self.run() }
     }
 
     public func request() {
-        gate.withLock {
+        workers.gate.withLock {
             asked = true
-            gate.broadcast()
+            workers.gate.broadcast()
         }
     }
 
     /// Ends the thread after the writeback under way, if one is, and waits for it. Idempotent.
-    public func stop() {
-        let running: pthread_t? = gate.withLock {
-            stopping = true
-            gate.broadcast()
-            defer { thread = nil }
-            return thread
-        }
-        if let running { pthread_join(running, nil) }
-    }
+    public func stop() { workers.stop() }
 
     private func run() {
         while true {
-            let go: Bool = gate.withLock {
-                while !asked && !stopping { gate.wait() }
+            let go: Bool = workers.gate.withLock {
+                workers.park { asked }
                 asked = false
-                return !stopping
+                return !workers.stopping
             }
             guard go else { return }
             descriptor.startWriteback()

@@ -13,21 +13,20 @@ public final class PopulateAhead: @unchecked Sendable {
     static let chunkBytes = 16 * Int(HugePagePool.pageSize)
 
     private let file: MemoryFile
-    private let gate = Gate()
+    private let workers = WorkerThreads()
+    private var gate: Gate { workers.gate }
     /// Byte ranges of the mapping still to populate, in the order the writer will reach them; guarded by `gate`.
     private var queue: [Range<Int>] = []
     private var queueStart = 0
-    private var stopping = false
     /// The kernel cannot populate (before Linux 5.14): nothing is queued any more.
     private var unsupported = false
-    private var thread: pthread_t?
 
     /// Starts the thread for `file`, a writable mapping on huge pages. The thread holds this object (and the
     /// mapping) until `stop`, which its owner calls before it lets go.
     public init(file: MemoryFile) throws(SystemError) {
         precondition(file.hugePages, "populating ahead pays only on huge pages")
         self.file = file
-        thread = try startThread("the thread that populates guest memory ahead") { self.run() }
+        try workers.start("the thread that populates guest memory ahead") { self.run() }
     }
 
     /// Queues `pages` of `segment`, widened to whole huge pages; a range next to the last one queued joins it.
@@ -60,15 +59,7 @@ public final class PopulateAhead: @unchecked Sendable {
 
     /// Ends the thread and waits for it; the mapping is not touched after this returns. Called once, by the owner;
     /// a second call returns at once.
-    public func stop() {
-        let running: pthread_t? = gate.withLock {
-            stopping = true
-            gate.broadcast()
-            defer { thread = nil }
-            return thread
-        }
-        if let running { pthread_join(running, nil) }
-    }
+    public func stop() { workers.stop() }
 
     private func run() {
         while let chunk = nextChunk() {
@@ -87,8 +78,8 @@ public final class PopulateAhead: @unchecked Sendable {
     /// The next piece to populate, taken off the queue; nil once stopping.
     private func nextChunk() -> Range<Int>? {
         gate.withLock {
-            while !stopping && queueStart == queue.count { gate.wait() }
-            if stopping { return nil }
+            workers.park { queueStart < queue.count }
+            if workers.stopping { return nil }
             let span = queue[queueStart]
             let chunk = span.lowerBound..<min(span.upperBound, span.lowerBound + Self.chunkBytes)
             if chunk.upperBound == span.upperBound {

@@ -62,3 +62,45 @@ public func startThread(_ what: String, _ body: @escaping @Sendable () -> Void) 
     }
     return thread
 }
+
+/// The threads of a background worker (pages stored behind a reader, populated ahead of it, images written back):
+/// they park on `gate` until their owner has work for them, and `stop` wakes and joins them. The owner guards its
+/// own state with the same `gate`.
+public final class WorkerThreads: @unchecked Sendable {
+    public let gate = Gate()
+    /// Set by `stop`; read with `gate` held.
+    public private(set) var stopping = false
+    private var threads: [pthread_t] = []  // guarded by `gate`
+
+    public init() {}
+
+    /// Starts `count` threads running `body`; should one fail to start, stops those that did.
+    public func start(_ what: String, count: Int = 1, _ body: @escaping @Sendable () -> Void) throws(SystemError) {
+        do {
+            for _ in 0..<count {
+                let thread = try startThread(what, body)
+                gate.withLock { threads.append(thread) }
+            }
+        } catch {
+            stop()
+            throw error
+        }
+    }
+
+    /// With `gate` held: waits until `hasWork` or `stop`.
+    public func park(until hasWork: () -> Bool) {
+        while !stopping && !hasWork() { gate.wait() }
+    }
+
+    /// Wakes the threads, lets each finish what its owner lets it finish once `stopping` is set, and waits for them.
+    /// Idempotent.
+    public func stop() {
+        let running: [pthread_t] = gate.withLock {
+            stopping = true
+            gate.broadcast()
+            defer { threads = [] }
+            return threads
+        }
+        for thread in running { pthread_join(thread, nil) }
+    }
+}

@@ -19,15 +19,14 @@ public final class WriteBehind: @unchecked Sendable {
 
     private let file: MemoryFile
     private let buffers: [UnsafeMutableRawPointer]
-    private let gate = Gate()
+    private let workers = WorkerThreads()
+    private var gate: Gate { workers.gate }
     // Guarded by `gate`:
     private var free: [Int]
     private var queue: [Store] = []
     private var queueStart = 0
     private var underWay = 0
     private var failure: SystemError?
-    private var stopping = false
-    private var threads: [pthread_t] = []
 
     /// Starts `threads` threads storing into `file`. They hold this object, and it the file, until `stop`, which
     /// the owner calls before it lets go.
@@ -35,12 +34,7 @@ public final class WriteBehind: @unchecked Sendable {
         self.file = file
         buffers = (0..<bufferCount).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Self.bufferBytes, alignment: 4096) }
         free = Array(0..<bufferCount)
-        do {
-            for _ in 0..<count { threads.append(try startThread("a thread storing guest memory") { self.run() }) }
-        } catch {
-            stop()
-            throw error
-        }
+        try workers.start("a thread storing guest memory", count: count) { self.run() }
     }
 
     deinit {
@@ -56,8 +50,8 @@ public final class WriteBehind: @unchecked Sendable {
             let count = min(bytes - done, Self.bufferBytes)
             var failed: SystemError?
             let buffer: Int? = gate.withLock {
-                while free.isEmpty && failure == nil && !stopping { gate.wait() }
-                precondition(!stopping, "a store after stop")
+                workers.park { !free.isEmpty || failure != nil }
+                precondition(!workers.stopping, "a store after stop")
                 failed = failure
                 return failed == nil ? free.removeLast() : nil
             }
@@ -82,15 +76,7 @@ public final class WriteBehind: @unchecked Sendable {
     }
 
     /// Ends the threads once the queue is empty, and waits for them. Idempotent.
-    public func stop() {
-        let running: [pthread_t] = gate.withLock {
-            stopping = true
-            gate.broadcast()
-            defer { threads = [] }
-            return threads
-        }
-        for thread in running { pthread_join(thread, nil) }
-    }
+    public func stop() { workers.stop() }
 
     private func run() {
         while let store = next() {
@@ -112,7 +98,7 @@ public final class WriteBehind: @unchecked Sendable {
     /// The next store, taken off the queue; nil once stopping and the queue is empty.
     private func next() -> Store? {
         gate.withLock {
-            while !stopping && queueStart == queue.count { gate.wait() }
+            workers.park { queueStart < queue.count }
             guard queueStart < queue.count else { return nil }
             let store = queue[queueStart]
             queueStart += 1
