@@ -1,6 +1,7 @@
 import MachineDescription
 import Migration
 import SystemPackage
+import SystemSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -293,6 +294,8 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
     var resumed = false
     var abandoned = false
     var kept: PartialReceive?
+    /// When set, `resume` stamps its moment this far from now, as vmrun stamps the vCPUs' start.
+    var resumeStampOffset: Int64?
 
     /// Its memory and disks store late (`AnonymousGuestMemory.storesLate`): what the receiver writes lands only
     /// when it asks for it.
@@ -313,7 +316,7 @@ final class FakeDestination: MigrationDestination, @unchecked Sendable {
     }
     func resume() throws -> UInt64? {
         resumed = true
-        return nil
+        return resumeStampOffset.map { UInt64(Int64(HostClock.realtimeNanoseconds()) + $0) }
     }
     func confirmRunning() throws {}
     func abandon() { abandoned = true }

@@ -30,7 +30,7 @@ import VMStream
 
     func receive(
         _ stream: FileDescriptor, name: String = "copy", destinations: inout [FakeDestination],
-        compatibility: Compatibility = .local(), landing: Bool = false
+        compatibility: Compatibility = .local(), landing: Bool = false, resumeStampOffset: Int64? = nil
     ) throws -> ReceiveReport {
         var made: [FakeDestination] = []
         defer { destinations = made }
@@ -39,6 +39,7 @@ import VMStream
             checkCompatibility: { try compatibility.check($0, as: name) },
             makeDestination: { config in
                 let destination = try FakeDestination(config: config, offersLanding: landing)
+                destination.resumeStampOffset = resumeStampOffset
                 made.append(destination)
                 return destination
             },
@@ -190,6 +191,20 @@ import VMStream
             #expect("\(error)".hasSuffix("nothing was kept: no space left on device"), "\(error)")
             #expect(made.first?.abandoned == true && made.first?.kept == nil)
         }
+    }
+
+    /// The downtime and its resume phase end where the backend stamps the copy's resume; a stamp from before the
+    /// request (a clock stepped back) is not believed.
+    @Test(arguments: [(Int64(2_000_000_000), true), (-3_600_000_000_000, false)])
+    func theDowntimeEndsAtTheResumeStamp(offset: Int64, believed: Bool) throws {
+        let (stream, _) = try send(try FakeSource(writtenPages: written))
+        defer { try? stream.close() }
+        var destinations: [FakeDestination] = []
+        let report = try receive(stream, destinations: &destinations, resumeStampOffset: offset)
+        let resumePhase = try #require(report.switchOver.seconds[.resume])
+        guard case .measured(let downtime) = report.downtime else { return #expect(Bool(false), "\(report.downtime)") }
+        #expect((downtime >= 2 && resumePhase >= 2) == believed, "downtime \(downtime) s, resume \(resumePhase) s")
+        #expect(downtime < 60)
     }
 
     @Test func anIncompatibleHostCreatesNothing() throws {
