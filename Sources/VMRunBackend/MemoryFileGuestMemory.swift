@@ -18,8 +18,8 @@ final class MemoryFileGuestMemory: GuestMemory {
     private let populator: PopulateAhead?
     /// A receiver's guest RAM on small pages, until the first `finishWrites`: lands the pages while the stream is read
     /// on. What costs there is the first store into each new page. A page sent again lands faster at once: the copy
-    /// into the queue and the wait at the round's end cost more than its store (a live send's final round: 14-22 ms
-    /// against 21-28 ms, by hand).
+    /// into the queue and the wait at the round's end cost more than its store (a live send with a large final round:
+    /// downtime 20 ms against 28 ms at the medians of 10 pairs).
     private var storer: WriteBehind?
     /// A disk image a receiver writes: each round's end starts writing it back, so that the sync before the state is
     /// restored, inside the downtime, finds little left (9-11 ms went to 4-6 ms).
