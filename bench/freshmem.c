@@ -14,6 +14,11 @@
  *   pwrite            pwrite() of each piece into a new memfd: vmrecv's way on one thread
  *   pwrite-2threads   two threads pwrite() alternate pieces (taken from a shared counter)
  *   memcpy            memcpy() into a shared mapping of the memfd: one page fault per 4 KiB page
+ *   memcpy-2threads   two threads memcpy() alternate pieces into the mapping (as QEMU's multifd channels
+ *                     read into guest memory): faults without the file's lock, each page zeroed first
+ *   store-2threads    two threads each MADV_POPULATE_WRITE a piece, memcpy() into it and MADV_DONTNEED it
+ *                     again (vmrecv's landers: a full file reported as an error, not SIGBUS; RSS kept flat)
+ *   hybrid-2threads   one thread pwrite()s, the other stores as store-2threads, alternate pieces
  *   populate-ahead    a second thread MADV_POPULATE_WRITEs (Linux 5.14+) the pieces ahead of the
  *                     writer, which memcpy()s into the mapping (pages then present: no faults)
  *   populate-ahead-pwrite  the same helper; the writer pwrite()s into the already allocated pages
@@ -243,14 +248,39 @@ static void *prepare_ahead(void *argument) {
     return NULL;
 }
 
-struct shared_counter { int fd; _Atomic uint64_t next; };
+enum store_way { BY_PWRITE, BY_MEMCPY, BY_POPULATED_MEMCPY, BY_POPULATED_MEMCPY_BATCHED, BY_POPULATED_MEMCPY_KEPT };
+#define DROP_BATCH (16u << 20)
+struct shared_counter { int fd; char *map; _Atomic uint64_t next; };
+struct store_thread { struct shared_counter *counter; enum store_way way; uint64_t low, high, stored; };
 
-static void *pwrite_from_counter(void *argument) {
-    struct shared_counter *c = argument;
+static void *store_from_counter(void *argument) {
+    struct store_thread *t = argument;
+    struct shared_counter *c = t->counter;
     for (;;) {
         uint64_t i = atomic_fetch_add(&c->next, 1);
         if (i >= piece_count) return NULL;
-        pwrite_piece(c->fd, i);
+        char *target = c->map + pieces[i].offset;
+        switch (t->way) {
+        case BY_PWRITE: pwrite_piece(c->fd, i); break;
+        case BY_MEMCPY: memcpy(target, source, pieces[i].length); break;
+        case BY_POPULATED_MEMCPY:
+        case BY_POPULATED_MEMCPY_BATCHED:
+        case BY_POPULATED_MEMCPY_KEPT:
+            if (madvise(target, pieces[i].length, MADV_POPULATE_WRITE) != 0) fail("madvise(MADV_POPULATE_WRITE)");
+            memcpy(target, source, pieces[i].length);
+            if (t->way == BY_POPULATED_MEMCPY) {
+                if (madvise(target, pieces[i].length, MADV_DONTNEED) != 0) fail("madvise(MADV_DONTNEED)");
+            } else if (t->way == BY_POPULATED_MEMCPY_BATCHED) {
+                if (!t->stored) t->low = pieces[i].offset;
+                t->high = pieces[i].offset + pieces[i].length;
+                t->stored += pieces[i].length;
+                if (t->stored >= DROP_BATCH) {
+                    if (madvise(c->map + t->low, t->high - t->low, MADV_DONTNEED) != 0) fail("madvise(MADV_DONTNEED)");
+                    t->stored = 0;
+                }
+            }
+            break;
+        }
     }
 }
 
@@ -368,13 +398,23 @@ static int run_variant(const char *variant, int run, const char *dir) {
         fd = new_memfd(0);
         for (uint64_t i = 0; i < piece_count; i++) pwrite_piece(fd, i);
         seconds = now() - start;
-    } else if (!strcmp(variant, "pwrite-2threads")) {
+    } else if (!strcmp(variant, "pwrite-2threads") || !strcmp(variant, "memcpy-2threads") ||
+               !strcmp(variant, "store-2threads") || !strcmp(variant, "hybrid-2threads") ||
+               !strcmp(variant, "hybrid-2threads-batched") || !strcmp(variant, "hybrid-2threads-kept")) {
+        enum store_way first = BY_PWRITE, second = BY_PWRITE;
+        if (!strcmp(variant, "memcpy-2threads")) first = second = BY_MEMCPY;
+        if (!strcmp(variant, "store-2threads")) first = second = BY_POPULATED_MEMCPY;
+        if (!strcmp(variant, "hybrid-2threads")) second = BY_POPULATED_MEMCPY;
+        if (!strcmp(variant, "hybrid-2threads-batched")) second = BY_POPULATED_MEMCPY_BATCHED;
+        if (!strcmp(variant, "hybrid-2threads-kept")) second = BY_POPULATED_MEMCPY_KEPT;
         pthread_t other;
         start = now();
         fd = new_memfd(0);
-        struct shared_counter counter = {.fd = fd};
-        if (pthread_create(&other, NULL, pwrite_from_counter, &counter) != 0) fail("pthread_create");
-        pwrite_from_counter(&counter);
+        if (first != BY_PWRITE || second != BY_PWRITE) map = map_file(fd);
+        struct shared_counter counter = {.fd = fd, .map = map};
+        struct store_thread mine = {&counter, first, 0, 0, 0}, its = {&counter, second, 0, 0, 0};
+        if (pthread_create(&other, NULL, store_from_counter, &its) != 0) fail("pthread_create");
+        store_from_counter(&mine);
         pthread_join(other, NULL);
         seconds = now() - start;
     } else if (!strcmp(variant, "memcpy")) {
@@ -461,7 +501,8 @@ int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "ranges")) return make_ranges(argv[2], argv[3]);
     if (argc != 4 && argc != 5) {
         fprintf(stderr, "usage: freshmem ranges IMAGE OUT | freshmem VARIANT RANGES RUN [DIR]\n"
-                        "  VARIANT: pwrite pwrite-2threads memcpy populate-ahead populate-ahead-pwrite\n"
+                        "  VARIANT: pwrite pwrite-2threads memcpy memcpy-2threads store-2threads hybrid-2threads\n"
+                        "           populate-ahead populate-ahead-pwrite\n"
                         "           fallocate-ahead alloc-only hugetlb hugetlb-kept hugetlb-kept-ahead thp-tmpfs\n"
                         "           thp-memfd\n");
         return 2;

@@ -42,6 +42,14 @@ class BenchError(Exception):
     """A failure worth one line on stderr and exit status 1."""
 
 
+
+def remove_if_there(path):
+    """Removes path unless it is gone already (whoever else made it may remove it at any time)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
 def die_with_parent():
     """Runs in the QEMU child: SIGKILL it when this script dies, however it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -201,8 +209,7 @@ class Qemu:
                 time.sleep(0.02)
         if hasattr(self, "qmp"):
             self.qmp.close()
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
+        remove_if_there(self.socket_path)
 
 
 def sample_regions(size):
@@ -295,8 +302,7 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
                 os.unlink(fifo)
         elif measure == "e2e-multifd":
             sock = os.path.join(workdir, f"{tool}.sock")
-            if os.path.exists(sock):
-                os.unlink(sock)
+            remove_if_there(sock)
             try:
                 destination = Qemu("dst", workdir, size, setup, None, ("multifd",), multifd, huge)
                 # zero-page-detection multifd (QEMU 9.0+): the channel threads find the zero pages.
@@ -311,8 +317,7 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
                 if check:
                     verify(image, size, workdir, (source, "source"), (destination, "destination"))
             finally:
-                if os.path.exists(sock):
-                    os.unlink(sock)
+                remove_if_there(sock)  # QEMU removes it itself when the incoming side closes: a race
         else:
             raise BenchError(f"unknown measurement {measure!r} (one of {', '.join(MEASURES)})")
         if check and measure.startswith("save"):
