@@ -193,6 +193,28 @@ public final class MemoryFile: @unchecked Sendable {
         try write(at: offset, UnsafeRawBufferPointer(start: data, count: count * pageSize))
     }
 
+    /// Stores `bytes` at byte `offset` of the file through the mapping, where a first store into a page takes no lock
+    /// of the file's (pwrite holds one: two threads pwriting new pages take turns). The pages are faulted in first
+    /// with MADV_POPULATE_WRITE, which reports a file that cannot grow (a full tmpfs) as an error where the copy would
+    /// raise SIGBUS; a kernel without it (before 5.14) gets the pwrite. The pages stay mapped: the caller drops them
+    /// (`dropMapping(bytes:)`) a batch at a time, as each drop interrupts the process's other threads.
+    public func store(at offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        guard let source = bytes.baseAddress, !bytes.isEmpty else { return }
+        guard offset >= 0, offset <= Int64(length - bytes.count) else {
+            throw SystemError("a store of \(bytes.count) bytes at byte \(offset) of guest memory", errno: .invalidArgument)
+        }
+        let target = base + Int(offset)
+        if madvise(target, bytes.count, CLINUX_MADV_POPULATE_WRITE) != 0 {
+            let failure = errno
+            guard failure == EINVAL else {
+                let reason = failure == EFAULT ? Errno.noSpace : Errno(rawValue: failure)
+                throw SystemError("cannot allocate guest memory at byte \(offset)", errno: reason)
+            }
+            return try write(at: offset, bytes)
+        }
+        target.copyMemory(from: source, byteCount: bytes.count)
+    }
+
     /// pwrite of `bytes` at byte `offset` of the file: small pages only (hugetlbfs has no write()).
     public func write(at offset: Int64, _ bytes: UnsafeRawBufferPointer) throws(SystemError) {
         do {
@@ -216,7 +238,15 @@ public final class MemoryFile: @unchecked Sendable {
     /// the RSS of a reader stays at a slice however large the guest. Huge pages are not counted in RSS (and could
     /// be dropped only 2 MiB at a time): they stay mapped.
     public func dropMapping(segment: Int, pages: Range<UInt64>) {
-        guard !hugePages else { return }
-        _ = madvise(address(segment: segment, page: pages.lowerBound), Int(UInt64(pages.count) * UInt64(pageSize)), MADV_DONTNEED)
+        let start = Int64(segmentOffsets[segment] + pages.lowerBound * UInt64(pageSize))
+        dropMapping(bytes: start..<start + Int64(UInt64(pages.count) * UInt64(pageSize)))
+    }
+
+    /// `dropMapping` of a byte range of the file, whole pages.
+    public func dropMapping(bytes: Range<Int64>) {
+        guard !hugePages, !bytes.isEmpty else { return }
+        let first = Int(bytes.lowerBound) / pageSize * pageSize
+        let end = min((Int(bytes.upperBound) + pageSize - 1) / pageSize * pageSize, length)
+        _ = madvise(base + first, end - first, MADV_DONTNEED)
     }
 }

@@ -4,12 +4,16 @@ import Glibc
 ///
 /// What a receiver costs on a host that backs fresh memory lazily is its first store into each new page. Made by
 /// the reader itself, that store holds up the stream, and the sender waits on a full pipe meanwhile. Here the
-/// reader copies each batch into a free buffer (a cache-hot copy) and reads on, while two threads pwrite the
-/// buffers into the file. Stores to different pages may land in any order; `drain` is the point after which all
-/// of them have.
+/// reader copies each batch into a free buffer (a cache-hot copy) and reads on, while two threads store the
+/// buffers into the file, each taking the next: one with pwrite, which fills a new page without zeroing it first
+/// but holds the file's lock, the other through the mapping, whose faults take no lock of the file's. Side by side
+/// they do not wait on each other as two pwriting threads do. Stores to different pages may land in any order;
+/// `drain` is the point after which all of them have.
 public final class WriteBehind: @unchecked Sendable {
     /// Bytes per buffer: a stream batch (256 pages) at most; a larger store takes several.
     public static let bufferBytes = 1 << 20
+    /// Bytes a thread storing through the mapping leaves mapped before it drops them (RSS grows by at most this).
+    static let mappedBytesBeforeDrop: Int64 = 4 << 20
 
     private struct Store {
         let buffer: Int
@@ -28,13 +32,14 @@ public final class WriteBehind: @unchecked Sendable {
     private var underWay = 0
     private var failure: SystemError?
 
-    /// Starts `threads` threads storing into `file`. They hold this object, and it the file, until `stop`, which
+    /// Starts `threads` threads storing into `file` (the first with pwrite, the others through the mapping). They hold this object, and it the file, until `stop`, which
     /// the owner calls before it lets go.
     public init(file: MemoryFile, threads count: Int = 2, buffers bufferCount: Int = 8) throws(SystemError) {
         self.file = file
         buffers = (0..<bufferCount).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Self.bufferBytes, alignment: 4096) }
         free = Array(0..<bufferCount)
-        try workers.start("a thread storing guest memory", count: count) { self.run() }
+        try workers.start("a thread storing guest memory", count: 1) { self.run(throughMapping: false) }
+        try workers.start("a thread storing guest memory", count: count - 1) { self.run(throughMapping: true) }
     }
 
     deinit {
@@ -78,11 +83,27 @@ public final class WriteBehind: @unchecked Sendable {
     /// Ends the threads once the queue is empty, and waits for them. Idempotent.
     public func stop() { workers.stop() }
 
-    private func run() {
+    private func run(throughMapping: Bool) {
+        var mapped: Range<Int64>?  // what this thread has mapped since it last dropped the mapping
+        var mappedBytes: Int64 = 0
+        defer { if let mapped { file.dropMapping(bytes: mapped) } }
         while let store = next() {
+            let bytes = UnsafeRawBufferPointer(start: buffers[store.buffer], count: store.bytes)
             var failed: SystemError?
             do {
-                try file.write(at: store.offset, UnsafeRawBufferPointer(start: buffers[store.buffer], count: store.bytes))
+                if throughMapping {
+                    try file.store(at: store.offset, bytes)
+                    let span = store.offset..<store.offset + Int64(store.bytes)
+                    mapped = mapped.map { min($0.lowerBound, span.lowerBound)..<max($0.upperBound, span.upperBound) } ?? span
+                    mappedBytes += Int64(store.bytes)
+                    if mappedBytes >= Self.mappedBytesBeforeDrop, let dropped = mapped {
+                        file.dropMapping(bytes: dropped)
+                        mapped = nil
+                        mappedBytes = 0
+                    }
+                } else {
+                    try file.write(at: store.offset, bytes)
+                }
             } catch {
                 failed = error
             }

@@ -5,10 +5,9 @@ import SystemSupport
 
 /// A vmrun's guest RAM, mapped from the memory file it lends over the control socket.
 ///
-/// The sender maps it read-only and reads pages straight from it; the receiver lands pages with pwrite, which
-/// allocates the file's pages without mapping them here. The first round's pages land on threads of their own
-/// (`WriteBehind`) so that reading the stream goes on meanwhile; later rounds send pages again, into pages that
-/// exist already, and land at once. Holes are found with SEEK_DATA, never read. On huge pages
+/// The sender maps it read-only and reads pages straight from it. The receiver's first round of new pages lands on
+/// threads of their own (`WriteBehind`) so that reading the stream goes on meanwhile; later rounds send pages again,
+/// into pages that exist already, and land at once with pwrite, which leaves them unmapped here. Holes are found with SEEK_DATA, never read. On huge pages
 /// (hugetlbfs: no write(), no holes to find) the receiver reads the stream straight into the mapping, with the pages
 /// faulted in ahead of it, and the sender reads every page.
 final class MemoryFileGuestMemory: GuestMemory {

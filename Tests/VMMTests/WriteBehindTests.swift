@@ -3,7 +3,7 @@ import SystemSupport
 import Testing
 
 /// Guest memory stored behind the reader's back (`WriteBehind`): after `drain`, every byte is where it was sent
-/// and nothing else was written; a store that fails is reported, never lost.
+/// and nothing else was written; a store that fails is reported, never lost, and never raises a signal.
 struct WriteBehindTests {
     @Test func everyStoreLandsWhereItWasSentAndNowhereElse() throws {
         let file = try MemoryFile.create(name: "write-behind", segmentSizes: [64 << 20])
@@ -44,6 +44,18 @@ struct WriteBehindTests {
         #expect(throws: SystemError.self) {
             try page.withUnsafeBytes { try storer.write(offset: 0, from: $0.baseAddress!, bytes: 4096) }
         }
+    }
+
+    /// A file that cannot hold the pages (here shrunk under the mapping, as a full tmpfs would refuse them) fails a
+    /// store through the mapping with an error; a copy alone would die of SIGBUS.
+    @Test func aFileThatCannotTakeThePagesFailsAStoreThroughTheMappingWithoutASignal() throws {
+        let file = try MemoryFile.create(name: "write-behind-short", segmentSizes: [1 << 20])
+        #expect(ftruncate(file.descriptor.rawValue, 4096) == 0)
+        let page = [UInt8](repeating: 1, count: 4096)
+        try page.withUnsafeBytes { try file.store(at: 0, $0) }
+        #expect(throws: SystemError.self) { try page.withUnsafeBytes { try file.store(at: 8192, $0) } }
+        #expect(throws: SystemError.self) { try page.withUnsafeBytes { try file.store(at: 1 << 20, $0) } }
+        #expect(file.base.load(as: UInt8.self) == 1)
     }
 
     /// With one buffer, a second store may have to wait for it while the first fails: it hears of the failure, and
