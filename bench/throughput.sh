@@ -18,18 +18,21 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 MEASURES=(save-file save-null restore e2e)
 QEMU10_MEASURES=(e2e e2e-multifd save-mapped-ram restore-mapped-ram)
-FRESH_VARIANTS=(pwrite pwrite-2threads memcpy populate-ahead populate-ahead-pwrite fallocate-ahead alloc-only
-                hugetlb thp-tmpfs thp-memfd)
+# The fills measured by default: vmrecv's way (hybrid-2threads, the limit) and the ways it is made of; --fresh all
+# adds the rest freshmem knows (ways tried and dropped, huge pages), measured in earlier runs.
+FRESH_VARIANTS=(hybrid-2threads pwrite pwrite-2threads memcpy-2threads alloc-only)
+ALL_FRESH_VARIANTS=(hybrid-2threads pwrite pwrite-2threads memcpy memcpy-2threads store-2threads populate-ahead
+                    populate-ahead-pwrite fallocate-ahead alloc-only hugetlb thp-tmpfs thp-memfd)
 HUGE_PAGE_ITEMS=(ours:e2e-hugepages:none ours:restore-hugepages:none fresh:hugetlb-kept fresh:hugetlb-kept-ahead
                  qemu10:e2e-multifd-hugepages qemu10:restore-mapped-ram-hugepages)
 # Measured twice in every run (the second as MEASURE-again): identical work, to show how far apart this host
 # puts it within one run, which is what a pairwise target is up against.
-REPEATED_ITEMS=(ours:e2e:none ours:restore:none qemu10:e2e-multifd qemu10:restore-mapped-ram fresh:pwrite)
+REPEATED_ITEMS=(ours:e2e:none ours:restore:none qemu10:e2e-multifd qemu10:restore-mapped-ram fresh:hybrid-2threads)
 
 usage() {
     cat >&2 <<EOF
 usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [--results FILE.tsv]
-          [--no-ours] [--no-fresh] [--no-limits] [--no-settle] [--no-repeats] [--hugepages]
+          [--no-ours] [--fresh LIST|all] [--no-fresh] [--no-limits] [--no-settle] [--no-repeats] [--hugepages]
   -n RUNS        runs of each measurement (default 3)
   --peers LIST   the peers to measure, comma-separated: qemu72, qemu10 (default qemu72,qemu10;
                  "" for none; --no-qemu is the same)
@@ -37,11 +40,13 @@ usage: $0 [-n RUNS] [--peers LIST] [--seed SEED] [--size SIZE] [--image IMAGE] [
   --size SIZE    size of the generated standard image (default 2G)
   --image IMAGE  use this image instead of generating one
   --results FILE also keep the raw tab-separated results there
+  --fresh LIST   the fills of fresh memory to measure, comma-separated variants of bench/freshmem.c
+                 (default ${FRESH_VARIANTS[*]}; all: every one)
   --no-fresh     without the fresh-memory limit (bench/freshmem.c); --no-limits: without it and
                  without the pipe/memory/lz4 limits
   --no-settle    do not wait for the host's free page reporting between measures
   --no-repeats   without the second run of ours e2e and restore, QEMU 10 multifd and mapped-ram
-                 restore and the pwrite fill in each run (MEASURE-again: identical work, its spread)
+                 restore and the limit's fill in each run (MEASURE-again: identical work, its spread)
   --hugepages    also measure destinations on a used pool of 2 MiB huge pages (root: grows
                  the 2 MiB pool in /sys/kernel/mm/hugepages for the run and puts it back)
 EOF
@@ -235,6 +240,9 @@ main() {
             --results) [ $# -ge 2 ] || usage; results="$2"; shift 2 ;;
             --no-qemu) peers=""; shift ;;
             --no-ours) with_ours=false; shift ;;
+            --fresh) [ $# -ge 2 ] || usage
+                if [ "$2" = all ]; then FRESH_VARIANTS=("${ALL_FRESH_VARIANTS[@]}"); else IFS=, read -ra FRESH_VARIANTS <<<"$2"; fi
+                shift 2 ;;
             --no-fresh) with_fresh=false; shift ;;
             --no-limits) with_limits=false; with_fresh=false; shift ;;
             --no-settle) with_settle=false; shift ;;
