@@ -35,6 +35,13 @@ public protocol GuestMemory: AnyObject {
     /// them (on huge pages, which have no write() and are faulted in ahead); nil to take `write`.
     func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer?
 
+    /// A buffer of at least `bytes` that pages can be read into and then passed to `write` from, which then keeps
+    /// them there instead of copying them; nil if this backend copies anyway. Given back with `stagingDone`.
+    func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer?
+
+    /// The last `write` from the staging buffer has been made (or none will be).
+    func stagingDone()
+
     /// A hint: these pages are about to be written, in the order of the calls. A backend may prepare them
     /// meanwhile (fault them in on a thread of its own); the writes must come out the same without it.
     func willWrite(segment: Int, pages: Range<UInt64>)
@@ -45,6 +52,8 @@ public protocol GuestMemory: AnyObject {
 
 extension GuestMemory {
     public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? { nil }
+    public func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer? { nil }
+    public func stagingDone() {}
     public func willWrite(segment: Int, pages: Range<UInt64>) {}
     public func writesEnded() {}
 

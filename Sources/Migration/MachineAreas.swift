@@ -9,6 +9,8 @@ public final class MachineAreas: GuestMemory {
     public let segments: [MemorySegment]
     private let memory: any GuestMemory
     private let disks: [(any GuestMemory)?]
+    /// The store that lent the staging buffer out now, to give it back to.
+    private var stagingLender: (any GuestMemory)?
 
     /// `disks[i]` is disk `i`'s image as a one-segment store, or nil when its storage is shared.
     public init(memory: any GuestMemory, disks: [DiskConfig], stores: [(any GuestMemory)?]) {
@@ -51,6 +53,18 @@ public final class MachineAreas: GuestMemory {
 
     public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
         route(segment).flatMap { $0.store.landing(segment: $0.segment, page: page, count: count) }
+    }
+
+    public func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer? {
+        precondition(stagingLender == nil, "a staging buffer is already lent")
+        guard let (store, inner) = route(segment), let buffer = store.staging(segment: inner, bytes: bytes) else { return nil }
+        stagingLender = store
+        return buffer
+    }
+
+    public func stagingDone() {
+        stagingLender?.stagingDone()
+        stagingLender = nil
     }
 
     public func willWrite(segment: Int, pages: Range<UInt64>) {

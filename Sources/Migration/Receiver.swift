@@ -397,6 +397,12 @@ final class GuestMemoryPageSink: PageSink {
         try memory.discard(segment: segment, pages: page..<(page + UInt64(count)))
     }
 
+    func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer? {
+        segment < memory.segments.count ? memory.staging(segment: segment, bytes: bytes) : nil
+    }
+
+    func stagingDone() { memory.stagingDone() }
+
     func zeroPage(segment: Int, page: UInt64) throws {
         guard !freshMemory, inside(segment, page, 1) else { return }
         try memory.discard(segment: segment, pages: page..<(page + 1))

@@ -49,6 +49,11 @@ final class MemoryFileGuestMemory: GuestMemory {
         populator == nil ? nil : file.address(segment: segment, page: page)
     }
 
+    /// While the first round lands behind the reader: one of the storer's buffers, so that the pages are read into it
+    /// and queued from there, not copied in.
+    func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer? { storer?.lend(bytes: bytes) }
+    func stagingDone() { storer?.giveBack() }
+
     func willWrite(segment: Int, pages: Range<UInt64>) { populator?.add(segment: segment, pages: pages) }
     func writesEnded() { populator?.clear() }
 

@@ -22,11 +22,18 @@ public protocol PageSink {
     /// Pages read into `landing`'s place did not verify: their bytes may be anything, and the sink puts back what a
     /// later copy of their record expects to find there.
     func landingFailed(segment: Int, page: UInt64, count: Int) throws
+    /// A buffer of at least `bytes` to read (or decode) a batch's data pages into, back to back, saving the copy
+    /// `store` makes: `store` calls from inside it may keep the data there until it lands. nil to use the reader's
+    /// own. The reader calls `stagingDone` once it has made every `store` call from it, or has given it up.
+    func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer?
+    func stagingDone()
 }
 
 extension PageSink {
     public func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? { nil }
     public func landingFailed(segment: Int, page: UInt64, count: Int) throws {}
+    public func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer? { nil }
+    public func stagingDone() {}
 
     public func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
         for index in 0..<count {
@@ -46,8 +53,9 @@ public struct DiscardingPageSink: PageSink {
 /// Reads and verifies a version 1 migration stream (man/vmstream.5), one record at a time.
 ///
 /// Memory is bounded by one record's payload (at most `StreamFormat.maxPayloadLength`). A batch's pages
-/// are read into one buffer with one read, hashed there while cache-hot, and handed to the sink only after
-/// the record's checksum verified; still, nothing should run from them before `next` has returned END.
+/// are read into one buffer with one read (the sink's, where it lends one), hashed there while cache-hot, and
+/// handed to the sink only after the record's checksum verified; still, nothing should run from them before `next`
+/// has returned END.
 public final class StreamReader {
     private let source: any ByteSource
     private var rules = StreamRules()
@@ -584,9 +592,10 @@ public final class StreamReader {
         }
 
         // Raw data pages are read where the sink offers to land them, else (and when coded) they end up back to
-        // back in scratch: read there, or decoded there.
+        // back in the sink's staging buffer or in scratch: read there, or decoded there.
         let checksum: UInt64
         var places: [UnsafeMutableRawBufferPointer] = []
+        var data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<dataBytes])
         if codec == nil {
             for run in dataRuns {
                 guard let place = sink.landing(segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count)
@@ -595,6 +604,9 @@ public final class StreamReader {
             }
         }
         let landed = !dataRuns.isEmpty && places.count == dataRuns.count
+        let staged = landed || dataRuns.isEmpty ? nil : sink.staging(segment: area, bytes: dataBytes)
+        defer { if staged != nil { sink.stagingDone() } }
+        if let staged { data = UnsafeMutableRawBufferPointer(start: staged, count: dataBytes) }
         if landed {
             do {
                 try readExactly(places)
@@ -614,12 +626,10 @@ public final class StreamReader {
             try readExactly([wire])
             hasher.update(UnsafeRawBufferPointer(wire))
             checksum = try verify(framing)
-            let output = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<dataBytes])
-            guard codec.decode(UnsafeRawBufferPointer(wire), into: output) else {
+            guard codec.decode(UnsafeRawBufferPointer(wire), into: data) else {
                 throw malformed("\(codec.name) data does not decode to \(count - zeroCount) pages")
             }
         } else {
-            let data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<dataBytes])
             try readExactly([data])
             hasher.update(UnsafeRawBufferPointer(data))
             checksum = try verify(framing)
@@ -628,7 +638,7 @@ public final class StreamReader {
         for run in dataRuns where !landed {
             try sink.store(
                 segment: area, page: firstPage + UInt64(run.lowerBound), count: run.count,
-                from: scratch.baseAddress! + delivered * pageSize)
+                from: data.baseAddress! + delivered * pageSize)
             delivered += run.count
         }
         for index in 0..<count where isZero(index) {

@@ -46,6 +46,27 @@ struct WriteBehindTests {
         }
     }
 
+    /// Pages read into a lent buffer are queued from it as they are, several stores from one buffer; the buffer is
+    /// free again only once they have landed and it is given back (with one buffer, the next store would hang if not).
+    @Test func storesFromALentBufferLandAndTheBufferComesBack() throws {
+        let file = try MemoryFile.create(name: "write-behind-lent", segmentSizes: [8 << 20])
+        let storer = try WriteBehind(file: file, buffers: 1)
+        defer { storer.stop() }
+        #expect(storer.lend(bytes: WriteBehind.bufferBytes + 1) == nil, "too large to lend")
+        let lent = try #require(storer.lend(bytes: 3 * 4096))
+        for page in 0..<3 { (lent + page * 4096).initializeMemory(as: UInt8.self, repeating: UInt8(page + 1), count: 4096) }
+        try storer.write(offset: 0, from: lent, bytes: 4096)
+        try storer.write(offset: 1 << 20, from: lent + 4096, bytes: 2 * 4096)
+        storer.giveBack()
+        let page = [UInt8](repeating: 9, count: 4096)
+        try page.withUnsafeBytes { try storer.write(offset: 4 << 20, from: $0.baseAddress!, bytes: 4096) }
+        try storer.drain()
+        for (offset, value) in [(0, 1), (1 << 20, 2), ((1 << 20) + 4096, 3), (4 << 20, 9)] {
+            #expect(
+                UnsafeRawBufferPointer(start: file.base + offset, count: 4096).allSatisfy { $0 == UInt8(value) }, "at \(offset)")
+        }
+    }
+
     /// A file that cannot hold the pages (here shrunk under the mapping, as a full tmpfs would refuse them) fails a
     /// store through the mapping with an error; a copy alone would die of SIGBUS.
     @Test func aFileThatCannotTakeThePagesFailsAStoreThroughTheMappingWithoutASignal() throws {

@@ -69,6 +69,23 @@ import Testing
         }
     }
 
+    /// A sink that lends a staging buffer gets each batch's data read (or decoded) into it and stored from it, raw or
+    /// coded, and every loan back; the pages arrive as through scratch.
+    @Test(arguments: [Compression.none, .lz4()])
+    func pagesReadIntoALentBufferMatchPagesStored(compression: Compression) throws {
+        let memorySize: UInt64 = 1 << 20
+        let bytes = try Fixture.sample(memorySize: memorySize, compression: compression)
+        let begin = SampleStream.begin(memorySize: memorySize, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
+        let stored = MemoryPageSink(machine: begin.machine)
+        #expect(Fixture.readAll(bytes, sink: stored).1 == nil)
+        let staging = StagingPageSink(machine: begin.machine)
+        let (_, error) = Fixture.readAll(bytes, sink: staging)
+        #expect(error == nil, "\(error?.description ?? "")")
+        #expect(memcmp(stored.segments[0].baseAddress!, staging.memory.segments[0].baseAddress!, Int(memorySize)) == 0)
+        #expect(staging.loans > 0 && staging.loans == staging.givenBack)
+        #expect(staging.storesFromTheBuffer > 0 && staging.storesFromElsewhere == 0)
+    }
+
     /// A raw batch whose checksum fails is still refused when its pages were landed in place, and the sink is told
     /// which pages hold unverified bytes.
     @Test func aLandedBatchWithABadChecksumIsRefusedAndUndone() throws {

@@ -62,6 +62,46 @@ final class LandingPageSink: PageSink {
     }
 }
 
+/// A guest memory that lends a staging buffer for each batch's data and checks that every `store` comes from inside
+/// the buffer it lent, and that the buffer is given back once per loan, after the batch's stores.
+final class StagingPageSink: PageSink {
+    let memory: MemoryPageSink
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    private(set) var loans = 0
+    private(set) var givenBack = 0
+    private(set) var storesFromTheBuffer = 0
+    private(set) var storesFromElsewhere = 0
+
+    init(machine: MachineConfig) { memory = MemoryPageSink(machine: machine) }
+    deinit { buffer.deallocate() }
+
+    func destination(segment: Int, page: UInt64) -> UnsafeMutableRawPointer? { memory.destination(segment: segment, page: page) }
+    func zeroPage(segment: Int, page: UInt64) { memory.zeroPage(segment: segment, page: page) }
+
+    func store(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
+        let bytes = count * StreamFormat.pageSize
+        let lent = loans > givenBack
+        if lent && data >= UnsafeRawPointer(buffer.baseAddress!)
+            && data + bytes <= UnsafeRawPointer(buffer.baseAddress! + buffer.count)
+        {
+            storesFromTheBuffer += 1
+        } else {
+            storesFromElsewhere += 1
+        }
+        destination(segment: segment, page: page)!.copyMemory(from: data, byteCount: bytes)
+    }
+
+    func staging(segment: Int, bytes: Int) -> UnsafeMutableRawPointer? {
+        precondition(loans == givenBack, "lent twice")
+        guard bytes <= buffer.count else { return nil }
+        loans += 1
+        buffer.initializeMemory(as: UInt8.self, repeating: 0xdd)
+        return buffer.baseAddress!
+    }
+
+    func stagingDone() { givenBack += 1 }
+}
+
 enum Fixture {
     static let uuid: [UInt8] = Array(0x10...0x1f)
     static let creationTime: UInt64 = 1_700_000_000_000_000_000
