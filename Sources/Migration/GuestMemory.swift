@@ -19,7 +19,8 @@ public protocol GuestMemory: AnyObject {
     /// memory however large the guest.
     func doneReading(segment: Int, pages: Range<UInt64>)
 
-    /// Stores `count` pages at `page` of `segment` from `data`. `data` is the caller's again on return, but a
+    /// Stores `count` pages at `page` of `segment` from `data`. `data` is the caller's again on return (but for data
+    /// in the staging buffer, which the backend keeps until it lands: the caller only gives the buffer back), and a
     /// backend may land the pages later, until `finishWrites`; between two calls of it the receiver writes a page at
     /// most once, and never discards one it wrote.
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws

@@ -181,8 +181,9 @@ public final class MemoryFile: @unchecked Sendable {
     }
 
     /// Stores `count` pages at `page` with pwrite: the file's pages are allocated without being zeroed first and
-    /// never mapped here, which a copy through the mapping would do fault by fault (1 GiB: 0.30 s against
-    /// 0.6-1.3 s measured), and this process's RSS does not grow. hugetlbfs has no write(): there the copy goes
+    /// never mapped here, which a copy through the mapping would do fault by fault (1 GiB on one thread: 0.30 s
+    /// against 0.6-1.3 s measured; a second thread's copies go side by side, `store(at:)`), and this process's RSS
+    /// does not grow. hugetlbfs has no write(): there the copy goes
     /// through the mapping, one fault per 2 MiB, and huge pages do not count in RSS.
     public func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws(SystemError) {
         if hugePages {

@@ -5,15 +5,15 @@ import Glibc
 /// What a receiver costs on a host that backs fresh memory lazily is its first store into each new page. Made by
 /// the reader itself, that store holds up the stream, and the sender waits on a full pipe meanwhile. Here the
 /// reader reads each batch into a free buffer it borrows (`lend`), or copies it into one, and reads on, while two
-/// threads store the
-/// buffers into the file, each taking the next: one with pwrite, which fills a new page without zeroing it first
-/// but holds the file's lock, the other through the mapping, whose faults take no lock of the file's. Side by side
-/// they do not wait on each other as two pwriting threads do. Stores to different pages may land in any order;
-/// `drain` is the point after which all of them have.
+/// threads store the buffers into the file, each taking the next: one with pwrite, which fills a new page without
+/// zeroing it first but holds the file's lock, the other through the mapping, whose faults take no lock of the
+/// file's. Side by side they do not wait on each other as two pwriting threads do. Stores to different pages may
+/// land in any order; `drain` is the point after which all of them have.
 public final class WriteBehind: @unchecked Sendable {
     /// Bytes per buffer: a stream batch (256 pages) at most; a larger store takes several.
     public static let bufferBytes = 1 << 20
-    /// Bytes a thread storing through the mapping leaves mapped before it drops them (RSS grows by at most this).
+    /// Bytes a thread storing through the mapping stores before it drops the span of them from the mapping: its share
+    /// of RSS stays below this and one store (on small pages; shmem on transparent huge pages maps 2 MiB a fault).
     static let mappedBytesBeforeDrop: Int64 = 4 << 20
 
     private struct Store {
@@ -42,6 +42,7 @@ public final class WriteBehind: @unchecked Sendable {
     /// Starts `threads` threads storing into `file`: the first with pwrite, the others through the mapping. They hold
     /// this object, and it the file, until `stop`, which the owner calls before it lets go.
     public init(file: MemoryFile, threads count: Int = 2, buffers bufferCount: Int = 8) throws(SystemError) {
+        precondition(count >= 1 && bufferCount >= 1, "a storer needs a thread and a buffer")
         self.file = file
         buffers = (0..<bufferCount).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Self.bufferBytes, alignment: 4096) }
         free = Array(0..<bufferCount)
@@ -56,7 +57,9 @@ public final class WriteBehind: @unchecked Sendable {
     }
 
     /// A free buffer of `bufferBytes` for the caller to read `bytes` into and `write` from, which then queues them
-    /// without a copy; waits for one. nil when `bytes` do not fit, or a store has failed (`write` throws it).
+    /// without a copy; waits for one. nil when `bytes` do not fit, or a store has failed (`write` throws it). The
+    /// caller writes into it only before its first `write` from it, and gives it back before `drain` or `stop`
+    /// (while it is lent, a copying `write` with a single buffer would wait for ever).
     public func lend(bytes: Int) -> UnsafeMutableRawPointer? {
         guard bytes <= Self.bufferBytes else { return nil }
         return gate.withLock {
@@ -88,6 +91,7 @@ public final class WriteBehind: @unchecked Sendable {
             data + bytes <= UnsafeRawPointer(buffers[buffer] + Self.bufferBytes)
         {
             let failed: SystemError? = gate.withLock {
+                precondition(!workers.stopping, "a store after stop")
                 guard failure == nil else { return failure }
                 enqueue(Store(buffer: buffer, start: data - UnsafeRawPointer(buffers[buffer]), offset: offset, bytes: bytes))
                 return nil

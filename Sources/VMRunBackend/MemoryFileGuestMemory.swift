@@ -7,9 +7,9 @@ import SystemSupport
 ///
 /// The sender maps it read-only and reads pages straight from it. The receiver's first round of new pages lands on
 /// threads of their own (`WriteBehind`) so that reading the stream goes on meanwhile; later rounds send pages again,
-/// into pages that exist already, and land at once with pwrite, which leaves them unmapped here. Holes are found with SEEK_DATA, never read. On huge pages
-/// (hugetlbfs: no write(), no holes to find) the receiver reads the stream straight into the mapping, with the pages
-/// faulted in ahead of it, and the sender reads every page.
+/// into pages that exist already, and land at once with pwrite, which leaves them unmapped here. Holes are found
+/// with SEEK_DATA, never read. On huge pages (hugetlbfs: no write(), no holes to find) the receiver reads the stream
+/// straight into the mapping, with the pages faulted in ahead of it, and the sender reads every page.
 final class MemoryFileGuestMemory: GuestMemory {
     let segments: [MemorySegment]
     private let file: MemoryFile
@@ -44,7 +44,7 @@ final class MemoryFileGuestMemory: GuestMemory {
     }
 
     /// On huge pages, which have no write(): the stream is read straight into the mapping (a copy saved). Small
-    /// pages take pwrite, which allocates without faulting each page in.
+    /// pages are written (`write`), from the storer's buffers in the first round.
     func landing(segment: Int, page: UInt64, count: Int) -> UnsafeMutableRawPointer? {
         populator == nil ? nil : file.address(segment: segment, page: page)
     }
