@@ -38,7 +38,7 @@ def load(lines):
 
 
 TOOL_ORDER = ("ours", "qemu72", "qemu10", "limit")
-FRESH_ORDER = ("hybrid-2threads", "pwrite", "pwrite-2threads", "memcpy", "memcpy-2threads", "store-2threads", "populate-ahead", "populate-ahead-pwrite", "fallocate-ahead",
+FRESH_ORDER = ("hybrid-2threads", "hybrid-2threads-kept", "pwrite", "pwrite-2threads", "memcpy", "memcpy-2threads", "store-2threads", "populate-ahead", "populate-ahead-pwrite", "fallocate-ahead",
                "alloc-only", "hugetlb", "hugetlb-pool", "hugetlb-with-pool", "hugetlb-kept", "hugetlb-kept-ahead",
                "thp-tmpfs", "thp-memfd")
 HUGE = "-hugepages"  # a measure whose destination's RAM is on a used pool of 2 MiB pages (throughput.sh --hugepages)

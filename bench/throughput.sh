@@ -21,8 +21,8 @@ QEMU10_MEASURES=(e2e e2e-multifd save-mapped-ram restore-mapped-ram)
 # The fills measured by default: vmrecv's way (hybrid-2threads, the limit) and the ways it is made of; --fresh all
 # adds the rest freshmem knows (ways tried and dropped, huge pages), measured in earlier runs.
 FRESH_VARIANTS=(hybrid-2threads pwrite pwrite-2threads memcpy-2threads alloc-only)
-ALL_FRESH_VARIANTS=(hybrid-2threads pwrite pwrite-2threads memcpy memcpy-2threads store-2threads populate-ahead
-                    populate-ahead-pwrite fallocate-ahead alloc-only hugetlb thp-tmpfs thp-memfd)
+ALL_FRESH_VARIANTS=(hybrid-2threads hybrid-2threads-kept pwrite pwrite-2threads memcpy memcpy-2threads store-2threads
+                    populate-ahead populate-ahead-pwrite fallocate-ahead alloc-only hugetlb thp-tmpfs thp-memfd)
 HUGE_PAGE_ITEMS=(ours:e2e-hugepages:none ours:restore-hugepages:none fresh:hugetlb-kept fresh:hugetlb-kept-ahead
                  qemu10:e2e-multifd-hugepages qemu10:restore-mapped-ram-hugepages)
 # Measured twice in every run (the second as MEASURE-again): identical work, to show how far apart this host
@@ -242,6 +242,10 @@ main() {
             --no-ours) with_ours=false; shift ;;
             --fresh) [ $# -ge 2 ] || usage
                 if [ "$2" = all ]; then FRESH_VARIANTS=("${ALL_FRESH_VARIANTS[@]}"); else IFS=, read -ra FRESH_VARIANTS <<<"$2"; fi
+                for variant in "${FRESH_VARIANTS[@]}"; do
+                    [[ " ${ALL_FRESH_VARIANTS[*]} " == *" $variant "* ]] ||
+                        { echo "throughput: --fresh: unknown variant $variant (one of ${ALL_FRESH_VARIANTS[*]})" >&2; exit 2; }
+                done
                 shift 2 ;;
             --no-fresh) with_fresh=false; shift ;;
             --no-limits) with_limits=false; with_fresh=false; shift ;;
