@@ -67,6 +67,18 @@ struct WriteBehindTests {
         }
     }
 
+    /// A store from the lent buffer that fails is reported like any other, and nothing more is lent afterwards.
+    @Test func aFailedStoreFromTheLentBufferIsReportedAndEndsTheLending() throws {
+        let file = try MemoryFile.create(name: "write-behind-lent-fails", segmentSizes: [1 << 20])
+        let storer = try WriteBehind(file: file)
+        defer { storer.stop() }
+        let lent = try #require(storer.lend(bytes: 4096))
+        try storer.write(offset: .max - 1024, from: lent, bytes: 4096)
+        storer.giveBack()
+        #expect(throws: SystemError.self) { try storer.drain() }
+        #expect(storer.lend(bytes: 4096) == nil)
+    }
+
     /// A file that cannot hold the pages (here shrunk under the mapping, as a full tmpfs would refuse them) fails a
     /// store through the mapping with an error; a copy alone would die of SIGBUS.
     @Test func aFileThatCannotTakeThePagesFailsAStoreThroughTheMappingWithoutASignal() throws {

@@ -54,16 +54,10 @@ import Testing
     /// a batch with a run the sink will not land goes through `store` whole, and coded batches always do.
     @Test(arguments: [Compression.none, .lz4()])
     func pagesLandedInPlaceMatchPagesStored(compression: Compression) throws {
-        let memorySize: UInt64 = 1 << 20
-        let bytes = try Fixture.sample(memorySize: memorySize, compression: compression)
-        let begin = SampleStream.begin(memorySize: memorySize, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
-        let stored = MemoryPageSink(machine: begin.machine)
-        #expect(Fixture.readAll(bytes, sink: stored).1 == nil)
+        let reference = try StoredSample(compression: compression)
         for limit in [UInt64.max, 100] {
-            let landing = LandingPageSink(machine: begin.machine, landingLimit: limit)
-            let (_, error) = Fixture.readAll(bytes, sink: landing)
-            #expect(error == nil, "\(error?.description ?? "")")
-            #expect(memcmp(stored.segments[0].baseAddress!, landing.memory.segments[0].baseAddress!, Int(memorySize)) == 0)
+            let landing = LandingPageSink(machine: reference.machine, landingLimit: limit)
+            reference.expectSameMemory(reading: landing, into: landing.memory)
             // Everything lands in place when the sink takes every run; nothing does when coded.
             #expect((landing.storedPages == 0) == (compression == .none && limit == .max))
         }
@@ -73,15 +67,9 @@ import Testing
     /// coded, and every loan back; the pages arrive as through scratch.
     @Test(arguments: [Compression.none, .lz4()])
     func pagesReadIntoALentBufferMatchPagesStored(compression: Compression) throws {
-        let memorySize: UInt64 = 1 << 20
-        let bytes = try Fixture.sample(memorySize: memorySize, compression: compression)
-        let begin = SampleStream.begin(memorySize: memorySize, uuid: Fixture.uuid, creationTime: Fixture.creationTime)
-        let stored = MemoryPageSink(machine: begin.machine)
-        #expect(Fixture.readAll(bytes, sink: stored).1 == nil)
-        let staging = StagingPageSink(machine: begin.machine)
-        let (_, error) = Fixture.readAll(bytes, sink: staging)
-        #expect(error == nil, "\(error?.description ?? "")")
-        #expect(memcmp(stored.segments[0].baseAddress!, staging.memory.segments[0].baseAddress!, Int(memorySize)) == 0)
+        let reference = try StoredSample(compression: compression)
+        let staging = StagingPageSink(machine: reference.machine)
+        reference.expectSameMemory(reading: staging, into: staging.memory)
         #expect(staging.loans > 0 && staging.loans == staging.givenBack)
         #expect(staging.storesFromTheBuffer > 0 && staging.storesFromElsewhere == 0)
     }

@@ -1,5 +1,7 @@
+import Glibc
 import MachineDescription
 import SystemSupport
+import Testing
 
 @testable import VMStream
 
@@ -100,6 +102,27 @@ final class StagingPageSink: PageSink {
     }
 
     func stagingDone() { givenBack += 1 }
+}
+
+/// The 1 MiB sample stream and the memory a plain storing sink ends up with: what any other sink must end up with.
+struct StoredSample {
+    let bytes: [UInt8]
+    let machine: MachineConfig
+    let stored: MemoryPageSink
+
+    init(compression: Compression) throws {
+        bytes = try Fixture.sample(memorySize: 1 << 20, compression: compression)
+        machine = SampleStream.begin(memorySize: 1 << 20, uuid: Fixture.uuid, creationTime: Fixture.creationTime).machine
+        stored = MemoryPageSink(machine: machine)
+        #expect(Fixture.readAll(bytes, sink: stored).1 == nil)
+    }
+
+    /// Reads the sample into `sink`, whose pages end up in `memory`: no error, and the same bytes as `stored`.
+    func expectSameMemory(reading sink: some PageSink, into memory: MemoryPageSink) {
+        let (_, error) = Fixture.readAll(bytes, sink: sink)
+        #expect(error == nil, "\(error?.description ?? "")")
+        #expect(memcmp(stored.segments[0].baseAddress!, memory.segments[0].baseAddress!, stored.segments[0].count) == 0)
+    }
 }
 
 enum Fixture {
