@@ -54,6 +54,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,6 +81,13 @@ static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* User and system seconds of all of freshmem's threads so far: what a fill asks of the cores. */
+static double cpu_seconds(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6;
 }
 
 static void fail(const char *what) {
@@ -315,8 +323,12 @@ static void check(int fd, const char *variant, int exact) {
     free(back);
 }
 
-static void print_line(const char *variant, int run, double seconds) {
-    printf("limit\tfresh-%s\t%d\t%.4f\t%llu\t-\t-\t-\n", variant, run, seconds, (unsigned long long)populated);
+/* CPU below 0: not measured (prints "-"). */
+static void print_line(const char *variant, int run, double seconds, double cpu) {
+    char cpu_text[32] = "-";
+    if (cpu >= 0) snprintf(cpu_text, sizeof cpu_text, "%.4f", cpu);
+    printf("limit\tfresh-%s\t%d\t%.4f\t%llu\t-\t-\t-\t%s\n", variant, run, seconds, (unsigned long long)populated,
+           cpu_text);
     fflush(stdout);
 }
 
@@ -325,6 +337,7 @@ static int run_variant(const char *variant, int run, const char *dir) {
     char *map = NULL;
     double start, seconds;
     long huge_before = -1;
+    double cpu_start = cpu_seconds();  /* the CPU printed is the variant's, its setup included */
 
     if (!strcmp(variant, "hugetlb")) {
         char text[32];
@@ -344,15 +357,16 @@ static int run_variant(const char *variant, int run, const char *dir) {
         map = map_file(fd);
         for (uint64_t i = 0; i < piece_count; i++) memcpy(map + pieces[i].offset, source, pieces[i].length);
         seconds = now() - start;
+        double cpu = cpu_seconds() - cpu_start;
         munmap(map, file_size);
         map = NULL;
         exact = 0;
         check(fd, variant, exact);
         close(fd);
         restore_settings();
-        print_line("hugetlb", run, seconds);
-        print_line("hugetlb-pool", run, pool_seconds);
-        print_line("hugetlb-with-pool", run, pool_seconds + seconds);
+        print_line("hugetlb", run, seconds, cpu);
+        print_line("hugetlb-pool", run, pool_seconds, -1);
+        print_line("hugetlb-with-pool", run, pool_seconds + seconds, -1);
         return 0;
     }
     if (!strcmp(variant, "thp-tmpfs")) {
@@ -475,7 +489,7 @@ static int run_variant(const char *variant, int run, const char *dir) {
         for (uint64_t i = 0; i < piece_count; i++)
             if (fallocate(fd, 0, (off_t)pieces[i].offset, (off_t)pieces[i].length) != 0) fail("fallocate");
         seconds = now() - start;
-        print_line(variant, run, seconds);  /* no data: only the allocation is checked */
+        print_line(variant, run, seconds, cpu_seconds() - cpu_start);  /* no data: only the allocation is checked */
         struct stat info;
         if (fstat(fd, &info) != 0 || (uint64_t)info.st_blocks * 512 != populated) {
             fprintf(stderr, "freshmem: alloc-only: the file does not hold exactly the pages\n");
@@ -490,11 +504,12 @@ static int run_variant(const char *variant, int run, const char *dir) {
     if (huge_before >= 0 && run == 1)
         fprintf(stderr, "freshmem: %s: %ld MiB of shmem in transparent huge pages\n", variant,
                 (meminfo_kib("ShmemHugePages:") - huge_before) >> 10);
+    double cpu = cpu_seconds() - cpu_start;  /* before the check and the freeing, which are not the fill's */
     if (map) munmap(map, file_size);
     check(fd, variant, exact);
     close(fd);
     restore_settings();
-    print_line(variant, run, seconds);
+    print_line(variant, run, seconds, cpu);
     return 0;
 }
 

@@ -242,7 +242,7 @@ def migrated_bytes(qmp):
 
 
 def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
-    """Runs one measurement; returns (seconds, wire_bytes, src_rss_kib, dst_rss_kib)."""
+    """Runs one measurement; returns (seconds, wire_bytes, src_rss_kib, dst_rss_kib, cpu_seconds)."""
     stream = os.path.join(workdir, f"{tool}.stream")
     mapped = os.path.join(workdir, f"{tool}.mapped-ram")
     multifd = {"multifd-channels": MULTIFD_CHANNELS}
@@ -253,17 +253,21 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
         if measure in ("save-null", "save-file"):
             source = Qemu("src", workdir, size, setup, image)
             target = "cat > /dev/null" if measure == "save-null" else f"cat > {stream}"
+            cpu_start = cpu_seconds(source, destination)
             start = time.monotonic()
             source.qmp.execute("migrate", uri=f"exec:{target}")
             end = source.qmp.wait_migration(timeout)
+            cpu = cpu_seconds(source, destination) - cpu_start
             wire = os.path.getsize(stream) if measure == "save-file" else migrated_bytes(source.qmp)
         elif measure == "save-mapped-ram":
             if os.path.exists(mapped):
                 os.unlink(mapped)  # a new file each time, as save-file's
             source = Qemu("src", workdir, size, setup, image, ("multifd", "mapped-ram"), multifd)
+            cpu_start = cpu_seconds(source, destination)
             start = time.monotonic()
             source.qmp.execute("migrate", uri=f"file:{mapped}")
             end = source.qmp.wait_migration(timeout)
+            cpu = cpu_seconds(source, destination) - cpu_start
             wire = allocated_bytes(mapped)
         elif measure in ("restore", "restore-mapped-ram"):
             saved = stream if measure == "restore" else mapped
@@ -276,9 +280,11 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
             else:
                 destination = Qemu("dst", workdir, size, setup, None, ("multifd", "mapped-ram"), multifd, huge)
                 uri = f"file:{mapped}"
+            cpu_start = cpu_seconds(source, destination)
             start = time.monotonic()
             destination.qmp.execute("migrate-incoming", uri=uri)
             end = destination.qmp.wait_migration(timeout)
+            cpu = cpu_seconds(source, destination) - cpu_start
             wire = allocated_bytes(saved)
             if check:
                 verify(image, size, workdir, (destination, "destination"))
@@ -291,10 +297,12 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
                 destination = Qemu("dst", workdir, size, setup)
                 source = Qemu("src", workdir, size, setup, image)
                 destination.qmp.execute("migrate-incoming", uri=f"exec:cat {fifo}")
+                cpu_start = cpu_seconds(source, destination)
                 start = time.monotonic()
                 source.qmp.execute("migrate", uri=f"exec:cat > {fifo}")
                 source.qmp.wait_migration(timeout)
                 end = destination.qmp.wait_migration(timeout)
+                cpu = cpu_seconds(source, destination) - cpu_start
                 wire = migrated_bytes(source.qmp)
                 if check:
                     verify(image, size, workdir, (source, "source"), (destination, "destination"))
@@ -309,10 +317,12 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
                 source = Qemu("src", workdir, size, setup, image, ("multifd",),
                               {**multifd, "zero-page-detection": "multifd"})
                 destination.qmp.execute("migrate-incoming", uri=f"unix:{sock}")
+                cpu_start = cpu_seconds(source, destination)
                 start = time.monotonic()
                 source.qmp.execute("migrate", uri=f"unix:{sock}")
                 source.qmp.wait_migration(timeout)
                 end = destination.qmp.wait_migration(timeout)
+                cpu = cpu_seconds(source, destination) - cpu_start
                 wire = migrated_bytes(source.qmp)
                 if check:
                     verify(image, size, workdir, (source, "source"), (destination, "destination"))
@@ -328,7 +338,18 @@ def run_measure(measure, image, size, workdir, timeout, check, setup, tool):
                 machine.stop()
     return (end - start, wire,
             source.peak_rss_kib if source else None,
-            destination.peak_rss_kib if destination else None)
+            destination.peak_rss_kib if destination else None, cpu)
+
+
+def cpu_seconds(*machines):
+    """User and system seconds the machines' QEMU processes (threads and reaped children) have used so far."""
+    total = 0
+    for machine in machines:
+        if machine:
+            with open(f"/proc/{machine.process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def allocated_bytes(path):
@@ -365,11 +386,11 @@ def main():
     setup = Setup(args)
     for run in range(args.first_run, args.first_run + args.runs):
         for measure in args.measures:
-            seconds, wire, src_rss, dst_rss = run_measure(measure, args.image, size, args.workdir,
-                                                          args.timeout, args.verify and run == args.first_run,
-                                                          setup, args.tool)
+            seconds, wire, src_rss, dst_rss, cpu = run_measure(measure, args.image, size, args.workdir,
+                                                               args.timeout, args.verify and run == args.first_run,
+                                                               setup, args.tool)
             print("\t".join(str(v) for v in (args.tool, measure, run, f"{seconds:.4f}", size, wire,
-                                              src_rss or "-", dst_rss or "-")), flush=True)
+                                              src_rss or "-", dst_rss or "-", f"{cpu:.2f}")), flush=True)
 
 
 if __name__ == "__main__":

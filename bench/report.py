@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Turns the benchmark's tab-separated lines into markdown tables.
 
-Input lines: tool measure run seconds payload_bytes wire_bytes src_rss_kib dst_rss_kib
-('-' where a value does not apply). Tools: ours, qemu72 (older files: qemu), qemu10, limit.
+Input lines: tool measure run seconds payload_bytes wire_bytes src_rss_kib dst_rss_kib [cpu_seconds]
+('-' where a value does not apply; cpu_seconds, user and system time of the measured processes, is absent from
+files before it was recorded). Tools: ours, qemu72 (older files: qemu), qemu10, limit.
 Rates are payload per second in GB/s (10^9 bytes): guest RAM for migrations, bytes carried for
 the limits, pages populated for the fresh-memory rows (limit fresh-*). Every ratio is a median of
 per-run ratios (with their min-max), so runs made side by side are compared with each other and
 machine noise between runs cancels out.
 """
+import os
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -24,16 +27,23 @@ def spread(values, fmt):
     return f"{fmt(min(values))}-{fmt(max(values))}" if len(values) > 1 else "-"
 
 
+CORES = os.cpu_count()  # the host's cores, unless the file names them ("# cores N", throughput.sh writes it)
+
+
 def load(lines):
+    global CORES
     rows = defaultdict(dict)  # (tool, measure) -> run -> fields
     for line in lines:
+        cores = re.match(r"# cores (\d+)$", line.strip())
+        if cores:
+            CORES = int(cores.group(1))
         fields = line.rstrip("\n").split("\t")
-        if len(fields) != 8 or fields[0].startswith("#"):
+        if len(fields) not in (8, 9) or fields[0].startswith("#"):
             continue
         tool, measure, run = fields[0], fields[1], int(fields[2])
         tool = "qemu72" if tool == "qemu" else tool  # files from before QEMU 10 was a peer
-        seconds, payload, wire, src, dst = (number(f) for f in fields[3:])
-        rows[(tool, measure)][run] = dict(seconds=seconds, payload=payload, wire=wire, src=src, dst=dst)
+        seconds, payload, wire, src, dst, cpu = (number(f) for f in (fields[3:] + ["-"])[:6])
+        rows[(tool, measure)][run] = dict(seconds=seconds, payload=payload, wire=wire, src=src, dst=dst, cpu=cpu)
     return rows
 
 
@@ -284,6 +294,49 @@ def floor_table(rows):
     return out if len(out) > 2 else []
 
 
+def cpu_table(rows):
+    """How much of the host's cores each measure kept busy: its CPU seconds (user and system) over its time."""
+    out = [f"| tool | measure | CPU s median (min-max) | cores busy of {CORES}: CPU / time median (min-max) |",
+           "| --- | --- | --- | --- |"]
+    for (tool, measure), runs in sorted(rows.items(), key=lambda item: sort_key(item[0])):
+        cpu = [r["cpu"] for r in runs.values() if r["cpu"] is not None]
+        busy = [r["cpu"] / r["seconds"] for r in runs.values() if r["cpu"] is not None and r["seconds"]]
+        if cpu:
+            out.append(f"| {tool} | {measure} | {summary(cpu, '')} | {summary(busy, '')} |")
+    return out if len(out) > 2 else []
+
+
+def cores_table(rows):
+    """Whether a target against a peer fits this host's cores: per run, the time it asks of ours against the CPU
+    that our stream cannot do without, shared by all the cores. End to end that is the sender's own work (vmsend
+    to /dev/null: zero pages found, checksums, no pipe) and the cheapest fill of the fresh pages measured in that
+    run; a restore, the fill alone. Receiving, reading the pipe and checking the checksums add to it, so a target
+    asking for less than this cannot be met in that run by any schedule of the work on these cores."""
+    sender = rows.get(("ours", "save-null"), {})
+    fills = [runs for runs in receiving_fills(rows).values()]
+    out = [f"| target | runs | asked of ours s median (min-max) | CPU that cannot be skipped / {CORES} cores, s | "
+           "asked / that median (min-max) | runs asking less |",
+           "| --- | ---: | --- | --- | --- | ---: |"]
+    for ours, peer, measure, factor in PEER_TARGETS[:3]:
+        runs = rows.get((peer, measure))
+        if not runs or not rows.get(("ours", ours)):
+            continue
+        asked, bound = [], []
+        for run in sorted(runs):
+            fill = [f[run]["cpu"] for f in fills if run in f and f[run]["cpu"] is not None]
+            send = sender.get(run, {}).get("cpu") if ours == "e2e" else 0
+            if fill and send is not None:
+                asked.append(runs[run]["seconds"] / factor)
+                bound.append((send + min(fill)) / CORES)
+        if not asked:
+            continue
+        ratio = [a / b for a, b in zip(asked, bound)]
+        out.append(f"| ours {ours} ≥ {factor:g}x {PEER_NAMES[peer]} {measure} | {len(asked)} | "
+                   f"{summary(asked, '')} | {summary(bound, '')} | {summary(ratio)} | "
+                   f"{sum(r < 1 for r in ratio)} of {len(ratio)} |")
+    return out if len(out) > 2 else []
+
+
 def repeats_table(rows):
     """Identical work twice in one run (MEASURE and MEASURE-again): how far apart this host puts it. A target
     against a peer, pairwise, asks ours to be apart from the peer by more than the peer is from itself."""
@@ -354,6 +407,9 @@ def main():
                 ("Targets", targets_table(rows)),
                 ("Within reach? What a target asks against the fastest fill of fresh memory (same run)",
                  floor_table(rows)),
+                ("Within reach? What a target asks against the CPU it cannot skip, on all the cores (same run)",
+                 cores_table(rows)),
+                ("Cores kept busy", cpu_table(rows)),
                 ("Identical work twice in one run: the host's own spread", repeats_table(rows)),
                 ("Ours against the peers (pairwise, same run)", ratios_table(rows)),
                 ("Fresh-memory variants against pwrite (pairwise, same run)", fresh_table(rows)),

@@ -106,7 +106,7 @@ ours_destroy() { destroy_vms "$VMCTL_BIN" "$run_dir" vmrun_pid "$@"; }  # NAME..
 
 ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one result line
     local measure="$1" run="$2" compression="$3" label="$1" flags=() stream timing wire="-" pin=()
-    local seconds send_rss recv_rss
+    local seconds cpu send_rss recv_rss
     case "$compression" in
         lz4) label="$measure-lz4"; flags=(-c lz4) ;;
         # The same code held to one core: the single-thread rate LZ4 on both cores is compared with.
@@ -122,26 +122,26 @@ ours_measure() {  # MEASURE RUN COMPRESSION(none|lz4|lz4-1core): prints one resu
             ours_start_source src
             local target=/dev/null
             [ "$measure" = save-file ] && target="$stream"
-            timing="$(python3 "$here/timed.py" --stdout "$target" -- "${send[@]}")" || { ours_destroy src; return 1; }
+            timing="$(python3 "$here/timed.py" --cpu --stdout "$target" -- "${send[@]}")" || { ours_destroy src; return 1; }
             ours_destroy src
             [ -f "$stream" ] && wire="$(stat -c %s "$stream")"
-            read -r seconds send_rss <<<"$timing"
+            read -r seconds cpu send_rss <<<"$timing"
             recv_rss="-" ;;
         restore|restore-hugepages)
             [ -f "$stream" ] || { echo "throughput: ours restore needs $stream (save-file first)" >&2; return 1; }
-            timing="$(python3 "$here/timed.py" --stdin "$stream" -- "${recv[@]}")" || { ours_destroy dst; return 1; }
+            timing="$(python3 "$here/timed.py" --cpu --stdin "$stream" -- "${recv[@]}")" || { ours_destroy dst; return 1; }
             ours_destroy dst
             wire="$(stat -c %s "$stream")"
-            read -r seconds recv_rss <<<"$timing"
+            read -r seconds cpu recv_rss <<<"$timing"
             send_rss="-" ;;
         e2e|e2e-hugepages)
             ours_start_source src
-            timing="$(python3 "$here/timed.py" -- "${send[@]}" --pipe "${recv[@]}")" || { ours_destroy src dst; return 1; }
+            timing="$(python3 "$here/timed.py" --cpu -- "${send[@]}" --pipe "${recv[@]}")" || { ours_destroy src dst; return 1; }
             ours_destroy src dst
             [ -f "$stream" ] && wire="$(stat -c %s "$stream")"  # same image, same stream size
-            read -r seconds send_rss recv_rss <<<"$timing" ;;
+            read -r seconds cpu send_rss recv_rss <<<"$timing" ;;
     esac
-    printf 'ours\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n' "$label" "$run" "$seconds" "$image_size" "$wire" "$send_rss" "$recv_rss"
+    printf 'ours\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n' "$label" "$run" "$seconds" "$image_size" "$wire" "$send_rss" "$recv_rss" "$cpu"
 }
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -348,6 +348,7 @@ main() {
     fi
 
     local tsv="$work/results.tsv" run
+    echo "# cores $(nproc)" > "$tsv"  # what report.py shares the CPU seconds among
     python3 "$here/run_order.py" --seed "$seed" --runs "$runs" "${after[@]}" "${items[@]}" > "$work/order"
     while read -r run item; do
         echo "throughput: run $run/$runs $item" >&2

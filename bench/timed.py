@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Runs one command or a two-command pipeline and prints 'SECONDS RSS1_KIB [RSS2_KIB]'.
+"""Runs one command or a two-command pipeline and prints 'SECONDS [CPU] RSS1_KIB [RSS2_KIB]'.
 
-usage: timed.py [--stdin FILE] [--stdout FILE] -- CMD... [--pipe CMD...]
+usage: timed.py [--cpu] [--stdin FILE] [--stdout FILE] -- CMD... [--pipe CMD...]
 Seconds are wall-clock from the first start to the last exit; peak RSS comes from wait4, so it is
-each process's own peak (VmHWM), not a sample. Exits 1 if any command fails, naming it.
+each process's own peak (VmHWM), not a sample. With --cpu, CPU is the user and system seconds of
+all the commands together (and the children they waited for): the work two cores had to share.
+Exits 1 if any command fails, naming it.
 """
 import os
 import subprocess
@@ -13,8 +15,12 @@ import time
 
 def main(argv):
     stdin_path = stdout_path = None
+    with_cpu = False
     while argv and argv[0] != "--":
-        if argv[0] in ("--stdin", "--stdout") and len(argv) >= 2:
+        if argv[0] == "--cpu":
+            with_cpu = True
+            argv = argv[1:]
+        elif argv[0] in ("--stdin", "--stdout") and len(argv) >= 2:
             if argv[0] == "--stdin":
                 stdin_path = argv[1]
             else:
@@ -47,7 +53,8 @@ def main(argv):
         results = {}
         while len(results) < len(processes):
             pid, status, usage = os.wait4(-1, 0)
-            results[pid] = (os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+            results[pid] = (os.waitstatus_to_exitcode(status), usage.ru_maxrss,
+                            usage.ru_utime + usage.ru_stime)
         seconds = time.monotonic() - start
     except BaseException:
         for process in processes:
@@ -58,7 +65,8 @@ def main(argv):
         if process.returncode != 0:
             print(f"timed.py: {command[0]} exited with status {process.returncode}", file=sys.stderr)
             return 1
-    print(f"{seconds:.4f} " + " ".join(str(results[p.pid][1]) for p in processes))
+    cpu = [f"{sum(results[p.pid][2] for p in processes):.4f}"] if with_cpu else []
+    print(" ".join([f"{seconds:.4f}", *cpu, *(str(results[p.pid][1]) for p in processes)]))
     return 0
 
 
