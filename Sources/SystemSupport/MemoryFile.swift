@@ -243,11 +243,19 @@ public final class MemoryFile: @unchecked Sendable {
         dropMapping(bytes: start..<start + Int64(UInt64(pages.count) * UInt64(pageSize)))
     }
 
-    /// `dropMapping` of a byte range of the file, whole pages.
+    /// A read fault maps the file's pages around the one it needs as well (the kernel's fault-around, 64 KiB by
+    /// default), aligned in the address space: a drop covers whole windows of it, or a reader of scattered pages (a
+    /// live round's dirty ones) would leave their neighbours mapped and grow with the guest's working set.
+    static let faultAroundBytes = 64 << 10
+
+    /// `dropMapping` of a byte range of the file, widened to whole fault-around windows.
     public func dropMapping(bytes: Range<Int64>) {
         guard !hugePages, !bytes.isEmpty else { return }
-        let first = Int(bytes.lowerBound) / pageSize * pageSize
-        let end = min((Int(bytes.upperBound) + pageSize - 1) / pageSize * pageSize, length)
-        _ = madvise(base + first, end - first, MADV_DONTNEED)
+        let window = UInt(Self.faultAroundBytes)
+        let start = UInt(bitPattern: base)
+        let first = max(start, (start + UInt(bytes.lowerBound)) / window * window)
+        let end = min(start + UInt(length), (start + UInt(bytes.upperBound) + window - 1) / window * window)
+        guard first < end else { return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: first), Int(end - first), MADV_DONTNEED)
     }
 }

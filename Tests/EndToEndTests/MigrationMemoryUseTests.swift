@@ -57,6 +57,17 @@ extension MigrationEndToEndTests {
             }
         }
 
+        /// The prefix that runs a command under /usr/bin/time, its peak RSS going to the fixture's file `rss-NAME`.
+        static func timed(_ fixture: VMFixture, _ name: String) -> String {
+            "/usr/bin/time -f %M -o \(shellQuoted(fixture.file("rss-" + name)))"
+        }
+
+        /// The peak RSS, in KiB, that `timed(fixture, name)` recorded.
+        static func peakKiB(_ fixture: VMFixture, _ name: String) throws -> Int {
+            let text = String(decoding: try fixture.contents(of: "rss-" + name), as: UTF8.self)
+            return Int(text.split(separator: "\n").last.map(String.init) ?? "") ?? .max
+        }
+
         @Test(.enabled(if: access("/usr/bin/time", X_OK) == 0, "needs /usr/bin/time (Debian package time) for peak RSS"))
         func sendAndReceiveStayFarBelowTheGuestsSize() throws {
             try VMFixture.requireMachine()
@@ -67,14 +78,12 @@ extension MigrationEndToEndTests {
             let started = try fixture.vmrun(["--memory", "128M", "--memory-image", fixture.file("image"), "--paused", "a"])
             try #require(started.status == 0, "\(started.standardError)")
 
-            let time = { (side: String) in "/usr/bin/time -f %M -o \(shellQuoted(fixture.file("rss-" + side)))" }
             let sent = try runShell(
-                "\(time("send")) \(fixture.command("vmsend", ["--warm", "a"])) | "
-                    + "\(time("recv")) \(fixture.command("vmrecv", ["--paused", "b"]))")
+                "\(Self.timed(fixture, "send")) \(fixture.command("vmsend", ["--warm", "a"])) | "
+                    + "\(Self.timed(fixture, "recv")) \(fixture.command("vmrecv", ["--paused", "b"]))")
             #expect(sent.status == 0, "\(sent.standardError)")
             for side in ["send", "recv"] {
-                let text = String(decoding: try fixture.contents(of: "rss-" + side), as: UTF8.self)
-                let kib = Int(text.split(separator: "\n").last.map(String.init) ?? "") ?? .max
+                let kib = try Self.peakKiB(fixture, side)
                 #expect(kib < 64 << 10, "peak RSS of vm\(side) \(kib) KiB for a guest with 96 MiB of data")
             }
 
@@ -86,6 +95,24 @@ extension MigrationEndToEndTests {
             while try reader.next(into: check) != nil {}
             #expect(check.wrongPages.isEmpty, "pages of b that differ from the image: \(check.wrongPages.prefix(8))")
             #expect(check.dataPages == Self.imageBytes / StreamFormat.pageSize * 3 / 4)
+            try fixture.destroyAllAndExpectNothingLeft()
+        }
+
+        /// Live rounds read the pages the guest dirtied where they lie, far apart. vmsend lets go of each once sent,
+        /// with the neighbours the kernel mapped along with it, or its RSS would follow the guest's working set.
+        @Test(.enabled(if: access("/usr/bin/time", X_OK) == 0, "needs /usr/bin/time (Debian package time) for peak RSS"))
+        func aLiveSendOfAGuestDirtyingFlatOutStaysFarBelowItsWorkingSet() throws {
+            try VMFixture.requireMachine()
+            let fixture = VMFixture()
+            defer { fixture.cleanUp() }
+            try fixture.startGuest("a", memory: "512M", workingSet: "192M", extra: ["--guest-dirty-rate", "0"])
+            let sent = try runShell(
+                "\(Self.timed(fixture, "send")) \(fixture.command("vmsend", ["-P", "a"])) | \(fixture.command("vmrecv", ["b"]))")
+            #expect(sent.status == 0, "\(sent.standardError)")
+            let rounds = sent.standardError.split(separator: "\n").filter { $0.hasPrefix("round\t") }.count
+            #expect(rounds >= 2, "pages dirtied while running were sent in rounds of their own:\n\(sent.standardError)")
+            let kib = try Self.peakKiB(fixture, "send")
+            #expect(kib < 64 << 10, "peak RSS of vmsend \(kib) KiB for a guest writing 192 MiB flat out")
             try fixture.destroyAllAndExpectNothingLeft()
         }
     }
