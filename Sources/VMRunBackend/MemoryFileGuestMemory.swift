@@ -23,6 +23,8 @@ final class MemoryFileGuestMemory: GuestMemory {
     /// A disk image a receiver writes: each round's end starts writing it back, so that the sync before the state is
     /// restored, inside the downtime, finds little left (9-11 ms went to 4-6 ms).
     private let writeback: BackgroundWriteback?
+    /// A sender's: lets go of the pages it has read, in whole fault-around windows.
+    private var readRelease: ReadRelease
 
     /// Maps `descriptor` and takes it over. `storingBehind`: guest RAM a receiver writes (disk images take their
     /// blocks as they come, so that what is synced is what was sent). `writesBack`: a disk image a receiver writes.
@@ -32,6 +34,7 @@ final class MemoryFileGuestMemory: GuestMemory {
     ) throws {
         self.segments = segments
         file = try MemoryFile(adopting: descriptor, segmentSizes: segments.map(\.size), writable: writable)
+        readRelease = ReadRelease(file)
         populator = writable && file.hugePages ? try PopulateAhead(file: file) : nil
         storer = writable && storingBehind && !file.hugePages ? try WriteBehind(file: file) : nil
         writeback = writable && writesBack ? BackgroundWriteback(file.descriptor) : nil
@@ -62,7 +65,10 @@ final class MemoryFileGuestMemory: GuestMemory {
     }
 
     func populatedPages(segment: Int) throws -> [Range<UInt64>] { try file.populatedPages(segment: segment) }
-    func doneReading(segment: Int, pages: Range<UInt64>) { file.dropMapping(segment: segment, pages: pages) }
+    func doneReading(segment: Int, pages: Range<UInt64>) {
+        let start = Int64(file.segmentOffsets[segment] + pages.lowerBound * UInt64(pageSize))
+        readRelease.done(reading: start..<start + Int64(pages.count) * Int64(pageSize))
+    }
 
     func write(segment: Int, page: UInt64, count: Int, from data: UnsafeRawPointer) throws {
         guard let storer else { return try file.write(segment: segment, page: page, count: count, from: data) }
