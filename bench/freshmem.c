@@ -5,7 +5,7 @@
  *   freshmem ranges IMAGE OUT     finds IMAGE's non-zero pages, writes them to OUT as pieces of at
  *                                 most 1 MiB (the receiver's batch), prints a summary on stderr
  *   freshmem VARIANT RANGES RUN [DIR]   one timed run; prints one tab-separated line
- *       limit fresh-VARIANT RUN SECONDS POPULATED_BYTES - - -
+ *       limit fresh-VARIANT RUN SECONDS POPULATED_BYTES - - - CPU_SECONDS
  *
  * The data comes from one 1 MiB non-zero buffer (cache hot, as a receiver's batch buffer is after
  * the read), so what is measured is the pages, not the source. Timed: from creating the file to the
@@ -323,7 +323,7 @@ static void check(int fd, const char *variant, int exact) {
     free(back);
 }
 
-/* CPU below 0: not measured (prints "-"). */
+/* CPU: user and system seconds of what SECONDS timed; below 0, not measured (prints "-"). */
 static void print_line(const char *variant, int run, double seconds, double cpu) {
     char cpu_text[32] = "-";
     if (cpu >= 0) snprintf(cpu_text, sizeof cpu_text, "%.4f", cpu);
@@ -352,6 +352,7 @@ static int run_variant(const char *variant, int run, const char *dir) {
             restore_settings();
             return 0;
         }
+        double pool_cpu = cpu_seconds() - cpu_start;
         start = now();
         fd = new_memfd(MFD_HUGETLB | MFD_HUGE_2MB);
         map = map_file(fd);
@@ -364,9 +365,9 @@ static int run_variant(const char *variant, int run, const char *dir) {
         check(fd, variant, exact);
         close(fd);
         restore_settings();
-        print_line("hugetlb", run, seconds, cpu);
-        print_line("hugetlb-pool", run, pool_seconds, -1);
-        print_line("hugetlb-with-pool", run, pool_seconds + seconds, -1);
+        print_line("hugetlb", run, seconds, cpu - pool_cpu);
+        print_line("hugetlb-pool", run, pool_seconds, pool_cpu);
+        print_line("hugetlb-with-pool", run, pool_seconds + seconds, cpu);
         return 0;
     }
     if (!strcmp(variant, "thp-tmpfs")) {

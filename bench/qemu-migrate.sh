@@ -3,7 +3,7 @@
 # /dev/null, save to a file, restore from that file, end to end through a FIFO; with QEMU 10 also
 # multifd end to end over a unix socket and mapped-ram save/restore (bench/qemu_bench.py).
 # Prints one tab-separated line per run:
-#   tool measure run seconds payload_bytes wire_bytes src_peak_rss_kib dst_peak_rss_kib
+#   tool measure run seconds payload_bytes wire_bytes src_peak_rss_kib dst_peak_rss_kib cpu_seconds
 # --peer qemu72 (default): the system's qemu-system-x86 (Debian 12: 7.2), installed if missing;
 #   its destination RAM is anonymous memory (memory-backend-ram).
 # --peer qemu10: QEMU 10 from bookworm-backports, unpacked beside it by bench/qemu10.sh; its

@@ -16,7 +16,9 @@ QMP command to the MIGRATION event 'completed' of the side that finishes last):
   e2e-multifd-hugepages, restore-mapped-ram-hugepages  the same, the destination's RAM on 2 MiB huge pages
                       from the host's pool (memory-backend-memfd, hugetlb=on), as `vmrecv --hugepages`
 One tab-separated line per run on stdout:
-  tool measure run seconds payload_bytes wire_bytes src_peak_rss_kib dst_peak_rss_kib
+  tool measure run seconds payload_bytes wire_bytes src_peak_rss_kib dst_peak_rss_kib cpu_seconds
+(cpu_seconds: both QEMU processes' user and system time over the timed span; children they have not reaped
+yet, such as an exec: URI's cat, are not in it)
 With --verify, restore and e2e then compare regions of the destination's guest memory
 (QMP pmemsave) with the image, and the source's too, so a fast but wrong figure cannot pass.
 Standard library only; QEMU processes die with this one (PR_SET_PDEATHSIG) and on any error.

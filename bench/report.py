@@ -9,7 +9,6 @@ the limits, pages populated for the fresh-memory rows (limit fresh-*). Every rat
 per-run ratios (with their min-max), so runs made side by side are compared with each other and
 machine noise between runs cancels out.
 """
-import os
 import re
 import statistics
 import sys
@@ -27,16 +26,15 @@ def spread(values, fmt):
     return f"{fmt(min(values))}-{fmt(max(values))}" if len(values) > 1 else "-"
 
 
-CORES = os.cpu_count()  # the host's cores, unless the file names them ("# cores N", throughput.sh writes it)
-
-
 def load(lines):
-    global CORES
+    """The result lines as (tool, measure) -> run -> fields, and the cores of the host that made them ("# cores N",
+    which throughput.sh writes; None if the file does not say)."""
     rows = defaultdict(dict)  # (tool, measure) -> run -> fields
+    cores = None
     for line in lines:
-        cores = re.match(r"# cores (\d+)$", line.strip())
-        if cores:
-            CORES = int(cores.group(1))
+        named = re.match(r"# cores (\d+)$", line.strip())
+        if named:
+            cores = int(named.group(1))
         fields = line.rstrip("\n").split("\t")
         if len(fields) not in (8, 9) or fields[0].startswith("#"):
             continue
@@ -44,7 +42,7 @@ def load(lines):
         tool = "qemu72" if tool == "qemu" else tool  # files from before QEMU 10 was a peer
         seconds, payload, wire, src, dst, cpu = (number(f) for f in (fields[3:] + ["-"])[:6])
         rows[(tool, measure)][run] = dict(seconds=seconds, payload=payload, wire=wire, src=src, dst=dst, cpu=cpu)
-    return rows
+    return rows, cores
 
 
 TOOL_ORDER = ("ours", "qemu72", "qemu10", "limit")
@@ -294,9 +292,10 @@ def floor_table(rows):
     return out if len(out) > 2 else []
 
 
-def cpu_table(rows):
+def cpu_table(rows, cores):
     """How much of the host's cores each measure kept busy: its CPU seconds (user and system) over its time."""
-    out = [f"| tool | measure | CPU s median (min-max) | cores busy of {CORES}: CPU / time median (min-max) |",
+    of = f" of {cores}" if cores else ""
+    out = [f"| tool | measure | CPU s median (min-max) | cores busy{of}: CPU / time median (min-max) |",
            "| --- | --- | --- | --- |"]
     for (tool, measure), runs in sorted(rows.items(), key=lambda item: sort_key(item[0])):
         cpu = [r["cpu"] for r in runs.values() if r["cpu"] is not None]
@@ -306,18 +305,23 @@ def cpu_table(rows):
     return out if len(out) > 2 else []
 
 
-def cores_table(rows):
+def cores_table(rows, cores):
     """Whether a target against a peer fits this host's cores: per run, the time it asks of ours against the CPU
     that our stream cannot do without, shared by all the cores. End to end that is the sender's own work (vmsend
     to /dev/null: zero pages found, checksums, no pipe) and the cheapest fill of the fresh pages measured in that
-    run; a restore, the fill alone. Receiving, reading the pipe and checking the checksums add to it, so a target
-    asking for less than this cannot be met in that run by any schedule of the work on these cores."""
+    run; a restore, the fill alone. Receiving, reading the pipe and checking the checksums add to it. It is a bound
+    at the price per page the fill paid, which moves between the measures of a run: a run asking for less would
+    need fresh pages cheaper than the fill found them. Needs the file to name its host's cores."""
+    if not cores:
+        return []
     sender = rows.get(("ours", "save-null"), {})
-    fills = [runs for runs in receiving_fills(rows).values()]
-    out = [f"| target | runs | asked of ours s median (min-max) | CPU that cannot be skipped / {CORES} cores, s | "
+    fills = list(receiving_fills(rows).values())
+    out = [f"| target | runs | asked of ours s median (min-max) | CPU that cannot be skipped / {cores} cores, s | "
            "asked / that median (min-max) | runs asking less |",
            "| --- | ---: | --- | --- | --- | ---: |"]
-    for ours, peer, measure, factor in PEER_TARGETS[:3]:
+    for ours, peer, measure, factor in PEER_TARGETS:
+        if ours.endswith(HUGE):  # a used pool: no fresh pages, and no fill of them to bound it
+            continue
         runs = rows.get((peer, measure))
         if not runs or not rows.get(("ours", ours)):
             continue
@@ -327,7 +331,7 @@ def cores_table(rows):
             send = sender.get(run, {}).get("cpu") if ours == "e2e" else 0
             if fill and send is not None:
                 asked.append(runs[run]["seconds"] / factor)
-                bound.append((send + min(fill)) / CORES)
+                bound.append((send + min(fill)) / cores)
         if not asked:
             continue
         ratio = [a / b for a, b in zip(asked, bound)]
@@ -398,7 +402,7 @@ def limits_table(rows):
 
 
 def main():
-    rows = load(open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin)
+    rows, cores = load(open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin)
     if not rows:
         print("report: no result lines", file=sys.stderr)
         return 1
@@ -408,8 +412,8 @@ def main():
                 ("Within reach? What a target asks against the fastest fill of fresh memory (same run)",
                  floor_table(rows)),
                 ("Within reach? What a target asks against the CPU it cannot skip, on all the cores (same run)",
-                 cores_table(rows)),
-                ("Cores kept busy", cpu_table(rows)),
+                 cores_table(rows, cores)),
+                ("Cores kept busy", cpu_table(rows, cores)),
                 ("Identical work twice in one run: the host's own spread", repeats_table(rows)),
                 ("Ours against the peers (pairwise, same run)", ratios_table(rows)),
                 ("Fresh-memory variants against pwrite (pairwise, same run)", fresh_table(rows)),
