@@ -249,10 +249,11 @@ public final class MemoryFile: @unchecked Sendable {
 
     /// A read fault maps the file's pages around the one it needs as well: the kernel's fault-around, 64 KiB by
     /// default, aligned in the address space.
-    static let faultAroundBytes = 64 << 10
+    public static let faultAroundBytes = 64 << 10
 
     /// The fault-around window that holds byte `offset` of the file, as a byte range of the file (within the mapping).
     public func faultAroundWindow(containing offset: Int64) -> Range<Int64> {
+        precondition(offset >= 0 && offset < Int64(length), "byte \(offset) is not in the \(length)-byte mapping")
         let window = Int64(Self.faultAroundBytes)
         let start = Int64(Int(bitPattern: base))
         let aligned = (start + offset) / window * window
@@ -262,9 +263,9 @@ public final class MemoryFile: @unchecked Sendable {
 
 /// Lets go of what a reader has read through a `MemoryFile`'s mapping, so that its RSS stays at a slice however large
 /// the guest. Each read fault maps a whole fault-around window, so whole windows go: dropping only the pages read left
-/// their neighbours mapped, and a live round, reading dirty pages far apart, grew with the guest's working set (vmsend
-/// at 213 MiB for 256 MiB written). The window of the last page read stays until a read moves past it: a round's
-/// pages ascend, and the next ones in that window need no fault then.
+/// their neighbours mapped, and a live round, reading dirty pages far apart, grew with the guest's working set. The
+/// window of the last page read stays until a read ends in another one: a round's pages ascend, and the next ones in
+/// that window need no fault then.
 public struct ReadRelease {
     public let file: MemoryFile
     private var heldWindow: Range<Int64>?
@@ -275,8 +276,11 @@ public struct ReadRelease {
     public mutating func done(reading bytes: Range<Int64>) {
         guard !bytes.isEmpty else { return }
         let last = file.faultAroundWindow(containing: bytes.upperBound - 1)
-        file.dropMapping(bytes: file.faultAroundWindow(containing: bytes.lowerBound).lowerBound..<last.lowerBound)
-        if let held = heldWindow, held != last { file.dropMapping(bytes: held) }
+        let first = file.faultAroundWindow(containing: bytes.lowerBound)
+        file.dropMapping(bytes: first.lowerBound..<last.lowerBound)
+        if let held = heldWindow, held != last, !(first.lowerBound..<last.lowerBound).contains(held.lowerBound) {
+            file.dropMapping(bytes: held)
+        }
         heldWindow = last
     }
 }

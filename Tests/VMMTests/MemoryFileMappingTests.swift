@@ -60,8 +60,8 @@ struct MemoryFileMappingTests {
         #expect(pages.allSatisfy { $0 == 7 }, "what was let go of is still in the file")
     }
 
-    /// Reads that ascend within one window find it mapped (no fault each); it goes once a read moves past it.
-    @Test func theLastWindowStaysUntilAReadMovesPastIt() throws {
+    /// Reads that ascend within one window find it mapped (no fault each); it goes once a read ends in another one.
+    @Test func theLastWindowStaysUntilAReadEndsInAnother() throws {
         let bytes = 1 << 20
         let file = try MemoryFile.create(name: "ascending-reads", segmentSizes: [UInt64(bytes)])
         let data = [UInt8](repeating: 1, count: bytes)
@@ -77,12 +77,34 @@ struct MemoryFileMappingTests {
         release.done(reading: Int64(past)..<Int64(past + 4096))
         #expect(try !Self.isMapped(file.base + neighbour), "gone once a read moved past it")
         #expect(try !Self.isMapped(file.base + 5 * 4096))
-        // The last window of the mapping is cut at its end, and dropping it works.
+        // The mapping's last page: its window ends with the mapping, and goes when a read ends elsewhere (backwards).
         let lastPage = bytes - 4096
+        #expect(file.faultAroundWindow(containing: Int64(lastPage)).upperBound == Int64(bytes))
         _ = file.base.load(fromByteOffset: lastPage, as: UInt8.self)
         release.done(reading: Int64(lastPage)..<Int64(bytes))
+        #expect(try Self.isMapped(file.base + lastPage))
         release.done(reading: 0..<4096)
         #expect(try !Self.isMapped(file.base + lastPage))
-        #expect(file.faultAroundWindow(containing: Int64(lastPage)).upperBound <= Int64(bytes))
+    }
+
+    /// A slice of a dense round spans many windows: all go but the last.
+    @Test func aReadAcrossWindowsLeavesOnlyItsLastWindowMapped() throws {
+        let bytes = 1 << 20
+        let file = try MemoryFile.create(name: "wide-read", segmentSizes: [UInt64(bytes)])
+        let data = [UInt8](repeating: 2, count: bytes)
+        try data.withUnsafeBytes { try file.write(at: 0, $0) }
+        var release = ReadRelease(file)
+        let read = 4096..<(5 * MemoryFile.faultAroundBytes + 3 * 4096)  // from inside one window to inside the sixth on
+        var sum = 0
+        for offset in stride(from: read.lowerBound, to: read.upperBound, by: 4096) {
+            sum += Int(file.base.load(fromByteOffset: offset, as: UInt8.self))
+        }
+        #expect(sum == 2 * read.count / 4096)
+        release.done(reading: Int64(read.lowerBound)..<Int64(read.upperBound))
+        let last = file.faultAroundWindow(containing: Int64(read.upperBound - 1))
+        for offset in stride(from: 0, to: Int(last.lowerBound), by: 4096) {
+            #expect(try !Self.isMapped(file.base + offset), "page at \(offset), before the last window")
+        }
+        #expect(try Self.isMapped(file.base + read.upperBound - 4096), "the last page read")
     }
 }
