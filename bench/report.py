@@ -262,34 +262,38 @@ PEER_TARGETS = [("e2e", "qemu10", "e2e-multifd", 2), ("e2e", "qemu10", "e2e", 6)
                 ("e2e" + HUGE, "qemu10", "e2e-multifd" + HUGE, 2), ("restore" + HUGE, "qemu10", "restore-mapped-ram" + HUGE, 1.5)]
 
 
-def floor_table(rows):
-    """Whether a target against a peer is within this host's reach: per run, the time the target asks of ours
-    (the peer's time / the factor) against the fastest fill of the same fresh pages measured in that run, by any
-    of the ways a receiver could fill them. No receiver lands the pages faster than that fill, which reads no
-    stream, so a target asking for less is out of reach in that run."""
-    if not receiving_fills(rows) and not receiving_fills(rows, huge_pages=True):
-        return []
-    out = ["| target | runs | asked of ours s median (min-max) | fastest fill s median (min-max) | "
-           "asked / fastest fill median (min-max) | runs asking less than the fill |",
+def reach_table(rows, bound_title, bound_of):
+    """Per target against a peer and per run, the time the target asks of ours (the peer's time / the factor)
+    against `bound_of(ours_measure, run)` (None: no bound in that run), and the runs asking for less."""
+    out = [f"| target | runs | asked of ours s median (min-max) | {bound_title} s median (min-max) | "
+           "asked / that median (min-max) | runs asking less |",
            "| --- | ---: | --- | --- | --- | ---: |"]
     for ours, peer, measure, factor in PEER_TARGETS:
         runs = rows.get((peer, measure))
-        fills = list(receiving_fills(rows, huge_pages=ours.endswith(HUGE)).values())
-        if not runs or not rows.get(("ours", ours)) or not fills:
+        if not runs or not rows.get(("ours", ours)):
             continue
-        asked, floor = [], []
-        for run in sorted(runs):
-            times = [fill[run]["seconds"] for fill in fills if run in fill]
-            if times:
-                asked.append(runs[run]["seconds"] / factor)
-                floor.append(min(times))
-        if not asked:
+        pairs = [(runs[run]["seconds"] / factor, bound) for run in sorted(runs)
+                 if (bound := bound_of(ours, run)) is not None]
+        if not pairs:
             continue
-        ratio = [a / f for a, f in zip(asked, floor)]
-        out.append(f"| ours {ours} ≥ {factor:g}x {PEER_NAMES[peer]} {measure} | {len(asked)} | "
-                   f"{summary(asked, '')} | {summary(floor, '')} | {summary(ratio)} | "
+        asked, bounds = zip(*pairs)
+        ratio = [a / b for a, b in pairs]
+        out.append(f"| ours {ours} ≥ {factor:g}x {PEER_NAMES[peer]} {measure} | {len(pairs)} | "
+                   f"{summary(asked, '')} | {summary(bounds, '')} | {summary(ratio)} | "
                    f"{sum(r < 1 for r in ratio)} of {len(ratio)} |")
     return out if len(out) > 2 else []
+
+
+def floor_table(rows):
+    """Whether a target against a peer is within this host's reach: per run, against the fastest fill of the same
+    fresh pages measured in that run, by any of the ways a receiver could fill them. No receiver lands the pages
+    faster than that fill, which reads no stream, so a target asking for less is out of reach in that run."""
+    fills = {huge: list(receiving_fills(rows, huge_pages=huge).values()) for huge in (False, True)}
+
+    def fastest_fill(ours, run):
+        times = [fill[run]["seconds"] for fill in fills[ours.endswith(HUGE)] if run in fill]
+        return min(times) if times else None
+    return reach_table(rows, "fastest fill", fastest_fill)
 
 
 def cpu_table(rows, cores):
@@ -306,39 +310,24 @@ def cpu_table(rows, cores):
 
 
 def cores_table(rows, cores):
-    """Whether a target against a peer fits this host's cores: per run, the time it asks of ours against the CPU
-    that our stream cannot do without, shared by all the cores. End to end that is the sender's own work (vmsend
-    to /dev/null: zero pages found, checksums, no pipe) and the cheapest fill of the fresh pages measured in that
-    run; a restore, the fill alone. Receiving, reading the pipe and checking the checksums add to it. It is a bound
-    at the price per page the fill paid, which moves between the measures of a run: a run asking for less would
-    need fresh pages cheaper than the fill found them. Needs the file to name its host's cores."""
+    """Whether a target against a peer fits this host's cores: per run, against the CPU that our stream cannot do
+    without, shared by all the cores. End to end that is the sender's own work (vmsend to /dev/null: zero pages
+    found, checksums, no pipe) and the cheapest fill of the fresh pages measured in that run; a restore, the fill
+    alone. Receiving, reading the pipe and checking the checksums add to it. It is a bound at the price per page the
+    fill paid, which moves between the measures of a run: a run asking for less would need fresh pages cheaper than
+    the fill found them. Needs the file to name its host's cores."""
     if not cores:
         return []
     sender = rows.get(("ours", "save-null"), {})
     fills = list(receiving_fills(rows).values())
-    out = [f"| target | runs | asked of ours s median (min-max) | CPU that cannot be skipped / {cores} cores, s | "
-           "asked / that median (min-max) | runs asking less |",
-           "| --- | ---: | --- | --- | --- | ---: |"]
-    for ours, peer, measure, factor in PEER_TARGETS:
+
+    def unskippable_cpu(ours, run):
         if ours.endswith(HUGE):  # a used pool: no fresh pages, and no fill of them to bound it
-            continue
-        runs = rows.get((peer, measure))
-        if not runs or not rows.get(("ours", ours)):
-            continue
-        asked, bound = [], []
-        for run in sorted(runs):
-            fill = [f[run]["cpu"] for f in fills if run in f and f[run]["cpu"] is not None]
-            send = sender.get(run, {}).get("cpu") if ours == "e2e" else 0
-            if fill and send is not None:
-                asked.append(runs[run]["seconds"] / factor)
-                bound.append((send + min(fill)) / cores)
-        if not asked:
-            continue
-        ratio = [a / b for a, b in zip(asked, bound)]
-        out.append(f"| ours {ours} ≥ {factor:g}x {PEER_NAMES[peer]} {measure} | {len(asked)} | "
-                   f"{summary(asked, '')} | {summary(bound, '')} | {summary(ratio)} | "
-                   f"{sum(r < 1 for r in ratio)} of {len(ratio)} |")
-    return out if len(out) > 2 else []
+            return None
+        fill = [f[run]["cpu"] for f in fills if run in f and f[run]["cpu"] is not None]
+        send = sender.get(run, {}).get("cpu") if ours == "e2e" else 0
+        return (send + min(fill)) / cores if fill and send is not None else None
+    return reach_table(rows, f"CPU that cannot be skipped / {cores} cores,", unskippable_cpu)
 
 
 def repeats_table(rows):

@@ -267,7 +267,7 @@ public final class MemoryFile: @unchecked Sendable {
 /// window of the last page read stays until a read ends in another one: a round's pages ascend, and the next ones in
 /// that window need no fault then.
 public struct ReadRelease {
-    public let file: MemoryFile
+    private let file: MemoryFile
     private var heldWindow: Range<Int64>?
 
     public init(_ file: MemoryFile) { self.file = file }

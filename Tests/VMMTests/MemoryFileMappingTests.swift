@@ -35,13 +35,18 @@ struct MemoryFileMappingTests {
         return entry >> 63 == 1
     }
 
+    /// A memory file of `bytes` whose every byte is `value`, held in the file and not mapped yet.
+    static func filledFile(_ name: String, bytes: Int, value: UInt8) throws -> MemoryFile {
+        let file = try MemoryFile.create(name: name, segmentSizes: [UInt64(bytes)])
+        try [UInt8](repeating: value, count: bytes).withUnsafeBytes { try file.write(at: 0, $0) }
+        return file
+    }
+
     /// A live round reads single dirty pages far apart. Each read fault maps its neighbours too (fault-around); what
     /// the reader lets go of takes them along, and the data stays in the file.
     @Test func scatteredReadsLeaveNothingMappedButTheLastWindow() throws {
         let bytes = 16 << 20
-        let file = try MemoryFile.create(name: "scattered-reads", segmentSizes: [UInt64(bytes)])
-        let data = [UInt8](repeating: 7, count: bytes)
-        try data.withUnsafeBytes { try file.write(at: 0, $0) }  // in the file, not mapped
+        let file = try Self.filledFile("scattered-reads", bytes: bytes, value: 7)
         #expect(try Self.residentBytes(ofMappingAt: file.base) == 0)
         var release = ReadRelease(file)
         var sum = 0
@@ -63,9 +68,7 @@ struct MemoryFileMappingTests {
     /// Reads that ascend within one window find it mapped (no fault each); it goes once a read ends in another one.
     @Test func theLastWindowStaysUntilAReadEndsInAnother() throws {
         let bytes = 1 << 20
-        let file = try MemoryFile.create(name: "ascending-reads", segmentSizes: [UInt64(bytes)])
-        let data = [UInt8](repeating: 1, count: bytes)
-        try data.withUnsafeBytes { try file.write(at: 0, $0) }
+        let file = try Self.filledFile("ascending-reads", bytes: bytes, value: 1)
         var release = ReadRelease(file)
         let window = file.faultAroundWindow(containing: 5 * 4096)
         let neighbour = window.lowerBound == 5 * 4096 ? 6 * 4096 : Int(window.lowerBound)  // a page of it not read
@@ -90,9 +93,7 @@ struct MemoryFileMappingTests {
     /// A slice of a dense round spans many windows: all go but the last.
     @Test func aReadAcrossWindowsLeavesOnlyItsLastWindowMapped() throws {
         let bytes = 1 << 20
-        let file = try MemoryFile.create(name: "wide-read", segmentSizes: [UInt64(bytes)])
-        let data = [UInt8](repeating: 2, count: bytes)
-        try data.withUnsafeBytes { try file.write(at: 0, $0) }
+        let file = try Self.filledFile("wide-read", bytes: bytes, value: 2)
         var release = ReadRelease(file)
         let read = 4096..<(5 * MemoryFile.faultAroundBytes + 3 * 4096)  // from inside one window to inside the sixth on
         var sum = 0
